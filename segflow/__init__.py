@@ -1,0 +1,3 @@
+"""segflow: medical image segmentation from validated JSON workflows."""
+
+__version__ = "0.1.0"

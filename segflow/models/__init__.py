@@ -1,0 +1,1 @@
+"""Networks behind the network nodes (MONAI-backed where MONAI has one)."""

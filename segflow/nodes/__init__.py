@@ -1,0 +1,1 @@
+"""Node families: one module per family, each registering its node types with the registry."""

@@ -1,0 +1,148 @@
+"""What every node type is made of: a pydantic config model, declared ports, and a `run`.
+
+This module (like every node module) imports no torch or monai: `segflow validate` loads all
+node types to check a file, and must stay fast on a CI machine. Heavy work happens inside
+`Node.run`, which imports what it needs there.
+"""
+from __future__ import annotations
+
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+
+@dataclass(frozen=True)
+class Port:
+    """One input or output of a node.
+
+    `type` drives auto-wiring (DESIGN §1). For inputs, `accepts` lists further types in falling
+    preference (a Predictor takes a TrainedModel when there is one, else a Model). `prefer`
+    breaks ties between several outputs of the fitting type by output port name (a Trainer's
+    `train_loader` input picks a loader's `train_loader` over its `val_loader`). `passes` on an
+    output names the input it hands on after changing it (CheckpointLoader loads weights into
+    its `model` input and outputs it): auto-wiring then prefers the changed one.
+    """
+
+    name: str
+    type: str
+    required: bool = True
+    doc: str = ""
+    accepts: tuple[str, ...] = ()
+    prefer: tuple[str, ...] = ()
+    passes: str | None = None
+
+    @property
+    def types(self) -> tuple[str, ...]:
+        return (self.type, *self.accepts)
+
+
+def _loose_value(value: Any, annotation: Any) -> Any:
+    """Values from GUI-saved files arrive as strings: "[0.9, 0.999]", "null". Scalars ("8",
+    "1e-4", "True") are pydantic's lax mode; lists, dicts and null are undone here."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text[:1] in "[{":
+        try:
+            return json.loads(text)
+        except ValueError:
+            return value  # left for pydantic to report at this field's path
+    if text in ("null", "None", "none") and _allows_none(annotation):
+        return None
+    return value
+
+
+def _allows_none(annotation: Any) -> bool:
+    return annotation is None or type(None) in typing.get_args(annotation)
+
+
+class NodeConfig(BaseModel):
+    """Base of every node's config: strict about keys, lax about GUI-saved strings.
+
+    `aliases` maps spellings found in the wild to the canonical key (`lr` -> `learning_rate`);
+    the spec layer renames them before validation so errors still point at what the user wrote.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, validate_assignment=True)
+
+    aliases: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _coerce_loose_strings(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        fields = cls.model_fields
+        return {k: _loose_value(v, fields[k].annotation) if k in fields else v for k, v in data.items()}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A problem `Node.check` found in a node's config, in the light of what is wired to it.
+
+    `field` is the config key it is about ("" for the node as a whole). Codes are stable and
+    documented; severity "warning" is reported by `validate` without failing it.
+    """
+
+    field: str
+    code: str
+    message: str
+    hint: str = ""
+    severity: str = "error"
+
+
+@dataclass
+class RunContext:
+    """What a running node may know about the run it is part of."""
+
+    run_dir: Path
+    workflow_name: str
+    workflow_file: Path | None = None
+    device: str | None = None  # --device from the command line; overrides node settings
+    resume: str | None = None  # --resume: "auto", a checkpoint path, or None
+    progress: bool = True  # progress bars on/off
+    log: Callable[[str], None] = print
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Node:
+    """A node type. Subclasses set the class attributes and implement `run`.
+
+    `run(**inputs)` receives the values of its wired inputs by port name (optional unwired
+    inputs are absent) and returns a dict with one value per output port.
+    """
+
+    type: ClassVar[str]
+    family: ClassVar[str] = "misc"
+    Config: ClassVar[type[NodeConfig]] = NodeConfig
+    inputs: ClassVar[tuple[Port, ...]] = ()
+    outputs: ClassVar[tuple[Port, ...]] = ()
+
+    def __init__(self, name: str, config: NodeConfig, ctx: RunContext):
+        self.name = name
+        self.config = config
+        self.ctx = ctx
+
+    def run(self, **inputs: Any) -> dict[str, Any]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    @classmethod
+    def input(cls, name: str) -> Port | None:
+        return next((p for p in cls.inputs if p.name == name), None)
+
+    @classmethod
+    def output(cls, name: str) -> Port | None:
+        return next((p for p in cls.outputs if p.name == name), None)
+
+    @classmethod
+    def check(cls, config: NodeConfig, neighbours: dict[str, tuple[str, NodeConfig]]) -> list[Finding]:
+        """Static checks, run by `validate` after wiring; they must not touch the file system.
+
+        `neighbours` maps each wired input port to (source node type, source config), so a node
+        can check itself against what feeds it (a network's `in_channels` against the loader).
+        """
+        return []
