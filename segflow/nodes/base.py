@@ -146,3 +146,10 @@ class Node:
         can check itself against what feeds it (a network's `in_channels` against the loader).
         """
         return []
+
+    @classmethod
+    def preflight(cls, config: NodeConfig, device: str | None) -> list[Finding]:
+        """Checks of the world (files exist, the device is there), run by `segflow run` for every
+        node before any node starts, so a typo in a late node's path costs no training time.
+        `device` is the --device override, if any."""
+        return []

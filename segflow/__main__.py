@@ -1,0 +1,3 @@
+from segflow.cli import main
+
+raise SystemExit(main())

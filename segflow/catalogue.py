@@ -1,0 +1,75 @@
+"""The node catalogue as text (`segflow nodes`) or Markdown (docs/nodes.md), from the registry."""
+from __future__ import annotations
+
+import inspect
+import json
+from typing import Any
+
+from pydantic_core import PydanticUndefined
+
+from segflow import registry
+from segflow.nodes.base import Node
+
+
+def _type_name(annotation: Any) -> str:
+    text = getattr(annotation, "__name__", None) if not getattr(annotation, "__args__", None) else None
+    text = text or str(annotation)
+    return text.replace("typing.", "").replace("NoneType", "None")
+
+
+def _default(field) -> str:
+    if field.default is PydanticUndefined:
+        return "required" if field.default_factory is None else json.dumps(field.default_factory(), default=str)
+    return json.dumps(field.default, default=str)
+
+
+def fields(cls: type[Node]) -> list[tuple[str, str, str, str, list[str]]]:
+    """(key, type, default, description, aliases) for each config field."""
+    aliases = cls.Config.aliases
+    return [
+        (key, _type_name(f.annotation), _default(f), f.description or "", [a for a, c in aliases.items() if c == key])
+        for key, f in cls.Config.model_fields.items()
+    ]
+
+
+def _ports(ports) -> str:
+    return ", ".join(f"{p.name}: {p.type}{'' if p.required else ' (optional)'}" for p in ports) or "none"
+
+
+def describe(cls: type[Node]) -> str:
+    lines = [f"{cls.type}  [{cls.family}]", inspect.cleandoc(cls.__doc__ or ""), "",
+             f"  inputs:  {_ports(cls.inputs)}", f"  outputs: {_ports(cls.outputs)}", "  config:"]
+    for key, typ, default, doc, aliases in fields(cls):
+        alias = f" (alias: {', '.join(aliases)})" if aliases else ""
+        lines.append(f"    {key}: {typ} = {default}{alias}")
+        if doc:
+            lines.append(f"        {doc}")
+    return "\n".join(lines)
+
+
+def summary() -> str:
+    types = registry.all_types()
+    width = max(map(len, types), default=0)
+    return "\n".join(f"{name:<{width}}  {(cls.__doc__ or '').strip().splitlines()[0] if cls.__doc__ else ''}"
+                     for name, cls in types.items())
+
+
+def markdown() -> str:
+    out = ["# Node reference", "",
+           "Generated from the registry by `segflow nodes --format markdown > docs/nodes.md`; a test keeps it current.",
+           "Every value may also be given as a string (`\"8\"`, `\"1e-4\"`, `\"true\"`, `\"[0.9, 0.999]\"`).", ""]
+    by_family: dict[str, list[type[Node]]] = {}
+    for cls in registry.all_types().values():
+        by_family.setdefault(cls.family, []).append(cls)
+    for family, classes in by_family.items():
+        out += [f"## {family}", ""]
+        for cls in classes:
+            out += [f"### {cls.type}", "", inspect.cleandoc(cls.__doc__ or ""), "",
+                    f"- inputs: {_ports(cls.inputs)}", f"- outputs: {_ports(cls.outputs)}", "",
+                    "| key | type | default | description |", "|---|---|---|---|"]
+            for key, typ, default, doc, aliases in fields(cls):
+                alias = f" (alias `{'`, `'.join(aliases)}`)" if aliases else ""
+                cell = lambda s: s.replace("|", "\\|").replace("\n", " ")  # noqa: E731
+                out.append(f"| `{key}`{alias} | {cell(typ)} | `{cell(default)}` | {cell(doc)} |")
+            out.append("")
+    return "\n".join(out).rstrip() + "\n"

@@ -1,0 +1,191 @@
+"""`segflow run | validate | schema | nodes | graph`.
+
+`validate`, `schema`, `nodes` and `graph` never import torch or monai (a test checks), so
+checking workflows in CI is fast. Only `run` loads the heavy stack.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from segflow import __version__
+from segflow.errors import Issue, NodeRunError, WorkflowError
+
+
+def _print_issues(issues: list[Issue], fmt: str, out=sys.stdout) -> None:
+    for issue in issues:
+        print(issue.as_github() if fmt == "github" else issue.format(), file=out)
+
+
+def cmd_validate(args) -> int:
+    from segflow import spec
+
+    failed = 0
+    report = []
+    for path in args.workflows:
+        try:
+            wf = spec.load(path)
+            issues = list(wf.warnings)
+            if args.check_paths:
+                from segflow.executor import _preflight
+
+                try:
+                    _preflight(wf, list(wf.nodes), None)
+                except WorkflowError as e:
+                    issues += e.issues
+        except WorkflowError as e:
+            issues = e.issues
+        bad = any(i.severity == "error" for i in issues)
+        failed += bad
+        if args.format == "json":
+            report.append({"file": str(path), "valid": not bad, "issues": [i.as_dict() for i in issues]})
+        else:
+            _print_issues(issues, args.format)
+            if args.format == "text":
+                errors = sum(i.severity == "error" for i in issues)
+                print(f"{path}: {'invalid, ' + str(errors) + ' error(s)' if bad else 'valid'}"
+                      + (f", {len(issues) - errors} warning(s)" if len(issues) > errors else ""))
+    if args.format == "json":
+        print(json.dumps(report, indent=2))
+    return 1 if failed else 0
+
+
+def cmd_run(args) -> int:
+    if args.nproc_per_node:
+        print("segflow: --nproc-per-node is not available yet; use one process", file=sys.stderr)
+        return 2
+    from segflow.executor import run_workflow
+
+    try:
+        result = run_workflow(args.workflow, sets=args.set or (), device=args.device, run_dir=args.run_dir,
+                              resume=args.resume, until=args.until, progress=not args.no_progress)
+    except WorkflowError as e:
+        _print_issues(e.issues, "text", sys.stderr)
+        return 1
+    except NodeRunError as e:
+        print(f"segflow: {e}", file=sys.stderr)
+        if args.debug:
+            import traceback
+
+            traceback.print_exception(e.__cause__)
+        else:
+            print("segflow: run again with --debug for the full traceback", file=sys.stderr)
+        return 1
+    print(f"segflow: finished; run directory {result.run_dir}")
+    return 0
+
+
+def cmd_schema(args) -> int:
+    from segflow.schema import DEFAULT_PATH, render
+
+    text = render()
+    if args.output == "-":
+        sys.stdout.write(text)
+        return 0
+    path = Path(args.output or DEFAULT_PATH)
+    if args.check:
+        if not path.is_file() or path.read_text() != text:
+            print(f"{path} is out of date; run `segflow schema` to regenerate it", file=sys.stderr)
+            return 1
+        print(f"{path} is current")
+        return 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_nodes(args) -> int:
+    from segflow import catalogue, registry
+
+    if args.format == "markdown":
+        sys.stdout.write(catalogue.markdown())
+        return 0
+    if args.type is None:
+        print(catalogue.summary())
+        return 0
+    cls = registry.get(args.type)
+    if cls is None:
+        from segflow.spec import suggest
+
+        print(f"unknown node type {args.type!r}. {suggest(args.type, registry.all_types())}".rstrip(), file=sys.stderr)
+        return 1
+    print(catalogue.describe(cls))
+    return 0
+
+
+def cmd_graph(args) -> int:
+    from segflow import spec
+
+    try:
+        wf = spec.load(args.workflow)
+    except WorkflowError as e:
+        _print_issues(e.issues, "text", sys.stderr)
+        return 1
+    ident = {name: f"n{i}" for i, name in enumerate(wf.nodes)}
+    if args.format == "mermaid":
+        lines = ["flowchart LR"]
+        lines += [f'    {ident[n]}["{n}<br/><i>{s.type}</i>"]' for n, s in wf.nodes.items()]
+        for w in wf.wires:
+            arrow = "-.->" if w.auto else "-->"
+            lines.append(f"    {ident[w.source]} {arrow}|{w.source_port} to {w.target_port}| {ident[w.target]}")
+    else:
+        lines = ["digraph workflow {", "    rankdir=LR;", "    node [shape=box];"]
+        lines += [f'    {ident[n]} [label="{n}\\n{s.type}"];' for n, s in wf.nodes.items()]
+        for w in wf.wires:
+            style = ", style=dashed" if w.auto else ""
+            lines.append(f'    {ident[w.source]} -> {ident[w.target]} [label="{w.source_port} to {w.target_port}"{style}];')
+        lines.append("}")
+    print("\n".join(lines))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="segflow", description="Medical image segmentation from JSON workflows.")
+    parser.add_argument("--version", action="version", version=f"segflow {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="validate and run a workflow")
+    p.add_argument("workflow")
+    p.add_argument("--set", action="append", metavar="NODE.KEY=VALUE", help="override a config value (repeatable)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N; overrides every node's device")
+    p.add_argument("--run-dir", help="write the run here instead of runs/<workflow>/<timestamp>/")
+    p.add_argument("--resume", metavar="auto|PATH", help="continue from the latest run's last.pt, or from PATH")
+    p.add_argument("--until", metavar="NODE", help="run only NODE and what it depends on")
+    p.add_argument("--nproc-per-node", type=int, default=0, help="train with N processes (DistributedDataParallel)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show the full traceback when a node fails")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="check workflow files without running them (no torch needed)")
+    p.add_argument("workflows", nargs="+")
+    p.add_argument("--format", choices=("text", "json", "github"), default="text")
+    p.add_argument("--check-paths", action="store_true", help="also check that input files and folders exist")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("schema", help="write the workflow JSON Schema")
+    p.add_argument("-o", "--output", help="path, or - for stdout (default: schemas/workflow.schema.json)")
+    p.add_argument("--check", action="store_true", help="exit 1 if the file differs from the registry")
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("nodes", help="list node types, or describe one")
+    p.add_argument("type", nargs="?")
+    p.add_argument("--format", choices=("text", "markdown"), default="text")
+    p.set_defaults(func=cmd_nodes)
+
+    p = sub.add_parser("graph", help="print a workflow's wired graph")
+    p.add_argument("workflow")
+    p.add_argument("--format", choices=("mermaid", "dot"), default="mermaid")
+    p.set_defaults(func=cmd_graph)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,141 @@
+"""From node types and explicit links to a wired networkx DiGraph.
+
+Pure graph logic: it knows node classes and ports, never configs or files. The spec layer
+turns the `WiringProblem`s returned here into located issues.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import networkx as nx
+
+from segflow.nodes.base import Node, Port
+
+# A value of the key type may go where the value type is asked for (explicit links only;
+# auto-wiring takes exact types, in each input's order of preference).
+SUBTYPES = {"TrainedModel": "Model"}
+
+
+@dataclass(frozen=True)
+class Wire:
+    source: str
+    source_port: str
+    target: str
+    target_port: str
+    link_index: int | None = None  # index in the file's `links`; None when auto-wired
+
+    @property
+    def auto(self) -> bool:
+        return self.link_index is None
+
+
+@dataclass(frozen=True)
+class WiringProblem:
+    code: str  # missing_input | ambiguous_input | cycle
+    node: str
+    port: str
+    message: str
+    hint: str = ""
+
+
+def fits(source_type: str, port: Port) -> bool:
+    """Can an output of `source_type` be linked explicitly into `port`?"""
+    return source_type in port.types or SUBTYPES.get(source_type) in port.types
+
+
+def _candidates(nodes: dict[str, type[Node]], g: nx.DiGraph, target: str, port: Port) -> list[tuple[str, str]]:
+    for wanted in port.types:
+        found = [
+            (name, out.name)
+            for name, cls in nodes.items()
+            if name != target and not (name in g and target in g and nx.has_path(g, target, name))
+            for out in cls.outputs
+            if out.type == wanted
+        ]
+        if found:
+            return found
+    return []
+
+
+def _narrow(nodes, wired: dict, cands: list[tuple[str, str]], port: Port, final: bool) -> list | None:
+    """Apply the pass-through and name-preference rules; None means 'decide later'."""
+    keep = list(cands)
+    for name, out_name in cands:
+        passes = nodes[name].output(out_name).passes
+        if passes is None:
+            continue
+        source = wired.get((name, passes))
+        if source is None and not final:
+            return None  # what this output passes on is not known yet
+        if source in keep:
+            keep.remove(source)
+    if len(keep) > 1:
+        for preferred in port.prefer or (port.name,):
+            chosen = [c for c in keep if c[1] == preferred]
+            if chosen:
+                return chosen
+    return keep
+
+
+def wire(nodes: dict[str, type[Node]], explicit: list[Wire]) -> tuple[list[Wire], nx.DiGraph, list[WiringProblem]]:
+    """Complete `explicit` with auto-wired inputs. `nodes` is ordered as in the file."""
+    g = nx.DiGraph()
+    g.add_nodes_from(nodes)
+    wires = list(explicit)
+    wired: dict[tuple[str, str], tuple[str, str]] = {}
+    for w in explicit:
+        g.add_edge(w.source, w.target)
+        wired[(w.target, w.target_port)] = (w.source, w.source_port)
+    pending = [(name, p) for name, cls in nodes.items() for p in cls.inputs if (name, p.name) not in wired]
+
+    def settle(final: bool) -> bool:
+        progress = False
+        for item in list(pending):
+            name, port = item
+            chosen = _narrow(nodes, wired, _candidates(nodes, g, name, port), port, final)
+            if chosen is None or len(chosen) != 1:
+                continue
+            (src, src_port), = chosen
+            wires.append(Wire(src, src_port, name, port.name))
+            wired[(name, port.name)] = (src, src_port)
+            g.add_edge(src, name)
+            pending.remove(item)
+            progress = True
+        return progress
+
+    while settle(final=False):
+        pass
+    while settle(final=True):
+        pass
+
+    problems = []
+    for name, port in pending:
+        cands = _narrow(nodes, wired, _candidates(nodes, g, name, port), port, final=True)
+        wanted = " or ".join(port.types)
+        if len(cands) > 1:
+            listed = ", ".join(f"{n}.{p}" for n, p in cands)
+            problems.append(WiringProblem(
+                "ambiguous_input", name, port.name,
+                f"input '{port.name}' ({wanted}) could come from any of: {listed}",
+                f"add a link choosing one, e.g. {{\"source_node\": \"{cands[0][0]}\", \"source_port\": "
+                f"\"{cands[0][1]}\", \"target_node\": \"{name}\", \"target_port\": \"{port.name}\"}}"))
+        elif port.required:
+            problems.append(WiringProblem(
+                "missing_input", name, port.name,
+                f"input '{port.name}' needs a {wanted}, and no node in the workflow produces one",
+                f"add a node with a {port.type} output (see `segflow nodes`) or link one in"))
+
+    for cycle in list(nx.simple_cycles(g))[:5]:
+        path = " -> ".join([*cycle, cycle[0]])
+        problems.append(WiringProblem("cycle", cycle[0], "", f"the nodes form a cycle: {path}",
+                                      "a node cannot depend on its own output; remove one of these links"))
+    return wires, g, problems
+
+
+def execution_order(g: nx.DiGraph, file_order: list[str], until: str | None = None) -> list[str]:
+    """Topological order, ties broken by position in the file; with `until`, only its ancestors."""
+    index = {name: i for i, name in enumerate(file_order)}
+    sub = g
+    if until is not None:
+        sub = g.subgraph(nx.ancestors(g, until) | {until})
+    return list(nx.lexicographical_topological_sort(sub, key=lambda n: index[n]))

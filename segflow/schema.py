@@ -1,0 +1,126 @@
+"""The JSON Schema of workflow files, generated from the registry's config models.
+
+Editors use it for completion and hover docs (`"$schema": "../schemas/workflow.schema.json"`),
+and CI can check files with any JSON Schema validator. It mirrors what `segflow validate`
+accepts: GUI-saved strings for every scalar, the documented aliases, no unknown keys. Checks
+that need more than one node (wiring, shapes) are `segflow validate`'s alone.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from segflow import registry
+from segflow.nodes.base import NodeConfig
+from segflow.spec import LINK_KEYS
+
+SCHEMA_ID = "https://segflow.dev/schemas/workflow.schema.json"
+DEFAULT_PATH = Path("schemas/workflow.schema.json")
+
+_POSITION = {
+    "description": "Editor canvas position, kept for round-trips and ignored by the engine.",
+    "anyOf": [
+        {"type": "array", "items": {"type": ["number", "string"]}, "minItems": 2, "maxItems": 2},
+        {"type": "object", "properties": {"x": {"type": ["number", "string"]}, "y": {"type": ["number", "string"]}},
+         "required": ["x", "y"], "additionalProperties": False},
+    ],
+}
+_EDITOR_FLAG = {"type": ["boolean", "string"], "description": "Editor flag, ignored by the engine."}
+
+
+def _accepts_string(schema: dict) -> bool:
+    if schema.get("type") == "string" or "string" in (schema.get("type") or []):
+        return True
+    return any(_accepts_string(s) for s in schema.get("anyOf", []) + schema.get("oneOf", []))
+
+
+def _rename_refs(node: Any, prefix: str) -> Any:
+    if isinstance(node, dict):
+        return {k: (v.replace("#/$defs/", f"#/$defs/{prefix}") if k == "$ref" else _rename_refs(v, prefix))
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [_rename_refs(v, prefix) for v in node]
+    return node
+
+
+def config_schema(type_name: str, config: type[NodeConfig], defs: dict) -> dict:
+    raw = _rename_refs(config.model_json_schema(), f"{type_name}.")
+    for name, sub in raw.pop("$defs", {}).items():
+        defs[f"{type_name}.{name}"] = sub
+    props = {}
+    for key, sub in raw.get("properties", {}).items():
+        sub.pop("title", None)
+        if not _accepts_string(sub):
+            # Files saved by the node-graph editor carry every value as a string ("8", "1e-4").
+            outer = {k: sub.pop(k) for k in ("description", "default") if k in sub}
+            sub = {**outer, "anyOf": [sub, {"type": "string"}]}
+        props[key] = sub
+    for alias, canonical in config.aliases.items():
+        if canonical in props:
+            alias_schema = copy.deepcopy(props[canonical])
+            alias_schema["description"] = f"Alias of '{canonical}'."
+            alias_schema.pop("default", None)
+            props[alias] = alias_schema
+    out = {"type": "object", "properties": props, "additionalProperties": False}
+    if raw.get("required"):
+        # A required key may also be given through its alias.
+        names = {c: [c] + [a for a, t in config.aliases.items() if t == c] for c in raw["required"]}
+        out["allOf"] = [{"anyOf": [{"required": [n]} for n in alts]} for alts in names.values()]
+    return out
+
+
+def build_schema() -> dict:
+    defs: dict[str, Any] = {}
+    types = registry.all_types()
+    variants = []
+    for type_name, cls in types.items():
+        doc = (cls.__doc__ or "").strip().split("\n")[0]
+        variants.append({
+            "if": {"properties": {"type": {"const": type_name}}, "required": ["type"]},
+            "then": {"properties": {"config": {"description": doc, **config_schema(type_name, cls.Config, defs)}}},
+        })
+    node = {
+        "type": "object",
+        "properties": {
+            "type": {"enum": list(types), "description": "Node type (see `segflow nodes`)."},
+            "name": {"type": "string", "minLength": 1, "description": "Unique node name, used in links and --set."},
+            "config": {"type": "object", "description": "The node's settings."},
+            "position": _POSITION,
+            "is_composite": _EDITOR_FLAG,
+            "collapsed": _EDITOR_FLAG,
+        },
+        "required": ["type", "name"],
+        "additionalProperties": False,
+        "allOf": variants,
+    }
+    link = {
+        "type": "object",
+        "properties": {k: {"type": "string", "minLength": 1} for k in LINK_KEYS},
+        "required": list(LINK_KEYS),
+        "additionalProperties": False,
+    }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        "title": "segflow workflow",
+        "description": "A segflow workflow: typed nodes, optional links (inputs not linked are auto-wired by type).",
+        "type": "object",
+        "properties": {
+            "$schema": {"type": "string"},
+            "workflow": {"type": "string", "minLength": 1, "description": "The workflow's name (runs/<name>/...)."},
+            "name": {"type": "string", "minLength": 1, "description": "Alias of 'workflow'."},
+            "description": {"type": "string"},
+            "version": {"type": ["string", "number"]},
+            "nodes": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/node"}},
+            "links": {"type": "array", "items": {"$ref": "#/$defs/link"}},
+        },
+        "required": ["nodes"],
+        "additionalProperties": False,
+        "$defs": {"node": node, "link": link, **dict(sorted(defs.items()))},
+    }
+
+
+def render() -> str:
+    return json.dumps(build_schema(), indent=2) + "\n"

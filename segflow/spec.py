@@ -1,0 +1,352 @@
+"""The workflow file: reading, aliases, coercion, validation and wiring, with located errors.
+
+`load(path)` returns a validated, wired `Workflow` or raises one `WorkflowError` listing every
+problem found (JSON path, line:column, stable code, hint). Imports no torch or monai.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+from pydantic import ValidationError
+
+from segflow import jsonpos, registry
+from segflow.errors import Issue, WorkflowError
+from segflow.graph import Wire, execution_order, fits, wire
+from segflow.nodes.base import Finding, Node, NodeConfig
+
+TOP_KEYS = ("$schema", "workflow", "description", "nodes", "links", "version")
+TOP_ALIASES = {"name": "workflow"}
+NODE_KEYS = ("type", "name", "config", "position", "is_composite", "collapsed")
+LINK_KEYS = ("source_node", "source_port", "target_node", "target_port")
+PORT_ALIASES = {"dataloader": "train_loader", "test_loader": "val_loader"}
+
+
+@dataclass
+class NodeSpec:
+    index: int
+    name: str
+    type: str
+    cls: type[Node]
+    config: NodeConfig
+
+
+@dataclass
+class Workflow:
+    name: str
+    description: str
+    nodes: dict[str, NodeSpec]  # in file order
+    wires: list[Wire]
+    graph: nx.DiGraph
+    warnings: list[Issue] = field(default_factory=list)
+    file: str | None = None
+    raw: dict = field(default_factory=dict)
+    positions: jsonpos.Positions = field(default_factory=jsonpos.Positions)
+
+    def issue(self, finding: Finding, node: NodeSpec) -> Issue:
+        """A node's finding as a located issue in this workflow's file."""
+        path = ("nodes", node.index, "config") + ((finding.field,) if finding.field else ())
+        line, column = self.positions.of(path, key=bool(finding.field)) or (None, None)
+        return Issue(finding.code, finding.message, jsonpos.format_path(path), node.name, line, column,
+                     finding.hint, finding.severity, self.file)
+
+    def order(self, until: str | None = None) -> list[str]:
+        return execution_order(self.graph, list(self.nodes), until)
+
+    def inputs_of(self, name: str) -> list[Wire]:
+        return [w for w in self.wires if w.target == name]
+
+    def resolved(self) -> dict:
+        """The workflow with every default filled in and every link explicit."""
+        out: dict[str, Any] = {"workflow": self.name}
+        if self.description:
+            out["description"] = self.description
+        out["nodes"] = [
+            {"type": n.type, "name": n.name, "config": n.config.model_dump(mode="json")} for n in self.nodes.values()
+        ]
+        out["links"] = [
+            {"source_node": w.source, "source_port": w.source_port, "target_node": w.target,
+             "target_port": w.target_port, **({"auto": True} if w.auto else {})}
+            for w in self.wires
+        ]
+        return out
+
+
+def suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)
+    if not close:
+        lowered = {c.lower(): c for c in choices}
+        close = [lowered[word.lower()]] if word.lower() in lowered else []
+    return f"did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def parse_set(item: str) -> tuple[str, str, Any]:
+    """`trainer.epochs=2` -> ("trainer", "epochs", 2). Values are JSON where they parse."""
+    target, sep, text = item.partition("=")
+    node, dot, key = target.partition(".")
+    if not sep or not dot or not node or not key:
+        raise WorkflowError([Issue("bad_override", f"--set {item!r} is not NODE.KEY=VALUE", path="--set",
+                                   hint="for example --set trainer.epochs=2")])
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = text
+    return node, key, value
+
+
+class _Checker:
+    """Collects issues while checking one file."""
+
+    def __init__(self, file: str | None, positions: jsonpos.Positions):
+        self.file = file
+        self.positions = positions
+        self.issues: list[Issue] = []
+        self.overridden: set[tuple] = set()
+
+    def add(self, code: str, message: str, path: tuple = (), *, node: str | None = None, hint: str = "",
+            key: bool = False, severity: str = "error") -> None:
+        where = self.positions.of(path, key=key)
+        shown = jsonpos.format_path(path)
+        if tuple(path[:4]) in self.overridden:
+            shown += " (from --set)"
+        self.issues.append(Issue(code, message, shown, node, *(where or (None, None)), hint=hint,
+                                 severity=severity, file=self.file))
+
+    def unknown_keys(self, obj: dict, allowed, path: tuple, what: str, node: str | None = None) -> None:
+        for k in obj:
+            if k not in allowed:
+                self.add("unknown_key", f"unknown key {k!r} in {what}", path + (k,), node=node,
+                         hint=suggest(k, allowed) or f"allowed keys: {', '.join(allowed)}", key=True)
+
+    def string_field(self, obj: dict, k: str, path: tuple, node: str | None = None) -> str | None:
+        if k not in obj:
+            self.add("missing_value", f"required key {k!r} is missing", path, node=node)
+            return None
+        if not isinstance(obj[k], str) or not obj[k]:
+            self.add("bad_value", f"{k!r} must be a non-empty string, got {obj[k]!r}", path + (k,), node=node)
+            return None
+        return obj[k]
+
+
+def _node_config(chk: _Checker, cls: type[Node], raw: Any, path: tuple, name: str) -> NodeConfig | None:
+    cpath = path + ("config",)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        chk.add("bad_value", f"'config' must be an object, got {type(raw).__name__}", cpath, node=name)
+        return None
+    data, written_as = {}, {}
+    for k, v in raw.items():
+        canon = cls.Config.aliases.get(k, k)
+        if canon in data:
+            chk.add("duplicate_key", f"{written_as[canon]!r} and {k!r} both set {canon!r}", cpath + (k,), node=name,
+                    hint=f"keep only {canon!r}", key=True)
+            continue
+        data[canon], written_as[canon] = v, k
+    try:
+        return cls.Config(**data)
+    except ValidationError as e:
+        known = [*cls.Config.model_fields, *cls.Config.aliases]
+        for err in e.errors():
+            loc = tuple(err["loc"])
+            if loc:
+                loc = (written_as.get(loc[0], loc[0]),) + loc[1:]
+            here = cpath + loc
+            if err["type"] == "extra_forbidden":
+                chk.add("unknown_key", f"unknown key {loc[0]!r} for {cls.type}", here, node=name, key=True,
+                        hint=suggest(str(loc[0]), known) or f"see `segflow nodes {cls.type}` for its keys")
+            elif err["type"] == "missing":
+                chk.add("missing_value", f"required key {loc[0]!r} is missing", cpath, node=name,
+                        hint=cls.Config.model_fields[loc[0]].description or "")
+            else:
+                msg = err["msg"].removeprefix("Value error, ")
+                shown = err.get("input")
+                if loc and not isinstance(shown, (dict, list)):
+                    msg += f" (got {shown!r})"
+                chk.add("bad_value", msg, here, node=name)
+        return None
+
+
+def _position_ok(value: Any) -> bool:
+    nums = (int, float, str)
+    if isinstance(value, list):
+        return len(value) == 2 and all(isinstance(v, nums) for v in value)
+    if isinstance(value, dict):
+        return set(value) == {"x", "y"} and all(isinstance(v, nums) for v in value.values())
+    return False
+
+
+def _apply_sets(chk: _Checker, doc: dict, sets) -> None:
+    nodes = doc.get("nodes") if isinstance(doc.get("nodes"), list) else []
+    by_name = {n.get("name"): i for i, n in enumerate(nodes) if isinstance(n, dict)}
+    for item in sets:
+        node, key, value = parse_set(item)
+        if node not in by_name:
+            chk.issues.append(Issue("unknown_node", f"--set {item!r}: no node named {node!r}", "--set", node,
+                                    hint=suggest(node, by_name) or f"nodes: {', '.join(map(str, by_name))}",
+                                    file=chk.file))
+            continue
+        i = by_name[node]
+        config = nodes[i].setdefault("config", {})
+        if isinstance(config, dict):
+            config[key] = value
+            chk.overridden.add(("nodes", i, "config", key))
+
+
+def loads(text: str, file: str | None = None, sets=()) -> Workflow:
+    try:
+        doc, positions = jsonpos.loads(text)
+    except jsonpos.JSONSyntaxError as e:
+        raise WorkflowError([Issue("json_syntax", e.message, "", None, e.line, e.column,
+                                   hint="the file is not valid JSON", file=file)]) from None
+    chk = _Checker(file, positions)
+    for dup in positions.duplicates:
+        chk.add("duplicate_key", f"key {dup[-1]!r} appears twice in one object; JSON keeps only the last",
+                dup, key=True)
+    if not isinstance(doc, dict):
+        chk.add("bad_value", "a workflow file must hold a JSON object", ())
+        raise WorkflowError(chk.issues)
+    _apply_sets(chk, doc, sets)
+
+    for alias, canon in TOP_ALIASES.items():
+        if alias in doc:
+            if canon in doc:
+                chk.add("duplicate_key", f"both {alias!r} and {canon!r} given", (alias,), key=True,
+                        hint=f"keep only {canon!r}")
+            else:
+                doc[canon] = doc[alias]
+    chk.unknown_keys({k: v for k, v in doc.items() if k not in TOP_ALIASES}, TOP_KEYS, (), "the workflow")
+    name = doc.get("workflow")
+    if name is None:
+        name = Path(file).stem if file else "workflow"
+    elif not isinstance(name, str) or not name.strip():
+        chk.add("bad_value", "'workflow' must be a non-empty string", ("workflow",))
+        name = "workflow"
+    description = doc.get("description") or ""
+
+    raw_nodes = doc.get("nodes")
+    if not isinstance(raw_nodes, list) or not raw_nodes:
+        chk.add("missing_value" if raw_nodes is None else "bad_value", "'nodes' must be a non-empty list of nodes",
+                ("nodes",))
+        raw_nodes = []
+    nodes: dict[str, NodeSpec] = {}
+    classes: dict[str, type[Node]] = {}  # every well-typed node, even if its config is bad
+    known_types = registry.all_types()
+    for i, raw in enumerate(raw_nodes):
+        path = ("nodes", i)
+        if not isinstance(raw, dict):
+            chk.add("bad_value", "each node must be an object with 'type', 'name' and 'config'", path)
+            continue
+        chk.unknown_keys(raw, NODE_KEYS, path, "a node", node=raw.get("name"))
+        node_name = chk.string_field(raw, "name", path)
+        type_name = chk.string_field(raw, "type", path, node=node_name)
+        if "position" in raw and not _position_ok(raw["position"]):
+            chk.add("bad_value", "'position' must be [x, y] or {\"x\": ..., \"y\": ...}", path + ("position",),
+                    node=node_name)
+        if node_name and node_name in classes:
+            chk.add("duplicate_node_name", f"two nodes are named {node_name!r}", path + ("name",), node=node_name,
+                    hint="node names must be unique; rename one")
+            continue
+        if type_name is None:
+            continue
+        cls = known_types.get(type_name)
+        if cls is None:
+            chk.add("unknown_node_type", f"unknown node type {type_name!r}", path + ("type",), node=node_name,
+                    hint=suggest(type_name, known_types) or "`segflow nodes` lists the node types")
+            continue
+        if node_name is None:
+            continue
+        classes[node_name] = cls
+        config = _node_config(chk, cls, raw.get("config"), path, node_name)
+        if config is not None:
+            nodes[node_name] = NodeSpec(i, node_name, type_name, cls, config)
+
+    explicit = _links(chk, doc, classes)
+    wires, g, problems = wire(classes, explicit)
+    index = {n: i for i, n in enumerate(classes)}
+    node_index = {n.get("name"): i for i, n in enumerate(raw_nodes) if isinstance(n, dict)}
+    for p in problems:
+        chk.add(p.code, p.message, ("nodes", node_index[p.node], "name"), node=p.node, hint=p.hint)
+
+    if not any(i.severity == "error" for i in chk.issues):
+        _node_checks(chk, nodes, wires)
+    chk.issues.sort(key=lambda i: (i.line or 0, i.column or 0))
+    if any(i.severity == "error" for i in chk.issues):
+        raise WorkflowError(chk.issues)
+    ordered = dict(sorted(nodes.items(), key=lambda kv: index[kv[0]]))
+    return Workflow(name, description, ordered, wires, g, [i for i in chk.issues if i.severity != "error"],
+                    file, doc, positions)
+
+
+def _links(chk: _Checker, doc: dict, classes: dict[str, type[Node]]) -> list[Wire]:
+    raw_links = doc.get("links", [])
+    if not isinstance(raw_links, list):
+        chk.add("bad_value", "'links' must be a list", ("links",))
+        return []
+    wires, targets = [], {}
+    for i, link in enumerate(raw_links):
+        path = ("links", i)
+        if not isinstance(link, dict):
+            chk.add("bad_value", "each link must be an object", path)
+            continue
+        chk.unknown_keys(link, LINK_KEYS, path, "a link")
+        ends = {k: chk.string_field(link, k, path) for k in LINK_KEYS}
+        if None in ends.values():
+            continue
+        ports = {}
+        for side, kind in (("source", "output"), ("target", "input")):
+            node = ends[f"{side}_node"]
+            cls = classes.get(node)
+            if cls is None:
+                chk.add("unknown_link_node", f"link {side} {node!r} is not a node in this workflow",
+                        path + (f"{side}_node",), hint=suggest(node, classes))
+                continue
+            port_name = ends[f"{side}_port"]
+            find = cls.output if kind == "output" else cls.input
+            port = find(port_name) or find(PORT_ALIASES.get(port_name, ""))
+            if port is None:
+                names = [p.name for p in (cls.outputs if kind == "output" else cls.inputs)]
+                chk.add("unknown_port", f"{cls.type} node {node!r} has no {kind} port {port_name!r}",
+                        path + (f"{side}_port",), node=node,
+                        hint=suggest(port_name, names) or f"its {kind}s: {', '.join(names) or 'none'}")
+                continue
+            ports[side] = port
+        if len(ports) != 2:
+            continue
+        src, dst = ports["source"], ports["target"]
+        if not fits(src.type, dst):
+            chk.add("port_type_mismatch",
+                    f"{ends['source_node']}.{src.name} gives a {src.type}, but {ends['target_node']}.{dst.name} "
+                    f"takes {' or '.join(dst.types)}", path, node=ends["target_node"])
+            continue
+        key = (ends["target_node"], dst.name)
+        if key in targets:
+            chk.add("input_linked_twice", f"input {key[0]}.{key[1]} is already fed by links[{targets[key]}]", path,
+                    node=key[0], hint="an input takes exactly one link")
+            continue
+        targets[key] = i
+        wires.append(Wire(ends["source_node"], src.name, ends["target_node"], dst.name, link_index=i))
+    return wires
+
+
+def _node_checks(chk: _Checker, nodes: dict[str, NodeSpec], wires: list[Wire]) -> None:
+    for spec in nodes.values():
+        neighbours = {w.target_port: (nodes[w.source].type, nodes[w.source].config)
+                      for w in wires if w.target == spec.name and w.source in nodes}
+        for f in spec.cls.check(spec.config, neighbours):
+            path = ("nodes", spec.index, "config") + ((f.field,) if f.field else ())
+            chk.add(f.code, f.message, path, node=spec.name, hint=f.hint, severity=f.severity, key=bool(f.field))
+
+
+def load(path: str | Path, sets=()) -> Workflow:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise WorkflowError([Issue("file_not_found", f"cannot read the workflow file: {e.strerror}",
+                                   file=str(path))]) from None
+    return loads(text, file=str(path), sets=sets)
