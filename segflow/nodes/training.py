@@ -1,0 +1,151 @@
+"""The Trainer node: config and ports. The loop lives in `segflow.training.loop` (imported in `run`).
+
+One rule for the seed guide's shared `patience`: `patience` belongs to early stopping. The plateau
+schedule waits `lr_patience` epochs; when `lr_patience` is not set it takes `patience` if early
+stopping is off, else 10. `Trainer.check` warns when a file sets `patience` with both early stopping
+and the plateau schedule on but no `lr_patience`, since the writer may have meant either.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator
+
+from segflow.nodes.base import Finding, Node, NodeConfig, Port
+from segflow.registry import register
+
+_SCHEDULE_SPELLINGS = {"polynomial": "poly", "cosine_annealing": "cosine", "reduce_on_plateau": "plateau",
+                       "reducelronplateau": "plateau", "steplr": "step", "exp": "exponential", "": "none"}
+
+
+class TrainerConfig(NodeConfig):
+    aliases: ClassVar[dict[str, str]] = {
+        "num_epochs": "epochs", "save_every_n_epochs": "save_frequency", "max_epochs": "epochs",
+        "grad_clip": "gradient_clip", "accumulation_steps": "gradient_accumulation_steps",
+        "early_stopping_patience": "patience", "scheduler": "lr_schedule",
+    }
+
+    epochs: int = Field(100, ge=1, description="Number of training epochs (alias num_epochs).")
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
+                        description="auto (CUDA if present), cpu, cuda or cuda:N. The --device command-line option wins.")
+    mixed_precision: bool | Literal["bf16", "fp16"] = Field(
+        False, description="Autocast: true = bf16 where the GPU supports it, else fp16 with a gradient scaler; "
+                           "'bf16' / 'fp16' explicitly; false = fp32. On CPU `true` stays fp32.")
+    gradient_clip: float | None = Field(None, ge=0, description="Clip gradients at this value (0 or null: off).")
+    gradient_clip_type: Literal["norm", "value"] = Field(
+        "norm", description="norm: scale all gradients so their total L2 norm is at most gradient_clip; "
+                            "value: clamp each gradient element to ±gradient_clip.")
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, description="Sum gradients over this many batches per optimizer step (effective batch = batch_size × this).")
+    lr_schedule: Literal["none", "step", "cosine", "plateau", "exponential", "poly"] = Field(
+        "none", description="Learning-rate schedule, stepped once per epoch (see docs/training.md for the formulas).")
+    step_size: int = Field(30, ge=1, description="step: multiply the lr by gamma every step_size epochs.")
+    gamma: float | None = Field(None, gt=0, description="step/exponential decay factor (default 0.1 for step, 0.95 for exponential).")
+    T_max: int | None = Field(None, ge=1, description="cosine: epochs from base lr down to eta_min (default: epochs - warmup_epochs).")
+    eta_min: float = Field(0.0, ge=0, description="cosine: the lowest learning rate.")
+    factor: float = Field(0.1, gt=0, lt=1, description="plateau: multiply the lr by this when the monitor stops improving.")
+    lr_patience: int | None = Field(
+        None, ge=0, description="plateau: epochs without improvement before the lr drops. Unset: `patience` when "
+                                "early stopping is off, else 10.")
+    power: float = Field(0.9, gt=0, description="poly: lr = base × (1 - t/T)^power (DeepLab's 0.9).")
+    warmup_epochs: int = Field(0, ge=0, description="Linear warmup: lr rises from base/(W+1) to base over this many epochs.")
+    warmup_type: Literal["linear"] = Field("linear", description="Warmup shape (linear).")
+    early_stopping: bool = Field(False, description="Stop when `monitor` has not improved for `patience` validated epochs.")
+    patience: int = Field(10, ge=1, description="Early stopping: validated epochs without improvement before stopping.")
+    min_delta: float = Field(0.0, ge=0, description="Smallest change of `monitor` that counts as an improvement.")
+    monitor: str = Field("val_dice", pattern=r"^(train|val)_[a-z0-9_]+$",
+                         description="History column that decides best.pt, early stopping and the plateau schedule: "
+                                     "val_dice, val_loss, val_iou, val_dice_1, train_loss, ... Mode: min for *loss*, else max.")
+    restore_best_weights: bool = Field(True, description="With early stopping, hand on the best epoch's weights, not the last.")
+    checkpoint_dir: str = Field("checkpoints", description="Checkpoint folder; a relative path lives inside the run directory.")
+    save_frequency: int = Field(10, ge=0, description="Also keep epoch_NNNN.pt every this many epochs (0: never). "
+                                                      "last.pt is written every epoch, best.pt on improvement.")
+    save_best_only: bool = Field(False, description="Write no periodic epoch_NNNN.pt files (last.pt is still kept for resume).")
+    keep_last: int | None = Field(3, ge=1, description="Periodic checkpoints to keep (null: all).")
+    validate_every: int = Field(1, ge=1, description="Validate every N epochs (and always after the last).")
+    seed: int | None = Field(42, description="Seed python/numpy/torch RNGs at the start (null: do not seed).")
+    deterministic: bool = Field(False, description="Use deterministic algorithms (slower on GPU) for bit-exact reruns.")
+    compile: bool = Field(False, description="torch.compile the model; falls back to eager with a message if it fails.")
+    channels_last: bool | Literal["auto"] = Field(
+        "auto", description="Channels-last memory layout; auto = on for CUDA with mixed precision, where tensor cores gain.")
+    sliding_window: bool | Literal["auto"] = Field(
+        "auto", description="Validate with MONAI sliding-window inference; auto = when validation images differ "
+                            "in size from the training patches.")
+    val_roi_size: list[int] | None = Field(None, description="Sliding-window size (default: the training patch size).")
+    sw_batch_size: int = Field(4, ge=1, description="Windows per forward pass in sliding-window validation.")
+    sw_overlap: float = Field(0.25, ge=0, lt=1, description="Overlap of neighbouring sliding windows.")
+    log_images: bool = Field(True, description="Log an image | label | prediction picture to TensorBoard at each validation.")
+
+    @field_validator("lr_schedule", mode="before")
+    @classmethod
+    def _schedule_spelling(cls, v: Any) -> Any:
+        if v is None:
+            return "none"
+        if isinstance(v, str):
+            key = v.strip().lower()
+            return _SCHEDULE_SPELLINGS.get(key, key)
+        return v
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _precision_spelling(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            key = v.strip().lower()
+            return {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "amp": True}.get(key, key)
+        return v
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device_spelling(cls, v: Any) -> Any:
+        return v.strip().lower() if isinstance(v, str) else v
+
+
+@register
+class Trainer(Node):
+    type = "Trainer"
+    family = "training"
+    Config = TrainerConfig
+    inputs = (
+        Port("model", "Model", doc="the network to train"),
+        Port("train_loader", "DataLoader", doc="training batches", prefer=("train_loader",)),
+        Port("val_loader", "DataLoader", required=False, doc="validation batches", prefer=("val_loader",)),
+        Port("loss_fn", "Loss", doc="loss(logits, label) -> scalar"),
+        Port("optimizer", "Optimizer", doc="optimizer over the model's parameters"),
+    )
+    outputs = (
+        Port("model", "TrainedModel", passes="model", doc="the trained model (best weights with early stopping)"),
+        Port("history", "History", doc="one dict per epoch: losses, metrics, lr"),
+    )
+
+    def run(self, model, train_loader, loss_fn, optimizer, val_loader=None) -> dict[str, Any]:
+        from segflow.training.loop import fit
+
+        trained, history = fit(self.config, self.ctx, self.name, model, train_loader, val_loader, loss_fn, optimizer)
+        return {"model": trained, "history": history}
+
+    @classmethod
+    def check(cls, config: NodeConfig, neighbours: dict[str, tuple[str, NodeConfig]]) -> list[Finding]:
+        cfg: TrainerConfig = config  # type: ignore[assignment]
+        found: list[Finding] = []
+        given = cfg.model_fields_set
+        if cfg.lr_schedule == "plateau" and cfg.early_stopping and "patience" in given and "lr_patience" not in given:
+            found.append(Finding(
+                "patience", "ambiguous_patience",
+                f"`patience` ({cfg.patience}) is early stopping's; the plateau schedule uses lr_patience (default 10)",
+                hint="set lr_patience for the plateau schedule to make the intent explicit", severity="warning"))
+        if "val_loader" not in neighbours and cfg.monitor.startswith("val_") and (
+                cfg.early_stopping or cfg.lr_schedule == "plateau" or "monitor" in given):
+            found.append(Finding(
+                "monitor", "no_validation",
+                f"monitor {cfg.monitor!r} needs a val_loader, and none is wired; train_loss is monitored instead",
+                hint="wire a loader's val_loader output to this Trainer, or set monitor: train_loss",
+                severity="warning"))
+        if cfg.warmup_epochs >= cfg.epochs and cfg.warmup_epochs:
+            found.append(Finding("warmup_epochs", "bad_value",
+                                 f"warmup_epochs ({cfg.warmup_epochs}) is not smaller than epochs ({cfg.epochs})",
+                                 hint="lower warmup_epochs", severity="warning"))
+        if cfg.lr_schedule == "cosine" and cfg.T_max and cfg.T_max > cfg.epochs:
+            found.append(Finding("T_max", "bad_value", f"T_max ({cfg.T_max}) is larger than epochs ({cfg.epochs}): "
+                                 "the cosine never reaches eta_min", severity="warning"))
+        return found

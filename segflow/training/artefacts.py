@@ -1,0 +1,133 @@
+"""What a training run leaves in its run directory besides checkpoints: history.csv/json,
+metrics.json, PNG curves, and TensorBoard events."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# history keys that are not "<phase>_<metric>" and their TensorBoard tags
+_TAGS = {"lr": "train/lr", "grad_norm": "train/grad_norm", "epoch_time": "time/epoch_seconds",
+         "throughput": "time/images_per_second", "gpu_memory_mb": "gpu/max_memory_mb"}
+NOT_LOGGED = ("epoch",)
+# values that differ between two otherwise identical runs (wall-clock, memory)
+TIMING_KEYS = ("epoch_time", "throughput", "gpu_memory_mb")
+
+
+def tag_of(key: str) -> str:
+    if key in _TAGS:
+        return _TAGS[key]
+    phase, _, metric = key.partition("_")
+    return f"{phase}/{metric}" if phase in ("train", "val") and metric else f"misc/{key}"
+
+
+def _plain(value: Any) -> Any:
+    """NaN/Inf are not JSON: written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)  # a reader never sees half a file
+
+
+def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    rows = [{k: _plain(v) for k, v in row.items()} for row in history]
+    _write_text(run_dir / "history.json", json.dumps(rows, indent=1) + "\n")
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    tmp = run_dir / ".history.csv.tmp"
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, run_dir / "history.csv")
+
+
+def write_metrics(run_dir: Path, summary: dict[str, Any]) -> None:
+    clean = json.loads(json.dumps(summary, default=str).replace("NaN", "null").replace("Infinity", "null"))
+    _write_text(run_dir / "metrics.json", json.dumps(clean, indent=2) + "\n")
+
+
+def plot_curves(run_dir: Path, history: list[dict[str, Any]]) -> list[Path]:
+    """loss.png (train/val loss), metrics.png (validation metrics), lr.png. Uses matplotlib's Agg
+    canvas directly, so no global backend is switched and no display is needed."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    def series(key):
+        pts = [(r["epoch"], r[key]) for r in history if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    panels = {
+        "loss.png": ("loss", ["train_loss", "val_loss"]),
+        "metrics.png": ("validation metric (foreground mean)",
+                        ["val_dice", "val_iou", "val_accuracy", "val_precision", "val_recall"]),
+        "lr.png": ("learning rate", ["lr"]),
+    }
+    written = []
+    for filename, (ylabel, keys) in panels.items():
+        fig = Figure(figsize=(6, 4), dpi=100)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        drawn = False
+        for key in keys:
+            xs, ys = series(key)
+            if xs:
+                ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, label=key)
+                drawn = True
+        if not drawn:
+            continue
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(run_dir / filename)
+        written.append(run_dir / filename)
+    return written
+
+
+def sample_grid(image: torch.Tensor, label: torch.Tensor, pred: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """One (1, H, 3W+4) picture: image | label | prediction, for the middle slice of a 3-D volume."""
+    img, lab, prd = image[0].float(), label[0].float(), pred.float()
+    if img.dim() == 3:  # (H, W, D): middle slice along the last axis
+        mid = img.shape[-1] // 2
+        img, lab, prd = img[..., mid], lab[..., mid], prd[..., mid]
+    lo, hi = img.min(), img.max()
+    img = (img - lo) / (hi - lo) if hi > lo else torch.zeros_like(img)
+    scale = max(1, num_classes - 1)
+    gap = torch.ones(img.shape[0], 2)
+    return torch.cat([img, gap, lab / scale, gap, prd / scale], dim=1).clamp(0, 1)[None]
+
+
+class TensorBoardLog:
+    """Scalars per epoch and a sample-prediction image; the writer is opened lazily and flushed each epoch."""
+
+    def __init__(self, folder: Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(folder))
+
+    def epoch(self, row: dict[str, Any]) -> None:
+        step = row["epoch"]
+        for key, value in row.items():
+            if key in NOT_LOGGED or not isinstance(value, (int, float)) or not math.isfinite(value):
+                continue
+            self.writer.add_scalar(tag_of(key), value, step)
+        self.writer.flush()
+
+    def image(self, tag: str, picture: torch.Tensor, step: int) -> None:
+        self.writer.add_image(tag, picture, step)
+
+    def close(self) -> None:
+        self.writer.close()

@@ -1,0 +1,174 @@
+"""Checkpoint files: atomic writes, weights-only loads, RNG state, and the model's signature.
+
+A checkpoint is a dict of tensors and plain containers only, so that `torch.load(weights_only=True)`
+reads it: no pickled classes, nothing that runs code on load.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FORMAT = "segflow-checkpoint"
+VERSION = 1
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """Write `obj` to `path` so that a crash at any moment leaves either the old or the new file.
+
+    The bytes go to a temporary file in the same folder, are fsynced, and the temporary file is
+    renamed over `path` (atomic on POSIX and Windows); the folder is fsynced so the rename survives
+    a power loss.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # not every file system lets one open a folder
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; give the path of a last.pt/best.pt "
+                                f"written by a Trainer, or resume with 'auto'")
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise ValueError(f"cannot read checkpoint {path}: {e}. The file may be truncated, or not a "
+                         f"segflow checkpoint (only tensors and plain values load with weights_only=True)") from e
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a segflow Trainer checkpoint (no 'format: {FORMAT}' entry); "
+                         f"to load bare weights use a CheckpointLoader node instead of resuming")
+    return data
+
+
+# ---- random number generators -------------------------------------------------------------
+
+def _generators_of(loader: Any) -> list[torch.Generator]:
+    """The torch generators a DataLoader draws its shuffling and worker seeds from, if it has its own."""
+    found: list[torch.Generator] = []
+    for obj in (loader, getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
+        gen = getattr(obj, "generator", None)
+        if isinstance(gen, torch.Generator) and all(gen is not g for g in found):
+            found.append(gen)
+    return found
+
+
+def capture_rng(loaders: list[Any] = ()) -> dict[str, Any]:
+    version, mt_state, gauss = random.getstate()
+    np_state = np.random.get_state()
+    state = {
+        "python": {"version": version, "state": list(mt_state), "gauss": gauss},
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "loaders": [[g.get_state() for g in _generators_of(ld)] for ld in loaders],
+    }
+    return state
+
+
+def restore_rng(state: dict[str, Any], loaders: list[Any] = ()) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
+    for loader, saved in zip(loaders, state.get("loaders", [])):
+        for gen, gen_state in zip(_generators_of(loader), saved):
+            gen.set_state(gen_state)
+
+
+# ---- which model a checkpoint belongs to ------------------------------------------------------
+
+def model_signature(model: torch.nn.Module) -> dict[str, Any]:
+    """What must not change between a checkpoint and the model it is resumed into.
+
+    Network nodes may set `model.segflow_spec = {"type": ..., "config": {...}}`; when present it is
+    compared key by key, so the error names the config field that changed.
+    """
+    spec = getattr(model, "segflow_spec", None)
+    return {
+        "class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "shapes": {k: list(v.shape) for k, v in model.state_dict().items()},
+        "spec": spec if isinstance(spec, dict) else None,
+    }
+
+
+def signature_difference(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
+    """A sentence naming how the current model differs from the checkpoint's, or None if it does not."""
+    s_spec, c_spec = saved.get("spec"), current.get("spec")
+    if s_spec and c_spec and s_spec != c_spec:
+        if s_spec.get("type") != c_spec.get("type"):
+            return f"the checkpoint holds a {s_spec.get('type')} model, the workflow builds a {c_spec.get('type')}"
+        sc, cc = s_spec.get("config") or {}, c_spec.get("config") or {}
+        diffs = [f"{k}: {sc.get(k)!r} in the checkpoint, {cc.get(k)!r} now" for k in sorted(set(sc) | set(cc))
+                 if sc.get(k) != cc.get(k)]
+        if diffs:
+            return "the model config changed (" + "; ".join(diffs) + ")"
+    if saved["class"] != current["class"]:
+        return f"the checkpoint holds a {saved['class']} model, the workflow builds a {current['class']}"
+    s, c = saved["shapes"], current["shapes"]
+    missing = [k for k in s if k not in c]
+    extra = [k for k in c if k not in s]
+    if missing or extra:
+        return (f"the model's layers differ: {len(missing)} in the checkpoint only (e.g. {missing[:3]}), "
+                f"{len(extra)} in the model only (e.g. {extra[:3]})")
+    for k in s:
+        if list(s[k]) != list(c[k]):
+            return f"parameter '{k}' has shape {tuple(s[k])} in the checkpoint but {tuple(c[k])} in the model"
+    return None
+
+
+# ---- files in the checkpoint folder -----------------------------------------------------------
+
+def periodic_name(epoch: int) -> str:
+    return f"epoch_{epoch:04d}.pt"
+
+
+def prune_periodic(folder: Path, keep_last: int | None) -> list[Path]:
+    """Delete all but the newest `keep_last` periodic checkpoints; last.pt and best.pt are never touched."""
+    if keep_last is None:
+        return []
+    periodic = sorted(folder.glob("epoch_*.pt"))
+    doomed = periodic[: max(0, len(periodic) - keep_last)]
+    for p in doomed:
+        p.unlink(missing_ok=True)
+    return doomed
+
+
+def find_previous_last(run_dir: Path, checkpoint_dir: str) -> Path | None:
+    """For resume "auto" when the executor did not resolve it: the newest last.pt among this run
+    folder and its siblings (runs/<workflow>/<timestamp>/)."""
+    rel = Path(checkpoint_dir)
+    if rel.is_absolute():
+        candidates = [rel / "last.pt"]
+    else:
+        run_dir = Path(run_dir)
+        candidates = [d / rel / "last.pt" for d in [run_dir, *sorted(run_dir.parent.glob("*"))] if d.is_dir()]
+    found = [p for p in candidates if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None

@@ -1,0 +1,393 @@
+"""The training loop behind the Trainer node: epochs of training and validation, checkpoints,
+resume, early stopping, logging. `fit` is the one entry point."""
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from segflow.training import artefacts, checkpoint
+from segflow.training.device import resolve_device, resolve_precision, seed_everything
+from segflow.training.metrics import ConfusionMeter
+from segflow.training.schedules import EpochSchedule, ScheduleSettings
+
+
+def monitor_mode(monitor: str) -> str:
+    """Losses go down, everything else (dice, iou, accuracy, ...) up."""
+    return "min" if "loss" in monitor else "max"
+
+
+@dataclass
+class State:
+    """Everything about progress that a checkpoint carries besides model/optimizer/scheduler/scaler."""
+
+    epoch: int = 0  # last finished epoch
+    global_step: int = 0  # optimizer steps so far
+    best: float | None = None
+    best_epoch: int | None = None
+    bad_epochs: int = 0  # validated epochs since the monitor last improved
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _Forward:
+    """The model call, compiled when asked; falls back to eager with a message if compiling fails
+    (torch.compile reports most failures on the first call, not when wrapping)."""
+
+    def __init__(self, model: torch.nn.Module, compile_: bool, log: Callable[[str], None]):
+        self.eager = model
+        self.compiled = None
+        self.log = log
+        self.proven = False
+        if compile_:
+            try:
+                self.compiled = torch.compile(model)
+            except Exception as e:  # e.g. an unsupported Python version
+                log(f"compile: torch.compile is not available here ({type(e).__name__}: {e}); training eagerly")
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compiled is None:
+            return self.eager(x)
+        if self.proven:
+            return self.compiled(x)
+        try:
+            out = self.compiled(x)
+        except Exception as e:
+            self.log(f"compile: torch.compile failed on the first batch ({type(e).__name__}: "
+                     f"{str(e).splitlines()[0] if str(e) else ''}); training eagerly. Set compile: false to skip this.")
+            self.compiled = None
+            return self.eager(x)
+        self.proven = True
+        return out
+
+
+def _schedule_settings(cfg, epochs: int) -> ScheduleSettings:
+    lr_patience = cfg.lr_patience
+    if lr_patience is None:  # the documented rule for the seed's shared `patience`
+        lr_patience = 10 if cfg.early_stopping else cfg.patience
+    return ScheduleSettings(kind=cfg.lr_schedule, epochs=epochs, warmup_epochs=cfg.warmup_epochs,
+                            step_size=cfg.step_size, gamma=cfg.gamma, t_max=cfg.T_max, eta_min=cfg.eta_min,
+                            power=cfg.power, factor=cfg.factor, patience=lr_patience,
+                            mode=monitor_mode(cfg.monitor), threshold=cfg.min_delta)
+
+
+def _memory_format(cfg, device: torch.device, sample: torch.Tensor, amp_on: bool):
+    want = cfg.channels_last
+    if want == "auto":  # pays off with tensor cores (CUDA + reduced precision) only
+        want = device.type == "cuda" and amp_on
+    if not want:
+        return None
+    return {4: torch.channels_last, 5: torch.channels_last_3d}.get(sample.dim())
+
+
+def _grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
+    return torch.nn.utils.get_total_norm([p.grad for p in params], 2.0)
+
+
+class Fit:
+    def __init__(self, cfg, ctx, name: str, model, train_loader, val_loader, loss_fn, optimizer):
+        self.cfg, self.ctx, self.name = cfg, ctx, name
+        self.log = ctx.log
+        self.model, self.train_loader, self.val_loader = model, train_loader, val_loader
+        self.loss_fn, self.optimizer = loss_fn, optimizer
+        self.epochs = cfg.epochs
+        self.device = resolve_device(ctx.device or cfg.device,
+                                     "--device" if ctx.device else f"Trainer '{name}': config field 'device'")
+        if cfg.seed is not None:
+            seed_everything(cfg.seed, cfg.deterministic)
+        self.precision = resolve_precision(cfg.mixed_precision, self.device, self.log)
+        self.run_dir = Path(ctx.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        ck = Path(cfg.checkpoint_dir)
+        self.ckpt_dir = ck if ck.is_absolute() else self.run_dir / ck
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        self.monitor = cfg.monitor
+        self.mode = monitor_mode(cfg.monitor)
+        if val_loader is None and self.monitor.startswith("val_"):
+            self.monitor = "train_loss"
+            self.mode = "min"
+            self.log(f"Trainer '{name}': no val_loader wired; monitoring train_loss instead of {cfg.monitor}")
+        model.to(self.device)
+        if isinstance(loss_fn, torch.nn.Module):
+            loss_fn.to(self.device)
+        self.schedule = EpochSchedule(optimizer, _schedule_settings(cfg, self.epochs))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaler)
+        self.state = State()
+        self.num_classes: int | None = None
+        self.memory_format = None
+        self.forward = _Forward(model, cfg.compile, self.log)
+        self.tb = artefacts.TensorBoardLog(self.run_dir / "tensorboard")
+
+    # ---- checkpoints ------------------------------------------------------------------------
+
+    def _checkpoint(self) -> dict[str, Any]:
+        s = self.state
+        return {
+            "format": checkpoint.FORMAT, "version": checkpoint.VERSION,
+            "workflow": self.ctx.workflow_name, "node": self.name,
+            "epoch": s.epoch, "global_step": s.global_step,
+            "model": self.model.state_dict(), "model_signature": checkpoint.model_signature(self.model),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": checkpoint.capture_rng([self.train_loader, self.val_loader]),
+            "monitor": {"name": self.monitor, "mode": self.mode, "best": s.best, "best_epoch": s.best_epoch},
+            "early_stopping": {"bad_epochs": s.bad_epochs},
+            "history": s.history,
+            "trainer_config": self.cfg.model_dump(mode="json"),
+        }
+
+    def _save(self, improved: bool) -> None:
+        data = self._checkpoint()
+        if improved:
+            checkpoint.atomic_save(data, self.ckpt_dir / "best.pt")
+        checkpoint.atomic_save(data, self.ckpt_dir / "last.pt")  # resume always needs the newest state
+        every = self.cfg.save_frequency
+        if not self.cfg.save_best_only and every and self.state.epoch % every == 0:
+            checkpoint.atomic_save(data, self.ckpt_dir / checkpoint.periodic_name(self.state.epoch))
+            checkpoint.prune_periodic(self.ckpt_dir, self.cfg.keep_last)
+
+    def resume(self, where: str | None) -> None:
+        if not where:
+            return
+        if where == "auto":
+            found = checkpoint.find_previous_last(self.run_dir, self.cfg.checkpoint_dir)
+            if found is None:
+                self.log(f"Trainer '{self.name}': resume auto found no earlier last.pt; starting fresh")
+                return
+            where = str(found)
+        path = Path(where)
+        data = checkpoint.load_checkpoint(path, map_location=self.device)
+        diff = checkpoint.signature_difference(data["model_signature"], checkpoint.model_signature(self.model))
+        if diff:
+            raise ValueError(f"cannot resume Trainer '{self.name}' from {path}: {diff}. Resume with the model "
+                             f"config the checkpoint was trained with, or start a fresh run without --resume")
+        self.model.load_state_dict(data["model"])
+        self.optimizer.load_state_dict(data["optimizer"])
+        self.schedule.load_state_dict(data["scheduler"])
+        self.scaler.load_state_dict(data["scaler"])
+        mon = data["monitor"]
+        self.state = State(epoch=data["epoch"], global_step=data["global_step"], best=mon["best"],
+                           best_epoch=mon["best_epoch"], bad_epochs=data["early_stopping"]["bad_epochs"],
+                           history=list(data["history"]))
+        checkpoint.restore_rng(data["rng"], [self.train_loader, self.val_loader])
+        best = path.parent / "best.pt"
+        if best.is_file() and best.resolve() != (self.ckpt_dir / "best.pt").resolve():
+            shutil.copy2(best, self.ckpt_dir / "best.pt")  # restore-best at the end needs it here
+        self.log(f"Trainer '{self.name}': resumed from {path} at epoch {self.state.epoch}/{self.epochs}")
+
+    # ---- one epoch --------------------------------------------------------------------------
+
+    def _prepare(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        image = batch["image"].to(self.device, non_blocking=True)
+        label = batch["label"].to(self.device, non_blocking=True)
+        if self.memory_format is not None:
+            image = image.contiguous(memory_format=self.memory_format)
+        return image, label
+
+    def _check_labels(self, logits: torch.Tensor, label: torch.Tensor) -> None:
+        classes = max(2, logits.shape[1])
+        self.num_classes = classes
+        top = int(label.max())  # one host sync, once per run
+        if top >= classes:
+            raise ValueError(f"Trainer '{self.name}': a training label has class {top} but the model outputs "
+                             f"{logits.shape[1]} channel(s); set the network's out_channels to at least {top + 1}")
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        cfg, dev = self.cfg, self.device
+        model, opt, scaler = self.model, self.optimizer, self.scaler
+        model.train()
+        n_batches = len(self.train_loader)
+        accum = cfg.gradient_accumulation_steps
+        loss_sum = torch.zeros((), device=dev)
+        norm_sum = torch.zeros((), device=dev)
+        first_bad = torch.full((), -1, dtype=torch.long, device=dev)
+        steps = images = 0
+        params = [p for g in opt.param_groups for p in g["params"]]
+        bar = None
+        if self.ctx.progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=n_batches, desc=f"{self.name} epoch {epoch}/{self.epochs}", unit="batch", leave=False)
+        started = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        for i, batch in enumerate(self.train_loader):
+            image, label = self._prepare(batch)
+            if self.memory_format is None and i == 0 and epoch == self.state.epoch + 1:
+                self.memory_format = _memory_format(cfg, dev, image, self.precision.enabled)
+                if self.memory_format is not None:
+                    model.to(memory_format=self.memory_format)
+                    image = image.contiguous(memory_format=self.memory_format)
+            self.patch_size = tuple(image.shape[2:])
+            # the last group may be shorter: scale by its real size so it is a true mean
+            group = min(accum, n_batches - (i // accum) * accum)
+            with torch.autocast(dev.type, dtype=self.precision.dtype, enabled=self.precision.enabled):
+                logits = self.forward(image)
+                loss = self.loss_fn(logits, label)
+            if self.num_classes is None:
+                self._check_labels(logits, label)
+            loss = loss.float()
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()),
+                                    torch.tensor(i + 1, device=dev), first_bad)
+            loss_sum += loss.detach()
+            scaler.scale(loss / group).backward()
+            images += image.shape[0]
+            if (i + 1) % accum == 0 or i + 1 == n_batches:
+                scaler.unscale_(opt)
+                with_grad = [p for p in params if p.grad is not None]
+                if cfg.gradient_clip and cfg.gradient_clip_type == "norm":
+                    norm = torch.nn.utils.clip_grad_norm_(with_grad, cfg.gradient_clip)  # norm before clipping
+                else:
+                    norm = _grad_norm(with_grad)
+                    if cfg.gradient_clip:
+                        torch.nn.utils.clip_grad_value_(with_grad, cfg.gradient_clip)
+                scaler.step(opt)
+                scaler.update()
+                opt.zero_grad(set_to_none=True)
+                norm_sum += norm.detach().float()
+                steps += 1
+            if bar is not None:
+                bar.update(1)
+                if (i + 1) % 20 == 0 or i + 1 == n_batches:  # one sync per 20 steps, for the display only
+                    rate = images / max(1e-9, time.perf_counter() - started)
+                    bar.set_postfix(loss=f"{float(loss_sum) / (i + 1):.4f}", lr=f"{self.schedule.lrs[0]:.2e}",
+                                    img_s=f"{rate:.1f}")
+        if bar is not None:
+            bar.close()
+        bad = int(first_bad)  # the one sync per epoch
+        if bad > 0:
+            raise FloatingPointError(
+                f"Trainer '{self.name}': the loss became NaN/Inf at epoch {epoch}, step {bad} of {n_batches}. "
+                f"Training stopped; the last good checkpoint is {self.ckpt_dir / 'last.pt'} "
+                f"(epoch {self.state.epoch}). Try a lower learning_rate, gradient_clip (e.g. 1.0), "
+                f"mixed_precision false, and check the data for NaN/Inf values.")
+        self.state.global_step += steps
+        elapsed = time.perf_counter() - started
+        return {"train_loss": float(loss_sum) / max(1, n_batches), "grad_norm": float(norm_sum) / max(1, steps),
+                "throughput": images / max(1e-9, elapsed)}
+
+    @torch.no_grad()
+    def validate(self, epoch: int) -> dict[str, float]:
+        from monai.inferers import sliding_window_inference
+
+        cfg, dev = self.cfg, self.device
+        self.model.eval()
+        loss_sum = torch.zeros((), device=dev)
+        meter = None
+        n = 0
+        sample = None
+        for batch in self.val_loader:
+            image, label = self._prepare(batch)
+            with torch.autocast(dev.type, dtype=self.precision.dtype, enabled=self.precision.enabled):
+                patch = getattr(self, "patch_size", None)
+                slide = cfg.sliding_window
+                if slide == "auto":
+                    slide = patch is not None and tuple(image.shape[2:]) != patch
+                if slide:
+                    roi = tuple(cfg.val_roi_size) if cfg.val_roi_size else patch
+                    logits = sliding_window_inference(image, roi_size=roi, sw_batch_size=cfg.sw_batch_size,
+                                                      predictor=self.forward, overlap=cfg.sw_overlap,
+                                                      mode="gaussian")
+                else:
+                    logits = self.forward(image)
+            logits = logits.float()
+            loss_sum += self.loss_fn(logits, label).detach().float()
+            if meter is None:
+                meter = ConfusionMeter(logits.shape[1], dev)
+            meter.update(logits, label)
+            if sample is None and cfg.log_images:
+                pred = (logits[0, 0] > 0).long() if logits.shape[1] == 1 else logits[0].argmax(0)
+                sample = (image[0].cpu(), label[0].cpu(), pred.cpu(), max(2, logits.shape[1]))
+            n += 1
+        out = {"val_loss": float(loss_sum) / max(1, n)}
+        if meter is not None:
+            out.update({f"val_{k}": v for k, v in meter.compute().items()})
+        if sample is not None:
+            self.tb.image("val/sample_image_label_prediction", artefacts.sample_grid(*sample), epoch)
+        return out
+
+    # ---- the run ----------------------------------------------------------------------------
+
+    def _improved(self, value: float | None) -> bool:
+        if value is None or not math.isfinite(value):
+            return False
+        best = self.state.best
+        if best is None:
+            return True
+        d = self.cfg.min_delta
+        return value > best + d if self.mode == "max" else value < best - d
+
+    def run(self) -> tuple[torch.nn.Module, list[dict[str, Any]]]:
+        cfg, s = self.cfg, self.state
+        self.log(f"Trainer '{self.name}': {self.device}, {self.precision.describe()}, epochs {s.epoch + 1}..{self.epochs}, "
+                 f"lr_schedule {cfg.lr_schedule}, checkpoints in {self.ckpt_dir}")
+        stopped_early = False
+        try:
+            for epoch in range(s.epoch + 1, self.epochs + 1):
+                started = time.perf_counter()
+                lr = self.schedule.lrs[0]  # the lr this epoch trains with
+                if self.device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(self.device)
+                row: dict[str, Any] = {"epoch": epoch}
+                try:
+                    row.update(self.train_epoch(epoch))
+                except FloatingPointError:
+                    self._write_files(final=False)
+                    raise
+                validated = self.val_loader is not None and (epoch % cfg.validate_every == 0 or epoch == self.epochs)
+                if validated:
+                    row.update(self.validate(epoch))
+                row["lr"] = lr
+                row["epoch_time"] = time.perf_counter() - started
+                if self.device.type == "cuda":
+                    row["gpu_memory_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+                value = row.get(self.monitor)
+                improved = self._improved(value)
+                if improved:
+                    s.best, s.best_epoch, s.bad_epochs = value, epoch, 0
+                elif validated or self.monitor.startswith("train_"):
+                    s.bad_epochs += 1
+                self.schedule.step(value)
+                s.epoch = epoch
+                s.history.append(row)
+                self.tb.epoch(row)
+                self._save(improved)
+                self._write_files(final=False)
+                if cfg.early_stopping and s.bad_epochs >= cfg.patience:
+                    self.log(f"Trainer '{self.name}': early stopping at epoch {epoch}: {self.monitor} has not improved "
+                             f"by more than {cfg.min_delta} for {s.bad_epochs} epochs (best {s.best:.4f} at epoch {s.best_epoch})")
+                    stopped_early = True
+                    break
+            if cfg.early_stopping and cfg.restore_best_weights and (self.ckpt_dir / "best.pt").is_file():
+                best = checkpoint.load_checkpoint(self.ckpt_dir / "best.pt", map_location=self.device)
+                self.model.load_state_dict(best["model"])
+                self.log(f"Trainer '{self.name}': restored the best weights (epoch {best['epoch']}, "
+                         f"{self.monitor} {s.best})")
+            self._write_files(final=True, stopped_early=stopped_early)
+        finally:
+            self.tb.close()
+        return self.model, s.history
+
+    def _write_files(self, final: bool, stopped_early: bool = False) -> None:
+        s = self.state
+        artefacts.write_history(self.run_dir, s.history)
+        if not final:
+            return
+        artefacts.plot_curves(self.run_dir, s.history)
+        best_row = next((r for r in s.history if r["epoch"] == s.best_epoch), None)
+        artefacts.write_metrics(self.run_dir, {
+            "monitor": self.monitor, "mode": self.mode, "best_value": s.best, "best_epoch": s.best_epoch,
+            "epochs_run": s.epoch, "stopped_early": stopped_early, "global_step": s.global_step,
+            "final": s.history[-1] if s.history else None, "best": best_row,
+            "checkpoints": {"last": str(self.ckpt_dir / "last.pt"),
+                            "best": str(self.ckpt_dir / "best.pt") if (self.ckpt_dir / "best.pt").is_file() else None},
+        })
+
+
+def fit(cfg, ctx, name: str, model, train_loader, val_loader, loss_fn, optimizer):
+    """Train `model`; returns (model, history). Resumes from `ctx.resume` when set."""
+    job = Fit(cfg, ctx, name, model, train_loader, val_loader, loss_fn, optimizer)
+    job.resume(ctx.resume)
+    return job.run()
