@@ -197,7 +197,8 @@ def _apply_sets(chk: _Checker, doc: dict, sets) -> None:
             chk.overridden.add(("nodes", i, "config", key))
 
 
-def loads(text: str, file: str | None = None, sets=()) -> Workflow:
+def loads(text: str, file: str | None = None, sets=(), types: dict[str, type[Node]] | None = None) -> Workflow:
+    """Validate and wire a workflow given as text. `types` replaces the registry (tests, tools)."""
     try:
         doc, positions = jsonpos.loads(text)
     except jsonpos.JSONSyntaxError as e:
@@ -235,7 +236,7 @@ def loads(text: str, file: str | None = None, sets=()) -> Workflow:
         raw_nodes = []
     nodes: dict[str, NodeSpec] = {}
     classes: dict[str, type[Node]] = {}  # every well-typed node, even if its config is bad
-    known_types = registry.all_types()
+    known_types = registry.all_types() if types is None else types
     for i, raw in enumerate(raw_nodes):
         path = ("nodes", i)
         if not isinstance(raw, dict):
