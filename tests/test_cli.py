@@ -1,0 +1,92 @@
+"""The command line: validate (static, torch-free, exit codes, formats), schema, nodes, graph."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from segflow import catalogue
+from segflow.cli import main
+from segflow.schema import render
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+BROKEN = ROOT / "tests" / "broken"
+
+
+def test_every_shipped_workflow_validates(capsys):
+    assert WORKFLOWS, "no workflows shipped"
+    assert main(["validate", *map(str, WORKFLOWS)]) == 0
+    out = capsys.readouterr().out
+    assert out.count(": valid") == len(WORKFLOWS)
+
+
+def test_validate_exit_code_and_formats(capsys):
+    bad = str(BROKEN / "unknown_key.json")
+    assert main(["validate", bad]) == 1
+    assert "error[unknown_key] node 'optimizer' at nodes[3].config.learning_rte" in capsys.readouterr().out
+    assert main(["validate", "--format", "json", bad, str(WORKFLOWS[0])]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert [r["valid"] for r in report] == [False, True]
+    assert report[0]["issues"][0]["code"] == "unknown_key" and report[0]["issues"][0]["line"] == 7
+    assert main(["validate", "--format", "github", bad]) == 1
+    assert capsys.readouterr().out.startswith(f"::error file={bad},line=7,col=")
+
+
+def test_validate_is_static_and_check_paths_is_not(tmp_path, capsys):
+    # data/x does not exist on this machine: not an error for plain validate
+    good = tmp_path / "wf.json"
+    good.write_text((BROKEN / "unknown_key.json").read_text().replace("learning_rte", "learning_rate"))
+    assert main(["validate", str(good)]) == 0
+    assert main(["validate", "--check-paths", str(good)]) == 1
+    assert "path_not_found" in capsys.readouterr().out
+
+
+def test_validate_never_imports_torch_or_monai():
+    code = ("import sys; from segflow.cli import main; rc = main(['validate', *sys.argv[1:]]);"
+            "heavy = sorted(m for m in ('torch', 'monai', 'albumentations', 'nibabel') if m in sys.modules);"
+            "print('HEAVY', heavy); raise SystemExit(rc)")
+    out = subprocess.run([sys.executable, "-c", code, *map(str, WORKFLOWS)], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "HEAVY []" in out.stdout
+
+
+def test_checked_in_schema_is_current_and_validates_every_workflow():
+    checked_in = (ROOT / "schemas" / "workflow.schema.json").read_text()
+    assert checked_in == render(), "schemas/workflow.schema.json is stale: run `segflow schema`"
+    schema = json.loads(checked_in)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    for wf in WORKFLOWS:
+        errors = list(validator.iter_errors(json.loads(wf.read_text())))
+        assert not errors, f"{wf.name}: {errors[0].message}"
+
+
+def test_schema_rejects_what_validate_rejects():
+    validator = jsonschema.Draft202012Validator(json.loads(render()))
+    for name in ("unknown_key", "unknown_node_type", "bad_value"):
+        assert list(validator.iter_errors(json.loads((BROKEN / f"{name}.json").read_text()))), name
+
+
+def test_node_reference_is_current():
+    assert (ROOT / "docs" / "nodes.md").read_text() == catalogue.markdown(), \
+        "docs/nodes.md is stale: run `segflow nodes --format markdown > docs/nodes.md`"
+
+
+def test_nodes_command(capsys):
+    assert main(["nodes"]) == 0
+    assert "UNet2D" in capsys.readouterr().out
+    assert main(["nodes", "Optimizer"]) == 0
+    out = capsys.readouterr().out
+    assert "learning_rate" in out and "alias: lr" in out
+    assert main(["nodes", "Optimiser"]) == 1
+    assert "did you mean 'Optimizer'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt", ["mermaid", "dot"])
+def test_graph_command(fmt, capsys):
+    assert main(["graph", str(ROOT / "workflows" / "seed_unet.json"), "--format", fmt]) == 0
+    out = capsys.readouterr().out
+    assert "data_loader" in out and "train_loader to train_loader" in out

@@ -1,0 +1,128 @@
+"""The executor on small node types defined here: order, hand-over, errors, run directory, resume."""
+import json
+import os
+
+import pytest
+from pydantic import Field
+
+from segflow import executor, registry
+from segflow.errors import NodeRunError, WorkflowError
+from segflow.nodes.base import Finding, Node, NodeConfig, Port
+
+
+class SourceConfig(NodeConfig):
+    value: int = Field(1, description="the number to emit")
+    path: str = Field("", description="a file that must exist, if set")
+
+
+class Source(Node):
+    type = "Source"
+    Config = SourceConfig
+    outputs = (Port("number", "Number"),)
+    runs = 0
+
+    def run(self):
+        Source.runs += 1
+        return {"number": self.config.value}
+
+    @classmethod
+    def preflight(cls, config, device):
+        if config.path and not os.path.exists(config.path):
+            return [Finding("path", "path_not_found", f"{config.path} does not exist")]
+        return []
+
+
+class Double(Node):
+    type = "Double"
+    inputs = (Port("number", "Number"),)
+    outputs = (Port("number", "Doubled"),)
+
+    def run(self, number):
+        self.seen = getattr(self, "seen", []) + [number]  # per-instance: must not leak between runs
+        return {"number": 2 * number + len(self.seen) - 1}
+
+
+class Fail(Node):
+    type = "Fail"
+    inputs = (Port("number", "Doubled"),)
+    outputs = (Port("out", "Nothing"),)
+
+    def run(self, number):
+        raise ZeroDivisionError(f"cannot divide {number}")
+
+
+@pytest.fixture(autouse=True)
+def fake_registry(monkeypatch, tmp_path):
+    monkeypatch.setattr(registry, "all_types", lambda: {c.type: c for c in (Source, Double, Fail)})
+    monkeypatch.chdir(tmp_path)
+
+
+def write(tmp_path, nodes, name="wf"):
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({"workflow": name, "nodes": [{"type": t, "name": n, "config": c} for t, n, c in nodes]}))
+    return path
+
+
+def test_nodes_run_in_order_and_outputs_are_handed_along(tmp_path):
+    wf = write(tmp_path, [("Double", "double", {}), ("Source", "src", {"value": 5})])
+    logs = []
+    result = executor.run_workflow(wf, log=logs.append)
+    assert result.outputs == {"src": {"number": 5}, "double": {"number": 10}}
+    assert result.run_dir.parent.resolve() == (tmp_path / "runs" / "wf").resolve()
+    assert [line for line in logs if line.startswith("[")][0] == "[1/2] src (Source)"
+    resolved = json.loads((result.run_dir / "workflow.resolved.json").read_text())
+    assert resolved["nodes"][1]["config"] == {"value": 5, "path": ""}
+    env = json.loads((result.run_dir / "environment.json").read_text())
+    assert env["packages"]["torch"] and "cuda_available" in env
+    assert set(json.loads((result.run_dir / "timings.json").read_text())) == {"src", "double"}
+
+
+def test_no_state_leaks_between_two_runs(tmp_path):
+    wf = write(tmp_path, [("Source", "src", {"value": 3}), ("Double", "double", {})])
+    first = executor.run_workflow(wf, log=lambda s: None)
+    second = executor.run_workflow(wf, log=lambda s: None)
+    assert first.outputs == second.outputs == {"src": {"number": 3}, "double": {"number": 6}}
+    assert first.run_dir != second.run_dir
+
+
+def test_a_failing_node_is_named_and_its_cause_chained(tmp_path):
+    wf = write(tmp_path, [("Source", "src", {}), ("Double", "double", {}), ("Fail", "boom", {})])
+    with pytest.raises(NodeRunError) as e:
+        executor.run_workflow(wf, log=lambda s: None)
+    assert str(e.value) == "node 'boom' (Fail) failed: cannot divide 2"
+    assert isinstance(e.value.__cause__, ZeroDivisionError)
+
+
+def test_until_runs_only_the_ancestors(tmp_path):
+    wf = write(tmp_path, [("Source", "src", {}), ("Double", "double", {}), ("Fail", "boom", {})])
+    result = executor.run_workflow(wf, until="double", log=lambda s: None)
+    assert set(result.outputs) == {"src", "double"}
+    with pytest.raises(WorkflowError) as e:
+        executor.run_workflow(wf, until="dubble", log=lambda s: None)
+    assert e.value.issues[0].code == "unknown_node" and "'double'" in e.value.issues[0].hint
+
+
+def test_paths_are_checked_before_any_node_runs(tmp_path):
+    Source.runs = 0
+    wf = write(tmp_path, [("Source", "a", {}), ("Source", "b", {"path": "missing/file.nii.gz"})])
+    with pytest.raises(WorkflowError) as e:
+        executor.run_workflow(wf, log=lambda s: None)
+    issue = e.value.issues[0]
+    assert (issue.code, issue.node, issue.path) == ("path_not_found", "b", "nodes[1].config.path")
+    assert issue.line == 1 and Source.runs == 0
+
+
+def test_resume_auto_finds_the_latest_checkpoint_and_reuses_its_run_dir(tmp_path):
+    wf = write(tmp_path, [("Source", "src", {})])
+    logs = []
+    fresh = executor.run_workflow(wf, resume="auto", log=logs.append)
+    assert any("starting fresh" in line for line in logs)
+    ckpt = fresh.run_dir / "checkpoints" / "last.pt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"x")
+    assert executor.find_latest_checkpoint("wf").resolve() == ckpt.resolve()
+    again = executor.run_workflow(wf, resume="auto", log=lambda s: None)
+    assert again.run_dir.resolve() == fresh.run_dir.resolve()
+    with pytest.raises(WorkflowError) as e:
+        executor.run_workflow(wf, resume="nope.pt", log=lambda s: None)
+    assert e.value.issues[0].code == "checkpoint_not_found"
