@@ -1,0 +1,1 @@
+"""Dataset reading, phantoms, augmentation and loaders behind MedicalSegmentationLoader."""

@@ -1,0 +1,86 @@
+"""Augmentation presets (light / medium / strong): albumentations for 2-D, MONAI for 3-D.
+
+2-D pipelines end at `image_size` (random resized crop when augmenting, a plain resize
+otherwise) and move image and mask through the same geometric transforms, the mask with
+nearest-neighbour interpolation. They see images scaled to [0, 1]. 3-D pipelines work on
+patches already cut to the patch size (see `datasets.sample_patch`).
+"""
+from __future__ import annotations
+
+STRENGTHS = ("light", "medium", "strong")
+
+
+def albumentations_pipeline(size: tuple[int, int], strength: str | None, seed: int):
+    """`strength` None: resize only (validation, or augmentation off)."""
+    import albumentations as A
+    import cv2
+
+    h, w = size
+    if strength is None:
+        return A.Compose([A.Resize(h, w)], seed=seed)
+    if strength not in STRENGTHS:
+        raise ValueError(f"augmentation_strength must be one of {STRENGTHS}, got {strength!r}")
+    square = h == w  # rotate-90 would change the shape of a non-square sample
+    const = dict(border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0)
+    if strength == "light":
+        tf = [
+            A.RandomResizedCrop((h, w), scale=(0.8, 1.0), ratio=(0.9, 1.1)),
+            A.HorizontalFlip(p=0.5),
+            A.RandomBrightnessContrast(0.1, 0.1, p=0.3),
+        ]
+    elif strength == "medium":
+        tf = [
+            A.RandomResizedCrop((h, w), scale=(0.6, 1.0), ratio=(0.8, 1.25)),
+            A.HorizontalFlip(p=0.5),
+            A.VerticalFlip(p=0.5),
+            *([A.RandomRotate90(p=0.5)] if square else []),
+            A.Affine(scale=(0.9, 1.1), translate_percent=(-0.06, 0.06), rotate=(-15, 15), p=0.5, **const),
+            A.RandomBrightnessContrast(0.2, 0.2, p=0.5),
+            A.RandomGamma((80, 120), p=0.3),
+        ]
+    else:
+        tf = [
+            A.RandomResizedCrop((h, w), scale=(0.4, 1.0), ratio=(0.75, 1.33)),
+            A.HorizontalFlip(p=0.5),
+            A.VerticalFlip(p=0.5),
+            *([A.RandomRotate90(p=0.5)] if square else []),
+            A.Affine(scale=(0.8, 1.2), translate_percent=(-0.1, 0.1), rotate=(-30, 30), shear=(-10, 10), p=0.7, **const),
+            A.OneOf([
+                A.ElasticTransform(alpha=30, sigma=6, **const),
+                A.GridDistortion(num_steps=5, distort_limit=0.3, **const),
+            ], p=0.3),
+            A.RandomBrightnessContrast(0.3, 0.3, p=0.7),
+            A.RandomGamma((70, 150), p=0.5),
+            A.GaussNoise(std_range=(0.01, 0.05), p=0.3),
+        ]
+    return A.Compose(tf, seed=seed)
+
+
+def monai_pipeline(patch: tuple[int, ...], strength: str | None, seed: int):
+    """Random 3-D transforms on a patch dict {"image": (C,*S), "label": (1,*S)}; None when off."""
+    if strength is None:
+        return None
+    if strength not in STRENGTHS:
+        raise ValueError(f"augmentation_strength must be one of {STRENGTHS}, got {strength!r}")
+    from monai.transforms import (
+        Compose, RandAdjustContrastd, RandAffined, RandFlipd, RandGaussianNoised, RandGaussianSmoothd,
+        RandRotate90d, RandScaleIntensityd, RandShiftIntensityd,
+    )
+
+    keys = ["image", "label"]
+    tf = [RandFlipd(keys, prob=0.5, spatial_axis=a) for a in range(3)]
+    tf += [RandScaleIntensityd("image", factors=0.1, prob=0.5), RandShiftIntensityd("image", offsets=0.1, prob=0.5)]
+    if strength in ("medium", "strong"):
+        if patch[0] == patch[1]:
+            tf.append(RandRotate90d(keys, prob=0.3, max_k=3, spatial_axes=(0, 1)))
+        tf.append(RandGaussianNoised("image", prob=0.15, std=0.05))
+    if strength == "strong":
+        tf += [
+            RandAffined(keys, prob=0.3, rotate_range=(0.26, 0.26, 0.26), scale_range=(0.15, 0.15, 0.15),
+                        mode=("bilinear", "nearest"), padding_mode="zeros"),
+            RandGaussianSmoothd("image", prob=0.15, sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0)),
+            RandAdjustContrastd("image", prob=0.3, gamma=(0.7, 1.5)),
+        ]
+    c = Compose(tf)
+    c.set_random_state(seed=seed)
+    return c

@@ -1,0 +1,144 @@
+"""torch Datasets over prepared cases: 2-D resized samples, 3-D patches, 3-D whole volumes.
+
+Each dataset owns its random state (a NumPy generator plus the albumentations/MONAI
+pipeline's own) and `reseed`s it per worker process from torch's worker seed, so a run is
+reproducible for a given `seed` and `num_workers`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from segflow.data.layouts import Case
+from segflow.data.prepare import PrepSpec, Prepared, load_prepared, prepare_case, zscore
+
+
+class CaseSource:
+    """Prepared cases by index: held in memory, memory-mapped from the disk cache, or decoded
+    from the original files on every access (cache "none")."""
+
+    def __init__(self, cases: list[Case], spec: PrepSpec, memory: list[Prepared] | None = None,
+                 disk: list[Path] | None = None):
+        self.cases, self.spec, self.memory, self.disk = cases, spec, memory, disk
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def get(self, i: int) -> Prepared:
+        if self.memory is not None:
+            return self.memory[i]
+        if self.disk is not None:
+            return load_prepared(self.disk[i])
+        return prepare_case(self.cases[i], self.spec)
+
+
+class _Seeded(Dataset):
+    def reseed(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        tf = getattr(self, "transform", None)
+        if hasattr(tf, "set_random_seed"):  # albumentations
+            tf.set_random_seed(seed)
+        elif hasattr(tf, "set_random_state"):  # MONAI
+            tf.set_random_state(seed=seed)
+
+
+class Slices2D(_Seeded):
+    """2-D samples resized (and augmented, for training) to the pipeline's output size."""
+
+    def __init__(self, source: CaseSource, transform, zscore_after: bool, repeats: int = 1, seed: int = 0):
+        self.source, self.transform, self.zscore_after, self.repeats = source, transform, zscore_after, repeats
+        self.reseed(seed)
+
+    def __len__(self) -> int:
+        return len(self.source) * self.repeats
+
+    def __getitem__(self, index: int) -> dict:
+        prep = self.source.get(index // self.repeats)
+        image = np.ascontiguousarray(np.moveaxis(np.asarray(prep.image), 0, -1))  # HWC for albumentations
+        out = self.transform(image=image, mask=np.asarray(prep.label))
+        img = np.moveaxis(out["image"], -1, 0) if out["image"].ndim == 3 else out["image"][None]
+        if self.zscore_after:
+            img = zscore(img)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)),
+            "label": torch.from_numpy(out["mask"].astype(np.int64))[None],
+            "case": prep.case_id,
+        }
+
+
+class Patches3D(_Seeded):
+    """Random patches, `repeats` per volume per epoch; a fraction pos/(pos+neg) centred on a
+    foreground voxel, the rest anywhere in the volume (nnU-Net's oversampling scheme)."""
+
+    def __init__(self, source: CaseSource, patch: tuple[int, ...], pos: float, neg: float, transform,
+                 repeats: int = 1, seed: int = 0):
+        self.source, self.patch, self.transform, self.repeats = source, tuple(patch), transform, repeats
+        self.p_fg = pos / (pos + neg) if pos + neg > 0 else 0.0
+        self.reseed(seed)
+
+    def __len__(self) -> int:
+        return len(self.source) * self.repeats
+
+    def __getitem__(self, index: int) -> dict:
+        prep = self.source.get(index // self.repeats)
+        image, label = sample_patch(prep, self.patch, self.p_fg, self.rng)
+        sample = {"image": image, "label": label[None]}
+        if self.transform is not None:
+            sample = self.transform(sample)
+        return {"image": _tensor(sample["image"], torch.float32), "label": _tensor(sample["label"], torch.int64),
+                "case": prep.case_id}
+
+
+class Volumes3D(Dataset):
+    """Whole prepared volumes for validation (batch size 1; sliding-window inference)."""
+
+    def __init__(self, source: CaseSource):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict:
+        prep = self.source.get(index)
+        item = {"image": _tensor(prep.image, torch.float32), "label": _tensor(prep.label[None], torch.int64),
+                "case": prep.case_id}
+        if prep.affine is not None:
+            item["affine"] = torch.as_tensor(np.asarray(prep.affine), dtype=torch.float64)
+        return item
+
+
+def sample_patch(prep: Prepared, patch: tuple[int, ...], p_fg: float, rng: np.random.Generator):
+    """Cut one patch by slicing the (possibly memory-mapped) arrays, zero-padding volumes smaller
+    than the patch. Slicing rather than MONAI's crop transforms avoids converting the whole
+    volume to a tensor for every sample."""
+    shape = prep.label.shape
+    if p_fg > 0 and prep.fg is not None and prep.fg.size and rng.random() < p_fg:
+        centre = np.unravel_index(int(prep.fg[rng.integers(prep.fg.size)]), shape)
+    else:
+        centre = tuple(int(rng.integers(s)) for s in shape)
+    starts = [min(max(c - p // 2, 0), max(s - p, 0)) for c, p, s in zip(centre, patch, shape)]
+    region = tuple(slice(b, b + p) for b, p in zip(starts, patch))
+    image = np.asarray(prep.image[(slice(None), *region)], dtype=np.float32)
+    label = np.asarray(prep.label[region])
+    pad = [(0, p - s) for p, s in zip(patch, label.shape)]
+    if any(after for _, after in pad):
+        # pad symmetrically so small volumes sit in the middle of the patch
+        pad = [((p - s) // 2, p - s - (p - s) // 2) for p, s in zip(patch, label.shape)]
+        image = np.pad(image, [(0, 0), *pad])
+        label = np.pad(label, pad)
+    return image, label
+
+
+def _tensor(x, dtype) -> torch.Tensor:
+    if hasattr(x, "as_tensor"):  # MONAI MetaTensor -> plain tensor, as the batch contract says
+        x = x.as_tensor()
+    return torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).to(dtype).contiguous()
+
+
+def worker_init(worker_id: int) -> None:
+    info = torch.utils.data.get_worker_info()
+    if hasattr(info.dataset, "reseed"):
+        info.dataset.reseed(info.seed % 2**32)

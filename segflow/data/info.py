@@ -1,0 +1,30 @@
+"""What a loader tells later nodes about its data (the `DatasetInfo` port type).
+
+Stdlib only, so node modules and `segflow validate` may refer to it without importing torch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class DatasetInfo:
+    """Shape of the data a MedicalSegmentationLoader hands out.
+
+    `patch_size` is the spatial size of a training sample: the resized image for 2-D, the
+    sampled patch for 3-D. 3-D validation batches are whole volumes (batch size 1), so a
+    trainer validates them with sliding-window inference using `patch_size` as the window.
+    `spacing` is the voxel spacing after optional resampling (the median over the cases when
+    they differ); None for data without a physical spacing (PNG, NumPy).
+    """
+
+    in_channels: int
+    num_classes: int  # background included
+    spatial_dims: int  # 2 or 3
+    spacing: tuple[float, ...] | None
+    class_names: list[str] = field(default_factory=list)
+    patch_size: tuple[int, ...] = ()
+    num_train: int = 0
+    num_val: int = 0
+    data_dir: str = ""
+    layout: str = ""

@@ -1,0 +1,190 @@
+"""Build the train/val DataLoaders and DatasetInfo from a MedicalSegmentationLoader config.
+
+Order of work: (phantom written if asked) -> cases found -> every case decoded and checked
+up front (kept in memory or written to the disk cache) -> case-level split -> loaders.
+"""
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from segflow.data.info import DatasetInfo
+from segflow.data.layouts import Case, find_cases
+from segflow.data.prepare import PrepSpec, Prepared, cache_key, load_prepared, prepare_case, save_prepared
+
+DEFAULT_SIZE = {2: 256, 3: 96}
+MAX_LISTED_ERRORS = 10
+
+
+def build_loaders(cfg: Any, log: Callable[[str], None] = print):
+    """`cfg` is a MedicalSegmentationLoaderConfig (or anything with the same attributes)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    data_dir = Path(cfg.data_dir)
+    if cfg.synthetic != "none":
+        from segflow.data.phantoms import write_phantom_dataset
+
+        write_phantom_dataset(data_dir, kind=cfg.synthetic[-2:], num_cases=cfg.synthetic_cases,
+                              num_classes=cfg.synthetic_classes, seed=0)
+    layout = find_cases(data_dir, cfg.layout)
+    declared = cfg.num_classes or (len(layout.class_names) if layout.class_names else None)
+    source_note = "config num_classes" if cfg.num_classes else f"labels in {data_dir / 'dataset.json'}"
+    spec = PrepSpec(
+        spatial_dims=None if cfg.spatial_dims == "auto" else int(cfg.spatial_dims),
+        normalization=cfg.normalization,
+        ct_window=tuple(cfg.ct_window),
+        target_spacing=tuple(cfg.target_spacing) if cfg.target_spacing else None,
+        num_classes=declared,
+        label_source=source_note,
+    )
+    train_cases, val_cases = split_cases(layout.cases, cfg.val_fraction, cfg.seed, data_dir)
+
+    summaries = _prepare_all(layout.cases, spec, cfg, data_dir, log)
+    by_id = {c.case_id: i for i, c in enumerate(layout.cases)}
+    dims = summaries[0]["dims"]
+    channels = {s["channels"] for s in summaries}
+    if len(channels) > 1:
+        odd = next(s for s in summaries if s["channels"] != summaries[0]["channels"])
+        raise ValueError(f"case {odd['case']}: {odd['channels']} image channels, but case {summaries[0]['case']} "
+                         f"has {summaries[0]['channels']}; all cases need the same channels")
+    in_channels = channels.pop()
+    if layout.num_channels and layout.num_channels != in_channels:
+        raise ValueError(f"{data_dir}/dataset.json declares {layout.num_channels} channels, the images have {in_channels}")
+    num_classes = declared or max(2, max(s["max_label"] for s in summaries) + 1)
+    class_names = list(layout.class_names or [])
+    if len(class_names) != num_classes:
+        class_names = ["background"] + [f"class_{i}" for i in range(1, num_classes)]
+    spec = PrepSpec(**{**spec.__dict__, "spatial_dims": dims})
+
+    size = _size(cfg.image_size, dims)
+    strength = cfg.augmentation_strength if cfg.augmentation else None
+
+    def source(cases: list[Case]):
+        from segflow.data.datasets import CaseSource
+
+        idx = [by_id[c.case_id] for c in cases]
+        memory = [summaries[i]["prepared"] for i in idx] if cfg.cache == "memory" else None
+        disk = [summaries[i]["cache_path"] for i in idx] if cfg.cache == "disk" else None
+        return CaseSource(cases, spec, memory, disk)
+
+    train_ds, val_ds = _datasets(source(train_cases), source(val_cases) if val_cases else None,
+                                 dims, size, strength, cfg)
+    workers = int(cfg.num_workers)
+    pin = torch.cuda.is_available() if cfg.pin_memory == "auto" else bool(cfg.pin_memory)
+    common = dict(num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
+    if workers > 0:
+        from segflow.data.datasets import worker_init
+
+        common["worker_init_fn"] = worker_init
+    gen = torch.Generator().manual_seed(int(cfg.seed))
+    train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=cfg.shuffle, generator=gen,
+                              drop_last=False, **common)
+    val_loader = None
+    if val_ds is not None:
+        val_workers = min(workers, len(val_ds))
+        val_loader = DataLoader(val_ds, batch_size=cfg.batch_size if dims == 2 else 1, shuffle=False,
+                                num_workers=val_workers, pin_memory=pin, persistent_workers=val_workers > 0)
+    spacings = [s["spacing"] for s in summaries if s["spacing"] is not None]
+    spacing = tuple(float(v) for v in np.median(np.asarray(spacings), axis=0)) if len(spacings) == len(summaries) else None
+    info = DatasetInfo(
+        in_channels=in_channels, num_classes=num_classes, spatial_dims=dims, spacing=spacing,
+        class_names=class_names, patch_size=size, num_train=len(train_cases), num_val=len(val_cases),
+        data_dir=str(data_dir), layout=layout.name,
+    )
+    log(f"data: {layout.name} layout, {info.num_train} train / {info.num_val} val cases, {dims}-D, "
+        f"{in_channels} channel(s), {num_classes} classes, sample size {size}, cache {cfg.cache}")
+    return train_loader, val_loader, info
+
+
+def split_cases(cases: list[Case], val_fraction: float, seed: int, data_dir: Path):
+    """The layout's own train/val split when it has one, else a seeded case-level split."""
+    if any(c.split for c in cases):
+        train = [c for c in cases if c.split == "train"]
+        val = [c for c in cases if c.split == "val"]
+        if not train:
+            raise ValueError(f"{data_dir}/train holds no cases; the training split is empty")
+        return train, val
+    n_val = math.ceil(len(cases) * val_fraction) if val_fraction > 0 else 0
+    if n_val >= len(cases):
+        raise ValueError(
+            f"{data_dir}: {len(cases)} case(s) with val_fraction {val_fraction} leaves the training split empty; "
+            "add cases or lower val_fraction"
+        )
+    order = np.random.default_rng(seed).permutation(len(cases))
+    val_idx = set(order[:n_val].tolist())
+    return ([c for i, c in enumerate(cases) if i not in val_idx], [c for i, c in enumerate(cases) if i in val_idx])
+
+
+def _prepare_all(cases: list[Case], spec: PrepSpec, cfg: Any, data_dir: Path, log) -> list[dict]:
+    """Decode and check every case once (threads: decoding releases the GIL in zlib/PIL).
+    Errors from all cases are reported together."""
+    cache_root = Path(cfg.cache_dir) if cfg.cache_dir else data_dir / ".segflow_cache"
+
+    def one(case: Case) -> dict:
+        path = None
+        if cfg.cache == "disk":
+            path = cache_root / f"{case.case_id}-{cache_key(case, spec)}"
+            if (path / "meta.json").exists():
+                prep = load_prepared(path)
+                return _summary(case, prep, None, path)
+        if cfg.cache == "none" and not cfg.verify_data:
+            return {"case": case.case_id, "prepared": None, "cache_path": None, "lazy": True}
+        prep = prepare_case(case, spec)
+        if path is not None:
+            save_prepared(path, prep)
+        return _summary(case, prep, prep if cfg.cache == "memory" else None, path)
+
+    threads = max(1, min(4, int(cfg.num_workers) or 1))
+    results, errors = [], []
+    with ThreadPoolExecutor(threads) as pool:
+        futures = [pool.submit(one, c) for c in cases]
+        for f in futures:
+            try:
+                results.append(f.result())
+            except (ValueError, FileNotFoundError, ImportError) as e:
+                errors.append(str(e))
+    if errors:
+        listed = "\n  ".join(errors[:MAX_LISTED_ERRORS])
+        more = f"\n  ... and {len(errors) - MAX_LISTED_ERRORS} more" if len(errors) > MAX_LISTED_ERRORS else ""
+        raise ValueError(f"{len(errors)} case(s) in {data_dir} failed the data checks:\n  {listed}{more}")
+    if any(r.get("lazy") for r in results):  # verify_data off: look at the first case only
+        first = prepare_case(cases[0], spec)
+        base = _summary(cases[0], first, None, None)
+        results = [{**base, "case": r["case"], "prepared": None} for r in results]
+    return results
+
+
+def _summary(case: Case, prep: Prepared, keep: Prepared | None, path: Path | None) -> dict:
+    return {"case": case.case_id, "dims": prep.label.ndim, "channels": prep.image.shape[0],
+            "max_label": prep.max_label, "spacing": prep.spacing, "prepared": keep, "cache_path": path}
+
+
+def _size(image_size, dims: int) -> tuple[int, ...]:
+    if image_size is None:
+        return (DEFAULT_SIZE[dims],) * dims
+    if isinstance(image_size, int):
+        return (image_size,) * dims
+    if len(image_size) != dims:
+        raise ValueError(f"image_size {list(image_size)} has {len(image_size)} values but the data is {dims}-D")
+    return tuple(int(s) for s in image_size)
+
+
+def _datasets(train_src, val_src, dims: int, size, strength, cfg):
+    from segflow.data.augment import albumentations_pipeline, monai_pipeline
+    from segflow.data.datasets import Patches3D, Slices2D, Volumes3D
+
+    seed = int(cfg.seed)
+    repeats = int(cfg.samples_per_volume)
+    if dims == 2:
+        z = cfg.normalization == "zscore"
+        train = Slices2D(train_src, albumentations_pipeline(size, strength, seed), z, repeats, seed)
+        val = Slices2D(val_src, albumentations_pipeline(size, None, seed), z) if val_src else None
+    else:
+        train = Patches3D(train_src, size, cfg.pos, cfg.neg, monai_pipeline(size, strength, seed), repeats, seed)
+        val = Volumes3D(val_src) if val_src else None
+    return train, val

@@ -1,0 +1,193 @@
+"""Decode one case, check it, and bring it to the form the datasets sample from.
+
+Checks made here are the up-front data checks: shapes of image vs label, channel counts,
+finite intensities, label values within the declared classes. Each error names the case
+and the file. Deterministic work (resampling, normalisation) happens once per case, so the
+result is what the memory and disk caches keep.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from segflow.data.layouts import Case
+from segflow.data.readers import RASTER, read, split_name
+
+MAX_FG_INDICES = 200_000  # enough foreground centres to sample patches from; bounds memory
+
+
+@dataclass(frozen=True)
+class PrepSpec:
+    spatial_dims: int | None  # None: take it from the data
+    normalization: str = "zscore"  # zscore | minmax | ct | none
+    ct_window: tuple[float, float] = (-175.0, 250.0)
+    target_spacing: tuple[float, ...] | None = None
+    num_classes: int | None = None  # declared classes incl. background; None: infer
+    label_source: str = "labels"  # what declared the classes, for messages
+
+
+@dataclass
+class Prepared:
+    case_id: str
+    image: np.ndarray  # float32 (C, *spatial)
+    label: np.ndarray  # uint8 / int16 (*spatial), class indices
+    spacing: tuple[float, ...] | None
+    affine: np.ndarray | None
+    fg: np.ndarray | None  # flat indices of (a sample of) foreground voxels, 3-D only
+    max_label: int
+
+
+def prepare_case(case: Case, spec: PrepSpec) -> Prepared:
+    label_file = read(case.label, is_label=True)
+    label = label_file.array
+    dims = label.ndim
+    if spec.spatial_dims is not None and dims != spec.spatial_dims:
+        raise ValueError(
+            f"case {case.case_id}: label {case.label} is {dims}-D but spatial_dims is {spec.spatial_dims}; "
+            "set spatial_dims to auto or to the data's dimension"
+        )
+    channels = []
+    for path in case.images:
+        loaded = read(path)
+        arr = loaded.array
+        has_channels = loaded.channels if loaded.channels is not None else arr.ndim == dims + 1
+        if not has_channels:
+            arr = arr[None]
+        if arr.shape[1:] != label.shape:
+            raise ValueError(
+                f"case {case.case_id}: image shape {tuple(arr.shape[1:])} from {path} does not match "
+                f"label shape {tuple(label.shape)} from {case.label}"
+            )
+        channels.append(arr.astype(np.float32, copy=False))
+    image = np.concatenate(channels, axis=0) if len(channels) > 1 else channels[0]
+    if not np.all(np.isfinite(image)):
+        raise ValueError(f"case {case.case_id}: image {case.images[0]} contains NaN or infinite values")
+    label = _label_values(label, case, spec)
+    spacing = label_file.spacing
+    affine = label_file.affine
+    if spec.target_spacing is not None and spacing is not None:
+        image, label, affine = _resample(image, label, affine, spacing, spec.target_spacing)
+        spacing = tuple(float(s) for s in spec.target_spacing)
+    image = normalize(image, spec.normalization, spec.ct_window, for_2d=dims == 2)
+    fg = _foreground_indices(label, case.case_id) if dims == 3 else None
+    return Prepared(case.case_id, image, label, spacing, affine, fg, int(label.max(initial=0)))
+
+
+def _label_values(label: np.ndarray, case: Case, spec: PrepSpec) -> np.ndarray:
+    values = np.unique(label)
+    ext = split_name(case.label.name)[1]
+    if ext in RASTER + (".tif", ".tiff") and values.max(initial=0) == 255 and set(values.tolist()) <= {0, 255}:
+        if spec.num_classes is None or spec.num_classes <= 255:
+            label = label // 255  # binary masks saved as 0/255 images
+            values = np.unique(label)
+    if values.size and values.min() < 0:
+        raise ValueError(f"case {case.case_id}: label {case.label} has negative values {values[values < 0][:5].tolist()}")
+    if spec.num_classes is not None:
+        bad = values[values >= spec.num_classes]
+        if bad.size:
+            raise ValueError(
+                f"case {case.case_id}: label {case.label} has values {bad[:5].tolist()} outside the declared "
+                f"classes 0..{spec.num_classes - 1} ({spec.label_source}); fix the label file or the class list"
+            )
+    top = int(values.max(initial=0))
+    return label.astype(np.uint8 if top < 256 else np.int16, copy=False)
+
+
+def _resample(image, label, affine, spacing, target):
+    from monai.data import MetaTensor
+    from monai.transforms import Spacing
+
+    if len(target) != len(spacing):
+        raise ValueError(f"target_spacing {tuple(target)} has {len(target)} values but the data is {len(spacing)}-D")
+    if affine is None:
+        affine = np.diag([*spacing, 1.0])
+    if affine.shape[0] != len(spacing) + 1:  # 2-D NIfTI slice: keep the in-plane part
+        affine = np.delete(np.delete(affine, 2, 0), 2, 1)
+    img = Spacing(pixdim=target, mode="bilinear")(MetaTensor(image, affine=affine))
+    lab = Spacing(pixdim=target, mode="nearest")(MetaTensor(label[None].astype(np.float32), affine=affine))
+    return (
+        np.asarray(img.array, dtype=np.float32),
+        np.asarray(lab.array[0]).round().astype(label.dtype),
+        np.asarray(img.affine),
+    )
+
+
+def normalize(image: np.ndarray, method: str, ct_window=(-175.0, 250.0), for_2d: bool = False) -> np.ndarray:
+    """Per-case, per-channel intensity normalisation.
+
+    2-D images are kept in [0, 1] here (z-score is applied after augmentation, see
+    `zscore`), because albumentations' brightness/contrast/gamma expect that range.
+    """
+    image = image.astype(np.float32, copy=True)
+    if method == "none":
+        return image
+    if method == "ct":
+        lo, hi = ct_window
+        return np.clip((image - lo) / (hi - lo), 0.0, 1.0)
+    if method == "minmax" or for_2d:
+        lo = image.min(axis=tuple(range(1, image.ndim)), keepdims=True)
+        hi = image.max(axis=tuple(range(1, image.ndim)), keepdims=True)
+        return (image - lo) / np.maximum(hi - lo, 1e-8)
+    if method == "zscore":
+        return zscore(image)
+    raise ValueError(f"normalization must be zscore, minmax, ct or none; got {method!r}")
+
+
+def zscore(image: np.ndarray) -> np.ndarray:
+    axes = tuple(range(1, image.ndim))
+    mean = image.mean(axis=axes, keepdims=True)
+    std = image.std(axis=axes, keepdims=True)
+    return ((image - mean) / np.maximum(std, 1e-8)).astype(np.float32, copy=False)
+
+
+def _foreground_indices(label: np.ndarray, case_id: str) -> np.ndarray:
+    fg = np.flatnonzero(label > 0)
+    if fg.size > MAX_FG_INDICES:
+        rng = np.random.default_rng(zlib.crc32(case_id.encode()))
+        fg = np.sort(rng.choice(fg, MAX_FG_INDICES, replace=False))
+    return fg
+
+
+def cache_key(case: Case, spec: PrepSpec) -> str:
+    """Changes when a file or a preprocessing setting changes, so a stale disk cache is never used."""
+    parts = [repr(spec)]
+    for p in [*case.images, case.label]:
+        st = p.stat()
+        parts.append(f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
+
+
+def save_prepared(folder: Path, prep: Prepared) -> None:
+    tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    np.save(tmp / "image.npy", prep.image)
+    np.save(tmp / "label.npy", prep.label)
+    np.save(tmp / "fg.npy", prep.fg if prep.fg is not None else np.zeros(0, np.int64))
+    meta = {"case_id": prep.case_id, "spacing": prep.spacing, "max_label": prep.max_label,
+            "affine": None if prep.affine is None else np.asarray(prep.affine).tolist(), "has_fg": prep.fg is not None}
+    (tmp / "meta.json").write_text(json.dumps(meta))
+    try:
+        tmp.rename(folder)
+    except OSError:  # another worker or rank wrote the same case first
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_prepared(folder: Path) -> Prepared:
+    meta = json.loads((folder / "meta.json").read_text())
+    # memory-mapped: 3-D patches read only the voxels they need
+    return Prepared(
+        meta["case_id"],
+        np.load(folder / "image.npy", mmap_mode="r"),
+        np.load(folder / "label.npy", mmap_mode="r"),
+        None if meta["spacing"] is None else tuple(meta["spacing"]),
+        None if meta["affine"] is None else np.asarray(meta["affine"]),
+        np.load(folder / "fg.npy") if meta["has_fg"] else None,
+        meta["max_label"],
+    )

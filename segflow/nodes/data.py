@@ -1,0 +1,125 @@
+"""Data family: MedicalSegmentationLoader.
+
+Config and ports only; reading, checking, caching and augmentation live in `segflow.data`
+and are imported inside `run`, so `segflow validate` stays free of torch.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from segflow.nodes.base import Node, NodeConfig, Port
+from segflow.registry import register
+
+
+class MedicalSegmentationLoaderConfig(NodeConfig):
+    aliases: ClassVar[dict[str, str]] = {"shuffle_train": "shuffle"}
+
+    data_dir: str = Field("data/medical", description=(
+        "Dataset folder (relative to the working directory): MSD (dataset.json + imagesTr/labelsTr), "
+        "nnU-Net v2 (dataset.json with channel_names/labels/file_ending), or images/ + masks/ folders, "
+        "optionally under train/ and val/."))
+    layout: Literal["auto", "msd", "nnunet", "folder"] = Field(
+        "auto", description="Dataset layout; 'auto' detects it from the folder contents.")
+    synthetic: Literal["none", "phantom2d", "phantom3d"] = Field("none", description=(
+        "Write a built-in phantom dataset (MSD layout; 2-D PNG or 3-D NIfTI) into data_dir if it is not "
+        "there yet, then read it like any dataset. 'none' reads data_dir as it is."))
+    synthetic_cases: int | None = Field(None, ge=2, description=(
+        "Number of phantom cases to write (default 64 for phantom2d, 16 for phantom3d)."))
+    synthetic_classes: int = Field(2, ge=2, le=3, description=(
+        "Classes in the phantom including background: 2 (one structure) or 3 (structure + inner core)."))
+    batch_size: int = Field(8, ge=1, description="Training samples per batch (2-D validation uses it too; 3-D validation uses 1 whole volume).")
+    image_size: int | list[int] | None = Field(None, description=(
+        "2-D: size every image is resized to (int or [H, W]); 3-D: training patch size (int for a cube or "
+        "[X, Y, Z]). Default 256 for 2-D, 96 for 3-D."))
+    spatial_dims: Literal["auto", 2, 3] = Field("auto", description="2 or 3; 'auto' takes it from the label files.")
+    augmentation: bool = Field(True, description="Augment training samples (validation is never augmented).")
+    augmentation_strength: Literal["light", "medium", "strong"] = Field("medium", description=(
+        "Augmentation preset: light (crop, flip, mild intensity), medium (+ rotate-90, affine, gamma), "
+        "strong (+ elastic/grid distortion, noise; 3-D: affine, smoothing, contrast)."))
+    normalization: Literal["zscore", "minmax", "ct", "none"] = Field("zscore", description=(
+        "Per-case intensity normalisation: z-score, min-max to [0, 1], CT window (ct_window) to [0, 1], or none."))
+    ct_window: list[float] = Field([-175.0, 250.0], min_length=2, max_length=2, description=(
+        "[low, high] intensity window used by normalization 'ct' (Hounsfield units)."))
+    target_spacing: list[float] | None = Field(None, description=(
+        "Resample every case to this voxel spacing (one value per spatial axis) before sampling; null keeps the file's spacing."))
+    num_classes: int | None = Field(None, ge=2, description=(
+        "Number of classes including background, for datasets that do not declare them (folder layouts). "
+        "Null: the dataset.json labels, else the largest label value + 1."))
+    val_fraction: float = Field(0.2, ge=0.0, lt=1.0, description=(
+        "Fraction of cases held out for validation (split by case, seeded). Ignored when the folder has train/ and val/."))
+    seed: int = Field(42, description="Seed for the split, shuffling, patch sampling and augmentation.")
+    shuffle: bool = Field(True, description="Shuffle training samples every epoch.")
+    num_workers: int = Field(0, ge=0, description=(
+        "DataLoader worker processes (persistent); 0 loads in the main process, usually fastest for small 2-D data on CPU."))
+    pin_memory: bool | Literal["auto"] = Field("auto", description="Pinned host memory for faster GPU copies; 'auto' = when CUDA is available.")
+    cache: Literal["none", "memory", "disk"] = Field("memory", description=(
+        "Keep decoded, normalised cases in memory, as .npy files on disk (memory-mapped; cache_dir), or re-read files every time."))
+    cache_dir: str | None = Field(None, description="Folder for cache 'disk' (default: data_dir/.segflow_cache).")
+    verify_data: bool = Field(True, description=(
+        "Read every case before training to check files, shapes and label values (always done for cache memory/disk)."))
+    pos: float = Field(1.0, ge=0.0, description="3-D patch sampling: weight of patches centred on foreground.")
+    neg: float = Field(1.0, ge=0.0, description="3-D patch sampling: weight of patches centred anywhere.")
+    samples_per_volume: int = Field(1, ge=1, description="Training samples drawn from each case per epoch (3-D patches; 2-D augmented copies).")
+
+    @field_validator("spatial_dims", mode="before")
+    @classmethod
+    def _dims_from_text(cls, v):
+        return int(v) if isinstance(v, str) and v.strip() in ("2", "3") else v  # GUI-saved "3"
+
+    @field_validator("image_size")
+    @classmethod
+    def _size(cls, v):
+        values = [v] if isinstance(v, int) else (v or [])
+        if isinstance(v, list) and len(v) not in (2, 3):
+            raise ValueError("image_size must be one number or a list of 2 (2-D) or 3 (3-D) numbers")
+        if any(s < 8 for s in values):
+            raise ValueError("image_size values must be at least 8")
+        return v
+
+    @field_validator("target_spacing")
+    @classmethod
+    def _spacing(cls, v):
+        if v is not None and (len(v) not in (2, 3) or any(s <= 0 for s in v)):
+            raise ValueError("target_spacing must be 2 or 3 positive numbers, or null")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        dims = {"phantom2d": 2, "phantom3d": 3}.get(self.synthetic)
+        if dims and self.spatial_dims not in ("auto", dims):
+            raise ValueError(f"synthetic {self.synthetic} is {dims}-D but spatial_dims is {self.spatial_dims}")
+        want = dims or (self.spatial_dims if self.spatial_dims != "auto" else None)
+        for key in ("image_size", "target_spacing"):
+            v = getattr(self, key)
+            if want and isinstance(v, list) and len(v) != want:
+                raise ValueError(f"{key} has {len(v)} values but the data is {want}-D")
+        if self.ct_window[0] >= self.ct_window[1]:
+            raise ValueError("ct_window must be [low, high] with low < high")
+        if self.pos + self.neg <= 0:
+            raise ValueError("pos and neg cannot both be 0")
+        return self
+
+
+@register
+class MedicalSegmentationLoader(Node):
+    """Reads a segmentation dataset (MSD, nnU-Net v2, folders; NIfTI, PNG/JPG/TIFF, NumPy, DICOM),
+    checks every case up front, and hands out training and validation loaders."""
+
+    type = "MedicalSegmentationLoader"
+    family = "data"
+    Config = MedicalSegmentationLoaderConfig
+    inputs = ()
+    outputs = (
+        Port("train_loader", "DataLoader", doc="Training batches: image (B,C,*S) float32, label (B,1,*S) int64, case."),
+        Port("val_loader", "DataLoader", doc="Validation batches, never augmented; 3-D: one whole volume per batch. "
+             "None when val_fraction is 0 and the folder has no val/ split."),
+        Port("dataset_info", "DatasetInfo", doc="Channels, classes, spatial dims, spacing, patch size of the data."),
+    )
+
+    def run(self, **inputs: Any) -> dict[str, Any]:
+        from segflow.data.loader import build_loaders
+
+        train, val, info = build_loaders(self.config, log=self.ctx.log)
+        return {"train_loader": train, "val_loader": val, "dataset_info": info}
