@@ -1,0 +1,83 @@
+"""Checkpoint files: atomic writes survive an interrupted save; loads are weights-only; RNG round trip."""
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from segflow.training import checkpoint
+
+
+def test_interrupted_write_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    checkpoint.atomic_save({"format": checkpoint.FORMAT, "epoch": 1, "w": torch.ones(1000)}, path)
+    before = path.read_bytes()
+
+    real_save = torch.save
+
+    def dies_midway(obj, f, *a, **k):
+        real_save(obj, f, *a, **k)
+        f.truncate(f.tell() // 2)  # half the bytes are on disk when the "crash" comes
+        raise KeyboardInterrupt("killed during save")
+
+    monkeypatch.setattr(checkpoint.torch, "save", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.atomic_save({"format": checkpoint.FORMAT, "epoch": 2, "w": torch.zeros(1000)}, path)
+    monkeypatch.setattr(checkpoint.torch, "save", real_save)
+
+    assert path.read_bytes() == before
+    assert checkpoint.load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
+
+
+def test_truncated_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "last.pt"
+    checkpoint.atomic_save({"format": checkpoint.FORMAT, "w": torch.ones(1000)}, path)
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(ValueError, match="cannot read checkpoint .*last.pt"):
+        checkpoint.load_checkpoint(path)
+    with pytest.raises(FileNotFoundError, match="nope.pt does not exist"):
+        checkpoint.load_checkpoint(tmp_path / "nope.pt")
+
+
+class Custom:
+    pass
+
+
+def test_loads_weights_only_and_refuses_pickled_objects(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": checkpoint.FORMAT, "obj": Custom()}, path)
+    with pytest.raises(ValueError, match="weights_only"):
+        checkpoint.load_checkpoint(path)
+
+
+def test_rng_states_round_trip_through_a_weights_only_file(tmp_path):
+    gen = torch.Generator().manual_seed(7)
+    loader = torch.utils.data.DataLoader(list(range(10)), shuffle=True, generator=gen)
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    state = checkpoint.capture_rng([loader])
+    checkpoint.atomic_save({"format": checkpoint.FORMAT, "rng": state}, tmp_path / "r.pt")
+    want = (random.random(), np.random.rand(), torch.rand(1).item(), list(loader))
+    random.seed(9), np.random.seed(9), torch.manual_seed(9), gen.manual_seed(9)
+    checkpoint.restore_rng(checkpoint.load_checkpoint(tmp_path / "r.pt")["rng"], [loader])
+    assert (random.random(), np.random.rand(), torch.rand(1).item(), list(loader)) == want
+
+
+def test_signature_difference_names_what_changed():
+    a = torch.nn.Conv2d(1, 8, 3)
+    b = torch.nn.Conv2d(1, 16, 3)
+    diff = checkpoint.signature_difference(checkpoint.model_signature(a), checkpoint.model_signature(b))
+    assert "weight" in diff and "(8, 1, 3, 3)" in diff and "(16, 1, 3, 3)" in diff
+    a.segflow_spec = {"type": "UNet2D", "config": {"base_channels": 8, "in_channels": 1}}
+    b.segflow_spec = {"type": "UNet2D", "config": {"base_channels": 16, "in_channels": 1}}
+    diff = checkpoint.signature_difference(checkpoint.model_signature(a), checkpoint.model_signature(b))
+    assert diff == "the model config changed (base_channels: 8 in the checkpoint, 16 now)"
+    assert checkpoint.signature_difference(checkpoint.model_signature(a), checkpoint.model_signature(a)) is None
+
+
+def test_prune_keeps_the_newest_periodic_files(tmp_path):
+    for e in (2, 4, 6, 8):
+        (tmp_path / checkpoint.periodic_name(e)).write_bytes(b"x")
+    (tmp_path / "last.pt").write_bytes(b"x")
+    checkpoint.prune_periodic(tmp_path, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_0006.pt", "epoch_0008.pt", "last.pt"]

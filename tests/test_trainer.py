@@ -1,0 +1,198 @@
+"""The Trainer node on a tiny synthetic problem (CPU, seconds)."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from segflow.nodes.base import RunContext
+from segflow.nodes.training import Trainer, TrainerConfig
+from segflow.training import checkpoint, toy
+
+
+def run_trainer(tmp_path, model=None, loaders=None, loss=None, opt=None, resume=None, log=None, **cfg):
+    torch.manual_seed(0)
+    model = model or toy.tiny_net()
+    train, val = loaders if loaders is not None else toy.loaders()
+    opt = opt or torch.optim.Adam(model.parameters(), lr=1e-2)
+    ctx = RunContext(run_dir=tmp_path, workflow_name="t", device="cpu", progress=False, resume=resume,
+                     log=log or (lambda m: None))
+    out = Trainer("trainer", Trainer.Config(**cfg), ctx).run(
+        model=model, train_loader=train, val_loader=val, loss_fn=loss or toy.CrossEntropy(), optimizer=opt)
+    return out["model"], out["history"]
+
+
+def test_run_dir_holds_every_artefact_and_tensorboard_tags(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model, history = run_trainer(tmp_path, epochs=4, save_frequency=1, keep_last=2)
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4]
+    assert history[-1]["val_dice"] > history[0]["val_dice"] and history[-1]["val_dice"] > 0.7
+    ck = tmp_path / "checkpoints"
+    assert sorted(p.name for p in ck.iterdir()) == ["best.pt", "epoch_0003.pt", "epoch_0004.pt", "last.pt"]
+    for name in ("history.csv", "history.json", "metrics.json", "loss.png", "metrics.png", "lr.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert len((tmp_path / "history.csv").read_text().strip().splitlines()) == 5
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["monitor"] == "val_dice" and metrics["epochs_run"] == 4
+    assert metrics["best_value"] == max(r["val_dice"] for r in history)
+
+    last = torch.load(ck / "last.pt", weights_only=True)
+    assert last["epoch"] == 4 and set(last) >= {"model", "optimizer", "scheduler", "scaler", "rng", "history"}
+
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    for tag in ("train/loss", "val/loss", "val/dice", "val/iou", "val/accuracy", "val/precision", "val/recall",
+                "val/dice_1", "val/iou_0", "train/lr", "train/grad_norm", "time/epoch_seconds"):
+        assert tag in scalars, tag
+    assert [e.value for e in events.Scalars("val/dice")] == pytest.approx([r["val_dice"] for r in history])
+    assert "val/sample_image_label_prediction" in events.Tags()["images"]
+
+
+def _linear_run(tmp_path, batch_size, accum, n=12):
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(1, 2, 1)
+    with torch.no_grad():
+        model.weight.fill_(0.1), model.bias.zero_()
+    data = toy.Squares(n, 8)
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    run_trainer(tmp_path, model=model, loaders=(loader, None), opt=opt, epochs=2, gradient_accumulation_steps=accum,
+                seed=None)
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_gradient_accumulation_equals_a_larger_batch(tmp_path):
+    # 12 samples: batches of 2 × 4 steps give groups of 8 and 4, like batches of 8 (then 4)
+    small = _linear_run(tmp_path / "a", batch_size=2, accum=4)
+    large = _linear_run(tmp_path / "b", batch_size=8, accum=1)
+    untouched = torch.tensor([0.1, 0.1, 0.0, 0.0])
+    assert not torch.allclose(small, untouched)
+    torch.testing.assert_close(small, large, rtol=0, atol=1e-6)
+    unaccumulated = _linear_run(tmp_path / "c", batch_size=2, accum=1)
+    assert not torch.allclose(unaccumulated, large, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["norm", "value"])
+def test_gradient_clipping_bounds_the_update(tmp_path, kind):
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(1, 2, 1)
+    before = [p.detach().clone() for p in model.parameters()]
+    loader = torch.utils.data.DataLoader(toy.Squares(4, 8), batch_size=4)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)  # plain SGD: the update is minus the clipped gradient
+    _, history = run_trainer(tmp_path, model=model, loaders=(loader, None), opt=opt, epochs=1,
+                             gradient_clip=1e-3, gradient_clip_type=kind)
+    delta = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
+    assert history[0]["grad_norm"] > 1e-2  # the raw gradient was far above the clip
+    if kind == "norm":
+        assert delta.norm().item() == pytest.approx(1e-3, rel=1e-3)
+    else:
+        assert delta.abs().max().item() == pytest.approx(1e-3, rel=1e-5)
+
+
+class NaNAt(torch.nn.Module):
+    """Cross-entropy that returns NaN on the k-th call."""
+
+    def __init__(self, k):
+        super().__init__()
+        self.k, self.calls = k, 0
+
+    def forward(self, logits, label):
+        self.calls += 1
+        loss = F.cross_entropy(logits, label[:, 0])
+        return loss * float("nan") if self.calls == self.k else loss
+
+
+def test_nan_loss_stops_naming_epoch_and_step_and_keeps_last_good_checkpoint(tmp_path):
+    train, _ = toy.loaders()  # 4 batches per epoch, no validation: call 7 is epoch 2, step 3
+    with pytest.raises(FloatingPointError, match=r"NaN/Inf at epoch 2, step 3 of 4.*last\.pt \(epoch 1\)"):
+        run_trainer(tmp_path, loaders=(train, None), loss=NaNAt(7), epochs=5)
+    last = checkpoint.load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert last["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in last["model"].values())
+    assert [r["epoch"] for r in json.loads((tmp_path / "history.json").read_text())] == [1]
+
+
+def test_early_stopping_stops_after_patience_and_restores_best_weights(tmp_path):
+    train, val = toy.loaders()
+    inverted = [{"image": b["image"], "label": 1 - b["label"]} for b in val]  # val loss rises as training works
+    model, history = run_trainer(tmp_path, loaders=(train, inverted), epochs=30, early_stopping=True,
+                                 patience=3, monitor="val_loss", lr_schedule="none")
+    best_epoch = min(history, key=lambda r: r["val_loss"])["epoch"]
+    assert len(history) == best_epoch + 3 < 30
+    best = checkpoint.load_checkpoint(tmp_path / "checkpoints" / "best.pt")
+    last = checkpoint.load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert best["epoch"] == best_epoch
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, best["model"][k])
+    assert any(not torch.equal(best["model"][k], last["model"][k]) for k in best["model"])
+
+
+def test_logged_lr_follows_the_schedule(tmp_path):
+    _, history = run_trainer(tmp_path, epochs=5, lr_schedule="step", step_size="2", gamma="0.5", warmup_epochs="1")
+    assert [r["lr"] for r in history] == pytest.approx([0.005, 0.01, 0.01, 0.005, 0.005])
+
+
+def test_validation_of_larger_3d_volumes_uses_sliding_windows(tmp_path):
+    seen = []
+    net = toy.tiny_net(dims=3)
+    net.register_forward_pre_hook(lambda m, args: None if m.training else seen.append(tuple(args[0].shape[2:])))
+    train = torch.utils.data.DataLoader(toy.Squares(4, 8, dims=3), batch_size=2)
+    val = torch.utils.data.DataLoader(toy.Squares(2, 16, dims=3, seed=1), batch_size=1)
+    _, history = run_trainer(tmp_path, model=net, loaders=(train, val), epochs=1)
+    assert seen and set(seen) == {(8, 8, 8)}
+    assert 0 <= history[0]["val_dice"] <= 1
+
+
+def test_resume_into_a_changed_model_names_the_difference(tmp_path):
+    run_trainer(tmp_path / "a", epochs=1)
+    with pytest.raises(ValueError, match=r"parameter '0.weight' has shape \(8, 1, 3, 3\) in the checkpoint but \(4, 1, 3, 3\)"):
+        run_trainer(tmp_path / "b", model=toy.tiny_net(channels=4), epochs=2,
+                    resume=str(tmp_path / "a" / "checkpoints" / "last.pt"))
+
+
+def test_resume_auto_without_checkpoint_starts_fresh(tmp_path):
+    lines = []
+    _, history = run_trainer(tmp_path / "run1", epochs=1, resume="auto", log=lines.append)
+    assert len(history) == 1 and any("found no earlier last.pt; starting fresh" in m for m in lines)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_cuda_fails_up_front_and_device_override_wins(tmp_path):
+    model = toy.tiny_net()
+    train, val = toy.loaders()
+    ctx = RunContext(run_dir=tmp_path, workflow_name="t", device=None, progress=False, log=lambda m: None)
+    node = Trainer("trainer", Trainer.Config(device="cuda", epochs=1), ctx)
+    with pytest.raises(ValueError, match=r"no CUDA device.*--device cpu.*\"auto\""):
+        node.run(model=model, train_loader=train, val_loader=val, loss_fn=toy.CrossEntropy(),
+                 optimizer=torch.optim.Adam(model.parameters()))
+    _, history = run_trainer(tmp_path / "cpu", device="cuda", epochs=1)  # ctx.device="cpu" wins
+    assert len(history) == 1
+
+
+def test_config_takes_the_seed_guides_strings():
+    cfg = TrainerConfig(epochs="200", device="cuda", mixed_precision="true", gradient_clip="1.0",
+                        warmup_epochs="10", lr_schedule="cosine", checkpoint_dir="checkpoints/swin_unetr",
+                        save_frequency="10", save_best_only="true", monitor="val_dice", early_stopping="true",
+                        patience="30", min_delta="0.001", T_max="200", eta_min="1e-6", step_size="50", gamma="0.1",
+                        factor="0.5", gradient_accumulation_steps="4", gradient_clip_type="norm", warmup_type="linear")
+    assert (cfg.epochs, cfg.mixed_precision, cfg.gradient_clip, cfg.save_best_only, cfg.eta_min) == (200, True, 1.0, True, 1e-6)
+    assert TrainerConfig(mixed_precision="False").mixed_precision is False
+    assert TrainerConfig(mixed_precision="BF16").mixed_precision == "bf16"
+    assert TrainerConfig(lr_schedule="polynomial").lr_schedule == "poly"
+    assert TrainerConfig.aliases["num_epochs"] == "epochs"
+    assert TrainerConfig.aliases["save_every_n_epochs"] == "save_frequency"
+    with pytest.raises(ValueError, match="device"):
+        TrainerConfig(device="gpu")
+    with pytest.raises(ValueError, match="extra"):
+        TrainerConfig(epoch=3)
+
+
+def test_check_warns_on_the_shared_patience():
+    cfg = TrainerConfig(lr_schedule="plateau", early_stopping="true", patience="10", factor="0.5")
+    wired = {"val_loader": ("MedicalSegmentationLoader", None)}
+    (finding,) = Trainer.check(cfg, wired)
+    assert (finding.field, finding.code, finding.severity) == ("patience", "ambiguous_patience", "warning")
+    assert Trainer.check(TrainerConfig(lr_schedule="plateau", patience="10"), wired) == []  # seed's plateau example
+    assert Trainer.check(TrainerConfig(lr_schedule="plateau", early_stopping=True, patience=10, lr_patience=5), wired) == []
