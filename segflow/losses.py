@@ -1,0 +1,175 @@
+"""Segmentation losses behind the LossFunction node.
+
+`SegmentationLoss(logits, label)` takes logits (B, C, *S) and int64 class indices (B, 1, *S), and
+returns a weighted sum of terms: dice, ce, focal, tversky (MONAI's losses and torch's
+cross-entropy) and boundary (Kervadec et al. 2019, written here: MONAI has none). With C == 1
+(or `sigmoid=True`) every term works on sigmoid probabilities, otherwise on softmax.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+TERMS = ("dice", "ce", "focal", "tversky", "boundary")
+
+
+def signed_distance(mask: np.ndarray) -> np.ndarray:
+    """Signed distance to the boundary of `mask` as in Kervadec's boundary loss: positive outside,
+    zero on the inner boundary, negative deeper inside; all zeros when the mask is empty or full
+    (there is no boundary to move towards)."""
+    from scipy.ndimage import distance_transform_edt
+
+    pos = mask.astype(bool)
+    if not pos.any() or pos.all():
+        return np.zeros(mask.shape, dtype=np.float32)
+    neg = ~pos
+    return (distance_transform_edt(neg) * neg - (distance_transform_edt(pos) - 1) * pos).astype(np.float32)
+
+
+class BoundaryLoss(nn.Module):
+    """mean(probability of each foreground class x signed distance map of its ground truth).
+
+    Minimal (negative) when the prediction covers exactly the ground truth; predicted pixels
+    far outside the object cost their distance to it. Distance maps are computed on the CPU
+    from the labels of each batch (no gradient flows through them).
+    """
+
+    def forward(self, probs: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        classes = [0] if probs.shape[1] == 1 else list(range(1, probs.shape[1]))
+        lab = label[:, 0].detach().cpu().numpy()
+        dist = np.stack([
+            np.stack([signed_distance(lab[b] == (1 if probs.shape[1] == 1 else c)) for c in classes])
+            for b in range(lab.shape[0])
+        ])
+        dist_t = torch.from_numpy(dist).to(device=probs.device, dtype=probs.dtype)
+        return (probs[:, classes] * dist_t).mean()
+
+
+class SegmentationLoss(nn.Module):
+    """Weighted sum of loss terms; `last_terms` holds each term's (detached) value of the last call."""
+
+    def __init__(self, weights: dict[str, float], *, smooth: float = 1e-5,
+                 class_weights: Sequence[float] | None = None, alpha: float | None = None, gamma: float = 2.0,
+                 tversky_alpha: float = 0.3, tversky_beta: float = 0.7, label_smoothing: float = 0.0,
+                 include_background: bool = True, sigmoid: bool | None = None):
+        super().__init__()
+        unknown = set(weights) - set(TERMS)
+        if unknown:
+            raise ValueError(f"unknown loss terms {sorted(unknown)}; known: {', '.join(TERMS)}")
+        self.weights = {k: float(w) for k, w in weights.items() if w}
+        if not self.weights:
+            raise ValueError("every loss weight is 0: give at least one of dice_weight, ce_weight, focal_weight, boundary_weight a positive value")
+        self.opts = dict(smooth=smooth, alpha=alpha, gamma=gamma, tversky_alpha=tversky_alpha,
+                         tversky_beta=tversky_beta, include_background=include_background)
+        self.label_smoothing = label_smoothing
+        self.sigmoid = sigmoid
+        self.register_buffer("class_weights", None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32))
+        self.boundary = BoundaryLoss()
+        self._monai: dict[tuple[str, bool, int], nn.Module] = {}
+        self._checked = False
+        self.last_terms: dict[str, torch.Tensor] = {}
+
+    # --- input checks (first call only: reading label.max() waits for the GPU) -----------------
+
+    def _check(self, logits: torch.Tensor, label: torch.Tensor) -> None:
+        c = logits.shape[1]
+        if label.shape[2:] != logits.shape[2:] or label.shape[0] != logits.shape[0]:
+            raise ValueError(f"loss: label of shape {tuple(label.shape)} does not fit logits of shape {tuple(logits.shape)}; "
+                             "the network must output the input's spatial size and the label be (B, 1, *spatial)")
+        top = int(label.max())
+        if top >= max(c, 2) or int(label.min()) < 0:
+            raise ValueError(f"loss: the label holds class index {top} but the network outputs {c} channel(s); "
+                             f"set the network's out_channels to the number of classes ({top + 1})")
+        n_w = None if self.class_weights is None else self.class_weights.numel()
+        if n_w is not None and n_w != max(c, 2):
+            raise ValueError(f"LossFunction.class_weights has {n_w} values but the network outputs {max(c, 2)} classes; "
+                             "give one weight per class, background first")
+        self._checked = True
+
+    # --- terms -------------------------------------------------------------------------------
+
+    def _monai_term(self, name: str, binary: bool, c: int) -> nn.Module:
+        key = (name, binary, c)
+        if key not in self._monai:
+            from monai.losses import DiceLoss, FocalLoss, TverskyLoss
+
+            o = self.opts
+            single = c == 1  # labels are already the target channel; MONAI would warn on every call
+            act = dict(sigmoid=binary, softmax=not binary, to_onehot_y=not single,
+                       include_background=True if single else o["include_background"])
+            if name == "dice":
+                term = DiceLoss(**act, smooth_nr=o["smooth"], smooth_dr=o["smooth"])
+            elif name == "tversky":
+                term = TverskyLoss(**act, alpha=o["tversky_alpha"], beta=o["tversky_beta"],
+                                   smooth_nr=o["smooth"], smooth_dr=o["smooth"])
+            else:  # focal: over all classes like cross-entropy; class weights applied by MONAI unless single
+                weight = None if single or self.class_weights is None else self.class_weights.tolist()
+                term = FocalLoss(include_background=True, to_onehot_y=not single, gamma=o["gamma"], alpha=o["alpha"],
+                                 weight=weight, use_softmax=not binary, reduction="none" if single else "mean")
+            self._monai[key] = term
+        return self._monai[key]
+
+    def _pixel_weights(self, label: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+        if self.class_weights is None:
+            return None
+        return self.class_weights.to(device=label.device, dtype=dtype)[label]
+
+    def _ce(self, logits: torch.Tensor, label: torch.Tensor, binary: bool) -> torch.Tensor:
+        ls = self.label_smoothing
+        if not binary:
+            w = None if self.class_weights is None else self.class_weights.to(logits)
+            return F.cross_entropy(logits, label[:, 0], weight=w, label_smoothing=ls)
+        c = logits.shape[1]
+        target = label.to(logits.dtype) if c == 1 else F.one_hot(label[:, 0], c).movedim(-1, 1).to(logits.dtype)
+        target = target * (1 - ls) + 0.5 * ls
+        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        if self.class_weights is None:
+            return bce.mean()
+        w = self._pixel_weights(label, logits.dtype) if c == 1 else \
+            self.class_weights.to(logits).view(1, c, *([1] * (logits.ndim - 2))).expand_as(bce)
+        return (bce * w).sum() / w.sum()
+
+    def _term(self, name: str, logits: torch.Tensor, label: torch.Tensor, binary: bool) -> torch.Tensor:
+        if name == "ce":
+            return self._ce(logits, label, binary)
+        if name == "boundary":
+            probs = torch.sigmoid(logits) if binary else torch.softmax(logits, 1)
+            return self.boundary(probs, label)
+        term = self._monai_term(name, binary, logits.shape[1])
+        value = term(logits, label)
+        if name == "focal" and logits.shape[1] == 1:
+            w = self._pixel_weights(label, logits.dtype)
+            value = value.mean() if w is None else (value * w).sum() / w.sum()
+        return value
+
+    def forward(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        if label.ndim == logits.ndim - 1:
+            label = label.unsqueeze(1)
+        label = label.long()
+        if not self._checked:
+            self._check(logits, label)
+        binary = self.sigmoid if self.sigmoid is not None else logits.shape[1] == 1
+        total: Any = 0.0
+        self.last_terms = {}
+        for name, w in self.weights.items():
+            value = self._term(name, logits, label, binary)
+            self.last_terms[name] = value.detach()
+            total = total + w * value
+        return total
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={w:g}" for k, w in self.weights.items())
+
+
+def build_loss(config: Any) -> SegmentationLoss:
+    """The loss for a validated LossFunction config."""
+    return SegmentationLoss(
+        config.term_weights(), smooth=config.smooth, class_weights=config.class_weights, alpha=config.alpha,
+        gamma=config.gamma, tversky_alpha=config.tversky_alpha, tversky_beta=config.tversky_beta,
+        label_smoothing=config.label_smoothing, include_background=config.include_background, sigmoid=config.sigmoid,
+    )

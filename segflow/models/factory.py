@@ -1,0 +1,105 @@
+"""Build the torch module behind each network node from its validated config.
+
+Every builder returns a module mapping (B, in_channels, *spatial) to logits
+(B, out_channels, *spatial). `build_network` also attaches `segflow_meta`, a plain dict that
+inference and export read: type, spatial_dims, in/out channels, size_divisor, fixed_size.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from segflow.nodes import networks as cfgs
+
+
+def _channels(base: int, depth: int) -> tuple[int, ...]:
+    return tuple(base * 2**i for i in range(depth))
+
+
+def _unet(c: cfgs._UNetBase) -> nn.Module:
+    from monai.networks.nets import UNet
+
+    return UNet(spatial_dims=c.dims(), in_channels=c.in_channels, out_channels=c.out_channels,
+                channels=_channels(c.base_channels, c.depth), strides=(2,) * (c.depth - 1),
+                num_res_units=c.num_res_units, act=c.act, norm=c.norm, dropout=c.dropout)
+
+
+def _attention_unet(c: cfgs.AttentionUNetConfig) -> nn.Module:
+    from monai.networks.nets import AttentionUnet
+
+    return AttentionUnet(spatial_dims=c.spatial_dims, in_channels=c.in_channels, out_channels=c.out_channels,
+                         channels=_channels(c.base_channels, c.depth), strides=(2,) * (c.depth - 1), dropout=c.dropout)
+
+
+def _vnet(c: cfgs.VNetConfig) -> nn.Module:
+    from monai.networks.nets import VNet
+
+    p = c.dropout_prob
+    return VNet(spatial_dims=c.spatial_dims, in_channels=c.in_channels, out_channels=c.out_channels, act=c.act,
+                dropout_prob_down=p, dropout_prob_up=(p, p), dropout_dim=c.spatial_dims)
+
+
+def _segresnet(c: cfgs.SegResNetConfig) -> nn.Module:
+    from monai.networks.nets import SegResNet
+
+    norm: Any = ("group", {"num_groups": 8}) if c.norm == "group" else c.norm
+    return SegResNet(spatial_dims=c.spatial_dims, init_filters=c.base_channels, in_channels=c.in_channels,
+                     out_channels=c.out_channels, dropout_prob=c.dropout_prob or None, norm=norm,
+                     blocks_down=tuple(c.blocks_down), blocks_up=tuple(c.blocks_up))
+
+
+def _unetr(c: cfgs.UNETRConfig) -> nn.Module:
+    from monai.networks.nets import UNETR
+
+    return UNETR(in_channels=c.in_channels, out_channels=c.out_channels, img_size=c.fixed_size(),
+                 feature_size=c.feature_size, hidden_size=c.hidden_size, mlp_dim=c.mlp_dim, num_heads=c.num_heads,
+                 norm_name=c.norm, dropout_rate=c.dropout_rate, spatial_dims=c.spatial_dims)
+
+
+def _swin_unetr(c: cfgs.SwinUNETRConfig) -> nn.Module:
+    from monai.networks.nets import SwinUNETR
+
+    # img_size is not passed: MONAI >= 1.5 dropped it; the divisibility by 32 is checked instead
+    return SwinUNETR(in_channels=c.in_channels, out_channels=c.out_channels, depths=tuple(c.depths),
+                     num_heads=tuple(c.num_heads), window_size=c.window_size, feature_size=c.feature_size,
+                     norm_name=c.norm, drop_rate=c.drop_rate, attn_drop_rate=c.attn_drop_rate,
+                     dropout_path_rate=c.dropout_path_rate, use_checkpoint=c.use_checkpoint,
+                     spatial_dims=c.spatial_dims, use_v2=c.use_v2)
+
+
+def _transunet(c: cfgs.TransUNetConfig) -> nn.Module:
+    from segflow.models.transunet import TransUNet
+
+    size = cfgs._size_tuple(c.img_size, 2)
+    assert size is not None
+    return TransUNet(c.in_channels, c.out_channels, img_size=size, base_channels=c.base_channels,
+                     hidden_size=c.hidden_size, depth=c.depth, num_heads=c.num_heads, mlp_dim=c.mlp_dim,
+                     dropout_rate=c.dropout_rate, norm=c.norm)
+
+
+def _deeplab(c: cfgs.DeepLabV3PlusConfig) -> nn.Module:
+    from segflow.models.deeplab import DeepLabV3Plus
+
+    return DeepLabV3Plus(c.in_channels, c.out_channels, base_channels=c.base_channels, output_stride=c.output_stride,
+                         aspp_channels=c.aspp_channels, atrous_rates=tuple(c.atrous_rates), norm=c.norm,
+                         dropout=c.dropout)
+
+
+BUILDERS: dict[str, Callable[[Any], nn.Module]] = {
+    "UNet2D": _unet, "UNet3D": _unet, "AttentionUNet": _attention_unet, "VNet": _vnet, "SegResNet": _segresnet,
+    "UNETR": _unetr, "SwinUNETR": _swin_unetr, "TransUNet": _transunet, "DeepLabV3Plus": _deeplab,
+}
+
+
+def build_network(type_name: str, config: cfgs.NetworkConfig) -> nn.Module:
+    """The module for network node type `type_name` with `config` (a validated config of that type)."""
+    if type_name not in BUILDERS:
+        raise ValueError(f"no network called {type_name!r}; known: {', '.join(BUILDERS)}")
+    model = BUILDERS[type_name](config)
+    model.segflow_meta = {
+        "type": type_name, "spatial_dims": config.dims(), "in_channels": config.in_channels,
+        "out_channels": config.out_channels, "size_divisor": config.size_divisor(), "fixed_size": config.fixed_size(),
+    }
+    return model

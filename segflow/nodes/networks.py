@@ -1,0 +1,458 @@
+"""Network nodes: one config model and one node type per architecture.
+
+Every network maps (B, in_channels, *spatial) to logits (B, out_channels, *spatial) at the input
+resolution. Shape constraints (input divisible by 16/32, a fixed UNETR size, ...) are declared on
+the config (`size_divisor`, `fixed_size`) so that `validate` can check them against the loader
+wired to `dataset_info`, and `run` can check them against the real data, before any training.
+No torch here: the models are built in `segflow.models.factory`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from segflow.nodes.base import Finding, Node, NodeConfig, Port
+from segflow.registry import register
+
+
+def _lower(value: Any) -> Any:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+def _size_tuple(size: Any, dims: int) -> tuple[int, ...] | None:
+    """An int or a list of ints as a tuple of `dims` sizes; None when unknown."""
+    if size is None:
+        return None
+    if isinstance(size, int):
+        return (size,) * dims
+    try:
+        sizes = tuple(int(s) for s in size)
+    except (TypeError, ValueError):
+        return None
+    if len(sizes) == 1:
+        return sizes * dims
+    return sizes if len(sizes) == dims else None
+
+
+class NetworkConfig(NodeConfig):
+    """Fields every network has."""
+
+    aliases: ClassVar[dict[str, str]] = {"num_classes": "out_channels"}
+
+    in_channels: int = Field(1, ge=1, description="Image channels (modalities) the network takes in.")
+    out_channels: int = Field(
+        2, ge=1,
+        description="Output channels: the number of classes including background (2 for binary), "
+        "or 1 for a single sigmoid channel (binary). Alias num_classes.",
+    )
+
+    def dims(self) -> int:
+        return int(getattr(self, "spatial_dims", 2))
+
+    def size_divisor(self) -> int:
+        """Every spatial size of the input must be a multiple of this."""
+        return 1
+
+    def fixed_size(self) -> tuple[int, ...] | None:
+        """The only input size the network accepts, when it has one (UNETR)."""
+        return None
+
+    def size_problem(self, size: tuple[int, ...]) -> str | None:
+        """Why an input of this spatial size cannot go through, or None when it can."""
+        fixed = self.fixed_size()
+        if fixed is not None and tuple(size) != fixed:
+            return f"takes inputs of exactly img_size {list(fixed)}, not {list(size)}"
+        d = self.size_divisor()
+        if d > 1 and any(s % d for s in size):
+            return f"needs every input size divisible by {d}{self._divisor_reason()}, not {list(size)}"
+        if getattr(self, "norm", None) == "instance" and d > 1 and math.prod(s // d for s in size) < 2:
+            # instance norm cannot normalise a single value: training fails at the bottleneck
+            return (f"with norm 'instance' needs an input larger than {d} along some axis (its bottleneck would be a "
+                    f"single voxel), not {list(size)}")
+        return None
+
+    def _divisor_reason(self) -> str:
+        return ""
+
+
+def _spatial_dims_field(default: int) -> Any:
+    return Field(default, description="2 for images, 3 for volumes.")
+
+
+def _check_dims(v: Any) -> int:
+    if v not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, not {v}")
+    return v
+
+
+class _UNetBase(NetworkConfig):
+    base_channels: int = Field(32, ge=1, description="Channels of the first level; each deeper level doubles them.")
+    depth: int = Field(5, ge=2, le=8, description="Levels including the bottleneck (depth-1 downsamplings by 2).")
+    num_res_units: int = Field(2, ge=0, description="Residual units per level (0 = plain convolutions).")
+    norm: Literal["instance", "batch"] = Field("instance", description="Normalisation: instance or batch.")
+    act: Literal["prelu", "relu", "leakyrelu"] = Field("prelu", description="Activation function.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability in every block.")
+
+    _lower_strs = field_validator("norm", "act", mode="before")(classmethod(lambda cls, v: _lower(v)))
+
+    def size_divisor(self) -> int:
+        return 2 ** (self.depth - 1)
+
+    def _divisor_reason(self) -> str:
+        return f" (2**(depth-1) with depth {self.depth})"
+
+
+class UNet2DConfig(_UNetBase):
+    def dims(self) -> int:
+        return 2
+
+
+class UNet3DConfig(_UNetBase):
+    base_channels: int = Field(16, ge=1, description="Channels of the first level; each deeper level doubles them.")
+
+    def dims(self) -> int:
+        return 3
+
+
+class AttentionUNetConfig(NetworkConfig):
+    spatial_dims: int = _spatial_dims_field(2)
+    base_channels: int = Field(32, ge=1, description="Channels of the first level; each deeper level doubles them.")
+    depth: int = Field(5, ge=2, le=8, description="Levels including the bottleneck (depth-1 downsamplings by 2).")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability in every block.")
+
+    _dims = field_validator("spatial_dims")(classmethod(lambda cls, v: _check_dims(v)))
+
+    def size_divisor(self) -> int:
+        return 2 ** (self.depth - 1)
+
+    def _divisor_reason(self) -> str:
+        return f" (2**(depth-1) with depth {self.depth})"
+
+
+class VNetConfig(NetworkConfig):
+    spatial_dims: int = _spatial_dims_field(3)
+    dropout_prob: float = Field(0.5, ge=0.0, lt=1.0, description="Dropout in the deeper down and up blocks (MONAI's default 0.5).")
+    act: Literal["elu", "relu", "prelu"] = Field("elu", description="Activation function.")
+
+    _dims = field_validator("spatial_dims")(classmethod(lambda cls, v: _check_dims(v)))
+    _lower_strs = field_validator("act", mode="before")(classmethod(lambda cls, v: _lower(v)))
+
+    @field_validator("in_channels")
+    @classmethod
+    def _in_divides_16(cls, v: int) -> int:
+        if 16 % v:
+            raise ValueError(f"VNet's first block has 16 channels, so in_channels must divide 16 (1, 2, 4, 8 or 16), not {v}")
+        return v
+
+    def size_divisor(self) -> int:
+        return 16
+
+    def _divisor_reason(self) -> str:
+        return " (VNet halves the size 4 times)"
+
+
+class SegResNetConfig(NetworkConfig):
+    aliases: ClassVar[dict[str, str]] = {"num_classes": "out_channels", "init_filters": "base_channels"}
+
+    spatial_dims: int = _spatial_dims_field(3)
+    norm: Literal["group", "instance", "batch"] = Field("group", description="Normalisation: group (8 groups), instance or batch.")
+    base_channels: int = Field(16, ge=1, description="Filters of the first level (MONAI's init_filters); doubled per level.")
+    blocks_down: list[int] = Field([1, 2, 2, 4], min_length=2, description="Residual blocks per encoder level.")
+    blocks_up: list[int] = Field([1, 1, 1], min_length=1, description="Residual blocks per decoder level: one fewer level than blocks_down.")
+    dropout_prob: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout after the first convolution.")
+
+    _dims = field_validator("spatial_dims")(classmethod(lambda cls, v: _check_dims(v)))
+    _lower_strs = field_validator("norm", mode="before")(classmethod(lambda cls, v: _lower(v)))
+
+    @field_validator("blocks_up")
+    @classmethod
+    def _levels_match(cls, v: list[int], info: ValidationInfo) -> list[int]:
+        down = info.data.get("blocks_down")
+        if down is not None and len(v) != len(down) - 1:
+            raise ValueError(f"blocks_up needs one level fewer than blocks_down ({len(down) - 1}), got {len(v)}")
+        return v
+
+    @field_validator("base_channels")
+    @classmethod
+    def _groups_fit(cls, v: int, info: ValidationInfo) -> int:
+        if info.data.get("norm") == "group" and v % 8:
+            raise ValueError(f"norm 'group' uses 8 groups, so base_channels must be a multiple of 8, not {v}; change it or set norm to instance")
+        return v
+
+    def size_divisor(self) -> int:
+        return 2 ** (len(self.blocks_down) - 1)
+
+    def _divisor_reason(self) -> str:
+        return f" (2**(levels-1) with {len(self.blocks_down)} levels in blocks_down)"
+
+
+class UNETRConfig(NetworkConfig):
+    aliases: ClassVar[dict[str, str]] = {"num_classes": "out_channels", "embed_dim": "hidden_size", "num_layers": "depth"}
+
+    spatial_dims: int = _spatial_dims_field(3)
+    img_size: int | list[int] = Field(
+        96, description="Input size the network is built for (an int, or one per axis); UNETR accepts only this "
+        "size, so it must equal the loader's image_size and the Predictor's roi_size. A multiple of 16.",
+    )
+    feature_size: int = Field(16, ge=1, description="Channels of the convolutional decoder's first level.")
+    hidden_size: int = Field(768, ge=1, description="Transformer embedding size (alias embed_dim); a multiple of num_heads.")
+    mlp_dim: int = Field(3072, ge=1, description="Hidden size of each transformer MLP.")
+    num_heads: int = Field(12, ge=1, description="Attention heads.")
+    dropout_rate: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout in the transformer.")
+    norm: Literal["instance", "batch"] = Field("instance", description="Normalisation in the decoder.")
+
+    _dims = field_validator("spatial_dims")(classmethod(lambda cls, v: _check_dims(v)))
+    _lower_strs = field_validator("norm", mode="before")(classmethod(lambda cls, v: _lower(v)))
+
+    @field_validator("img_size")
+    @classmethod
+    def _patches_fit(cls, v: Any) -> Any:
+        sizes = [v] if isinstance(v, int) else v
+        if any(s <= 0 or s % 16 for s in sizes):
+            raise ValueError(f"UNETR cuts the input into 16-pixel patches: img_size must be a multiple of 16, not {v}")
+        return v
+
+    @field_validator("num_heads")
+    @classmethod
+    def _heads_divide(cls, v: int, info: ValidationInfo) -> int:
+        hidden = info.data.get("hidden_size")
+        if hidden is not None and hidden % v:
+            raise ValueError(f"hidden_size {hidden} must be divisible by num_heads {v}")
+        return v
+
+    def size_divisor(self) -> int:
+        return 16
+
+    def fixed_size(self) -> tuple[int, ...] | None:
+        return _size_tuple(self.img_size, self.dims())
+
+
+class SwinUNETRConfig(NetworkConfig):
+    aliases: ClassVar[dict[str, str]] = {"num_classes": "out_channels", "embed_dim": "feature_size"}
+
+    spatial_dims: int = _spatial_dims_field(3)
+    feature_size: int = Field(24, ge=12, description="Embedding size of the first stage (alias embed_dim); a multiple of 12.")
+    depths: list[int] = Field([2, 2, 2, 2], min_length=4, max_length=4, description="Swin blocks in each of the 4 stages.")
+    num_heads: list[int] = Field([3, 6, 12, 24], min_length=4, max_length=4, description="Attention heads in each of the 4 stages.")
+    window_size: int = Field(7, ge=1, description="Side of the local attention window (shifted windows).")
+    img_size: int | list[int] | None = Field(
+        None, description="Kept for files written for older MONAI (which required it); any input divisible by 32 "
+        "works. When given it must be a multiple of 32 and is checked against the loader's image_size.",
+    )
+    use_checkpoint: bool = Field(False, description="Gradient checkpointing: less memory, about 30% slower.")
+    drop_rate: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout after the patch embedding and in MLPs.")
+    attn_drop_rate: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on attention weights.")
+    dropout_path_rate: float = Field(0.0, ge=0.0, lt=1.0, description="Stochastic depth rate.")
+    use_v2: bool = Field(False, description="SwinUNETR-v2 (a residual convolution block before each stage).")
+    norm: Literal["instance", "batch"] = Field("instance", description="Normalisation in the convolutional decoder.")
+
+    _dims = field_validator("spatial_dims")(classmethod(lambda cls, v: _check_dims(v)))
+    _lower_strs = field_validator("norm", mode="before")(classmethod(lambda cls, v: _lower(v)))
+
+    @field_validator("feature_size")
+    @classmethod
+    def _twelve(cls, v: int) -> int:
+        if v % 12:
+            raise ValueError(f"SwinUNETR needs feature_size (embed_dim) divisible by 12, not {v}; try {max(12, v - v % 12)} or {v - v % 12 + 12}")
+        return v
+
+    @field_validator("img_size")
+    @classmethod
+    def _thirty_two(cls, v: Any) -> Any:
+        sizes = [] if v is None else [v] if isinstance(v, int) else v
+        if any(s <= 0 or s % 32 for s in sizes):
+            raise ValueError(f"SwinUNETR downsamples by 32: img_size must be a multiple of 32, not {v}")
+        return v
+
+    def size_divisor(self) -> int:
+        return 32
+
+    def _divisor_reason(self) -> str:
+        return " (SwinUNETR downsamples by 32)"
+
+
+class TransUNetConfig(NetworkConfig):
+    aliases: ClassVar[dict[str, str]] = {"num_classes": "out_channels", "embed_dim": "hidden_size", "num_layers": "depth"}
+
+    img_size: int | list[int] = Field(
+        256, description="Input size the positional embedding is made for; other sizes divisible by 16 work "
+        "(the embedding is interpolated).",
+    )
+    base_channels: int = Field(32, ge=1, description="Channels of the CNN encoder's first stage; doubled per stage (4 stages).")
+    hidden_size: int = Field(384, ge=1, description="Transformer embedding size (alias embed_dim); a multiple of num_heads. "
+                             "Smaller than the paper's 768 because no pretrained weights are loaded.")
+    depth: int = Field(8, ge=1, description="Transformer layers (alias num_layers).")
+    num_heads: int = Field(6, ge=1, description="Attention heads.")
+    mlp_dim: int = Field(1536, ge=1, description="Hidden size of each transformer MLP.")
+    dropout_rate: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout in the transformer.")
+    norm: Literal["batch", "instance"] = Field("batch", description="Normalisation in the CNN encoder and decoder.")
+
+    _lower_strs = field_validator("norm", mode="before")(classmethod(lambda cls, v: _lower(v)))
+
+    @field_validator("img_size")
+    @classmethod
+    def _sixteen(cls, v: Any) -> Any:
+        sizes = [v] if isinstance(v, int) else v
+        if len(sizes) not in (1, 2) or any(s <= 0 or s % 16 for s in sizes):
+            raise ValueError(f"TransUNet downsamples by 16: img_size must be one or two multiples of 16, not {v}")
+        return v
+
+    @field_validator("num_heads")
+    @classmethod
+    def _heads_divide(cls, v: int, info: ValidationInfo) -> int:
+        hidden = info.data.get("hidden_size")
+        if hidden is not None and hidden % v:
+            raise ValueError(f"hidden_size {hidden} must be divisible by num_heads {v}")
+        return v
+
+    def size_divisor(self) -> int:
+        return 16
+
+    def _divisor_reason(self) -> str:
+        return " (TransUNet's CNN encoder downsamples by 16)"
+
+
+class DeepLabV3PlusConfig(NetworkConfig):
+    norm: Literal["batch", "instance", "group"] = Field("batch", description="Normalisation: batch, instance, or group (8 groups).")
+    base_channels: int = Field(32, ge=8, description="Channels of the encoder stem; stages have 1x, 2x, 4x, 8x this.")
+    output_stride: int = Field(16, description="Encoder output stride: 16 (faster) or 8 (finer; more memory).")
+    aspp_channels: int = Field(128, ge=8, description="Channels of each ASPP branch and of the decoder.")
+    atrous_rates: list[int] = Field([6, 12, 18], min_length=1, description="Dilation rates of the ASPP's 3x3 branches.")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout after ASPP projection.")
+
+    _lower_strs = field_validator("norm", mode="before")(classmethod(lambda cls, v: _lower(v)))
+
+    @field_validator("output_stride")
+    @classmethod
+    def _stride(cls, v: int) -> int:
+        if v not in (8, 16):
+            raise ValueError(f"output_stride must be 8 or 16, not {v}")
+        return v
+
+    @field_validator("base_channels")
+    @classmethod
+    def _groups_fit(cls, v: int, info: ValidationInfo) -> int:
+        if info.data.get("norm") == "group" and v % 8:
+            raise ValueError(f"norm 'group' uses 8 groups, so base_channels must be a multiple of 8, not {v}")
+        return v
+
+    def size_divisor(self) -> int:
+        return 1  # the decoder resizes to the input, so any size of at least 32 goes through
+
+
+# --- nodes -------------------------------------------------------------------------------------
+
+
+def _loader_facts(cfg: NodeConfig) -> tuple[int | None, Any, int | None]:
+    """(spatial_dims, image size, in_channels) a loader's config declares, each None if unknown."""
+    dims = getattr(cfg, "spatial_dims", None)
+    dims = dims if dims in (2, 3) else None
+    size = getattr(cfg, "patch_size", None) or getattr(cfg, "image_size", None)
+    channels = getattr(cfg, "in_channels", None)
+    return dims, size, channels if isinstance(channels, int) else None
+
+
+class NetworkNode(Node):
+    """Shared ports, checks and `run` of every network node."""
+
+    family = "networks"
+    Config = NetworkConfig
+    inputs = (
+        Port("dataset_info", "DatasetInfo", required=False,
+             doc="When wired, the network is checked against the data (channels, classes, dims, size) before training."),
+    )
+    outputs = (Port("model", "Model", doc="torch.nn.Module: (B, in_channels, *spatial) -> logits (B, out_channels, *spatial)."),)
+
+    @classmethod
+    def check(cls, config: NodeConfig, neighbours: dict[str, tuple[str, NodeConfig]]) -> list[Finding]:
+        assert isinstance(config, NetworkConfig)
+        if "dataset_info" not in neighbours:
+            return []
+        source_type, source = neighbours["dataset_info"]
+        dims, size, channels = _loader_facts(source)
+        found: list[Finding] = []
+        my_dims = config.dims()
+        if dims is not None and dims != my_dims:
+            found.append(Finding(
+                "spatial_dims" if "spatial_dims" in type(config).model_fields else "", "spatial_dims_mismatch",
+                f"{cls.type} is {my_dims}-D but the {source_type} wired to dataset_info loads {dims}-D data",
+                f"set spatial_dims to {dims}" if "spatial_dims" in type(config).model_fields else
+                f"use {'UNet3D' if dims == 3 else 'UNet2D'} or set the loader's spatial_dims to {my_dims}",
+            ))
+            return found
+        if channels is not None and channels != config.in_channels:
+            found.append(Finding("in_channels", "in_channels_mismatch",
+                                 f"in_channels is {config.in_channels} but the {source_type} declares {channels} channels",
+                                 f"set in_channels to {channels}"))
+        sizes = _size_tuple(size, my_dims)
+        if sizes is not None:
+            problem = config.size_problem(sizes)
+            if problem:
+                fixed = config.fixed_size() is not None
+                found.append(Finding(
+                    "img_size" if fixed else "", "img_size_mismatch" if fixed else "input_size",
+                    f"{cls.type} {problem}, but the {source_type} wired to dataset_info gives image_size {size}",
+                    "set img_size to the loader's image_size" if fixed else
+                    f"set the loader's image_size to a multiple of {config.size_divisor()}",
+                ))
+        img = getattr(config, "img_size", None)
+        if isinstance(config, SwinUNETRConfig) and img is not None and sizes is not None \
+                and _size_tuple(img, my_dims) != sizes:
+            found.append(Finding("img_size", "img_size_mismatch",
+                                 f"img_size {img} differs from the loader's image_size {size}; SwinUNETR does not use "
+                                 "img_size (any size divisible by 32 works), so it only documents the intended size",
+                                 "set img_size to the loader's image_size or remove it", severity="warning"))
+        return found
+
+    def run(self, dataset_info: Any = None) -> dict[str, Any]:
+        if dataset_info is not None:
+            check_against_data(self.type, self.name, self.config, dataset_info)
+        from segflow.models.factory import build_network
+
+        return {"model": build_network(self.type, self.config)}
+
+
+def check_against_data(type_name: str, node_name: str, config: NetworkConfig, info: Any) -> None:
+    """Raise ValueError when the network cannot take the data `info` (a DatasetInfo) describes."""
+    where = f"the data in {getattr(info, 'data_dir', None) or 'the loader'}"
+    who = f"{type_name} '{node_name}'"
+    dims = getattr(info, "spatial_dims", None)
+    if dims is not None and dims != config.dims():
+        fix = "set spatial_dims to %d" % dims if "spatial_dims" in type(config).model_fields else \
+            f"use {'UNet3D' if dims == 3 else 'UNet2D'}"
+        raise ValueError(f"{who} is {config.dims()}-D but {where} is {dims}-D; {fix}")
+    channels = getattr(info, "in_channels", None)
+    if channels is not None and channels != config.in_channels:
+        raise ValueError(f"{who}: in_channels is {config.in_channels} but {where} has {channels} channels; "
+                         f"set {node_name}.in_channels to {channels}")
+    classes = getattr(info, "num_classes", None)
+    if classes is not None and config.out_channels != classes and not (config.out_channels == 1 and classes == 2):
+        raise ValueError(f"{who}: out_channels is {config.out_channels} but {where} has {classes} classes "
+                         f"(background included); set {node_name}.out_channels to {classes}")
+    patch = getattr(info, "patch_size", None)
+    if patch:
+        problem = config.size_problem(tuple(int(s) for s in patch))
+        if problem:
+            raise ValueError(f"{who} {problem}; {where} comes in patches of {list(patch)}: set the loader's "
+                             f"image_size to a multiple of {config.size_divisor()}"
+                             + (" (and img_size to match)" if config.fixed_size() is not None else ""))
+
+
+def _network(type_name: str, config: type[NetworkConfig], doc: str) -> type[NetworkNode]:
+    node = type(type_name, (NetworkNode,), {"type": type_name, "Config": config, "__doc__": doc, "__module__": __name__})
+    return register(node)
+
+
+UNet2D = _network("UNet2D", UNet2DConfig, "2-D U-Net (MONAI UNet with residual units).")
+UNet3D = _network("UNet3D", UNet3DConfig, "3-D U-Net (MONAI UNet with residual units).")
+AttentionUNet = _network("AttentionUNet", AttentionUNetConfig, "U-Net with attention gates on the skips (MONAI AttentionUnet), 2-D or 3-D.")
+VNet = _network("VNet", VNetConfig, "V-Net (MONAI VNet), 3-D or 2-D; inputs divisible by 16.")
+SegResNet = _network("SegResNet", SegResNetConfig, "SegResNet (MONAI), residual encoder-decoder from the BraTS 2018 winner.")
+UNETR = _network("UNETR", UNETRConfig, "UNETR (MONAI): ViT encoder, convolutional decoder; fixed input size img_size.")
+SwinUNETR = _network("SwinUNETR", SwinUNETRConfig, "Swin UNETR (MONAI): shifted-window transformer encoder; inputs divisible by 32.")
+TransUNet = _network("TransUNet", TransUNetConfig, "TransUNet (2-D): CNN encoder, transformer bottleneck, cascaded upsampling decoder.")
+DeepLabV3Plus = _network("DeepLabV3Plus", DeepLabV3PlusConfig, "DeepLabV3+ (2-D): residual encoder, atrous spatial pyramid pooling, decoder; trained from scratch.")
+
+NETWORK_TYPES = ("UNet2D", "UNet3D", "AttentionUNet", "VNet", "SegResNet", "UNETR", "SwinUNETR", "TransUNet", "DeepLabV3Plus")
