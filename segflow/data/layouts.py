@@ -90,6 +90,13 @@ def _nnunet(root: Path, meta: dict | None) -> Layout:
     for key in ("channel_names", "labels", "file_ending"):
         if key not in meta:
             raise ValueError(f"{root}/dataset.json has no '{key}' entry (nnU-Net v2 format)")
+    names: dict[int, str] = {}
+    for name, value in meta["labels"].items():
+        if not isinstance(value, int):
+            raise ValueError(
+                f"{root}/dataset.json: label {name!r} is a region ({value}); region-based training is not supported"
+            )
+        names[value] = name
     ending = meta["file_ending"]
     n_ch = len(meta["channel_names"])
     pattern = re.compile(r"^(.+)_(\d{4})" + re.escape(ending) + "$")
@@ -117,13 +124,6 @@ def _nnunet(root: Path, meta: dict | None) -> Layout:
     for case_id, p in labels.items():
         if case_id not in by_case:
             raise ValueError(f"{p} has no image: expected {root / 'imagesTr' / (case_id + '_0000' + ending)}")
-    names: dict[int, str] = {}
-    for name, value in meta["labels"].items():
-        if not isinstance(value, int):
-            raise ValueError(
-                f"{root}/dataset.json: label {name!r} is a region ({value}); region-based training is not supported"
-            )
-        names[value] = name
     return Layout("nnunet", root, cases, _class_list(names, root), n_ch)
 
 

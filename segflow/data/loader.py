@@ -143,11 +143,11 @@ def _prepare_all(cases: list[Case], spec: PrepSpec, cfg: Any, data_dir: Path, lo
     results, errors = [], []
     with ThreadPoolExecutor(threads) as pool:
         futures = [pool.submit(one, c) for c in cases]
-        for f in futures:
+        for case, f in zip(cases, futures):
             try:
                 results.append(f.result())
             except (ValueError, FileNotFoundError, ImportError) as e:
-                errors.append(str(e))
+                errors.append(str(e) if str(e).startswith("case ") else f"case {case.case_id}: {e}")
     if errors:
         listed = "\n  ".join(errors[:MAX_LISTED_ERRORS])
         more = f"\n  ... and {len(errors) - MAX_LISTED_ERRORS} more" if len(errors) > MAX_LISTED_ERRORS else ""

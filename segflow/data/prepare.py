@@ -54,8 +54,11 @@ def prepare_case(case: Case, spec: PrepSpec) -> Prepared:
             "set spatial_dims to auto or to the data's dimension"
         )
     channels = []
+    geometry = None  # spacing/affine: the image's own (DICOM, NIfTI), else the label's
     for path in case.images:
         loaded = read(path)
+        if geometry is None and loaded.spacing is not None:
+            geometry = (loaded.spacing, loaded.affine)
         arr = loaded.array
         has_channels = loaded.channels if loaded.channels is not None else arr.ndim == dims + 1
         if not has_channels:
@@ -70,8 +73,7 @@ def prepare_case(case: Case, spec: PrepSpec) -> Prepared:
     if not np.all(np.isfinite(image)):
         raise ValueError(f"case {case.case_id}: image {case.images[0]} contains NaN or infinite values")
     label = _label_values(label, case, spec)
-    spacing = label_file.spacing
-    affine = label_file.affine
+    spacing, affine = geometry or (label_file.spacing, label_file.affine)
     if spec.target_spacing is not None and spacing is not None:
         image, label, affine = _resample(image, label, affine, spacing, spec.target_spacing)
         spacing = tuple(float(s) for s in spec.target_spacing)

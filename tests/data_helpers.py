@@ -1,0 +1,85 @@
+"""Small real datasets on disk, in each layout the loader reads (used by tests/test_data_*.py)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+AFFINE = np.array([[0.0, 0.0, 2.5, -40.0],  # axes permuted and flipped, anisotropic, offset
+                   [-0.8, 0.0, 0.0, 60.0],
+                   [0.0, 0.9, 0.0, -12.0],
+                   [0.0, 0.0, 0.0, 1.0]])
+
+
+def blob(shape, centre, radius) -> np.ndarray:
+    grid = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
+    return sum((g - c) ** 2 for g, c in zip(grid, centre)) <= radius**2
+
+
+def save_nifti(path: Path, arr: np.ndarray, affine=AFFINE) -> Path:
+    import nibabel as nib
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(arr, affine), str(path))
+    return path
+
+
+def save_png(path: Path, arr: np.ndarray) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr.astype(np.uint8)).save(path)
+    return path
+
+
+def case_2d(i: int, size=(32, 40), classes: int = 2):
+    rng = np.random.default_rng(i)
+    label = np.zeros(size, np.uint8)
+    label[blob(size, (size[0] // 2 + i % 5, size[1] // 2 - i % 3), 6 + i % 4)] = 1
+    if classes == 3:
+        label[blob(size, (size[0] // 2 + i % 5, size[1] // 2 - i % 3), 3)] = 2
+    image = 40 + 150 * (label > 0) + rng.normal(0, 5, size)
+    return np.clip(image, 0, 255).astype(np.uint8), label
+
+
+def case_3d(i: int, shape=(20, 18, 12)):
+    rng = np.random.default_rng(i)
+    label = blob(shape, (10 + i % 3, 9, 6), 4).astype(np.uint8)
+    image = (100 * label + rng.normal(0, 10, shape)).astype(np.int16)
+    return image, label
+
+
+def folder_png(root: Path, n: int = 6, mask_suffix: str = "", split: bool = False) -> Path:
+    for i in range(n):
+        image, label = case_2d(i)
+        base = root / ("train" if i < n - 2 else "val") if split else root
+        save_png(base / "images" / f"case{i:02d}.png", image)
+        save_png(base / "masks" / f"case{i:02d}{mask_suffix}.png", label * 255)  # 0/255 masks, as often found
+    return root
+
+
+def msd_3d(root: Path, n: int = 5) -> Path:
+    training = []
+    for i in range(n):
+        image, label = case_3d(i)
+        save_nifti(root / "imagesTr" / f"vol_{i}.nii.gz", image)
+        save_nifti(root / "labelsTr" / f"vol_{i}.nii.gz", label)
+        training.append({"image": f"./imagesTr/vol_{i}.nii.gz", "label": f"./labelsTr/vol_{i}.nii.gz"})
+    meta = {"name": "test", "labels": {"0": "background", "1": "lesion"}, "modality": {"0": "CT"},
+            "numTraining": n, "training": training}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+def nnunet_2ch(root: Path, n: int = 4) -> Path:
+    """3-D, two channels (_0000 and _0001 files), nnU-Net v2 dataset.json."""
+    for i in range(n):
+        image, label = case_3d(i)
+        save_nifti(root / "imagesTr" / f"pat{i:03d}_0000.nii.gz", image)
+        save_nifti(root / "imagesTr" / f"pat{i:03d}_0001.nii.gz", (-image).astype(np.int16))
+        save_nifti(root / "labelsTr" / f"pat{i:03d}.nii.gz", label)
+    meta = {"channel_names": {"0": "T1", "1": "T2"}, "labels": {"background": 0, "tumour": 1},
+            "numTraining": n, "file_ending": ".nii.gz"}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
