@@ -355,6 +355,7 @@ class Fit:
                 self.tb.epoch(row)
                 self._save(improved)
                 self._write_files(final=False)
+                self.log(self._summary(row, improved))
                 if cfg.early_stopping and s.bad_epochs >= cfg.patience:
                     self.log(f"Trainer '{self.name}': early stopping at epoch {epoch}: {self.monitor} has not improved "
                              f"by more than {cfg.min_delta} for {s.bad_epochs} epochs (best {s.best:.4f} at epoch {s.best_epoch})")
@@ -369,6 +370,11 @@ class Fit:
         finally:
             self.tb.close()
         return self.model, s.history
+
+    def _summary(self, row: dict[str, Any], improved: bool) -> str:
+        shown = [f"{k} {row[k]:.4f}" for k in ("train_loss", "val_loss", "val_dice") if k in row]
+        return (f"epoch {row['epoch']}/{self.epochs}: " + ", ".join(shown) +
+                f", lr {row['lr']:.2e}, {row['epoch_time']:.1f}s" + (" *best*" if improved else ""))
 
     def _write_files(self, final: bool, stopped_early: bool = False) -> None:
         s = self.state
