@@ -135,7 +135,11 @@ def sample_patch(prep: Prepared, patch: tuple[int, ...], p_fg: float, rng: np.ra
 def _tensor(x, dtype) -> torch.Tensor:
     if hasattr(x, "as_tensor"):  # MONAI MetaTensor -> plain tensor, as the batch contract says
         x = x.as_tensor()
-    return torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).to(dtype).contiguous()
+    if not isinstance(x, torch.Tensor):
+        x = np.asarray(x)
+        if not x.flags.writeable:  # memory-mapped disk cache: copy out before handing to torch
+            x = x.copy()
+    return torch.as_tensor(x).to(dtype).contiguous()
 
 
 def worker_init(worker_id: int) -> None:
