@@ -196,3 +196,24 @@ def test_check_warns_on_the_shared_patience():
     assert (finding.field, finding.code, finding.severity) == ("patience", "ambiguous_patience", "warning")
     assert Trainer.check(TrainerConfig(lr_schedule="plateau", patience="10"), wired) == []  # seed's plateau example
     assert Trainer.check(TrainerConfig(lr_schedule="plateau", early_stopping=True, patience=10, lr_patience=5), wired) == []
+
+
+def test_bf16_autocast_trains_on_cpu(tmp_path):
+    lines = []
+    _, history = run_trainer(tmp_path, epochs=2, mixed_precision="bf16", log=lines.append)
+    assert any("bf16 autocast" in m for m in lines)
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+def test_compile_failure_falls_back_to_eager_with_a_message(tmp_path, monkeypatch):
+    def broken_compile(model, **kw):
+        def call(x):
+            raise RuntimeError("backend exploded")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    lines = []
+    _, history = run_trainer(tmp_path, epochs=1, compile=True, log=lines.append)
+    assert any("torch.compile failed on the first batch (RuntimeError: backend exploded); training eagerly" in m
+               for m in lines)
+    assert history[0]["val_dice"] >= 0
