@@ -59,10 +59,15 @@ def _unetr(c: cfgs.UNETRConfig) -> nn.Module:
 
 
 def _swin_unetr(c: cfgs.SwinUNETRConfig) -> nn.Module:
+    import inspect
+
     from monai.networks.nets import SwinUNETR
 
-    # img_size is not passed: MONAI >= 1.5 dropped it; the divisibility by 32 is checked instead
-    return SwinUNETR(in_channels=c.in_channels, out_channels=c.out_channels, depths=tuple(c.depths),
+    # MONAI >= 1.5 dropped img_size (any size divisible by 32 works); older MONAI still requires it
+    extra: dict[str, Any] = {}
+    if "img_size" in inspect.signature(SwinUNETR.__init__).parameters:
+        extra["img_size"] = cfgs._size_tuple(c.img_size or 96, c.spatial_dims)
+    return SwinUNETR(**extra, in_channels=c.in_channels, out_channels=c.out_channels, depths=tuple(c.depths),
                      num_heads=tuple(c.num_heads), window_size=c.window_size, feature_size=c.feature_size,
                      norm_name=c.norm, drop_rate=c.drop_rate, attn_drop_rate=c.attn_drop_rate,
                      dropout_path_rate=c.dropout_path_rate, use_checkpoint=c.use_checkpoint,

@@ -33,6 +33,10 @@ class TransUNet(nn.Module):
         self.blocks = nn.ModuleList(
             TransformerBlock(hidden_size, mlp_dim, num_heads, dropout_rate, qkv_bias=True) for _ in range(depth)
         )
+        for block in self.blocks:
+            # MONAI creates this layer norm even without cross-attention; unused parameters would
+            # break DistributedDataParallel's default gradient reduction
+            block.norm_cross_attn = nn.Identity()
         self.norm = nn.LayerNorm(hidden_size)
         self.conv_more = UnetBasicBlock(2, hidden_size, widths[-1], kernel_size=3, stride=1, norm_name=norm, act_name="relu")
         # decoder: (input channels, skip channels, output channels) from 1/16 up to full size

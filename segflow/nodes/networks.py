@@ -345,11 +345,18 @@ class DeepLabV3PlusConfig(NetworkConfig):
 # --- nodes -------------------------------------------------------------------------------------
 
 
+# The loader's documented default image_size by dimensionality (MedicalSegmentationLoader.image_size).
+_LOADER_DEFAULT_SIZE = {2: 256, 3: 96}
+
+
 def _loader_facts(cfg: NodeConfig) -> tuple[int | None, Any, int | None]:
     """(spatial_dims, image size, in_channels) a loader's config declares, each None if unknown."""
     dims = getattr(cfg, "spatial_dims", None)
-    dims = dims if dims in (2, 3) else None
+    if dims not in (2, 3):
+        dims = {"phantom2d": 2, "phantom3d": 3}.get(getattr(cfg, "synthetic", None))  # type: ignore[arg-type]
     size = getattr(cfg, "patch_size", None) or getattr(cfg, "image_size", None)
+    if size is None and dims is not None:
+        size = _LOADER_DEFAULT_SIZE[dims]
     channels = getattr(cfg, "in_channels", None)
     return dims, size, channels if isinstance(channels, int) else None
 

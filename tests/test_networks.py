@@ -1,0 +1,224 @@
+"""Every registered network: builds, maps (B, C_in, *S) to (B, C_out, *S), trains a step; shape
+constraints are reported at validation time and against the data at run time."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from segflow import registry
+from segflow.data.info import DatasetInfo
+from segflow.nodes import networks as nets
+from segflow.nodes.base import RunContext
+from segflow.nodes.data import MedicalSegmentationLoaderConfig
+
+NETWORKS = [t for t, cls in registry.all_types().items() if cls.family == "networks"]
+
+# Small settings per type: (config, input shape). Each type has a 2-D and/or 3-D case.
+SMALL = {
+    "UNet2D": [({}, (2, 1, 32, 32)), ({"in_channels": 3, "out_channels": 4, "depth": 3, "norm": "batch"}, (2, 3, 24, 40))],
+    "UNet3D": [({}, (1, 1, 32, 32, 32)), ({"base_channels": 4, "depth": 3, "out_channels": 3}, (1, 1, 8, 12, 16))],
+    "AttentionUNet": [({}, (2, 1, 32, 32)), ({"spatial_dims": 3, "base_channels": 4, "depth": 3}, (1, 2, 8, 8, 16))],
+    "VNet": [({"spatial_dims": 2}, (2, 1, 16, 32)), ({"in_channels": 2, "out_channels": 3}, (2, 2, 16, 16, 16))],
+    "SegResNet": [({"spatial_dims": 2}, (2, 1, 16, 16)), ({"base_channels": 8}, (1, 1, 16, 16, 16))],
+    "UNETR": [({"spatial_dims": 2, "img_size": 32, "hidden_size": 64, "mlp_dim": 128, "num_heads": 4, "feature_size": 8}, (2, 1, 32, 32)),
+              ({"img_size": [32, 32, 16], "hidden_size": 48, "mlp_dim": 96, "num_heads": 4, "feature_size": 4}, (1, 1, 32, 32, 16))],
+    "SwinUNETR": [({"spatial_dims": 2}, (2, 1, 64, 64)),
+                  ({"feature_size": 12, "depths": [1, 1, 1, 1], "use_checkpoint": True}, (1, 1, 64, 32, 32))],
+    "TransUNet": [({"img_size": 32, "base_channels": 8, "hidden_size": 64, "depth": 2, "num_heads": 4, "mlp_dim": 128}, (2, 1, 32, 32)),
+                  ({"img_size": 32, "base_channels": 8, "hidden_size": 64, "depth": 2, "num_heads": 4, "mlp_dim": 128, "out_channels": 3}, (2, 2, 48, 32))],
+    "DeepLabV3Plus": [({}, (2, 1, 32, 32)), ({"output_stride": 8, "norm": "group", "in_channels": 3, "out_channels": 5}, (2, 3, 40, 56))],
+}
+
+# The seed training guide's network configurations, as a GUI saves them (strings, aliases).
+SEED = [
+    ("UNet2D", {"in_channels": "1", "out_channels": "2", "base_channels": "64"}, (2, 1, 32, 32)),
+    ("UNet2D", {"in_channels": "1", "out_channels": "2", "base_channels": "32"}, (2, 1, 32, 32)),
+    ("SwinUNETR", {"img_size": "96", "in_channels": "1", "out_channels": "2", "embed_dim": "48"}, (1, 1, 64, 64, 64)),
+]
+
+
+def make(type_name: str, raw: dict) -> nets.NetworkConfig:
+    """Config as the spec layer would build it: aliases renamed, strings left to the config."""
+    cls = registry.get(type_name).Config
+    return cls(**{cls.aliases.get(k, k): v for k, v in raw.items()})
+
+
+def run_node(type_name: str, config: nets.NetworkConfig, tmp_path, info=None) -> torch.nn.Module:
+    node = registry.get(type_name)("model", config, RunContext(run_dir=tmp_path, workflow_name="t"))
+    return node.run(dataset_info=info)["model"]
+
+
+def train_step(model: torch.nn.Module, shape: tuple[int, ...], out_channels: int) -> None:
+    x = torch.randn(*shape)
+    y = model(x)
+    assert y.shape == (shape[0], out_channels, *shape[2:])
+    y.float().pow(2).mean().backward()
+    # MONAI's ViT blocks (UNETR) create a cross-attention norm they never use
+    grads = [p.grad for n, p in model.named_parameters() if p.requires_grad and "norm_cross_attn" not in n]
+    assert grads and all(g is not None for g in grads)
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
+def test_every_network_has_cases():
+    assert sorted(NETWORKS) == sorted(nets.NETWORK_TYPES)
+    assert set(SMALL) == set(NETWORKS)
+
+
+@pytest.mark.parametrize("type_name", sorted(nets.NETWORK_TYPES))
+def test_default_config_builds(type_name, tmp_path):
+    config = registry.get(type_name).Config()
+    model = run_node(type_name, config, tmp_path)
+    assert sum(p.numel() for p in model.parameters()) > 10_000
+    assert model.segflow_meta["out_channels"] == 2 and model.segflow_meta["in_channels"] == 1
+
+
+@pytest.mark.parametrize("type_name,raw,shape", [(t, c, s) for t, cases in SMALL.items() for c, s in cases],
+                         ids=lambda v: v if isinstance(v, str) else None)
+def test_output_shape_and_backward(type_name, raw, shape, tmp_path):
+    torch.manual_seed(0)
+    config = make(type_name, {"in_channels": shape[1], **raw})
+    assert config.size_problem(shape[2:]) is None
+    model = run_node(type_name, config, tmp_path)
+    assert model.segflow_meta["spatial_dims"] == len(shape) - 2
+    train_step(model, shape, config.out_channels)
+
+
+def test_seed_configs_validate_and_build(tmp_path):
+    for type_name, raw, shape in SEED:
+        config = make(type_name, raw)
+        assert config.in_channels == 1 and config.out_channels == 2
+        assert config.size_problem(shape[2:]) is None
+        run_node(type_name, config, tmp_path)
+    assert make("SwinUNETR", SEED[2][1]).feature_size == 48
+
+
+@pytest.mark.parametrize("type_name,raw,shape", SEED[:2])
+def test_seed_unet_trains(type_name, raw, shape, tmp_path):
+    config = make(type_name, raw)
+    train_step(run_node(type_name, config, tmp_path), shape, 2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("type_name,raw,shape", SEED[2:] + [
+    ("SwinUNETR", {}, (1, 1, 64, 64, 64)), ("UNETR", {"img_size": 32}, (1, 1, 32, 32, 32)),
+    ("TransUNet", {}, (2, 1, 64, 64)), ("VNet", {}, (1, 1, 32, 32, 32)), ("SegResNet", {}, (1, 1, 32, 32, 32)),
+    ("AttentionUNet", {"spatial_dims": 3}, (1, 1, 32, 32, 32)),
+])
+def test_heavy_defaults_train(type_name, raw, shape, tmp_path):
+    config = make(type_name, raw)
+    train_step(run_node(type_name, config, tmp_path), shape, config.out_channels)
+
+
+def test_transunet_takes_other_sizes_than_img_size(tmp_path):
+    config = make("TransUNet", SMALL["TransUNet"][0][0])
+    model = run_node("TransUNet", config, tmp_path).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, 64, 48)).shape == (1, 2, 64, 48)
+
+
+# --- constraints at validation time --------------------------------------------------------
+
+
+@pytest.mark.parametrize("type_name,raw,field,words", [
+    ("SwinUNETR", {"embed_dim": "50"}, "feature_size", "divisible by 12"),
+    ("SwinUNETR", {"img_size": "100"}, "img_size", "multiple of 32"),
+    ("VNet", {"in_channels": 3}, "in_channels", "must divide 16"),
+    ("UNETR", {"img_size": 100}, "img_size", "multiple of 16"),
+    ("UNETR", {"hidden_size": 100, "num_heads": 12}, "num_heads", "divisible by num_heads"),
+    ("TransUNet", {"img_size": 250}, "img_size", "multiple"),
+    ("SegResNet", {"base_channels": 12}, "base_channels", "multiple of 8"),
+    ("SegResNet", {"blocks_down": [1, 2, 2], "blocks_up": [1, 1, 1]}, "blocks_up", "one level fewer"),
+    ("AttentionUNet", {"spatial_dims": "4"}, "spatial_dims", "2 or 3"),
+    ("UNet2D", {"norm": "layer"}, "norm", "instance"),
+    ("DeepLabV3Plus", {"output_stride": 32}, "output_stride", "8 or 16"),
+])
+def test_config_errors_name_field(type_name, raw, field, words):
+    with pytest.raises(ValidationError) as e:
+        make(type_name, raw)
+    err = e.value.errors()[0]
+    assert err["loc"] == (field,)
+    assert words in err["msg"]
+
+
+def test_strings_and_aliases_coerce():
+    c = make("UNet2D", {"in_channels": "3", "num_classes": "4", "depth": "4", "dropout": "0.1", "norm": "Batch"})
+    assert (c.in_channels, c.out_channels, c.depth, c.dropout, c.norm) == (3, 4, 4, 0.1, "batch")
+    s = make("SwinUNETR", {"use_checkpoint": "true", "window_size": "7", "spatial_dims": "2", "depths": "[2, 2, 2, 2]"})
+    assert s.use_checkpoint is True and s.spatial_dims == 2
+    assert make("UNETR", {"img_size": "[64, 64, 32]", "embed_dim": "96", "num_heads": "8"}).fixed_size() == (64, 64, 32)
+    assert make("SegResNet", {"init_filters": "32"}).base_channels == 32
+
+
+def check(type_name: str, raw: dict, loader: dict):
+    cls = registry.get(type_name)
+    return cls.check(make(type_name, raw), {"dataset_info": ("MedicalSegmentationLoader", MedicalSegmentationLoaderConfig(**loader))})
+
+
+def test_check_against_loader():
+    assert check("UNet2D", {}, {"image_size": "256", "spatial_dims": 2}) == []
+    assert check("SwinUNETR", SEED[2][1], {"image_size": "96", "spatial_dims": 3}) == []
+    [f] = check("UNet2D", {"depth": 5}, {"image_size": 100, "spatial_dims": 2})
+    assert (f.code, f.severity) == ("input_size", "error") and "divisible by 16" in f.message and "100" in f.message
+    [f] = check("SwinUNETR", {}, {"image_size": [96, 96, 80], "synthetic": "phantom3d"})
+    assert f.code == "input_size" and "32" in f.message
+    [f] = check("VNet", {}, {"image_size": 40, "synthetic": "phantom3d"})
+    assert f.code == "input_size" and "16" in f.message
+    [f] = check("UNETR", {"img_size": 96}, {"image_size": 64, "spatial_dims": 3})
+    assert (f.field, f.code) == ("img_size", "img_size_mismatch")
+    [f] = check("VNet", {}, {"spatial_dims": 2})
+    assert (f.field, f.code) == ("spatial_dims", "spatial_dims_mismatch")
+    [f] = check("UNet3D", {}, {"synthetic": "phantom2d"})
+    assert f.code == "spatial_dims_mismatch" and "UNet2D" in f.hint
+    [f] = check("SwinUNETR", {"img_size": 64}, {"image_size": 96, "spatial_dims": 3})
+    assert (f.field, f.severity) == ("img_size", "warning")
+    # unknown dims and size: nothing to say
+    assert check("UNETR", {}, {}) == []
+
+
+def test_check_passes_default_loader_sizes():
+    # UNETR's default img_size is the 3-D loader's default patch size
+    assert check("UNETR", {}, {"synthetic": "phantom3d"}) == []
+    [f] = check("UNETR", {"spatial_dims": 2}, {"synthetic": "phantom2d"})
+    assert "256" in f.message
+
+
+def info(**kw) -> DatasetInfo:
+    base = dict(in_channels=1, num_classes=2, spatial_dims=2, spacing=None, patch_size=(64, 64), data_dir="data/x")
+    return DatasetInfo(**{**base, **kw})
+
+
+@pytest.mark.parametrize("type_name,raw,data,words", [
+    ("UNet2D", {}, {"in_channels": 3}, "UNet2D 'model': in_channels is 1 but the data in data/x has 3 channels"),
+    ("UNet2D", {}, {"num_classes": 4}, "out_channels is 2 but the data in data/x has 4 classes"),
+    ("UNet2D", {}, {"spatial_dims": 3, "patch_size": (32, 32, 32)}, "use UNet3D"),
+    ("AttentionUNet", {}, {"spatial_dims": 3, "patch_size": (32, 32, 32)}, "set spatial_dims to 3"),
+    ("UNet2D", {}, {"patch_size": (100, 100)}, "divisible by 16"),
+    ("UNETR", {"spatial_dims": 2, "img_size": 32}, {"patch_size": (64, 64)}, "exactly img_size [32, 32]"),
+])
+def test_run_checks_data(type_name, raw, data, words, tmp_path):
+    with pytest.raises(ValueError) as e:
+        run_node(type_name, make(type_name, raw), tmp_path, info(**data))
+    assert words in str(e.value)
+
+
+def test_run_accepts_matching_data(tmp_path):
+    model = run_node("UNet2D", make("UNet2D", {"out_channels": 1, "depth": 3}), tmp_path, info())  # 1 sigmoid channel, 2 classes
+    assert model.segflow_meta["size_divisor"] == 4
+
+
+def test_instance_norm_bottleneck_is_reported():
+    assert "single voxel" in make("SwinUNETR", {}).size_problem((32, 32, 32))
+    assert make("SwinUNETR", {}).size_problem((64, 32, 32)) is None
+
+
+def test_fields_documented_and_no_torch_at_import():
+    for type_name in nets.NETWORK_TYPES + ("LossFunction", "Optimizer"):
+        for name, field in registry.get(type_name).Config.model_fields.items():
+            assert field.description, f"{type_name}.{name} has no description"
+    code = ("import sys, segflow.nodes.networks, segflow.nodes.losses, segflow.nodes.optim; "
+            "bad = [m for m in ('torch', 'monai', 'numpy') if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
