@@ -10,7 +10,7 @@ import pytest
 from segflow.data.loader import build_loaders
 from segflow.data.readers import read
 from segflow.nodes.data import MedicalSegmentationLoaderConfig as Config
-from tests import data_helpers as h
+import data_helpers as h  # tests/ is on sys.path (pytest rootdir-relative import)
 
 
 def build(root, **kw):

@@ -10,7 +10,7 @@ from segflow.data.layouts import find_cases
 from segflow.data.loader import build_loaders
 from segflow.data.readers import read
 from segflow.nodes.data import MedicalSegmentationLoaderConfig as Config
-from tests import data_helpers as h
+import data_helpers as h  # tests/ is on sys.path (pytest rootdir-relative import)
 
 
 def cfg(root, **kw):
