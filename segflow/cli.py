@@ -14,7 +14,8 @@ from segflow import __version__
 from segflow.errors import Issue, NodeRunError, WorkflowError
 
 
-def _print_issues(issues: list[Issue], fmt: str, out=sys.stdout) -> None:
+def _print_issues(issues: list[Issue], fmt: str, out=None) -> None:
+    out = out or sys.stdout
     for issue in issues:
         print(issue.as_github() if fmt == "github" else issue.format(), file=out)
 
@@ -32,7 +33,9 @@ def cmd_validate(args) -> int:
                 from segflow.executor import _preflight
 
                 try:
-                    _preflight(wf, list(wf.nodes), None)
+                    # Paths only: the machine validating need not be the one that will train,
+                    # so devices are checked as if the run said --device cpu.
+                    _preflight(wf, list(wf.nodes), "cpu")
                 except WorkflowError as e:
                     issues += e.issues
         except WorkflowError as e:

@@ -43,12 +43,13 @@ def fits(source_type: str, port: Port) -> bool:
     return source_type in port.types or SUBTYPES.get(source_type) in port.types
 
 
-def _candidates(nodes: dict[str, type[Node]], g: nx.DiGraph, target: str, port: Port) -> list[tuple[str, str]]:
+def _candidates(nodes: dict[str, type[Node]], g: nx.DiGraph, target: str, port: Port,
+                cycles_ok: bool = False) -> list[tuple[str, str]]:
     for wanted in port.types:
         found = [
             (name, out.name)
             for name, cls in nodes.items()
-            if name != target and not (name in g and target in g and nx.has_path(g, target, name))
+            if name != target and (cycles_ok or not nx.has_path(g, target, name))
             for out in cls.outputs
             if out.type == wanted
         ]
@@ -119,6 +120,13 @@ def wire(nodes: dict[str, type[Node]], explicit: list[Wire]) -> tuple[list[Wire]
                 f"input '{port.name}' ({wanted}) could come from any of: {listed}",
                 f"add a link choosing one, e.g. {{\"source_node\": \"{cands[0][0]}\", \"source_port\": "
                 f"\"{cands[0][1]}\", \"target_node\": \"{name}\", \"target_port\": \"{port.name}\"}}"))
+        elif port.required and (closing := _candidates(nodes, g, name, port, cycles_ok=True)):
+            src = closing[0][0]
+            path = " -> ".join([name, *nx.shortest_path(g, name, src)[1:], name])
+            problems.append(WiringProblem(
+                "cycle", name, port.name,
+                f"input '{port.name}' could only come from {src}.{closing[0][1]}, which depends on '{name}': {path}",
+                "a node cannot depend on its own output; remove the link that makes the cycle"))
         elif port.required:
             problems.append(WiringProblem(
                 "missing_input", name, port.name,

@@ -30,10 +30,41 @@ _POSITION = {
 _EDITOR_FLAG = {"type": ["boolean", "string"], "description": "Editor flag, ignored by the engine."}
 
 
-def _accepts_string(schema: dict) -> bool:
-    if schema.get("type") == "string" or "string" in (schema.get("type") or []):
-        return True
-    return any(_accepts_string(s) for s in schema.get("anyOf", []) + schema.get("oneOf", []))
+# What a GUI-saved string may look like for each JSON type it stands in for (what NodeConfig
+# and pydantic's lax mode coerce), so the schema accepts "8" for an integer but not "eight".
+_LOOSE_STRING = {
+    "integer": r"[-+]?[0-9]+",
+    "number": r"[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?|[-+]?(inf|Infinity)|NaN|nan",
+    "boolean": "[Tt]rue|TRUE|[Ff]alse|FALSE|[Yy]es|YES|[Nn]o|NO|[Oo]n|ON|[Oo]ff|OFF|[YyNnTtFf]|1|0",
+    "array": r"\[[\s\S]*\]",
+    "object": r"\{[\s\S]*\}",
+    "null": "null|None|none",
+}
+
+
+def _json_types(schema: dict) -> set[str]:
+    """The JSON types a (sub)schema admits, looking through unions and enums."""
+    if "$ref" in schema:
+        return {"object"}
+    found: set[str] = set()
+    kind = schema.get("type")
+    found.update([kind] if isinstance(kind, str) else kind or [])
+    for value in schema.get("enum", []) + ([schema["const"]] if "const" in schema else []):
+        found.add({bool: "boolean", int: "integer", float: "number", str: "string", type(None): "null",
+                   list: "array", dict: "object"}[type(value)])
+    for sub in schema.get("anyOf", []) + schema.get("oneOf", []):
+        found |= _json_types(sub)
+    return found
+
+
+def _loosen(schema: dict) -> dict:
+    """Let `schema` also take the string spelling of each of its non-string types."""
+    loose = [_LOOSE_STRING[t] for t in sorted(_json_types(schema)) if t in _LOOSE_STRING]
+    if not loose:
+        return schema
+    outer = {k: schema.pop(k) for k in ("description", "default") if k in schema}
+    pattern = r"^\s*(" + "|".join(loose) + r")\s*$"
+    return {**outer, "anyOf": [schema, {"type": "string", "pattern": pattern}]}
 
 
 def _rename_refs(node: Any, prefix: str) -> Any:
@@ -52,11 +83,7 @@ def config_schema(type_name: str, config: type[NodeConfig], defs: dict) -> dict:
     props = {}
     for key, sub in raw.get("properties", {}).items():
         sub.pop("title", None)
-        if not _accepts_string(sub):
-            # Files saved by the node-graph editor carry every value as a string ("8", "1e-4").
-            outer = {k: sub.pop(k) for k in ("description", "default") if k in sub}
-            sub = {**outer, "anyOf": [sub, {"type": "string"}]}
-        props[key] = sub
+        props[key] = _loosen(sub)  # files saved by the node-graph editor carry every value as a string
     for alias, canonical in config.aliases.items():
         if canonical in props:
             alias_schema = copy.deepcopy(props[canonical])
@@ -112,6 +139,8 @@ def build_schema() -> dict:
             "workflow": {"type": "string", "minLength": 1, "description": "The workflow's name (runs/<name>/...)."},
             "name": {"type": "string", "minLength": 1, "description": "Alias of 'workflow'."},
             "description": {"type": "string"},
+            "seed": {"anyOf": [{"type": "integer"}, {"type": "string", "pattern": "^-?[0-9]+$"}],
+                     "default": 0, "description": "Seeds python/numpy/torch before the first node runs."},
             "version": {"type": ["string", "number"]},
             "nodes": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/node"}},
             "links": {"type": "array", "items": {"$ref": "#/$defs/link"}},

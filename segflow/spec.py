@@ -19,7 +19,7 @@ from segflow.errors import Issue, WorkflowError
 from segflow.graph import Wire, execution_order, fits, wire
 from segflow.nodes.base import Finding, Node, NodeConfig
 
-TOP_KEYS = ("$schema", "workflow", "description", "nodes", "links", "version")
+TOP_KEYS = ("$schema", "workflow", "description", "seed", "nodes", "links", "version")
 TOP_ALIASES = {"name": "workflow"}
 NODE_KEYS = ("type", "name", "config", "position", "is_composite", "collapsed")
 LINK_KEYS = ("source_node", "source_port", "target_node", "target_port")
@@ -46,6 +46,7 @@ class Workflow:
     file: str | None = None
     raw: dict = field(default_factory=dict)
     positions: jsonpos.Positions = field(default_factory=jsonpos.Positions)
+    seed: int = 0  # seeds python/numpy/torch before the first node, so weight init repeats
 
     def issue(self, finding: Finding, node: NodeSpec) -> Issue:
         """A node's finding as a located issue in this workflow's file."""
@@ -65,6 +66,7 @@ class Workflow:
         out: dict[str, Any] = {"workflow": self.name}
         if self.description:
             out["description"] = self.description
+        out["seed"] = self.seed
         out["nodes"] = [
             {"type": n.type, "name": n.name, "config": n.config.model_dump(mode="json")} for n in self.nodes.values()
         ]
@@ -228,6 +230,12 @@ def loads(text: str, file: str | None = None, sets=(), types: dict[str, type[Nod
         chk.add("bad_value", "'workflow' must be a non-empty string", ("workflow",))
         name = "workflow"
     description = doc.get("description") or ""
+    seed = doc.get("seed", 0)
+    if isinstance(seed, str) and seed.strip().lstrip("-").isdigit():
+        seed = int(seed)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        chk.add("bad_value", f"'seed' must be a whole number, got {seed!r}", ("seed",))
+        seed = 0
 
     raw_nodes = doc.get("nodes")
     if not isinstance(raw_nodes, list) or not raw_nodes:
@@ -236,6 +244,7 @@ def loads(text: str, file: str | None = None, sets=(), types: dict[str, type[Nod
         raw_nodes = []
     nodes: dict[str, NodeSpec] = {}
     classes: dict[str, type[Node]] = {}  # every well-typed node, even if its config is bad
+    dropped = False  # a node left out of wiring (unknown type, clashing name) may be a missing producer
     known_types = registry.all_types() if types is None else types
     for i, raw in enumerate(raw_nodes):
         path = ("nodes", i)
@@ -251,6 +260,7 @@ def loads(text: str, file: str | None = None, sets=(), types: dict[str, type[Nod
         if node_name and node_name in classes:
             chk.add("duplicate_node_name", f"two nodes are named {node_name!r}", path + ("name",), node=node_name,
                     hint="node names must be unique; rename one")
+            dropped = True
             continue
         if type_name is None:
             continue
@@ -258,6 +268,7 @@ def loads(text: str, file: str | None = None, sets=(), types: dict[str, type[Nod
         if cls is None:
             chk.add("unknown_node_type", f"unknown node type {type_name!r}", path + ("type",), node=node_name,
                     hint=suggest(type_name, known_types) or "`segflow nodes` lists the node types")
+            dropped = True
             continue
         if node_name is None:
             continue
@@ -271,6 +282,8 @@ def loads(text: str, file: str | None = None, sets=(), types: dict[str, type[Nod
     index = {n: i for i, n in enumerate(classes)}
     node_index = {n.get("name"): i for i, n in enumerate(raw_nodes) if isinstance(n, dict)}
     for p in problems:
+        if dropped and p.code == "missing_input":
+            continue  # the dropped node is the likely producer; its own error says what to fix
         chk.add(p.code, p.message, ("nodes", node_index[p.node], "name"), node=p.node, hint=p.hint)
 
     if not any(i.severity == "error" for i in chk.issues):
@@ -280,7 +293,7 @@ def loads(text: str, file: str | None = None, sets=(), types: dict[str, type[Nod
         raise WorkflowError(chk.issues)
     ordered = dict(sorted(nodes.items(), key=lambda kv: index[kv[0]]))
     return Workflow(name, description, ordered, wires, g, [i for i in chk.issues if i.severity != "error"],
-                    file, doc, positions)
+                    file, doc, positions, seed)
 
 
 def _links(chk: _Checker, doc: dict, classes: dict[str, type[Node]]) -> list[Wire]:

@@ -206,6 +206,7 @@ def test_node_checks_become_located_warnings():
 def test_resolved_workflow_has_defaults_and_every_link():
     wf = load([("Net", "net", {}), ("Opt", "opt", {"lr": "0.5"})])
     resolved = wf.resolved()
+    assert resolved["seed"] == 0
     assert resolved["nodes"][1]["config"] == {"learning_rate": 0.5, "betas": [0.9, 0.999]}
     assert resolved["links"] == [{"source_node": "net", "source_port": "model", "target_node": "opt",
                                   "target_port": "model", "auto": True}]

@@ -5,11 +5,12 @@ and are imported inside `run`, so `segflow validate` stays free of torch.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from segflow.nodes.base import Node, NodeConfig, Port
+from segflow.nodes.base import Finding, Node, NodeConfig, Port
 from segflow.registry import register
 
 
@@ -117,6 +118,15 @@ class MedicalSegmentationLoader(Node):
              "None when val_fraction is 0 and the folder has no val/ split."),
         Port("dataset_info", "DatasetInfo", doc="Channels, classes, spatial dims, spacing, patch size of the data."),
     )
+
+    @classmethod
+    def preflight(cls, config: NodeConfig, device: str | None) -> list[Finding]:
+        if config.synthetic == "none" and not os.path.isdir(config.data_dir):
+            return [Finding("data_dir", "path_not_found", f"data_dir {config.data_dir!r} is not a folder "
+                            f"(looked in {os.path.abspath(config.data_dir)})",
+                            hint="paths are relative to the folder segflow runs in; or set synthetic: "
+                                 "phantom2d / phantom3d to generate a dataset there")]
+        return []
 
     def run(self, **inputs: Any) -> dict[str, Any]:
         from segflow.data.loader import build_loaders

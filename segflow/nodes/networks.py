@@ -418,7 +418,10 @@ class NetworkNode(Node):
             check_against_data(self.type, self.name, self.config, dataset_info)
         from segflow.models.factory import build_network
 
-        return {"model": build_network(self.type, self.config)}
+        model = build_network(self.type, self.config)
+        # Lets a resume with a changed network name the config field that changed.
+        model.segflow_spec = {"type": self.type, "config": self.config.model_dump(mode="json")}
+        return {"model": model}
 
 
 def check_against_data(type_name: str, node_name: str, config: NetworkConfig, info: Any) -> None:

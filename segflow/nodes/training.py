@@ -125,6 +125,19 @@ class Trainer(Node):
         return {"model": trained, "history": history}
 
     @classmethod
+    def preflight(cls, config: NodeConfig, device: str | None) -> list[Finding]:
+        requested = device or config.device
+        if not requested.startswith("cuda"):
+            return []
+        from segflow.training.device import resolve_device
+
+        try:
+            resolve_device(requested)
+        except ValueError as e:
+            return [Finding("device", "device_unavailable", str(e))]
+        return []
+
+    @classmethod
     def check(cls, config: NodeConfig, neighbours: dict[str, tuple[str, NodeConfig]]) -> list[Finding]:
         cfg: TrainerConfig = config  # type: ignore[assignment]
         found: list[Finding] = []
