@@ -21,6 +21,14 @@ def _lower(value: Any) -> Any:
     return value.strip().lower() if isinstance(value, str) else value
 
 
+def _heads_divide_hidden(heads: int, info: ValidationInfo) -> int:
+    """Attention splits the embedding evenly across heads."""
+    hidden = info.data.get("hidden_size")
+    if hidden is not None and hidden % heads:
+        raise ValueError(f"hidden_size {hidden} must be divisible by num_heads {heads}")
+    return heads
+
+
 def _size_tuple(size: Any, dims: int) -> tuple[int, ...] | None:
     """An int or a list of ints as a tuple of `dims` sizes; None when unknown."""
     if size is None:
@@ -214,13 +222,7 @@ class UNETRConfig(NetworkConfig):
             raise ValueError(f"UNETR cuts the input into 16-pixel patches: img_size must be a multiple of 16, not {v}")
         return v
 
-    @field_validator("num_heads")
-    @classmethod
-    def _heads_divide(cls, v: int, info: ValidationInfo) -> int:
-        hidden = info.data.get("hidden_size")
-        if hidden is not None and hidden % v:
-            raise ValueError(f"hidden_size {hidden} must be divisible by num_heads {v}")
-        return v
+    _heads = field_validator("num_heads")(classmethod(lambda cls, v, info: _heads_divide_hidden(v, info)))
 
     def size_divisor(self) -> int:
         return 16
@@ -299,13 +301,7 @@ class TransUNetConfig(NetworkConfig):
             raise ValueError(f"TransUNet downsamples by 16: img_size must be one or two multiples of 16, not {v}")
         return v
 
-    @field_validator("num_heads")
-    @classmethod
-    def _heads_divide(cls, v: int, info: ValidationInfo) -> int:
-        hidden = info.data.get("hidden_size")
-        if hidden is not None and hidden % v:
-            raise ValueError(f"hidden_size {hidden} must be divisible by num_heads {v}")
-        return v
+    _heads = field_validator("num_heads")(classmethod(lambda cls, v, info: _heads_divide_hidden(v, info)))
 
     def size_divisor(self) -> int:
         return 16
