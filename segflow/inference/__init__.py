@@ -1,0 +1,1 @@
+"""Prediction, evaluation, overlays and export behind the inference and export nodes."""
