@@ -76,19 +76,6 @@ def resolve_resume(resume: str | None, workflow_name: str, log: Callable[[str], 
     return path
 
 
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch before the first node: network weights are drawn when their
-    node runs, before any Trainer seeds for itself."""
-    import random
-
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
@@ -122,7 +109,10 @@ def run_workflow(path: str | Path, *, sets=(), device: str | None = None, run_di
     ctx = RunContext(run_dir=out, workflow_name=wf.name, workflow_file=Path(path), device=device,
                      resume=str(checkpoint) if checkpoint else None, progress=progress, log=log)
     result = RunResult(out, wf)
-    seed_everything(wf.seed)
+    # Network weights are drawn when their node runs, before any Trainer seeds for itself.
+    from segflow.training.device import seed_everything
+
+    seed_everything(wf.seed, deterministic=False)
     log(f"segflow: running '{wf.name}' ({len(order)} nodes) -> {out}")
     for step, name in enumerate(order, 1):
         node_spec = wf.nodes[name]

@@ -231,10 +231,10 @@ def loads(text: str, file: str | None = None, sets=(), types: dict[str, type[Nod
         name = "workflow"
     description = doc.get("description") or ""
     seed = doc.get("seed", 0)
-    if isinstance(seed, str) and seed.strip().lstrip("-").isdigit():
+    if isinstance(seed, str) and seed.strip().isdigit():
         seed = int(seed)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        chk.add("bad_value", f"'seed' must be a whole number, got {seed!r}", ("seed",))
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        chk.add("bad_value", f"'seed' must be a whole number from 0 to 2**32 - 1, got {seed!r}", ("seed",))
         seed = 0
 
     raw_nodes = doc.get("nodes")
