@@ -1,0 +1,165 @@
+"""The Predictor's work: predict every case a loader hands out and write it back in its own geometry.
+
+Cases are written one by one as soon as they are predicted; only a small record per case is kept
+(a `PredictionSet`), so hundreds of volumes never sit in memory together.
+
+Back to the source geometry:
+* 2-D: the loader resized every image to `image_size`; the class probabilities are resized back to
+  the source image's size (bilinear) and only then turned into labels by argmax.
+* 3-D: validation volumes come whole, in the file's own voxel grid, so the prediction keeps the
+  file's affine. When the loader resampled to `target_spacing`, the probabilities are resampled
+  back onto the source grid (source affine and shape) with MONAI's SpatialResample before argmax.
+* A loader not built by MedicalSegmentationLoader (no source files known): the prediction, image
+  and label are written as .npy at the batch's own size.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from segflow.inference import tta as tta_mod
+from segflow.inference.records import PredictionRecord, PredictionSet
+from segflow.inference.writers import Geometry, source_geometry, write_label, write_probabilities
+
+
+def predict(cfg: Any, ctx: Any, name: str, model: torch.nn.Module, loader: Any, info: Any = None) -> PredictionSet:
+    from segflow.training.device import resolve_device, resolve_precision
+
+    who = f"Predictor '{name}'"
+    if loader is None:
+        raise ValueError(f"{who}: the loader input is empty (None). A MedicalSegmentationLoader gives no val_loader "
+                         "when val_fraction is 0 and the folder has no val/ split; set val_fraction above 0")
+    device = resolve_device(ctx.device or cfg.device, "--device" if ctx.device else f"{who}: config field 'device'")
+    precision = resolve_precision(bool(cfg.mixed_precision), device, log=lambda _m: None)
+    amp = precision.dtype if precision.enabled and device.type == "cuda" else None
+    out_dir = Path(cfg.output_dir)
+    out_dir = out_dir if out_dir.is_absolute() else Path(ctx.run_dir) / out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    dataset = getattr(loader, "dataset", None)
+    source = getattr(dataset, "source", None)  # segflow.data.datasets.CaseSource
+    cases = {c.case_id: c for c in source.cases} if source is not None else {}
+    resampled = source is not None and getattr(source.spec, "target_spacing", None) is not None
+
+    model = model.to(device).eval()
+    dims = info.spatial_dims if info is not None else None
+    num_classes = None
+    records: list[PredictionRecord] = []
+    total = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else None
+    bar = _progress(ctx, total, who)
+    with torch.no_grad():
+        for batch in loader:
+            image = batch["image"].to(device)
+            dims = dims or image.ndim - 2
+            roi = roi_size(cfg.roi_size, info, dims)
+            variants = tta_mod.variants(cfg.tta, cfg.tta_flips, cfg.tta_scales, dims)
+            probs = tta_mod.predict_probabilities(model, image, roi, overlap=cfg.overlap, blend_mode=cfg.blend_mode,
+                                                  sw_batch_size=cfg.sw_batch_size, tta=variants, autocast_dtype=amp)
+            num_classes = probs.shape[1]
+            ids = _case_ids(batch, len(image), len(records))
+            for i, case_id in enumerate(ids):
+                case = cases.get(case_id)
+                affine = batch["affine"][i].numpy() if "affine" in batch else None
+                record = _write_case(cfg, who, out_dir, case_id, case, probs[i], batch, i, dims, resampled, affine)
+                records.append(record)
+                if bar is not None:
+                    bar.update(1)
+                else:
+                    ctx.log(f"{who}: {case_id} -> {record.prediction_path}")
+    if bar is not None:
+        bar.close()
+    class_names = tuple(info.class_names) if info is not None and info.class_names else ()
+    ctx.log(f"{who}: {len(records)} case(s) predicted into {out_dir}")
+    return PredictionSet(records, num_classes=num_classes or (info.num_classes if info else 2),
+                         spatial_dims=dims or 2, class_names=class_names, output_dir=out_dir)
+
+
+def roi_size(setting, info, dims: int) -> tuple[int, ...] | None:
+    """The configured window, else the training patch size, else None (whole image at once)."""
+    if setting is None:
+        patch = tuple(getattr(info, "patch_size", ()) or ())
+        return patch if len(patch) == dims else None
+    size = (setting,) * dims if isinstance(setting, int) else tuple(setting)
+    if len(size) != dims:
+        raise ValueError(f"roi_size {list(size)} has {len(size)} values but the data is {dims}-D")
+    return size
+
+
+def _case_ids(batch: dict, n: int, done: int) -> list[str]:
+    ids = batch.get("case")
+    if ids is None:
+        return [f"case_{done + i:04d}" for i in range(n)]
+    return [ids] if isinstance(ids, str) else [str(c) for c in ids]
+
+
+def _progress(ctx, total, who):
+    if not getattr(ctx, "progress", False):
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=who, unit="case", leave=False)
+
+
+def _write_case(cfg, who: str, out_dir: Path, case_id: str, case, probs: torch.Tensor, batch: dict, i: int,
+                dims: int, resampled: bool, batch_affine) -> PredictionRecord:
+    if case is None:  # a loader of our own making not behind it: keep everything at the batch's size
+        return _write_plain(cfg, out_dir, case_id, probs, batch, i, batch_affine)
+    geometry = source_geometry(case.images[0])
+    probs = back_to_source(probs, geometry, dims, resampled, batch_affine, who, case_id)
+    label = probs.argmax(0).to(torch.uint8 if probs.shape[0] < 256 else torch.int16).cpu().numpy()
+    fmt = geometry.format if cfg.output_format == "auto" else cfg.output_format
+    if fmt == "png" and label.ndim != 2:
+        raise ValueError(f"{who}: case {case_id} is {label.ndim}-D; output_format png is for 2-D data only "
+                         "(set output_format to auto, nifti or npy)")
+    path = write_label(out_dir / case_id, label, fmt, geometry)
+    prob_path = write_probabilities(out_dir / case_id, probs.cpu().numpy()) if cfg.save_probabilities else None
+    return PredictionRecord(case=case_id, prediction_path=path, image_paths=tuple(case.images),
+                            label_path=case.label, probabilities_path=prob_path, spacing=geometry.spacing)
+
+
+def back_to_source(probs: torch.Tensor, geometry: Geometry, dims: int, resampled: bool, batch_affine,
+                   who: str = "Predictor", case_id: str = "") -> torch.Tensor:
+    """(C, *S) probabilities on the loader's grid -> (C, *source shape) on the source file's grid."""
+    shape = tuple(geometry.shape)
+    if len(shape) != dims:
+        raise ValueError(f"{who}: case {case_id} is {len(shape)}-D in its file but {dims}-D in the loader")
+    if dims == 2:
+        return tta_mod._resize(probs[None].float(), shape)[0]
+    if resampled:
+        if batch_affine is None or geometry.affine is None:
+            raise ValueError(f"{who}: case {case_id} was resampled to target_spacing but its affine is unknown, so "
+                             "the prediction cannot be mapped back; predict with target_spacing null")
+        from monai.data import MetaTensor
+        from monai.transforms import SpatialResample
+
+        moved = SpatialResample(mode="bilinear", padding_mode="border")(
+            MetaTensor(probs.float().cpu(), affine=torch.as_tensor(batch_affine, dtype=torch.float64)),
+            dst_affine=torch.as_tensor(geometry.affine, dtype=torch.float64), spatial_size=shape)
+        return torch.as_tensor(moved.as_tensor() if hasattr(moved, "as_tensor") else moved)
+    if tuple(probs.shape[1:]) != shape:
+        raise ValueError(f"{who}: case {case_id}: the loader gave a volume of shape {list(probs.shape[1:])} but its "
+                         f"file {list(shape)}; the Predictor needs whole volumes (a validation loader), not patches")
+    return probs
+
+
+def _write_plain(cfg, out_dir: Path, case_id: str, probs: torch.Tensor, batch: dict, i: int, affine) -> PredictionRecord:
+    fmt = "npy" if cfg.output_format == "auto" else cfg.output_format
+    geometry = Geometry(tuple(probs.shape[1:]), affine)
+    label = probs.argmax(0).to(torch.uint8).cpu().numpy()
+    path = write_label(out_dir / case_id, label, fmt, geometry)
+    image = batch["image"][i].cpu().numpy().astype(np.float32)
+    image_paths = tuple(out_dir / f"{case_id}_image_{c:04d}.npy" for c in range(len(image)))
+    for path_c, channel in zip(image_paths, image):  # one file per channel, as PredictionSet.load reads them
+        np.save(path_c, channel)
+    label_path = None
+    if "label" in batch:
+        label_path = out_dir / f"{case_id}_label.npy"
+        np.save(label_path, batch["label"][i, 0].cpu().numpy())
+    prob_path = write_probabilities(out_dir / case_id, probs.cpu().numpy()) if cfg.save_probabilities else None
+    return PredictionRecord(case=case_id, prediction_path=path, image_paths=image_paths, label_path=label_path,
+                            probabilities_path=prob_path)

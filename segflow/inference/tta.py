@@ -1,0 +1,82 @@
+"""Class probabilities for a batch: sliding-window inference, averaged over test-time augmentations.
+
+Each variant is (scale, flip axes): the input is resized by `scale` and flipped, predicted with
+MONAI's sliding-window inference, and the probabilities are flipped back and resized to the
+input size before averaging, as in the seed training-techniques document (scales x {no flip,
+each flip}). Probabilities are averaged, not logits, so a confident variant cannot drown the rest.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+Variant = tuple[float, tuple[int, ...]]  # (scale, spatial axes to flip, 0-based)
+
+
+def variants(tta: bool | Sequence[str], flips: Sequence[int] | None, scales: Sequence[float], dims: int) -> list[Variant]:
+    """The augmentations to average: the plain prediction first, then each flip axis, at each scale."""
+    modes = [] if tta is False else ["flip"] if tta is True else list(tta)
+    axes = list(range(dims)) if flips is None else list(flips)
+    bad = [a for a in axes if not 0 <= a < dims]
+    if "flip" in modes and bad:
+        raise ValueError(f"tta_flips {list(flips)} names axes {bad}, but the data is {dims}-D (axes 0..{dims - 1})")
+    flip_sets = [()] + ([(a,) for a in axes] if "flip" in modes else [])
+    use_scales = [float(s) for s in scales] if "scale" in modes else [1.0]
+    return [(s, f) for s in use_scales for f in flip_sets]
+
+
+def to_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over classes; a single sigmoid channel becomes [background, foreground]."""
+    logits = logits.float()
+    if logits.shape[1] == 1:
+        p = torch.sigmoid(logits)
+        return torch.cat([1 - p, p], dim=1)
+    return torch.softmax(logits, dim=1)
+
+
+def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    if tuple(x.shape[2:]) == tuple(size):
+        return x
+    mode = "bilinear" if x.ndim == 4 else "trilinear"
+    return F.interpolate(x, size=tuple(int(s) for s in size), mode=mode, align_corners=False)
+
+
+def predict_probabilities(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    image: torch.Tensor,
+    roi_size: Sequence[int] | None,
+    *,
+    overlap: float = 0.5,
+    blend_mode: str = "gaussian",
+    sw_batch_size: int = 4,
+    tta: list[Variant] | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """(B, C, *S) float32 class probabilities for `image` (B, in_channels, *S), on image's device.
+
+    `roi_size` None: the whole image in one forward pass. Otherwise MONAI's sliding window with that
+    window (images smaller than the window are padded by MONAI and cropped back).
+    """
+    from monai.inferers import sliding_window_inference
+
+    size = tuple(image.shape[2:])
+    total = None
+    for scale, axes in tta or [(1.0, ())]:
+        x = image if scale == 1.0 else _resize(image, [max(1, round(s * scale)) for s in size])
+        dims = [2 + a for a in axes]
+        if dims:
+            x = torch.flip(x, dims)
+        with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            if roi_size is None:
+                logits = model(x)
+            else:
+                logits = sliding_window_inference(x, roi_size=tuple(roi_size), sw_batch_size=sw_batch_size,
+                                                  predictor=model, overlap=overlap, mode=blend_mode)
+        p = to_probabilities(logits)
+        if dims:
+            p = torch.flip(p, dims)
+        p = _resize(p, size)
+        total = p if total is None else total + p
+    return total / len(tta or [None])

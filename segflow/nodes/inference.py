@@ -1,0 +1,189 @@
+"""Inference family: CheckpointLoader and Predictor.
+
+Config and ports only; loading weights lives in `segflow.inference.weights`, prediction in
+`segflow.inference.predict` (imported inside `run`), so `segflow validate` stays free of torch.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator
+
+from segflow.nodes.base import Finding, Node, NodeConfig, Port
+from segflow.registry import register
+
+_DEVICE = r"^(auto|cpu|mps|cuda(:\d+)?)$"
+
+
+class CheckpointLoaderConfig(NodeConfig):
+    aliases: ClassVar[dict[str, str]] = {"checkpoint": "checkpoint_path", "path": "checkpoint_path",
+                                         "weights": "checkpoint_path"}
+
+    checkpoint_path: str = Field(..., min_length=1, description=(
+        "Weights file, relative to the working directory: a Trainer checkpoint (last.pt / best.pt), or a bare "
+        "state_dict (DDP 'module.' and torch.compile '_orig_mod.' prefixes are stripped)."))
+    strict: bool = Field(True, description=(
+        "Every entry of the model must be in the file with the same shape. false: load the entries that fit "
+        "and list the rest (e.g. a new segmentation head)."))
+    map_location: str = Field("cpu", pattern=_DEVICE, description=(
+        "Device the file's tensors are read onto before they are copied into the model (cpu is always safe)."))
+
+    @field_validator("map_location", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        return v.strip().lower() if isinstance(v, str) else v
+
+
+@register
+class CheckpointLoader(Node):
+    """Loads saved weights into the model wired to it and hands the model on."""
+
+    type = "CheckpointLoader"
+    family = "inference"
+    Config = CheckpointLoaderConfig
+    inputs = (Port("model", "Model", doc="the network to load the weights into (built with its training config)"),)
+    outputs = (Port("model", "Model", passes="model", doc="the same model, with the checkpoint's weights"),)
+
+    @classmethod
+    def preflight(cls, config: NodeConfig, device: str | None) -> list[Finding]:
+        path = config.checkpoint_path
+        if not os.path.isfile(path):
+            return [Finding("checkpoint_path", "path_not_found",
+                            f"checkpoint_path {path!r} is not a file (looked in {os.path.abspath(path)})",
+                            hint="paths are relative to the folder segflow runs in; a Trainer writes "
+                                 "runs/<workflow>/<time>/checkpoints/best.pt")]
+        return []
+
+    def run(self, model) -> dict[str, Any]:
+        from segflow.inference.weights import load_weights
+
+        cfg = self.config
+        load_weights(model, cfg.checkpoint_path, strict=cfg.strict, map_location=cfg.map_location,
+                     log=self.ctx.log, who=f"CheckpointLoader '{self.name}'")
+        self.ctx.log(f"CheckpointLoader '{self.name}': loaded {cfg.checkpoint_path}")
+        return {"model": model}
+
+
+class PredictorConfig(NodeConfig):
+    aliases: ClassVar[dict[str, str]] = {"mode": "blend_mode", "sw_overlap": "overlap", "val_roi_size": "roi_size",
+                                         "save_probs": "save_probabilities", "amp": "mixed_precision"}
+
+    roi_size: int | list[int] | None = Field(None, description=(
+        "Sliding-window size (int for a square/cube or one value per axis). Null: the loader's training patch size "
+        "(dataset_info), else the whole image in one pass."))
+    overlap: float = Field(0.5, ge=0.0, lt=1.0, description="Overlap of neighbouring windows (fraction of roi_size).")
+    blend_mode: Literal["gaussian", "constant"] = Field("gaussian", description=(
+        "How overlapping windows are blended: gaussian weights the window centres more; constant averages evenly."))
+    sw_batch_size: int = Field(4, ge=1, description="Windows per forward pass.")
+    tta: bool | list[Literal["flip", "scale"]] = Field(False, description=(
+        "Test-time augmentation, probabilities averaged: false; true (= flips); or a list of 'flip' and/or "
+        "'scale' (every flip at every scale)."))
+    tta_flips: list[int] | None = Field(None, description=(
+        "Spatial axes flipped one at a time by TTA 'flip' (0-based; null: every axis)."))
+    tta_scales: list[float] = Field([0.75, 1.0, 1.25], min_length=1, description=(
+        "Input scale factors for TTA 'scale'; probabilities are resized back before averaging."))
+    output_dir: str = Field("predictions", description="Folder for the predictions; a relative path lives inside the run directory.")
+    output_format: Literal["auto", "nifti", "png", "npy"] = Field("auto", description=(
+        "auto: the input's own format and geometry (NIfTI with the source affine for NIfTI/DICOM, PNG at the "
+        "source size for PNG/JPG, .npy otherwise); or nifti, png (2-D only), npy."))
+    save_probabilities: bool = Field(False, description="Also write the class probabilities (C, *S) as <case>_probabilities.npy (float16).")
+    device: str = Field("auto", pattern=_DEVICE, description="auto (CUDA if present), cpu, cuda or cuda:N. The --device command-line option wins.")
+    mixed_precision: bool = Field(True, description="Autocast (bf16 where supported, else fp16) on a GPU; ignored on CPU.")
+
+    @field_validator("tta", mode="before")
+    @classmethod
+    def _tta_words(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().lower() in ("flip", "scale", "flips", "scales"):
+            return [v.strip().lower().rstrip("s")]  # "flip" alone, as a GUI may save it
+        if isinstance(v, list):
+            return [s.strip().lower().rstrip("s") if isinstance(s, str) else s for s in v]
+        return v
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        return v.strip().lower() if isinstance(v, str) else v
+
+    @field_validator("roi_size")
+    @classmethod
+    def _roi(cls, v):
+        values = [v] if isinstance(v, int) else (v or [])
+        if isinstance(v, list) and len(v) not in (2, 3):
+            raise ValueError("roi_size must be one number or a list of 2 (2-D) or 3 (3-D) numbers")
+        if any(s < 1 for s in values):
+            raise ValueError("roi_size values must be positive")
+        return v
+
+    @field_validator("tta_flips")
+    @classmethod
+    def _flips(cls, v):
+        if v is not None and any(a < 0 or a > 2 for a in v):
+            raise ValueError("tta_flips are spatial axes 0, 1 (and 2 for 3-D)")
+        return v
+
+    @field_validator("tta_scales")
+    @classmethod
+    def _scales(cls, v):
+        if any(s <= 0 for s in v):
+            raise ValueError("tta_scales must be positive")
+        return v
+
+
+def _loader_dims(config: NodeConfig) -> int | None:
+    synthetic = getattr(config, "synthetic", "none")
+    if synthetic in ("phantom2d", "phantom3d"):
+        return int(synthetic[-2])
+    dims = getattr(config, "spatial_dims", "auto")
+    return dims if isinstance(dims, int) else None
+
+
+@register
+class Predictor(Node):
+    """Predicts every case of a loader (sliding window, optional TTA) and writes each in its own format and geometry."""
+
+    type = "Predictor"
+    family = "inference"
+    Config = PredictorConfig
+    inputs = (
+        Port("model", "TrainedModel", accepts=("Model",), doc="the network (a Trainer's output, or a CheckpointLoader's)"),
+        Port("loader", "DataLoader", prefer=("val_loader",), doc="cases to predict; 3-D: whole volumes (a val_loader)"),
+        Port("dataset_info", "DatasetInfo", required=False, doc="patch size (default roi_size), classes, class names"),
+    )
+    outputs = (Port("predictions", "Predictions", doc="PredictionSet: one record per case pointing at its files"),)
+
+    @classmethod
+    def check(cls, config: NodeConfig, neighbours: dict[str, tuple[str, NodeConfig]]) -> list[Finding]:
+        cfg: PredictorConfig = config  # type: ignore[assignment]
+        source = neighbours.get("loader") or neighbours.get("dataset_info")
+        dims = _loader_dims(source[1]) if source else None
+        found = []
+        if dims and isinstance(cfg.roi_size, list) and len(cfg.roi_size) != dims:
+            found.append(Finding("roi_size", "bad_value", f"roi_size has {len(cfg.roi_size)} values but the "
+                                 f"{source[0]} loads {dims}-D data", hint=f"give {dims} values or one number"))
+        if dims == 3 and cfg.output_format == "png":
+            found.append(Finding("output_format", "bad_value", f"output_format png is for 2-D data; the {source[0]} "
+                                 "loads 3-D volumes", hint="use auto (NIfTI for NIfTI input), nifti or npy"))
+        if dims and cfg.tta_flips and "flip" in (["flip"] if cfg.tta is True else cfg.tta or []) \
+                and max(cfg.tta_flips) >= dims:
+            found.append(Finding("tta_flips", "bad_value", f"tta_flips {cfg.tta_flips} names axis "
+                                 f"{max(cfg.tta_flips)}, but the data is {dims}-D", hint=f"use axes 0..{dims - 1}"))
+        return found
+
+    @classmethod
+    def preflight(cls, config: NodeConfig, device: str | None) -> list[Finding]:
+        requested = device or config.device
+        if not requested.startswith("cuda"):
+            return []
+        from segflow.training.device import resolve_device
+
+        try:
+            resolve_device(requested)
+        except ValueError as e:
+            return [Finding("device", "device_unavailable", str(e))]
+        return []
+
+    def run(self, model, loader, dataset_info=None) -> dict[str, Any]:
+        from segflow.inference.predict import predict
+
+        return {"predictions": predict(self.config, self.ctx, self.name, model, loader, dataset_info)}
