@@ -41,15 +41,30 @@ def new_run_dir(workflow_name: str, root: Path = RUNS_ROOT) -> Path:
         candidate = base / (stamp if n == 0 else f"{stamp}-{n}")
         try:
             candidate.mkdir(parents=True)
-            return candidate
         except FileExistsError:
             continue
+        _point_latest(base, candidate.name)
+        return candidate
     raise RuntimeError(f"cannot make a new run directory under {base}")
+
+
+def _point_latest(base: Path, name: str) -> None:
+    """Keep `runs/<workflow>/latest` pointing at the newest run, so other workflows can name
+    `runs/<workflow>/latest/checkpoints/best.pt`. Replaced atomically; skipped where the file
+    system has no symbolic links."""
+    tmp = base / f".latest-{os.getpid()}"
+    try:
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(name, target_is_directory=True)
+        os.replace(tmp, base / "latest")
+    except OSError:
+        tmp.unlink(missing_ok=True)
 
 
 def find_latest_checkpoint(workflow_name: str, root: Path = RUNS_ROOT) -> Path | None:
     """The newest `last.pt` among this workflow's earlier runs, for `--resume auto`."""
-    found = sorted((root / slug(workflow_name)).glob("*/**/last.pt"), key=lambda p: p.stat().st_mtime)
+    runs = [p for p in (root / slug(workflow_name)).glob("*") if p.is_dir() and not p.is_symlink()]
+    found = sorted((ckpt for run in runs for ckpt in run.glob("**/last.pt")), key=lambda p: p.stat().st_mtime)
     return found[-1] if found else None
 
 

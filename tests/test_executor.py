@@ -69,6 +69,7 @@ def test_nodes_run_in_order_and_outputs_are_handed_along(tmp_path):
     result = executor.run_workflow(wf, log=logs.append)
     assert result.outputs == {"src": {"number": 5}, "double": {"number": 10}}
     assert result.run_dir.parent.resolve() == (tmp_path / "runs" / "wf").resolve()
+    assert (tmp_path / "runs" / "wf" / "latest").resolve() == result.run_dir.resolve()
     assert [line for line in logs if line.startswith("[")][0] == "[1/2] src (Source)"
     resolved = json.loads((result.run_dir / "workflow.resolved.json").read_text())
     assert resolved["nodes"][1]["config"] == {"value": 5, "path": ""}
@@ -83,6 +84,7 @@ def test_no_state_leaks_between_two_runs(tmp_path):
     second = executor.run_workflow(wf, log=lambda s: None)
     assert first.outputs == second.outputs == {"src": {"number": 3}, "double": {"number": 6}}
     assert first.run_dir != second.run_dir
+    assert (tmp_path / "runs" / "wf" / "latest").resolve() == second.run_dir.resolve()
 
 
 def test_a_failing_node_is_named_and_its_cause_chained(tmp_path):
