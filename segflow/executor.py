@@ -103,7 +103,7 @@ def run_workflow(path: str | Path, *, sets=(), device: str | None = None, run_di
     if until is not None and until not in wf.nodes:
         raise WorkflowError([Issue("unknown_node", f"--until {until!r}: no node of that name", "--until",
                                    hint=spec.suggest(until, wf.nodes) or f"nodes: {', '.join(wf.nodes)}")])
-    for warning in wf.warnings:
+    for warning in wf.warnings if distributed.is_main() else ():  # once per job, not once per rank
         log(warning.format())
     order = wf.order(until)
     _preflight(wf, order, device)
