@@ -55,11 +55,46 @@ def cmd_validate(args) -> int:
     return 1 if failed else 0
 
 
+# torchrun's own flags that `segflow run` passes through, so multi-node jobs start as torchrun documents
+LAUNCH_FLAGS = ("nnodes", "node_rank", "rdzv_backend", "rdzv_endpoint", "rdzv_id", "master_addr", "master_port")
+
+
+def launch(args) -> int:
+    """`segflow run WF --nproc-per-node N`: start N workers of `python -m segflow run WF ...` through
+    torch.distributed.run (torchrun's entry point), which also stops them all when one fails."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun
+
+    launcher = [f"--nproc-per-node={args.nproc_per_node}"]
+    given = {k: getattr(args, k) for k in LAUNCH_FLAGS if getattr(args, k) is not None}
+    launcher += [f"--{k.replace('_', '-')}={v}" for k, v in given.items()]
+    if not ({"nnodes", "rdzv_endpoint", "master_addr"} & given.keys()):
+        launcher.append("--standalone")  # one machine: a free local port, no rendezvous set-up
+    worker = ["run", args.workflow]
+    for item in args.set or ():
+        worker += ["--set", item]
+    for flag in ("device", "run_dir", "resume", "until"):
+        if getattr(args, flag) is not None:
+            worker += [f"--{flag.replace('_', '-')}", getattr(args, flag)]
+    worker += ["--no-progress"] * args.no_progress + ["--debug"] * args.debug
+    try:
+        torchrun([*launcher, "-m", "segflow", *worker])
+    except ChildFailedError as e:
+        rank, failure = e.get_first_failure()
+        print(f"segflow: the distributed job stopped: rank {rank} exited with code {failure.exitcode} "
+              f"(its error is printed above); the other ranks were stopped", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_run(args) -> int:
-    if args.nproc_per_node:
-        print("segflow: --nproc-per-node is not available yet; use one process", file=sys.stderr)
-        return 2
+    from segflow import distributed
+
+    if args.nproc_per_node and not distributed.launched():
+        return launch(args)
     from segflow.executor import run_workflow
+
+    who = f"segflow [rank {distributed.rank()}]" if distributed.launched() else "segflow"
 
     try:
         result = run_workflow(args.workflow, sets=args.set or (), device=args.device, run_dir=args.run_dir,
@@ -68,15 +103,16 @@ def cmd_run(args) -> int:
         _print_issues(e.issues, "text", sys.stderr)
         return 1
     except NodeRunError as e:
-        print(f"segflow: {e}", file=sys.stderr)
+        print(f"{who}: {e}", file=sys.stderr)
         if args.debug:
             import traceback
 
             traceback.print_exception(e.__cause__)
         else:
-            print("segflow: run again with --debug for the full traceback", file=sys.stderr)
+            print(f"{who}: run again with --debug for the full traceback", file=sys.stderr)
         return 1
-    print(f"segflow: finished; run directory {result.run_dir}")
+    if distributed.is_main():
+        print(f"segflow: finished; run directory {result.run_dir}")
     return 0
 
 
@@ -157,7 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="write the run here instead of runs/<workflow>/<timestamp>/")
     p.add_argument("--resume", metavar="auto|PATH", help="continue from the latest run's last.pt, or from PATH")
     p.add_argument("--until", metavar="NODE", help="run only NODE and what it depends on")
-    p.add_argument("--nproc-per-node", type=int, default=0, help="train with N processes (DistributedDataParallel)")
+    p.add_argument("--nproc-per-node", type=int, default=0,
+                   help="train with N processes per machine (DistributedDataParallel, launched through torchrun)")
+    for flag in LAUNCH_FLAGS:
+        p.add_argument(f"--{flag.replace('_', '-')}", help="passed to torchrun with --nproc-per-node (see torchrun --help)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show the full traceback when a node fails")
     p.set_defaults(func=cmd_run)

@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from segflow import spec
+from segflow import distributed, spec
 from segflow.errors import Issue, NodeRunError, WorkflowError
 from segflow.nodes.base import RunContext
 from segflow.runinfo import environment_record
@@ -105,30 +105,55 @@ def run_workflow(path: str | Path, *, sets=(), device: str | None = None, run_di
     if until is not None and until not in wf.nodes:
         raise WorkflowError([Issue("unknown_node", f"--until {until!r}: no node of that name", "--until",
                                    hint=spec.suggest(until, wf.nodes) or f"nodes: {', '.join(wf.nodes)}")])
-    for warning in wf.warnings:
+    for warning in wf.warnings if distributed.is_main() else ():  # once per job, not once per rank
         log(warning.format())
     order = wf.order(until)
     _preflight(wf, order, device)
+    # Under torchrun every rank runs this function; only rank 0 makes and writes the run directory
+    # and logs, the others learn the directory (and the checkpoint to resume) from it.
+    in_group = distributed.setup(_training_device(wf, order, device))
+    try:
+        return _run(wf, path, order, device, run_dir, resume, progress, log, in_group)
+    finally:
+        distributed.teardown()
 
-    checkpoint = resolve_resume(resume, wf.name, log)
-    if run_dir is not None:
-        out = Path(run_dir)
-        out.mkdir(parents=True, exist_ok=True)
-    elif checkpoint is not None and _run_dir_of(checkpoint) is not None:
-        out = _run_dir_of(checkpoint)  # a resumed run goes on writing where it started
+
+def _run(wf: spec.Workflow, path, order: list[str], device, run_dir, resume, progress, log, in_group: bool) -> RunResult:
+    main = distributed.is_main()
+    if main:
+        checkpoint = resolve_resume(resume, wf.name, log)
+        if run_dir is not None:
+            out = Path(run_dir)
+            out.mkdir(parents=True, exist_ok=True)
+        elif checkpoint is not None and _run_dir_of(checkpoint) is not None:
+            out = _run_dir_of(checkpoint)  # a resumed run goes on writing where it started
+        else:
+            out = new_run_dir(wf.name)
+        _write_json(out / "workflow.resolved.json", wf.resolved())
+        env = environment_record(device)
+        if in_group:
+            env["distributed"] = {"world_size": distributed.world_size(), "backend": _backend()}
+        _write_json(out / "environment.json", env)
     else:
-        out = new_run_dir(wf.name)
-    _write_json(out / "workflow.resolved.json", wf.resolved())
-    _write_json(out / "environment.json", environment_record(device))
+        checkpoint = out = None
+        log = _quiet
+    out, checkpoint = distributed.broadcast_object((out, checkpoint))
 
     ctx = RunContext(run_dir=out, workflow_name=wf.name, workflow_file=Path(path), device=device,
-                     resume=str(checkpoint) if checkpoint else None, progress=progress, log=log)
+                     resume=str(checkpoint) if checkpoint else None, progress=progress and main, log=log)
     result = RunResult(out, wf)
     # Network weights are drawn when their node runs, before any Trainer seeds for itself.
     from segflow.training.device import seed_everything
 
     seed_everything(wf.seed, deterministic=False)
-    log(f"segflow: running '{wf.name}' ({len(order)} nodes) -> {out}")
+    # Ranks other than 0 stop after the last Trainer; what follows (prediction, evaluation, export)
+    # runs once, on rank 0, with no collectives.
+    last_shared = max((i for i, n in enumerate(order) if wf.nodes[n].cls.family == "training"), default=-1)
+    if in_group and not main:
+        order = order[: last_shared + 1]
+    if main:
+        log(f"segflow: running '{wf.name}' ({len(order)} nodes) -> {out}"
+            + (f" on {distributed.world_size()} processes" if in_group else ""))
     for step, name in enumerate(order, 1):
         node_spec = wf.nodes[name]
         inputs = {w.target_port: result.outputs[w.source][w.source_port] for w in wf.inputs_of(name)
@@ -148,8 +173,30 @@ def run_workflow(path: str | Path, *, sets=(), device: str | None = None, run_di
         result.outputs[name] = outputs
         result.timings[name] = time.perf_counter() - started
         log(f"[{step}/{len(order)}] {name} done in {result.timings[name]:.1f}s")
-    _write_json(out / "timings.json", result.timings)
+    if main:
+        _write_json(out / "timings.json", result.timings)
     return result
+
+
+def _quiet(message: str) -> None:
+    """The log of ranks other than 0: one copy of each line is enough."""
+
+
+def _backend() -> str:
+    import torch.distributed as dist
+
+    return dist.get_backend()
+
+
+def _training_device(wf: spec.Workflow, order: list[str], device: str | None) -> str:
+    """The device the Trainer will use (--device first), which picks the process-group backend."""
+    if device:
+        return device
+    for name in order:
+        node = wf.nodes[name]
+        if node.cls.family == "training" and isinstance(getattr(node.config, "device", None), str):
+            return node.config.device
+    return "auto"
 
 
 def _preflight(wf: spec.Workflow, order: list[str], device: str | None) -> None:

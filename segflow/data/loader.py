@@ -25,7 +25,10 @@ def build_loaders(cfg: Any, log: Callable[[str], None] = print):
     import torch
     from torch.utils.data import DataLoader
 
+    from segflow import distributed
+
     data_dir = Path(cfg.data_dir)
+    distributed.wait_for_main()  # under torchrun rank 0 writes the phantom and disk cache; the others reuse them
     if cfg.synthetic != "none":
         from segflow.data.phantoms import write_phantom_dataset
 
@@ -45,6 +48,7 @@ def build_loaders(cfg: Any, log: Callable[[str], None] = print):
     train_cases, val_cases = split_cases(layout.cases, cfg.val_fraction, cfg.seed, data_dir)
 
     summaries = _prepare_all(layout.cases, spec, cfg, data_dir, log)
+    distributed.release_others()
     by_id = {c.case_id: i for i, c in enumerate(layout.cases)}
     dims = summaries[0]["dims"]
     channels = {s["channels"] for s in summaries}
@@ -81,14 +85,33 @@ def build_loaders(cfg: Any, log: Callable[[str], None] = print):
         from segflow.data.datasets import worker_init
 
         common["worker_init_fn"] = worker_init
-    gen = torch.Generator().manual_seed(int(cfg.seed))
-    train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=cfg.shuffle, generator=gen,
-                              drop_last=False, **common)
+    rank, world = distributed.rank(), distributed.world_size()
+    # Rank 0 keeps the single-process seed, so a 1-process torchrun job draws what a plain run draws;
+    # other ranks get their own augmentation and worker-seed streams instead of rank 0's copy.
+    seed = int(cfg.seed) + 1_000_003 * rank
+    if rank:
+        train_ds.reseed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    if world > 1:
+        from torch.utils.data.distributed import DistributedSampler
+
+        # one shard per rank, reshuffled each epoch by Trainer's sampler.set_epoch(epoch)
+        sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=cfg.shuffle,
+                                     seed=int(cfg.seed), drop_last=False)
+        train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, generator=gen,
+                                  drop_last=False, **common)
+    else:
+        train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=cfg.shuffle, generator=gen,
+                                  drop_last=False, **common)
     val_loader = None
     if val_ds is not None:
         val_workers = min(workers, len(val_ds))
+        # each validation sample on exactly one rank (no padding duplicates), so the all-reduced
+        # confusion matrix is the whole validation set's
+        val_sampler = ShardSampler(len(val_ds), rank, world) if world > 1 else None
         val_loader = DataLoader(val_ds, batch_size=cfg.batch_size if dims == 2 else 1, shuffle=False,
-                                num_workers=val_workers, pin_memory=pin, persistent_workers=val_workers > 0)
+                                sampler=val_sampler, num_workers=val_workers, pin_memory=pin,
+                                persistent_workers=val_workers > 0)
     spacings = [s["spacing"] for s in summaries if s["spacing"] is not None]
     spacing = tuple(float(v) for v in np.median(np.asarray(spacings), axis=0)) if len(spacings) == len(summaries) else None
     info = DatasetInfo(
@@ -99,6 +122,23 @@ def build_loaders(cfg: Any, log: Callable[[str], None] = print):
     log(f"data: {layout.name} layout, {info.num_train} train / {info.num_val} val cases, {dims}-D, "
         f"{in_channels} channel(s), {num_classes} classes, sample size {size}, cache {cfg.cache}")
     return train_loader, val_loader, info
+
+
+class ShardSampler:
+    """Indices rank, rank+world, rank+2·world, ... of range(n): every index on exactly one rank.
+
+    Unlike torch's DistributedSampler it does not pad shards to equal length with repeated samples,
+    so ranks may get one sample more or less; fine for validation, which runs no collective per batch.
+    """
+
+    def __init__(self, n: int, rank: int, world: int):
+        self.n, self.rank, self.world = n, rank, world
+
+    def __iter__(self):
+        return iter(range(self.rank, self.n, self.world))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world))
 
 
 def split_cases(cases: list[Case], val_fraction: float, seed: int, data_dir: Path):

@@ -2,6 +2,7 @@
 resume, early stopping, logging. `fit` is the one entry point."""
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import time
@@ -11,6 +12,7 @@ from typing import Any, Callable
 
 import torch
 
+from segflow import distributed
 from segflow.training import artefacts, checkpoint
 from segflow.training.device import resolve_device, resolve_precision, seed_everything
 from segflow.training.metrics import ConfusionMeter
@@ -84,6 +86,19 @@ def _memory_format(cfg, device: torch.device, sample: torch.Tensor, amp_on: bool
     return {4: torch.channels_last, 5: torch.channels_last_3d}.get(sample.dim())
 
 
+class _NoTensorBoard:
+    """Stands in for the TensorBoard writer on ranks other than 0, which write no files."""
+
+    def epoch(self, row) -> None:
+        pass
+
+    def image(self, tag, picture, step) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
     return torch.nn.utils.get_total_norm([p.grad for p in params], 2.0)
 
@@ -97,14 +112,20 @@ class Fit:
         self.epochs = cfg.epochs
         self.device = resolve_device(ctx.device or cfg.device,
                                      "--device" if ctx.device else f"Trainer '{name}': config field 'device'")
+        # Under torchrun: DDP across the process group; rank 0 alone writes files and shows progress.
+        self.dist = distributed.initialized() and distributed.world_size() > 1
+        self.main = distributed.is_main()
+        if distributed.initialized() and self.device.type == "cuda":
+            self.device = torch.device("cuda", distributed.local_rank())  # one GPU per process
         if cfg.seed is not None:
             seed_everything(cfg.seed, cfg.deterministic)
         self.precision = resolve_precision(cfg.mixed_precision, self.device, self.log)
         self.run_dir = Path(ctx.run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         ck = Path(cfg.checkpoint_dir)
         self.ckpt_dir = ck if ck.is_absolute() else self.run_dir / ck
-        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         self.monitor = cfg.monitor
         self.mode = monitor_mode(cfg.monitor)
         if val_loader is None and self.monitor.startswith("val_"):
@@ -119,8 +140,19 @@ class Fit:
         self.state = State()
         self.num_classes: int | None = None
         self.memory_format = None
-        self.forward = _Forward(model, cfg.compile, self.log)
-        self.tb = artefacts.TensorBoardLog(self.run_dir / "tensorboard")
+        # The DDP wrapper is made at the first batch, once the memory format is settled; validation
+        # calls the bare module, which runs no collectives, so ranks may see unequal shard sizes.
+        self.forward = None if distributed.initialized() else _Forward(model, cfg.compile, self.log)
+        self.eval_forward = self.forward
+        self.tb = artefacts.TensorBoardLog(self.run_dir / "tensorboard") if self.main else _NoTensorBoard()
+
+    def _wrap(self) -> None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        self.ddp = DistributedDataParallel(self.model, device_ids=ids)
+        self.forward = _Forward(self.ddp, self.cfg.compile, self.log)
+        self.eval_forward = _Forward(self.model, self.cfg.compile, self.log)
 
     # ---- checkpoints ------------------------------------------------------------------------
 
@@ -141,7 +173,14 @@ class Fit:
         }
 
     def _save(self, improved: bool) -> None:
+        # every rank's RNG streams differ (own shard, own augmentation seed): keep them all, so each
+        # rank resumes its own; rank 0 alone writes the file
+        rng = distributed.gather_objects(checkpoint.capture_rng([self.train_loader, self.val_loader]))
+        if not self.main:
+            return
         data = self._checkpoint()
+        data["rng"] = rng[0]
+        data["rng_ranks"] = rng
         if improved:
             checkpoint.atomic_save(data, self.ckpt_dir / "best.pt")
         checkpoint.atomic_save(data, self.ckpt_dir / "last.pt")  # resume always needs the newest state
@@ -154,7 +193,7 @@ class Fit:
         if not where:
             return
         if where == "auto":
-            found = checkpoint.find_previous_last(self.run_dir, self.cfg.checkpoint_dir)
+            found = distributed.broadcast_object(checkpoint.find_previous_last(self.run_dir, self.cfg.checkpoint_dir))
             if found is None:
                 self.log(f"Trainer '{self.name}': resume auto found no earlier last.pt; starting fresh")
                 return
@@ -173,9 +212,15 @@ class Fit:
         self.state = State(epoch=data["epoch"], global_step=data["global_step"], best=mon["best"],
                            best_epoch=mon["best_epoch"], bad_epochs=data["early_stopping"]["bad_epochs"],
                            history=list(data["history"]))
-        checkpoint.restore_rng(data["rng"], [self.train_loader, self.val_loader])
+        ranks = data.get("rng_ranks") or []
+        same_world = len(ranks) == distributed.world_size()
+        if ranks and not same_world and self.main:
+            self.log(f"Trainer '{self.name}': the checkpoint was written by {len(ranks)} process(es), this run has "
+                     f"{distributed.world_size()}; data order continues from the epoch, not bit for bit")
+        rng = ranks[distributed.rank()] if same_world else data["rng"]
+        checkpoint.restore_rng(rng, [self.train_loader, self.val_loader])
         best = path.parent / "best.pt"
-        if best.is_file() and best.resolve() != (self.ckpt_dir / "best.pt").resolve():
+        if self.main and best.is_file() and best.resolve() != (self.ckpt_dir / "best.pt").resolve():
             shutil.copy2(best, self.ckpt_dir / "best.pt")  # restore-best at the end needs it here
         self.log(f"Trainer '{self.name}': resumed from {path} at epoch {self.state.epoch}/{self.epochs}")
 
@@ -208,7 +253,10 @@ class Fit:
         steps = images = 0
         params = [p for g in opt.param_groups for p in g["params"]]
         bar = None
-        if self.ctx.progress:
+        sampler = getattr(self.train_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):  # DistributedSampler: a new shuffle of the shards each epoch
+            sampler.set_epoch(epoch)
+        if self.ctx.progress and self.main:
             from tqdm.auto import tqdm
             bar = tqdm(total=n_batches, desc=f"{self.name} epoch {epoch}/{self.epochs}", unit="batch", leave=False)
         started = time.perf_counter()
@@ -220,21 +268,28 @@ class Fit:
                 if self.memory_format is not None:
                     model.to(memory_format=self.memory_format)
                     image = image.contiguous(memory_format=self.memory_format)
+            if self.forward is None:
+                self._wrap()
             self.patch_size = tuple(image.shape[2:])
             # the last group may be shorter: scale by its real size so it is a true mean
             group = min(accum, n_batches - (i // accum) * accum)
-            with torch.autocast(dev.type, dtype=self.precision.dtype, enabled=self.precision.enabled):
-                logits = self.forward(image)
-                loss = self.loss_fn(logits, label)
-            if self.num_classes is None:
-                self._check_labels(logits, label)
-            loss = loss.float()
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()),
-                                    torch.tensor(i + 1, device=dev), first_bad)
-            loss_sum += loss.detach()
-            scaler.scale(loss / group).backward()
+            stepping = (i + 1) % accum == 0 or i + 1 == n_batches
+            # DDP averages gradients across ranks in backward; between optimizer steps that is wasted
+            with contextlib.ExitStack() as sync:
+                if self.dist and not stepping:
+                    sync.enter_context(self.ddp.no_sync())
+                with torch.autocast(dev.type, dtype=self.precision.dtype, enabled=self.precision.enabled):
+                    logits = self.forward(image)
+                    loss = self.loss_fn(logits, label)
+                if self.num_classes is None:
+                    self._check_labels(logits, label)
+                loss = loss.float()
+                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()),
+                                        torch.tensor(i + 1, device=dev), first_bad)
+                loss_sum += loss.detach()
+                scaler.scale(loss / group).backward()
             images += image.shape[0]
-            if (i + 1) % accum == 0 or i + 1 == n_batches:
+            if stepping:
                 scaler.unscale_(opt)
                 with_grad = [p for p in params if p.grad is not None]
                 if cfg.gradient_clip and cfg.gradient_clip_type == "norm":
@@ -256,6 +311,11 @@ class Fit:
                                     img_s=f"{rate:.1f}")
         if bar is not None:
             bar.close()
+        if self.dist:  # the job's loss and image count, and a NaN on any rank stops every rank
+            totals = distributed.all_reduce_(torch.stack([loss_sum.float(), torch.tensor(float(n_batches), device=dev),
+                                                          torch.tensor(float(images), device=dev)]))
+            loss_sum, n_batches, images = totals[0], int(totals[1]), int(totals[2])
+            first_bad = distributed.all_reduce_(first_bad, "max")
         bad = int(first_bad)  # the one sync per epoch
         if bad > 0:
             raise FloatingPointError(
@@ -278,6 +338,7 @@ class Fit:
         meter = None
         n = 0
         sample = None
+        forward = self.eval_forward or self.forward
         for batch in self.val_loader:
             image, label = self._prepare(batch)
             with torch.autocast(dev.type, dtype=self.precision.dtype, enabled=self.precision.enabled):
@@ -288,19 +349,26 @@ class Fit:
                 if slide:
                     roi = tuple(cfg.val_roi_size) if cfg.val_roi_size else patch
                     logits = sliding_window_inference(image, roi_size=roi, sw_batch_size=cfg.sw_batch_size,
-                                                      predictor=self.forward, overlap=cfg.sw_overlap,
+                                                      predictor=forward, overlap=cfg.sw_overlap,
                                                       mode="gaussian")
                 else:
-                    logits = self.forward(image)
+                    logits = forward(image)
             logits = logits.float()
-            loss_sum += self.loss_fn(logits, label).detach().float()
+            # weighted by batch size: the mean over validation images, however they are batched or sharded
+            loss_sum += self.loss_fn(logits, label).detach().float() * image.shape[0]
             if meter is None:
                 meter = ConfusionMeter(logits.shape[1], dev)
             meter.update(logits, label)
-            if sample is None and cfg.log_images:
+            if sample is None and cfg.log_images and self.main:
                 pred = (logits[0, 0] > 0).long() if logits.shape[1] == 1 else logits[0].argmax(0)
                 sample = (image[0].cpu(), label[0].cpu(), pred.cpu(), max(2, logits.shape[1]))
-            n += 1
+            n += image.shape[0]
+        if self.dist:  # each image was validated on exactly one rank: sums over ranks are the dataset's
+            if meter is None:  # this rank's shard was empty (more ranks than validation images)
+                meter = ConfusionMeter(self.num_classes or 2, dev)
+            totals = distributed.all_reduce_(torch.stack([loss_sum, torch.tensor(float(n), device=dev)]))
+            loss_sum, n = totals[0], int(totals[1])
+            distributed.all_reduce_(meter.matrix)
         out = {"val_loss": float(loss_sum) / max(1, n)}
         if meter is not None:
             out.update({f"val_{k}": v for k, v in meter.compute().items()})
@@ -334,7 +402,8 @@ class Fit:
                 try:
                     row.update(self.train_epoch(epoch))
                 except FloatingPointError:
-                    self._write_files(final=False)
+                    if self.main:
+                        self._write_files(final=False)
                     raise
                 validated = self.val_loader is not None and (epoch % cfg.validate_every == 0 or epoch == self.epochs)
                 if validated:
@@ -354,19 +423,22 @@ class Fit:
                 s.history.append(row)
                 self.tb.epoch(row)
                 self._save(improved)
-                self._write_files(final=False)
-                self.log(self._summary(row, improved))
+                if self.main:
+                    self._write_files(final=False)
+                    self.log(self._summary(row, improved))
                 if cfg.early_stopping and s.bad_epochs >= cfg.patience:
                     self.log(f"Trainer '{self.name}': early stopping at epoch {epoch}: {self.monitor} has not improved "
                              f"by more than {cfg.min_delta} for {s.bad_epochs} epochs (best {s.best:.4f} at epoch {s.best_epoch})")
                     stopped_early = True
                     break
+            distributed.barrier()  # rank 0 has finished writing best.pt before anyone reads it
             if cfg.early_stopping and cfg.restore_best_weights and (self.ckpt_dir / "best.pt").is_file():
                 best = checkpoint.load_checkpoint(self.ckpt_dir / "best.pt", map_location=self.device)
                 self.model.load_state_dict(best["model"])
                 self.log(f"Trainer '{self.name}': restored the best weights (epoch {best['epoch']}, "
                          f"{self.monitor} {s.best})")
-            self._write_files(final=True, stopped_early=stopped_early)
+            if self.main:
+                self._write_files(final=True, stopped_early=stopped_early)
         finally:
             self.tb.close()
         return self.model, s.history
