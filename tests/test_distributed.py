@@ -63,6 +63,11 @@ RECORDER = textwrap.dedent("""
 """)
 
 
+
+def run_dirs(cwd):
+    """The job's run directories (runs/<workflow>/latest is only a pointer to one of them)."""
+    return [p for p in (cwd / "runs" / "ddp_test").iterdir() if not p.is_symlink()]
+
 def _env():
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", SEGFLOW_DIST_TIMEOUT="60")
     env.pop("WORLD_SIZE", None)
@@ -135,7 +140,7 @@ def test_two_ranks_train_on_disjoint_shards_reshuffled_each_epoch(job):
 
 def test_one_run_directory_one_set_of_checkpoints(job):
     cwd, done = job
-    runs = [p for p in (cwd / "runs" / "ddp_test").iterdir()]
+    runs = run_dirs(cwd)
     assert len(runs) == 1, runs
     run = runs[0]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "epoch_0001.pt", "epoch_0002.pt",
@@ -151,7 +156,7 @@ def test_one_run_directory_one_set_of_checkpoints(job):
 
 def test_validation_dice_is_the_whole_validation_sets(job):
     cwd, _ = job
-    run = next((cwd / "runs" / "ddp_test").iterdir())
+    (run,) = run_dirs(cwd)
     last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert len(last["rng_ranks"]) == 2
     expected = _val_dice_single_process(cwd, last["model"])
@@ -160,14 +165,14 @@ def test_validation_dice_is_the_whole_validation_sets(job):
 
 def test_resume_two_process_job_through_the_cli_launcher(job):
     cwd, _ = job
-    run = next((cwd / "runs" / "ddp_test").iterdir())
+    (run,) = run_dirs(cwd)
     before = json.loads((run / "history.json").read_text())
     cmd = [sys.executable, "-m", "segflow", "run", "wf.json", "--nproc-per-node", "2", "--resume", "auto",
            "--set", "trainer.epochs=3", "--no-progress"]
     done = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=150)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     assert "resumed from" in done.stdout and "at epoch 2/3" in done.stdout
-    assert len(list((cwd / "runs" / "ddp_test").iterdir())) == 1  # went on writing in the same run
+    assert len(run_dirs(cwd)) == 1  # went on writing in the same run
     after = json.loads((run / "history.json").read_text())
     assert [r["epoch"] for r in after] == [1, 2, 3]
     assert [r["train_loss"] for r in after[:2]] == [r["train_loss"] for r in before]
