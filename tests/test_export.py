@@ -19,6 +19,7 @@ def unet():
     return build_network("UNet2D", UNet2DConfig(in_channels=1, out_channels=2, base_channels=4, depth=3))
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 def test_torchscript_parity_and_the_file_runs_on_another_batch_size(unet, tmp_path):
     lines = []
     report = export_model(unet, "torchscript", tmp_path / "m.pt", (1, 32, 32), log=lines.append)
