@@ -11,7 +11,7 @@ from importlib.metadata import entry_points
 
 from segflow.nodes.base import Node
 
-BUILTIN_FAMILIES = ("data", "networks", "losses", "optim", "training", "inference", "export")
+BUILTIN_FAMILIES = ("data", "networks", "losses", "optim", "training", "inference", "evaluation", "export")
 ENTRY_POINT_GROUP = "segflow.nodes"
 
 _types: dict[str, type[Node]] = {}

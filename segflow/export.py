@@ -1,0 +1,163 @@
+"""Exporting a network to TorchScript or ONNX, with a parity check against eager PyTorch.
+
+TorchScript goes through `torch.jit.trace` (MONAI's networks do not all script); ONNX through
+`torch.onnx.export`'s torch.export-based exporter, falling back to the older TorchScript-based
+one for networks the new one cannot capture. Whatever the route, the written file is loaded
+back and run on a sample input (onnxruntime for ONNX, or onnx's reference evaluator when
+onnxruntime is not installed), and the largest absolute difference from the eager model's
+logits must stay within `tolerance`. The file is written under a temporary name and renamed at
+the end, so a failed export never replaces a good one.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import os
+import re
+import warnings
+from contextlib import redirect_stdout
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+
+def network_name(model: torch.nn.Module) -> str:
+    return getattr(model, "segflow_meta", {}).get("type") or type(model).__name__
+
+
+def _logits(out) -> torch.Tensor:
+    if isinstance(out, (list, tuple)):  # deep supervision heads: the first is the full-resolution one
+        out = out[0]
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(f"the network returned {type(out).__name__}, not a tensor of logits")
+    return out
+
+
+class _Logits(torch.nn.Module):
+    """Wraps a network so the exported graph has exactly one tensor output."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return _logits(self.net(x))
+
+
+def _export_torchscript(module, sample, path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # trace's notes on deprecation and data-dependent branches
+        traced = torch.jit.trace(module, sample, check_trace=False)
+        torch.jit.save(traced, str(path))
+
+
+def _run_torchscript(path: Path, x: torch.Tensor) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.load's deprecation note
+        loaded = torch.jit.load(str(path), map_location="cpu")
+    with torch.no_grad():
+        return _logits(loaded(x)).numpy()
+
+
+def _first_line(e: Exception) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()  # the exporter colours its messages
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _export_onnx(module, sample, path: Path, opset: int, dynamic_batch: bool) -> tuple[str, str | None]:
+    """(exporter used, why the first one failed or None)."""
+    errors = []
+    with warnings.catch_warnings(), redirect_stdout(io.StringIO()):  # the exporter prints its progress
+        warnings.simplefilter("ignore")
+        try:
+            shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
+            torch.onnx.export(module, (sample,), str(path), opset_version=opset, input_names=["image"],
+                              output_names=["logits"], dynamic_shapes=shapes, dynamo=True, external_data=False)
+            return "torch.export", None
+        except Exception as e:  # the new exporter cannot capture every network; try the older one
+            errors.append(f"torch.export-based exporter: {_first_line(e)}")
+        try:
+            axes = {"image": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
+            torch.onnx.export(module, (sample,), str(path), opset_version=opset, input_names=["image"],
+                              output_names=["logits"], dynamic_axes=axes, dynamo=False)
+            return "torchscript-based", errors[0]
+        except Exception as e:
+            errors.append(f"TorchScript-based exporter: {_first_line(e)}")
+    raise RuntimeError("; ".join(errors))
+
+
+def _run_onnx(path: Path, x: torch.Tensor) -> tuple[np.ndarray, str]:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        from onnx.reference import ReferenceEvaluator  # pure Python: slow, but needs nothing more
+
+        return np.asarray(ReferenceEvaluator(str(path)).run(None, {"image": x.numpy()})[0]), "onnx.reference"
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x.numpy()})[0], f"onnxruntime {ort.__version__}"
+
+
+def export_model(model: torch.nn.Module, fmt: str, path: Path, input_shape: tuple[int, ...], *, opset: int = 18,
+                 dynamic_batch: bool = True, parity_check: bool = True, tolerance: float = 1e-4, seed: int = 0,
+                 log: Callable[[str], None] = print) -> dict:
+    """Write `model` as `fmt` ("torchscript" | "onnx") to `path`; `input_shape` is (C, *spatial).
+
+    Returns a report: path, format, input shape, exporter, runtime and max_abs_diff (None when
+    the parity check is off). Raises ValueError naming the network and format when it cannot
+    be exported, or when the exported model's logits differ by more than `tolerance`.
+    """
+    name = network_name(model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    module = _Logits(copy.deepcopy(model).cpu().eval())
+    gen = torch.Generator().manual_seed(seed)
+    sample = torch.randn((1, *input_shape), generator=gen)
+    # parity on batch 2 when the batch axis is dynamic, so a frozen batch size shows up as a failure
+    check = torch.randn((2 if dynamic_batch else 1, *input_shape), generator=gen)
+    tmp = path.with_name(path.name + ".partial")
+    try:
+        with torch.no_grad():
+            expected = module(check).numpy()
+        try:
+            if fmt == "torchscript":
+                _export_torchscript(module, sample, tmp)
+                exporter = "torch.jit.trace"
+            elif fmt == "onnx":
+                exporter, first_failure = _export_onnx(module, sample, tmp, opset, dynamic_batch)
+                if first_failure:
+                    log(f"export: the torch.export-based ONNX exporter failed ({first_failure}); "
+                        "used the TorchScript-based one")
+            else:
+                raise ValueError(f"unknown export format {fmt!r}; use torchscript or onnx")
+        except ImportError as e:
+            raise ValueError(f"exporting to {fmt} needs {e.name}: pip install 'segflow[export]'") from e
+        except (RuntimeError, torch.jit.Error, TypeError, AssertionError, NotImplementedError) as e:
+            raise ValueError(f"the network {name} cannot be exported to {fmt}: {e}. "
+                             f"Try the other format (torchscript / onnx).") from e
+        report = {"path": str(path), "format": fmt, "network": name, "input_shape": [1, *input_shape],
+                  "exporter": exporter, "dynamic_batch": dynamic_batch, "tolerance": tolerance,
+                  "max_abs_diff": None, "runtime": None}
+        if parity_check:
+            if fmt == "torchscript":
+                got, runtime = _run_torchscript(tmp, check), f"torch {torch.__version__}"
+            else:
+                got, runtime = _run_onnx(tmp, check)
+            if got.shape != expected.shape:
+                raise ValueError(f"the exported {fmt} {name} returns shape {list(got.shape)} for input "
+                                 f"{list(check.shape)}, eager PyTorch {list(expected.shape)}")
+            diff = float(np.max(np.abs(got.astype(np.float64) - expected)))
+            report.update(max_abs_diff=diff, runtime=runtime)
+            if not diff <= tolerance:  # also catches NaN
+                raise ValueError(f"parity check failed for {name} as {fmt}: max abs difference {diff:.3g} from "
+                                 f"eager PyTorch exceeds tolerance {tolerance:g} (ModelExport.tolerance); "
+                                 f"the exported file was not written to {path}")
+            log(f"export: {name} -> {path} ({fmt}, {exporter}); parity on {list(check.shape)} with {runtime}: "
+                f"max abs diff {diff:.3g} <= {tolerance:g}")
+        else:
+            log(f"export: {name} -> {path} ({fmt}, {exporter}); parity check off")
+        os.replace(tmp, path)
+        return report
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,254 @@
+"""PNG overlays of predictions against ground truth, drawn with matplotlib (Agg, no display).
+
+Per case one PNG: a row per slice with the image, the ground truth, the prediction (class
+colours) and an error map (TP / FP / FN / wrong class in the configured colours), with a legend.
+3-D cases show the slices with the most wrong voxels, so the picture lands where the model
+fails. A grid.png shows one tile per case (its worst slice with the error map) for a glance
+over the whole set. Cases are loaded one at a time; only the grid's small 2-D tiles are kept.
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from segflow.inference.records import PredictionRecord, PredictionSet
+
+# Class colours kept apart from the error map's green / red / blue / orange, so they never read as errors
+CLASS_COLOURS = ("#ffd700", "#00e5ee", "#ff69b4", "#9370db", "#a0522d", "#c0ff3e", "#f5f5f5", "#808000", "#008080")
+ERROR_LABELS = {"tp": "correct (TP)", "fp": "false positive (FP)", "fn": "missed (FN)", "wrong_class": "wrong class"}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)  # no display on a server; a no-op when a backend is already chosen
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def foreground_dice(pred: np.ndarray, label: np.ndarray) -> float:
+    """Dice of 'right class on foreground' over all foreground classes together; 1.0 when both are empty."""
+    correct = np.count_nonzero((pred == label) & (label > 0))
+    total = np.count_nonzero(pred > 0) + np.count_nonzero(label > 0)
+    return 2 * correct / total if total else 1.0
+
+
+def error_codes(pred: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """0 = right background, 1 = TP, 2 = FP, 3 = FN, 4 = wrong foreground class."""
+    codes = np.zeros(pred.shape, np.uint8)
+    fg_p, fg_l = pred > 0, label > 0
+    codes[fg_p & fg_l & (pred == label)] = 1
+    codes[fg_p & ~fg_l] = 2
+    codes[~fg_p & fg_l] = 3
+    codes[fg_p & fg_l & (pred != label)] = 4
+    return codes
+
+
+def pick_slices(pred: np.ndarray, label: np.ndarray | None, axis: int, k: int) -> list[int]:
+    """The k slices along `axis` with the most wrong voxels, then the most foreground; the middle
+    slice when nothing is there at all. Returned in ascending order."""
+    other = tuple(a for a in range(pred.ndim) if a != axis)
+    fg = np.count_nonzero(pred > 0, axis=other)
+    wrong = np.zeros_like(fg)
+    if label is not None:
+        fg = fg + np.count_nonzero(label > 0, axis=other)
+        wrong = np.count_nonzero(pred != label, axis=other)
+    order = sorted(range(pred.shape[axis]), key=lambda i: (-int(wrong[i]), -int(fg[i]), i))
+    chosen = [i for i in order[:k] if wrong[i] or fg[i]]
+    return sorted(chosen) or [pred.shape[axis] // 2]
+
+
+def _slice_axis(record: PredictionRecord, ndim: int, slice_axis) -> int:
+    if slice_axis != "auto":
+        if not 0 <= int(slice_axis) < ndim:
+            raise ValueError(f"SegmentationOverlay.slice_axis {slice_axis} does not exist for the {ndim}-D case "
+                             f"{record.case!r}; use 0..{ndim - 1} or auto")
+        return int(slice_axis)
+    spacing = record.spacing
+    if spacing and len(spacing) == ndim and max(spacing) > min(spacing):
+        return int(np.argmax(spacing))  # the coarse axis: slices across it are the full-resolution planes
+    return ndim - 1
+
+
+def _display(image: np.ndarray) -> np.ndarray:
+    """(C, H, W) -> grey (H, W) or RGB (H, W, 3) in 0..1, windowed at the 1st-99th percentile."""
+    arr = np.moveaxis(image[:3], 0, -1) if image.shape[0] == 3 else image[0]
+    lo, hi = np.percentile(arr, (1, 99)) if arr.size else (0.0, 1.0)
+    return np.clip((arr - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(arr, dtype=float)
+
+
+def _rgba(codes_or_classes: np.ndarray, palette: dict[int, tuple], alpha: float) -> np.ndarray:
+    out = np.zeros((*codes_or_classes.shape, 4))
+    for value, colour in palette.items():
+        m = codes_or_classes == value
+        out[m, :3] = colour[:3]
+        out[m, 3] = alpha
+    return out
+
+
+class _Painter:
+    """Colours and orientation shared by the per-case pictures and the grid."""
+
+    def __init__(self, num_classes: int, class_names: tuple[str, ...], colours: dict[str, str], alpha: float):
+        from matplotlib.colors import to_rgba
+
+        self.alpha = alpha
+        self.class_rgba = {c: to_rgba(CLASS_COLOURS[(c - 1) % len(CLASS_COLOURS)]) for c in range(1, max(num_classes, 2))}
+        self.class_names = list(class_names) if len(class_names) == num_classes else \
+            [f"class {c}" for c in range(max(num_classes, 2))]
+        self.error_rgba = {1: to_rgba(colours["tp"]), 2: to_rgba(colours["fp"]), 3: to_rgba(colours["fn"]),
+                           4: to_rgba(colours["wrong_class"])}
+        self.colours = colours
+
+    def show(self, ax, plane: np.ndarray, *, nifti: bool, aspect: float, overlay: np.ndarray | None = None):
+        # NIfTI planes are (x, y): shown transposed with y upwards, the usual radiological view
+        def orient(a):
+            return np.swapaxes(a, 0, 1) if nifti else a
+
+        origin = "lower" if nifti else "upper"
+        kw = {"cmap": "gray", "vmin": 0.0, "vmax": 1.0} if plane.ndim == 2 else {}
+        ax.imshow(orient(plane), origin=origin, aspect=aspect, interpolation="nearest", **kw)
+        if overlay is not None:
+            ax.imshow(orient(overlay), origin=origin, aspect=aspect, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+    def legend_handles(self, with_classes: bool, with_errors: bool):
+        from matplotlib.patches import Patch
+
+        handles = []
+        if with_classes:
+            handles += [Patch(color=self.class_rgba[c], label=self.class_names[c]) for c in self.class_rgba]
+        if with_errors:
+            handles += [Patch(color=self.colours[k], label=ERROR_LABELS[k]) for k in ERROR_LABELS]
+        return handles
+
+
+def _safe_name(case: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", case).strip("._") or "case"
+
+
+def _choose(pset: PredictionSet, max_images: int, selection: str, log) -> list[tuple[PredictionRecord, float | None]]:
+    records = list(pset)
+    if len(records) <= max_images or selection == "first":
+        return [(r, None) for r in records[:max_images]]
+    scored = []
+    for r in records:  # a first pass, one case at a time, to rank by how wrong each one is
+        if r.label_path is None:
+            scored.append((math.inf, r))
+            continue
+        _, pred, label = PredictionSet.load(r)
+        scored.append((foreground_dice(pred, label) if pred.shape == label.shape else -1.0, r))
+    scored.sort(key=lambda t: t[0])
+    log(f"overlays: drawing the {max_images} lowest-Dice of {len(records)} cases")
+    return [(r, None if math.isinf(d) else d) for d, r in scored[:max_images]]
+
+
+def render_overlays(pset: PredictionSet, output_dir: Path, *, alpha: float = 0.5, max_images: int = 16,
+                    selection: str = "worst", slices_per_case: int = 3, slice_axis="auto",
+                    colours: dict[str, str] | None = None, dpi: int = 100,
+                    log: Callable[[str], None] = print) -> list[Path]:
+    """Write <case>.png per drawn case and grid.png; return their paths (grid last)."""
+    from segflow.nodes.evaluation import DEFAULT_COLOURS
+
+    plt = _pyplot()
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    painter = _Painter(pset.num_classes, tuple(pset.class_names), {**DEFAULT_COLOURS, **(colours or {})}, alpha)
+    written: list[Path] = []
+    tiles = []
+    used_names: set[str] = set()
+    for record, _ in _choose(pset, max_images, selection, log):
+        image, pred, label = PredictionSet.load(record)
+        if label is not None and label.shape != pred.shape:
+            raise ValueError(f"case {record.case!r}: prediction {record.prediction_path} has shape {pred.shape}, "
+                             f"label {record.label_path} has {label.shape}; they must match to be overlaid")
+        if image.shape[1:] != pred.shape:
+            raise ValueError(f"case {record.case!r}: image {record.image_paths[0]} has spatial shape "
+                             f"{image.shape[1:]}, prediction {record.prediction_path} has {pred.shape}")
+        nifti = str(record.prediction_path).lower().endswith((".nii", ".nii.gz"))
+        spacing = tuple(record.spacing or ()) + (1.0,) * pred.ndim
+        if pred.ndim == 3:
+            axis = _slice_axis(record, 3, slice_axis)
+            indices = pick_slices(pred, label, axis, slices_per_case)
+        else:
+            axis, indices = None, [None]
+        rest = [a for a in range(pred.ndim) if a != axis]
+        # aspect = height of a pixel / its width, in physical units, in the orientation shown
+        vertical, horizontal = (rest[1], rest[0]) if nifti else (rest[0], rest[1])
+        aspect = spacing[vertical] / spacing[horizontal]
+        score = foreground_dice(pred, label) if label is not None else None
+
+        def plane(a, i):
+            return a if i is None else np.take(a, i, axis=axis)
+
+        cols = 4 if label is not None else 2
+        fig, axes = plt.subplots(len(indices), cols, figsize=(3 * cols, 3.3 * len(indices) + 0.9), squeeze=False,
+                                 layout="constrained")
+        worst_tile = None
+        for row, i in enumerate(indices):
+            img = _display(plane(image, i) if i is None else np.take(image, i, axis=axis + 1))
+            p = plane(pred, i)
+            panels = [("image", None), ("prediction", _rgba(p, painter.class_rgba, alpha))]
+            if label is not None:
+                lab = plane(label, i)
+                errors = _rgba(error_codes(p, lab), painter.error_rgba, max(alpha, 0.75))
+                panels = [("image", None), ("ground truth", _rgba(lab, painter.class_rgba, alpha)),
+                          panels[1], ("errors", errors)]
+                wrong = int(np.count_nonzero(p != lab))
+                if worst_tile is None or wrong > worst_tile[0]:
+                    worst_tile = (wrong, img * 0.6, errors, i)
+            elif worst_tile is None:
+                worst_tile = (0, img, panels[1][1], i)
+            for col, (title, overlay) in enumerate(panels):
+                ax = axes[row][col]
+                # the error map goes over a dimmed image so its colours stay readable on bright tissue
+                base = img * 0.6 if title == "errors" else img
+                painter.show(ax, base, nifti=nifti, aspect=aspect, overlay=overlay)
+                where = "" if i is None else f" (axis {axis}, slice {i})"
+                ax.set_title(f"{title}{where}" if col == 0 else title, fontsize=8)
+        head = record.case + (f" - foreground Dice {score:.3f}" if score is not None else " - no ground truth")
+        fig.suptitle(head, fontsize=10)
+        fig.legend(handles=painter.legend_handles(True, label is not None), loc="outside lower center",
+                   ncol=4, fontsize=7, frameon=False)
+        name = _safe_name(record.case)
+        while name in used_names:
+            name += "_"
+        used_names.add(name)
+        path = output_dir / f"{name}.png"
+        fig.savefig(path, dpi=dpi)
+        plt.close(fig)
+        written.append(path)
+        tiles.append((record.case, score, nifti, aspect, *worst_tile[1:]))
+        del image, pred, label
+    if tiles:
+        written.append(_grid(tiles, painter, output_dir / "grid.png", dpi, plt))
+    log(f"overlays: wrote {len(written)} PNG file(s) to {output_dir}")
+    return written
+
+
+def _grid(tiles, painter: _Painter, path: Path, dpi: int, plt) -> Path:
+    n = len(tiles)
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.8 * cols, 3.0 * rows + 0.6), squeeze=False,
+                             layout="constrained")
+    for ax in axes.flat:
+        ax.axis("off")
+    has_errors = False
+    for ax, (case, score, nifti, aspect, img, overlay, index) in zip(axes.flat, tiles):
+        ax.axis("on")
+        painter.show(ax, img, nifti=nifti, aspect=aspect, overlay=overlay)
+        has_errors |= score is not None
+        ax.set_title(f"{case}" + (f"\nDice {score:.3f}" if score is not None else "\nno ground truth")
+                     + ("" if index is None else f", slice {index}"), fontsize=8)
+    fig.legend(handles=painter.legend_handles(not has_errors, has_errors), loc="outside lower center", ncol=4,
+               fontsize=7, frameon=False)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path

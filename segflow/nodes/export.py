@@ -1,0 +1,105 @@
+"""ModelExport: config and ports. The export itself lives in `segflow.export` (imported in `run`)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator
+
+from segflow.nodes.base import Node, NodeConfig, Port
+from segflow.registry import register
+
+EXTENSIONS = {"torchscript": "pt", "onnx": "onnx"}
+
+
+class ModelExportConfig(NodeConfig):
+    aliases: ClassVar[dict[str, str]] = {"export_format": "format", "path": "output_path", "input_shape": "input_size",
+                                         "opset_version": "opset", "atol": "tolerance"}
+
+    format: Literal["torchscript", "onnx"] = Field("onnx", description="torchscript (torch.jit.trace) or onnx.")
+    output_path: str | None = Field(None, description="Where to write the file; a relative path lives inside the run "
+                                                      "directory. Default export/model.pt (torchscript) or "
+                                                      "export/model.onnx.")
+    input_size: list[int] | None = Field(
+        None, description="Spatial size of the sample input, e.g. [256, 256] or [96, 96, 96]. Default: the "
+                          "loader's patch size (dataset_info), else the network's fixed img_size.")
+    opset: int = Field(18, ge=7, le=23, description="ONNX opset version.")
+    dynamic_batch: bool = Field(True, description="Let the exported model take any batch size (checked on batch 2).")
+    parity_check: bool = Field(True, description="Run the exported file on a random input and compare it with "
+                                                 "eager PyTorch.")
+    tolerance: float = Field(1e-4, gt=0, description="Largest absolute difference of the logits the parity check allows.")
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _format_spelling(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            key = v.strip().lower().replace("_", "").replace("-", "")
+            return {"jit": "torchscript", "ts": "torchscript", "script": "torchscript"}.get(key, key)
+        return v
+
+    @field_validator("input_size", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool):
+            return [v]  # a single number means a square/cube; expanded to the network's dims in run
+        return v
+
+    @field_validator("input_size")
+    @classmethod
+    def _positive(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not 1 <= len(v) <= 3 or any(s < 1 for s in v)):
+            raise ValueError("input_size must be 1 to 3 positive sizes, e.g. [256, 256]")
+        return v
+
+
+def sample_shape(cfg: ModelExportConfig, meta: dict, dataset_info=None) -> tuple[int, ...]:
+    """(in_channels, *spatial) of the sample input, from the config, the loader or the network."""
+    dims = meta.get("spatial_dims") or getattr(dataset_info, "spatial_dims", None)
+    channels = meta.get("in_channels") or getattr(dataset_info, "in_channels", None)
+    size = cfg.input_size
+    if size is None and dataset_info is not None and getattr(dataset_info, "patch_size", ()):
+        size = list(dataset_info.patch_size)
+    if size is None and meta.get("fixed_size"):
+        size = list(meta["fixed_size"])
+    if size is None or channels is None or dims is None:
+        raise ValueError("ModelExport needs the sample input's size: set input_size (e.g. [256, 256]), or wire a "
+                         "loader's dataset_info to this node")
+    if len(size) == 1:
+        size = size * dims
+    if len(size) != dims:
+        raise ValueError(f"ModelExport.input_size {size} has {len(size)} sizes; the network is {dims}-D")
+    divisor = meta.get("size_divisor") or 1
+    if any(s % divisor for s in size):
+        raise ValueError(f"ModelExport.input_size {size}: the {meta.get('type', 'network')} needs sizes divisible by "
+                         f"{divisor}; e.g. {[max(divisor, round(s / divisor) * divisor) for s in size]}")
+    fixed = meta.get("fixed_size")
+    if fixed and list(fixed) != list(size):
+        raise ValueError(f"ModelExport.input_size {size}: the {meta.get('type')} takes exactly {list(fixed)}")
+    return (int(channels), *map(int, size))
+
+
+@register
+class ModelExport(Node):
+    """The network as a TorchScript or ONNX file, checked against eager PyTorch."""
+
+    type = "ModelExport"
+    family = "export"
+    Config = ModelExportConfig
+    inputs = (
+        Port("model", "TrainedModel", accepts=("Model",), doc="the network to export"),
+        Port("dataset_info", "DatasetInfo", required=False, doc="gives the sample input's patch size"),
+    )
+    outputs = (Port("file", "File", doc="path of the exported file"),)
+
+    def run(self, model, dataset_info=None) -> dict[str, Any]:
+        from segflow.export import export_model
+
+        cfg: ModelExportConfig = self.config  # type: ignore[assignment]
+        path = Path(cfg.output_path or f"export/model.{EXTENSIONS[cfg.format]}").expanduser()
+        if not path.is_absolute():
+            path = self.ctx.run_dir / path
+        shape = sample_shape(cfg, getattr(model, "segflow_meta", {}) or {}, dataset_info)
+        report = export_model(model, cfg.format, path, shape, opset=cfg.opset, dynamic_batch=cfg.dynamic_batch,
+                              parity_check=cfg.parity_check, tolerance=cfg.tolerance, log=self.ctx.log)
+        self.ctx.extras.setdefault("exports", []).append(report)
+        return {"file": path}

@@ -1,0 +1,102 @@
+"""ModelExport: TorchScript and ONNX parity for UNet2D, sample shapes, failures that say why."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from segflow.data.info import DatasetInfo
+from segflow.export import export_model
+from segflow.models.factory import build_network
+from segflow.nodes.base import RunContext
+from segflow.nodes.export import ModelExport, ModelExportConfig, sample_shape
+from segflow.nodes.networks import UNet2DConfig
+
+
+@pytest.fixture(scope="module")
+def unet():
+    torch.manual_seed(0)
+    return build_network("UNet2D", UNet2DConfig(in_channels=1, out_channels=2, base_channels=4, depth=3))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+def test_torchscript_parity_and_the_file_runs_on_another_batch_size(unet, tmp_path):
+    lines = []
+    report = export_model(unet, "torchscript", tmp_path / "m.pt", (1, 32, 32), log=lines.append)
+    assert report["max_abs_diff"] is not None and report["max_abs_diff"] <= 1e-4
+    assert "max abs diff" in lines[-1]
+    loaded = torch.jit.load(str(tmp_path / "m.pt"))
+    x = torch.randn(3, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), unet.eval()(x), atol=1e-4)
+    assert not (tmp_path / "m.pt.partial").exists()
+
+
+def test_onnx_parity_with_dynamic_batch(unet, tmp_path):
+    import onnx
+
+    report = export_model(unet, "onnx", tmp_path / "m.onnx", (1, 32, 32), opset=18, log=lambda s: None)
+    assert report["max_abs_diff"] <= 1e-4 and report["runtime"]
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    onnx.checker.check_model(model)
+    batch = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch.dim_param and not batch.dim_value  # a named, free batch axis
+
+
+def test_parity_failure_is_a_clear_error_and_keeps_the_old_file(tmp_path):
+    class Noisy(torch.nn.Module):  # traces a fixed random draw: the export differs from eager runs
+        def forward(self, x):
+            return x + torch.rand(1)
+
+    target = tmp_path / "m.pt"
+    target.write_bytes(b"previous export")
+    with pytest.raises(ValueError, match=r"parity check failed for Noisy as torchscript.*tolerance 1e-06"):
+        export_model(Noisy(), "torchscript", target, (1, 8, 8), tolerance=1e-6, log=lambda s: None)
+    assert target.read_bytes() == b"previous export"
+
+
+def test_unexportable_network_names_network_and_format(tmp_path):
+    class Eig(torch.nn.Module):  # eigh has no ONNX operator in either exporter
+        def forward(self, x):
+            m = x.flatten(2) @ x.flatten(2).transpose(1, 2)
+            return torch.linalg.eigh(m)[0].sum() + x
+
+    with pytest.raises(ValueError, match=r"the network Eig cannot be exported to onnx: .*linalg_eigh") as err:
+        export_model(Eig(), "onnx", tmp_path / "m.onnx", (1, 4, 4), log=lambda s: None)
+    assert "\x1b[" not in str(err.value)
+    assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "m.onnx.partial").exists()
+
+
+def test_sample_shape_from_config_dataset_info_or_meta(unet):
+    meta = unet.segflow_meta
+    assert sample_shape(ModelExportConfig(input_size="[64, 48]"), meta) == (1, 64, 48)
+    assert sample_shape(ModelExportConfig(input_size=64), meta) == (1, 64, 64)
+    info = DatasetInfo(in_channels=1, num_classes=2, spatial_dims=2, spacing=None, patch_size=(96, 80))
+    assert sample_shape(ModelExportConfig(), meta, info) == (1, 96, 80)
+    with pytest.raises(ValueError, match=r"input_size \[30, 30\].*divisible by 4"):
+        sample_shape(ModelExportConfig(input_size=[30, 30]), meta)
+    with pytest.raises(ValueError, match="set input_size"):
+        sample_shape(ModelExportConfig(), meta)
+    with pytest.raises(ValueError, match="2-D"):
+        sample_shape(ModelExportConfig(input_size=[32, 32, 32]), meta)
+
+
+def test_config_spellings_and_defaults():
+    cfg = ModelExportConfig()
+    assert cfg.format == "onnx" and cfg.dynamic_batch and cfg.parity_check and cfg.tolerance == 1e-4
+    cfg = ModelExportConfig(format="TorchScript", tolerance="1e-3", dynamic_batch="false", opset="17")
+    assert cfg.format == "torchscript" and cfg.tolerance == 1e-3 and cfg.dynamic_batch is False and cfg.opset == 17
+    assert ModelExportConfig(format="jit").format == "torchscript"
+    with pytest.raises(ValueError):
+        ModelExportConfig(format="tensorrt")
+    with pytest.raises(ValueError):
+        ModelExportConfig(input_size=[0, 32])
+
+
+def test_node_writes_inside_the_run_dir(unet, tmp_path):
+    ctx = RunContext(run_dir=tmp_path / "run", workflow_name="t", log=lambda s: None)
+    node = ModelExport("export", ModelExportConfig(format="torchscript", input_size=[32, 32]), ctx)
+    out = node.run(model=unet)
+    assert out["file"] == tmp_path / "run" / "export" / "model.pt" and out["file"].exists()
+    assert ctx.extras["exports"][0]["max_abs_diff"] <= 1e-4
+    assert np.isfinite(ctx.extras["exports"][0]["max_abs_diff"])
