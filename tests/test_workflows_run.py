@@ -49,3 +49,36 @@ def test_3d_phantom_workflow_learns_with_augmentation(tmp_path, monkeypatch):
     _, history = run(tmp_path, "phantom3d_unet.json", *phantom(tmp_path, "phantom3d", 8), "trainer.epochs=6")
     assert history[-1]["val_dice"] > 0.6
     assert history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+def test_train_predict_evaluate_overlay_export_then_evaluate_from_the_checkpoint(tmp_path, monkeypatch):
+    import csv
+
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    data = phantom(tmp_path, "phantom2d", 10)
+    run_dir, history = run(tmp_path, "train_evaluate_unet.json", *data, "data_loader.image_size=32",
+                           "trainer.epochs=3", "overlay.max_images=2")
+    assert len(history) == 3
+    predictions = sorted((run_dir / "predictions").glob("*.png"))
+    assert len(predictions) == 2  # val_fraction 0.2 of 10 cases
+    source = tmp_path / "phantom2d" / "imagesTr" / predictions[0].name
+    assert Image.open(predictions[0]).size == Image.open(source).size  # the case's own size, not image_size 32
+    metrics = json.loads((run_dir / "evaluation" / "metrics.json").read_text())
+    with open(run_dir / "evaluation" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["case"] for r in rows} == {p.stem for p in predictions}
+    assert 0.0 <= metrics["mean"]["dice"] <= 1.0 and metrics["num_evaluated"] == 2
+    overlays = sorted(p.name for p in (run_dir / "overlays").glob("*.png"))
+    assert overlays == sorted([*(p.name for p in predictions), "grid.png"])
+    assert (run_dir / "export" / "model.onnx").stat().st_size > 0
+
+    # the same weights, loaded by CheckpointLoader in a workflow that does not train, score the same
+    eval_dir = tmp_path / "eval"
+    last = run_dir / "checkpoints" / "last.pt"  # the weights the Trainer handed on (no early stopping)
+    assert main(["run", str(ROOT / "workflows" / "evaluate_unet.json"), "--device", "cpu", "--no-progress",
+                 "--run-dir", str(eval_dir), "--set", f"weights.checkpoint_path={last}", *sum(
+                     (["--set", s] for s in [*data, "data_loader.image_size=32", "predictor.tta=[\"flip\"]"]), [])]) == 0
+    again = json.loads((eval_dir / "evaluation" / "metrics.json").read_text())
+    assert again["mean"]["dice"] == pytest.approx(metrics["mean"]["dice"], abs=1e-6)
