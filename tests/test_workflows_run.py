@@ -41,7 +41,22 @@ def test_seed_swin_unetr_configuration_trains(tmp_path, monkeypatch):
                            "data_loader.image_size=64", "data_loader.batch_size=1", "model.img_size=64",
                            "model.embed_dim=12", "trainer.epochs=1", "trainer.warmup_epochs=0")
     assert len(history) == 1 and history[0]["train_loss"] > 0
-    assert (run_dir / "checkpoints" / "swin_unetr" / "last.pt").is_file()
+    checkpoint = run_dir / "checkpoints" / "swin_unetr" / "last.pt"
+    assert checkpoint.is_file()
+
+    # and the prediction workflow applies it to whole volumes, keeping each input's affine
+    import nibabel as nib
+
+    out = tmp_path / "predict"
+    sets = [*phantom(tmp_path, "phantom3d", 4), "data_loader.image_size=64", "model.feature_size=12",
+            f"weights.checkpoint_path={checkpoint}", "predictor.roi_size=[64, 64, 64]", "predictor.tta=false"]
+    assert main(["run", str(ROOT / "workflows" / "predict_swin_unetr.json"), "--device", "cpu", "--no-progress",
+                 "--run-dir", str(out), *sum((["--set", s] for s in sets), [])]) == 0
+    (prediction,) = sorted((out / "predictions").glob("*.nii.gz"))
+    source = nib.load(tmp_path / "phantom3d" / "imagesTr" / prediction.name)
+    written = nib.load(prediction)
+    assert written.shape == source.shape and (written.affine == source.affine).all()
+    assert json.loads((out / "evaluation" / "metrics.json").read_text())["num_evaluated"] == 1
 
 
 def test_3d_phantom_workflow_learns_with_augmentation(tmp_path, monkeypatch):
