@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import copy
 import io
+import logging
 import os
 import re
 import warnings
-from contextlib import redirect_stdout
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Callable
 
@@ -66,10 +67,23 @@ def _first_line(e: Exception) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
 
 
+@contextmanager
+def _quiet_onnx_logs():
+    """The exporter logs a warning per torchvision op it skips when torchvision is absent (always,
+    for segmentation networks); real failures still raise."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _export_onnx(module, sample, path: Path, opset: int, dynamic_batch: bool) -> tuple[str, str | None]:
     """(exporter used, why the first one failed or None)."""
     errors = []
-    with warnings.catch_warnings(), redirect_stdout(io.StringIO()):  # the exporter prints its progress
+    with warnings.catch_warnings(), redirect_stdout(io.StringIO()), _quiet_onnx_logs():  # progress prints, too
         warnings.simplefilter("ignore")
         try:
             shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
