@@ -111,6 +111,10 @@ def cmd_run(args) -> int:
         else:
             print(f"{who}: run again with --debug for the full traceback", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # Checkpoints are written atomically, so whatever last.pt holds is a finished epoch.
+        print(f"\n{who}: interrupted; continue with `segflow run {args.workflow} --resume auto`", file=sys.stderr)
+        return 130
     if distributed.is_main():
         print(f"segflow: finished; run directory {result.run_dir}")
     return 0

@@ -1,0 +1,35 @@
+"""Ctrl-C during `segflow run`: a short message (no traceback), exit 130, and --resume auto goes on."""
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_ctrl_c_stops_cleanly_and_the_run_resumes(tmp_path):
+    sets = [f"data_loader.data_dir={tmp_path / 'p2d'}", "data_loader.synthetic_cases=12",
+            "data_loader.image_size=32", "trainer.epochs=40"]
+    cmd = [sys.executable, "-m", "segflow", "run", str(ROOT / "workflows" / "quickstart.json"), "--device", "cpu",
+           "--no-progress", *sum((["--set", s] for s in sets), [])]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob("runs/quickstart/*/checkpoints/last.pt")) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted; continue with" in err and "--resume auto" in err
+    assert "Traceback" not in err
+
+    (run,) = [p for p in (tmp_path / "runs" / "quickstart").iterdir() if not p.is_symlink()]
+    done = len(json.loads((run / "history.json").read_text()))
+    assert 1 <= done < 40
+
+    resumed = subprocess.run([*cmd, "--resume", "auto", "--set", f"trainer.epochs={done + 2}"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=180)
+    assert resumed.returncode == 0, resumed.stderr
+    history = json.loads((run / "history.json").read_text())  # the same run directory goes on
+    assert [row["epoch"] for row in history] == list(range(1, done + 3))
