@@ -35,8 +35,7 @@ def predict(cfg: Any, ctx: Any, name: str, model: torch.nn.Module, loader: Any, 
     device = resolve_device(ctx.device or cfg.device, "--device" if ctx.device else f"{who}: config field 'device'")
     precision = resolve_precision(bool(cfg.mixed_precision), device, log=lambda _m: None)
     amp = precision.dtype if precision.enabled and device.type == "cuda" else None
-    out_dir = Path(cfg.output_dir)
-    out_dir = out_dir if out_dir.is_absolute() else Path(ctx.run_dir) / out_dir
+    out_dir = ctx.output_path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     dataset = getattr(loader, "dataset", None)

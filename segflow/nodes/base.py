@@ -108,6 +108,11 @@ class RunContext:
     log: Callable[[str], None] = print
     extras: dict[str, Any] = field(default_factory=dict)
 
+    def output_path(self, value: str | Path) -> Path:
+        """Where a node writes: an absolute path as given, a relative one inside the run directory."""
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else Path(self.run_dir) / path
+
 
 class Node:
     """A node type. Subclasses set the class attributes and implement `run`.

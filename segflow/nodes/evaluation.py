@@ -6,7 +6,6 @@ Both read a `Predictions` set one case at a time, so hundreds of volumes never s
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
@@ -19,11 +18,6 @@ _METRIC_SPELLINGS = {"jaccard": "iou", "hausdorff95": "hd95", "hausdorff_95": "h
                      "nsd": "surface_dice", "surface dice": "surface_dice", "normalized_surface_dice": "surface_dice",
                      "sensitivity": "recall", "ppv": "precision"}
 DEFAULT_COLOURS = {"tp": "#2ca02c", "fp": "#d62728", "fn": "#1f77b4", "wrong_class": "#ff7f0e"}
-
-
-def _output_dir(ctx_run_dir: Path, value: str) -> Path:
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else ctx_run_dir / path
 
 
 class EvaluatorConfig(NodeConfig):
@@ -74,7 +68,7 @@ class Evaluator(Node):
         cfg: EvaluatorConfig = self.config  # type: ignore[assignment]
         result = evaluate(predictions, metrics=cfg.metrics, include_background=cfg.include_background,
                           surface_tolerance=cfg.surface_tolerance,
-                          output_dir=_output_dir(self.ctx.run_dir, cfg.output_dir), log=self.ctx.log)
+                          output_dir=self.ctx.output_path(cfg.output_dir), log=self.ctx.log)
         return {"metrics": result}
 
 
@@ -121,7 +115,7 @@ class SegmentationOverlay(Node):
         from segflow.inference.overlay import render_overlays
 
         cfg: SegmentationOverlayConfig = self.config  # type: ignore[assignment]
-        paths = render_overlays(predictions, _output_dir(self.ctx.run_dir, cfg.output_dir), alpha=cfg.alpha,
+        paths = render_overlays(predictions, self.ctx.output_path(cfg.output_dir), alpha=cfg.alpha,
                                 max_images=cfg.max_images, selection=cfg.selection,
                                 slices_per_case=cfg.slices_per_case, slice_axis=cfg.slice_axis,
                                 colours=cfg.colours, dpi=cfg.dpi, log=self.ctx.log)

@@ -1,7 +1,6 @@
 """ModelExport: config and ports. The export itself lives in `segflow.export` (imported in `run`)."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
@@ -95,9 +94,7 @@ class ModelExport(Node):
         from segflow.export import export_model
 
         cfg: ModelExportConfig = self.config  # type: ignore[assignment]
-        path = Path(cfg.output_path or f"export/model.{EXTENSIONS[cfg.format]}").expanduser()
-        if not path.is_absolute():
-            path = self.ctx.run_dir / path
+        path = self.ctx.output_path(cfg.output_path or f"export/model.{EXTENSIONS[cfg.format]}")
         shape = sample_shape(cfg, getattr(model, "segflow_meta", {}) or {}, dataset_info)
         report = export_model(model, cfg.format, path, shape, opset=cfg.opset, dynamic_batch=cfg.dynamic_batch,
                               parity_check=cfg.parity_check, tolerance=cfg.tolerance, log=self.ctx.log)
