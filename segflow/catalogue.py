@@ -11,6 +11,12 @@ from segflow import registry
 from segflow.nodes.base import Node
 
 
+def summary_line(cls: type[Node]) -> str:
+    """The first paragraph of a node type's docstring, on one line."""
+    paragraph = inspect.cleandoc(cls.__doc__ or "").split("\n\n")[0]
+    return " ".join(paragraph.split())
+
+
 def _type_name(annotation: Any) -> str:
     text = getattr(annotation, "__name__", None) if not getattr(annotation, "__args__", None) else None
     text = text or str(annotation)
@@ -50,8 +56,7 @@ def describe(cls: type[Node]) -> str:
 def summary() -> str:
     types = registry.all_types()
     width = max(map(len, types), default=0)
-    return "\n".join(f"{name:<{width}}  {(cls.__doc__ or '').strip().splitlines()[0] if cls.__doc__ else ''}"
-                     for name, cls in types.items())
+    return "\n".join(f"{name:<{width}}  {summary_line(cls)}" for name, cls in types.items())
 
 
 def markdown() -> str:

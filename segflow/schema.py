@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from segflow import registry
+from segflow.catalogue import summary_line
 from segflow.nodes.base import NodeConfig
 from segflow.spec import LINK_KEYS
 
@@ -103,7 +104,7 @@ def build_schema() -> dict:
     types = registry.all_types()
     variants = []
     for type_name, cls in types.items():
-        doc = (cls.__doc__ or "").strip().split("\n")[0]
+        doc = summary_line(cls)
         variants.append({
             "if": {"properties": {"type": {"const": type_name}}, "required": ["type"]},
             "then": {"properties": {"config": {"description": doc, **config_schema(type_name, cls.Config, defs)}}},
