@@ -78,13 +78,14 @@ def build_loaders(cfg: Any, log: Callable[[str], None] = print):
 
     train_ds, val_ds = _datasets(source(train_cases), source(val_cases) if val_cases else None,
                                  dims, size, strength, cfg)
-    workers = int(cfg.num_workers)
+    workers = resolve_workers(cfg.num_workers, torch.cuda.is_available())
     pin = torch.cuda.is_available() if cfg.pin_memory == "auto" else bool(cfg.pin_memory)
     common = dict(num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
     if workers > 0:
         from segflow.data.datasets import worker_init
 
         common["worker_init_fn"] = worker_init
+        common["prefetch_factor"] = int(cfg.prefetch_factor)
     rank, world = distributed.rank(), distributed.world_size()
     # Rank 0 keeps the single-process seed, so a 1-process torchrun job draws what a plain run draws;
     # other ranks get their own augmentation and worker-seed streams instead of rank 0's copy.
@@ -112,6 +113,9 @@ def build_loaders(cfg: Any, log: Callable[[str], None] = print):
         val_loader = DataLoader(val_ds, batch_size=cfg.batch_size if dims == 2 else 1, shuffle=False,
                                 sampler=val_sampler, num_workers=val_workers, pin_memory=pin,
                                 persistent_workers=val_workers > 0)
+    if workers:
+        log(f"data: {workers} loader worker(s), {int(cfg.prefetch_factor)} batches prefetched each, "
+            f"pinned memory {'on' if pin else 'off'}")
     spacings = [s["spacing"] for s in summaries if s["spacing"] is not None]
     spacing = tuple(float(v) for v in np.median(np.asarray(spacings), axis=0)) if len(spacings) == len(summaries) else None
     info = DatasetInfo(
@@ -122,6 +126,22 @@ def build_loaders(cfg: Any, log: Callable[[str], None] = print):
     log(f"data: {layout.name} layout, {info.num_train} train / {info.num_val} val cases, {dims}-D, "
         f"{in_channels} channel(s), {num_classes} classes, sample size {size}, cache {cfg.cache}")
     return train_loader, val_loader, info
+
+
+def resolve_workers(setting, cuda: bool, cpus: int | None = None, local_procs: int | None = None) -> int:
+    """num_workers "auto": with CUDA, the spare cores (one left for the training process) shared among the
+    GPU processes on this machine, at most 8 each; without CUDA 0, since on a CPU-only machine the workers
+    compete with the training process for the same cores."""
+    if setting != "auto":
+        return int(setting)
+    if not cuda:
+        return 0
+    import os
+
+    if cpus is None:  # the cores this process may use (a container or taskset may allow fewer than exist)
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local_procs = local_procs or int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(0, min(8, cpus // max(1, local_procs) - 1))
 
 
 class ShardSampler:
@@ -179,7 +199,9 @@ def _prepare_all(cases: list[Case], spec: PrepSpec, cfg: Any, data_dir: Path, lo
             save_prepared(path, prep)
         return _summary(case, prep, prep if cfg.cache == "memory" else None, path)
 
-    threads = max(1, min(4, int(cfg.num_workers) or 1))
+    import torch
+
+    threads = max(1, min(4, resolve_workers(cfg.num_workers, torch.cuda.is_available()) or 1))
     results, errors = [], []
     with ThreadPoolExecutor(threads) as pool:
         futures = [pool.submit(one, c) for c in cases]

@@ -52,8 +52,13 @@ class MedicalSegmentationLoaderConfig(NodeConfig):
         "Fraction of cases held out for validation (split by case, seeded). Ignored when the folder has train/ and val/."))
     seed: int = Field(42, description="Seed for the split, shuffling, patch sampling and augmentation.")
     shuffle: bool = Field(True, description="Shuffle training samples every epoch.")
-    num_workers: int = Field(0, ge=0, description=(
-        "DataLoader worker processes (persistent); 0 loads in the main process, usually fastest for small 2-D data on CPU."))
+    num_workers: int | Literal["auto"] = Field("auto", description=(
+        "DataLoader worker processes (persistent); 0 loads in the main process, usually fastest for small 2-D data "
+        "on CPU. auto: with CUDA, one per spare CPU core up to 8 (shared among the GPU processes of a torchrun "
+        "job) so the GPU does not wait for data; without CUDA, 0."))
+    prefetch_factor: int = Field(4, ge=1, description=(
+        "Batches each worker prepares ahead (used when num_workers > 0); more smooths out slow batches at the "
+        "cost of host memory."))
     pin_memory: bool | Literal["auto"] = Field("auto", description="Pinned host memory for faster GPU copies; 'auto' = when CUDA is available.")
     cache: Literal["none", "memory", "disk"] = Field("memory", description=(
         "Keep decoded, normalised cases in memory, as .npy files on disk (memory-mapped; cache_dir), or re-read files every time."))
@@ -68,6 +73,11 @@ class MedicalSegmentationLoaderConfig(NodeConfig):
     @classmethod
     def _dims_from_text(cls, v):
         return int(v) if isinstance(v, str) and v.strip() in ("2", "3") else v  # GUI-saved "3"
+
+    @field_validator("num_workers", mode="before")
+    @classmethod
+    def _workers_spelling(cls, v):
+        return v.strip().lower() if isinstance(v, str) and v.strip().lower() == "auto" else v
 
     @field_validator("image_size")
     @classmethod

@@ -29,9 +29,10 @@ class TrainerConfig(NodeConfig):
     epochs: int = Field(100, ge=1, description="Number of training epochs (alias num_epochs).")
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
                         description="auto (CUDA if present), cpu, cuda or cuda:N. The --device command-line option wins.")
-    mixed_precision: bool | Literal["bf16", "fp16"] = Field(
-        False, description="Autocast: true = bf16 where the GPU supports it, else fp16 with a gradient scaler; "
-                           "'bf16' / 'fp16' explicitly; false = fp32. On CPU `true` stays fp32.")
+    mixed_precision: bool | Literal["auto", "bf16", "fp16"] = Field(
+        "auto", description="Autocast: auto = bf16 on GPUs that support it, else fp32 (never fp16); true = bf16 where "
+                            "the GPU supports it, else fp16 with a gradient scaler; 'bf16' / 'fp16' explicitly; "
+                            "false = fp32. On CPU auto and true train in fp32.")
     gradient_clip: float | None = Field(None, ge=0, description="Clip gradients at this value (0 or null: off).")
     gradient_clip_type: Literal["norm", "value"] = Field(
         "norm", description="norm: scale all gradients so their total L2 norm is at most gradient_clip; "

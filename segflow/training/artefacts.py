@@ -13,10 +13,12 @@ import torch
 
 # history keys that are not "<phase>_<metric>" and their TensorBoard tags
 _TAGS = {"lr": "train/lr", "grad_norm": "train/grad_norm", "epoch_time": "time/epoch_seconds",
-         "throughput": "time/images_per_second", "gpu_memory_mb": "gpu/max_memory_mb"}
+         "throughput": "time/images_per_second", "gpu_memory_mb": "gpu/max_memory_mb",
+         "train_time": "time/train_seconds", "step_time_ms": "time/step_ms",
+         "data_wait_fraction": "time/data_wait_fraction"}
 NOT_LOGGED = ("epoch",)
 # values that differ between two otherwise identical runs (wall-clock, memory)
-TIMING_KEYS = ("epoch_time", "throughput", "gpu_memory_mb")
+TIMING_KEYS = ("epoch_time", "throughput", "gpu_memory_mb", "train_time", "step_time_ms", "data_wait_fraction")
 
 
 def tag_of(key: str) -> str:

@@ -47,9 +47,15 @@ class Precision:
 
 def resolve_precision(setting: bool | str, device: torch.device, log=print) -> Precision:
     """true → bf16 where the GPU supports it, else fp16 with a scaler; on CPU `true` stays fp32
-    (bf16 autocast on CPUs without bf16 units is slower than fp32) while an explicit "bf16" is honoured."""
+    (bf16 autocast on CPUs without bf16 units is slower than fp32) while an explicit "bf16" is honoured.
+    "auto" (the default) → bf16 on GPUs that support it, fp32 everywhere else: bf16 keeps fp32's
+    range, so it needs no scaler and cannot underflow the way fp16 can; auto never picks fp16."""
     off = Precision(False, None, False)
     if setting is False or setting == "false":
+        return off
+    if setting == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return Precision(True, torch.bfloat16, False)
         return off
     if device.type == "cuda":
         if setting == "fp16":

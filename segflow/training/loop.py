@@ -99,6 +99,28 @@ class _NoTensorBoard:
         pass
 
 
+class _TimedBatches:
+    """A loader's iterator that adds up the host time spent blocked getting the next batch (worker
+    start-up included). Host clock only: no CUDA sync, so it is cheap enough to be always on. When
+    the host runs ahead of the GPU, time blocked here overlaps queued GPU work, so the fraction is an
+    upper bound on how long the GPU waited for data."""
+
+    def __init__(self, loader):
+        t = time.perf_counter()
+        self.it = iter(loader)
+        self.wait = time.perf_counter() - t
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        t = time.perf_counter()
+        try:
+            return next(self.it)
+        finally:
+            self.wait += time.perf_counter() - t
+
+
 def _grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
     return torch.nn.utils.get_total_norm([p.grad for p in params], 2.0)
 
@@ -260,8 +282,9 @@ class Fit:
             from tqdm.auto import tqdm
             bar = tqdm(total=n_batches, desc=f"{self.name} epoch {epoch}/{self.epochs}", unit="batch", leave=False)
         started = time.perf_counter()
+        batches = _TimedBatches(self.train_loader)
         opt.zero_grad(set_to_none=True)
-        for i, batch in enumerate(self.train_loader):
+        for i, batch in enumerate(batches):
             image, label = self._prepare(batch)
             if self.memory_format is None and i == 0 and epoch == self.state.epoch + 1:
                 self.memory_format = _memory_format(cfg, dev, image, self.precision.enabled)
@@ -306,11 +329,12 @@ class Fit:
             if bar is not None:
                 bar.update(1)
                 if (i + 1) % 20 == 0 or i + 1 == n_batches:  # one sync per 20 steps, for the display only
-                    rate = images / max(1e-9, time.perf_counter() - started)
+                    spent = max(1e-9, time.perf_counter() - started)
                     bar.set_postfix(loss=f"{float(loss_sum) / (i + 1):.4f}", lr=f"{self.schedule.lrs[0]:.2e}",
-                                    img_s=f"{rate:.1f}")
+                                    img_s=f"{images / spent:.1f}", data_wait=f"{batches.wait / spent:.0%}")
         if bar is not None:
             bar.close()
+        local_batches = n_batches
         if self.dist:  # the job's loss and image count, and a NaN on any rank stops every rank
             totals = distributed.all_reduce_(torch.stack([loss_sum.float(), torch.tensor(float(n_batches), device=dev),
                                                           torch.tensor(float(images), device=dev)]))
@@ -324,9 +348,12 @@ class Fit:
                 f"(epoch {self.state.epoch}). Try a lower learning_rate, gradient_clip (e.g. 1.0), "
                 f"mixed_precision false, and check the data for NaN/Inf values.")
         self.state.global_step += steps
-        elapsed = time.perf_counter() - started
+        # after the sync above, so the GPU's queued work is inside the clock; this rank's figures
+        elapsed = max(1e-9, time.perf_counter() - started)
         return {"train_loss": float(loss_sum) / max(1, n_batches), "grad_norm": float(norm_sum) / max(1, steps),
-                "throughput": images / max(1e-9, elapsed)}
+                "throughput": images / elapsed, "train_time": elapsed,
+                "step_time_ms": 1000 * elapsed / max(1, local_batches),
+                "data_wait_fraction": min(1.0, batches.wait / elapsed)}
 
     @torch.no_grad()
     def validate(self, epoch: int) -> dict[str, float]:
@@ -446,7 +473,8 @@ class Fit:
     def _summary(self, row: dict[str, Any], improved: bool) -> str:
         shown = [f"{k} {row[k]:.4f}" for k in ("train_loss", "val_loss", "val_dice") if k in row]
         return (f"epoch {row['epoch']}/{self.epochs}: " + ", ".join(shown) +
-                f", lr {row['lr']:.2e}, {row['epoch_time']:.1f}s" + (" *best*" if improved else ""))
+                f", lr {row['lr']:.2e}, {row['epoch_time']:.1f}s ({row['step_time_ms']:.0f} ms/step, "
+                f"data wait {row['data_wait_fraction']:.0%})" + (" *best*" if improved else ""))
 
     def _write_files(self, final: bool, stopped_early: bool = False) -> None:
         s = self.state

@@ -1,0 +1,127 @@
+"""The speed instrumentation of the Trainer and a CPU smoke run of benchmarks/race.py (no timing asserted)."""
+import importlib.util
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from segflow.data.loader import resolve_workers
+from segflow.nodes.base import RunContext
+from segflow.nodes.data import MedicalSegmentationLoaderConfig
+from segflow.nodes.training import Trainer, TrainerConfig
+from segflow.training import toy
+from segflow.training.device import resolve_precision
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEED_KEYS = ("step_time_ms", "data_wait_fraction", "train_time", "throughput")
+
+
+def run_trainer(tmp_path, loaders, log=None, **cfg):
+    torch.manual_seed(0)
+    model = toy.tiny_net()
+    ctx = RunContext(run_dir=tmp_path, workflow_name="t", device="cpu", progress=False, log=log or (lambda m: None))
+    out = Trainer("trainer", Trainer.Config(**cfg), ctx).run(
+        model=model, train_loader=loaders[0], val_loader=loaders[1], loss_fn=toy.CrossEntropy(),
+        optimizer=torch.optim.Adam(model.parameters(), lr=1e-2))
+    return out["model"], out["history"]
+
+
+class SlowSamples(torch.utils.data.Dataset):
+    """Every sample takes `delay` seconds to load, as from a slow disk."""
+
+    def __init__(self, base, delay: float):
+        self.base, self.delay = base, delay
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        time.sleep(self.delay)
+        return self.base[i]
+
+
+def _loaders(delay: float):
+    train = toy.Squares(16, 16, seed=0)
+    if delay:
+        train = SlowSamples(train, delay)
+    return (torch.utils.data.DataLoader(train, batch_size=4, shuffle=False),
+            torch.utils.data.DataLoader(toy.Squares(8, 16, seed=1), batch_size=4))
+
+
+def test_history_and_tensorboard_carry_step_time_and_data_wait(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    lines = []
+    _, history = run_trainer(tmp_path, epochs=2, loaders=_loaders(0.0), log=lines.append)
+    for row in history:
+        for key in SPEED_KEYS:
+            assert key in row, key
+        assert 0.0 <= row["data_wait_fraction"] <= 1.0
+        assert row["step_time_ms"] == pytest.approx(1000 * row["train_time"] / 4)  # 16 samples, batch 4
+        assert row["throughput"] == pytest.approx(16 / row["train_time"])
+        assert row["train_time"] <= row["epoch_time"]
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    for tag in ("time/step_ms", "time/data_wait_fraction", "time/train_seconds"):
+        assert tag in events.Tags()["scalars"], tag
+    assert any("ms/step, data wait" in ln for ln in lines)  # the per-epoch summary line
+
+
+def test_data_wait_fraction_grows_when_the_loader_is_slow(tmp_path):
+    _, fast = run_trainer(tmp_path / "fast", epochs=1, loaders=_loaders(0.0))
+    _, slow = run_trainer(tmp_path / "slow", epochs=1, loaders=_loaders(0.03))  # 0.12 s per batch of 4
+    assert slow[0]["data_wait_fraction"] > 0.5
+    assert slow[0]["data_wait_fraction"] > fast[0]["data_wait_fraction"] + 0.3
+    assert slow[0]["step_time_ms"] > 4 * 0.03 * 1000 * 0.9  # the waiting is inside the step time
+
+
+def test_fast_path_defaults_resolve_safely_on_cpu():
+    cfg = TrainerConfig()
+    assert cfg.mixed_precision == "auto"
+    assert TrainerConfig(mixed_precision="Auto").mixed_precision == "auto"
+    noted = []
+    assert resolve_precision("auto", torch.device("cpu"), noted.append).enabled is False
+    assert noted == []  # auto on CPU is not a user mistake worth a message
+    assert resolve_precision(False, torch.device("cpu")).enabled is False
+    assert resolve_precision("bf16", torch.device("cpu")).dtype == torch.bfloat16  # explicit is honoured
+
+    data = MedicalSegmentationLoaderConfig()
+    assert (data.num_workers, data.prefetch_factor) == ("auto", 4)
+    gui = MedicalSegmentationLoaderConfig(num_workers="AUTO", prefetch_factor="2")
+    assert (gui.num_workers, gui.prefetch_factor) == ("auto", 2)
+    assert MedicalSegmentationLoaderConfig(num_workers="3").num_workers == 3
+    assert resolve_workers("auto", cuda=False, cpus=16) == 0
+    assert resolve_workers("auto", cuda=True, cpus=16, local_procs=1) == 8
+    assert resolve_workers("auto", cuda=True, cpus=16, local_procs=4) == 3
+    assert resolve_workers("auto", cuda=True, cpus=1, local_procs=1) == 0
+    assert resolve_workers(5, cuda=True, cpus=2) == 5  # an explicit number is kept
+
+
+def _race():
+    spec = importlib.util.spec_from_file_location("race", ROOT / "benchmarks" / "race.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_race_smoke_on_cpu(tmp_path, capsys):
+    rows = _race().main(["--small", "--device", "cpu", "--cases", "unet2d,swin3d", "--steps", "2",
+                         "--warmup", "1", "--epochs", "1", "--root", str(tmp_path)])
+    printed = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("{")]
+    assert len(printed) == len(rows) == 6
+    for case in ("unet2d", "swin3d"):
+        plain, seg, ratio = [r for r in rows if r["case"] == case]
+        assert (plain["loop"], seg["loop"], ratio["loop"]) == ("plain", "segflow", "segflow/plain")
+        for r in (plain, seg):
+            for key in ("step_ms", "epoch_s", "images_s", "data_wait_frac", "peak_gib", "tflops", "gflop_per_step",
+                        "steps_run", "images_run", "precision", "batch", "data_dir"):
+                assert key in r, (case, r["loop"], key)
+            assert 0 <= r["data_wait_frac"] <= 1 and r["step_ms"] > 0 and r["tflops"] > 0
+            assert r["precision"] == "fp32" and r["peak_gib"] is None  # CPU
+        # the same work: same data folder, same number of steps and samples
+        assert plain["data_dir"] == seg["data_dir"]
+        assert plain["steps_run"] == seg["steps_run"] == plain["steps_per_epoch"] * 2
+        assert plain["images_run"] == seg["images_run"]
+        assert ratio["step_ms"] == pytest.approx(seg["step_ms"] / plain["step_ms"], rel=1e-2)
+        assert (tmp_path / f"race_{case}_identical.json").is_file()
