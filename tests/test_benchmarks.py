@@ -72,7 +72,13 @@ def test_data_wait_fraction_grows_when_the_loader_is_slow(tmp_path):
     _, fast = run_trainer(tmp_path / "fast", epochs=1, loaders=_loaders(0.0))
     _, slow = run_trainer(tmp_path / "slow", epochs=1, loaders=_loaders(0.03))  # 0.12 s per batch of 4
     assert slow[0]["data_wait_fraction"] > 0.5
-    assert slow[0]["data_wait_fraction"] > fast[0]["data_wait_fraction"] + 0.3
+    # the extra waiting measured is the delay put into the loader: 16 samples x 0.03 s. (Comparing
+    # fractions instead is not robust: the toy model computes so little that even the fast
+    # loader's share of the epoch can be near 1 on a busy machine.)
+    waited = {name: rows[0]["data_wait_fraction"] * rows[0]["train_time"] for name, rows in
+              (("fast", fast), ("slow", slow))}
+    injected = 16 * 0.03
+    assert 0.85 * injected <= waited["slow"] - waited["fast"] < 2 * injected  # sleep may overrun when busy
     assert slow[0]["step_time_ms"] > 4 * 0.03 * 1000 * 0.9  # the waiting is inside the step time
 
 

@@ -16,7 +16,8 @@ def test_ctrl_c_stops_cleanly_and_the_run_resumes(tmp_path):
            "--no-progress", *sum((["--set", s] for s in sets), [])]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while not list(tmp_path.glob("runs/quickstart/*/checkpoints/last.pt")) and time.time() < deadline:
+    # history.json is written just after each epoch's last.pt: once it is there, an epoch is complete
+    while not list(tmp_path.glob("runs/quickstart/2*/history.json")) and time.time() < deadline:
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,13 @@ def _loose_value(value: Any, annotation: Any) -> Any:
     if text in ("null", "None", "none") and _allows_none(annotation):
         return None
     return value
+
+
+def lowercase(*fields: str):
+    """A before-validator for a config class: these string fields are matched without regard to
+    case or surrounding space ("Instance", " CUDA:0 "), as hand-written and GUI-saved files vary."""
+    return field_validator(*fields, mode="before")(
+        classmethod(lambda cls, v: v.strip().lower() if isinstance(v, str) else v))
 
 
 def _allows_none(annotation: Any) -> bool:

@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from segflow.nodes.base import Finding, Node, NodeConfig, Port
+from segflow.nodes.base import Finding, Node, NodeConfig, Port, lowercase
 from segflow.registry import register
 
 _DEVICE = r"^(auto|cpu|mps|cuda(:\d+)?)$"
@@ -29,10 +29,7 @@ class CheckpointLoaderConfig(NodeConfig):
     map_location: str = Field("cpu", pattern=_DEVICE, description=(
         "Device the file's tensors are read onto before they are copied into the model (cpu is always safe)."))
 
-    @field_validator("map_location", mode="before")
-    @classmethod
-    def _lower(cls, v: Any) -> Any:
-        return v.strip().lower() if isinstance(v, str) else v
+    _lower_strs = lowercase("map_location")
 
 
 @register
@@ -100,10 +97,7 @@ class PredictorConfig(NodeConfig):
             return [s.strip().lower().rstrip("s") if isinstance(s, str) else s for s in v]
         return v
 
-    @field_validator("device", mode="before")
-    @classmethod
-    def _lower(cls, v: Any) -> Any:
-        return v.strip().lower() if isinstance(v, str) else v
+    _lower_strs = lowercase("device")
 
     @field_validator("roi_size")
     @classmethod

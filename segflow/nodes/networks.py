@@ -13,12 +13,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from segflow.nodes.base import Finding, Node, NodeConfig, Port
+from segflow.nodes.base import Finding, Node, NodeConfig, Port, lowercase
 from segflow.registry import register
-
-
-def _lower(value: Any) -> Any:
-    return value.strip().lower() if isinstance(value, str) else value
 
 
 def _heads_divide_hidden(heads: int, info: ValidationInfo) -> int:
@@ -103,7 +99,7 @@ class _UNetBase(NetworkConfig):
     act: Literal["prelu", "relu", "leakyrelu"] = Field("prelu", description="Activation function.")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability in every block.")
 
-    _lower_strs = field_validator("norm", "act", mode="before")(classmethod(lambda cls, v: _lower(v)))
+    _lower_strs = lowercase("norm", "act")
 
     def size_divisor(self) -> int:
         return 2 ** (self.depth - 1)
@@ -145,7 +141,7 @@ class VNetConfig(NetworkConfig):
     act: Literal["elu", "relu", "prelu"] = Field("elu", description="Activation function.")
 
     _dims = field_validator("spatial_dims")(classmethod(lambda cls, v: _check_dims(v)))
-    _lower_strs = field_validator("act", mode="before")(classmethod(lambda cls, v: _lower(v)))
+    _lower_strs = lowercase("act")
 
     @field_validator("in_channels")
     @classmethod
@@ -172,7 +168,7 @@ class SegResNetConfig(NetworkConfig):
     dropout_prob: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout after the first convolution.")
 
     _dims = field_validator("spatial_dims")(classmethod(lambda cls, v: _check_dims(v)))
-    _lower_strs = field_validator("norm", mode="before")(classmethod(lambda cls, v: _lower(v)))
+    _lower_strs = lowercase("norm")
 
     @field_validator("blocks_up")
     @classmethod
@@ -212,7 +208,7 @@ class UNETRConfig(NetworkConfig):
     norm: Literal["instance", "batch"] = Field("instance", description="Normalisation in the decoder.")
 
     _dims = field_validator("spatial_dims")(classmethod(lambda cls, v: _check_dims(v)))
-    _lower_strs = field_validator("norm", mode="before")(classmethod(lambda cls, v: _lower(v)))
+    _lower_strs = lowercase("norm")
 
     @field_validator("img_size")
     @classmethod
@@ -251,7 +247,7 @@ class SwinUNETRConfig(NetworkConfig):
     norm: Literal["instance", "batch"] = Field("instance", description="Normalisation in the convolutional decoder.")
 
     _dims = field_validator("spatial_dims")(classmethod(lambda cls, v: _check_dims(v)))
-    _lower_strs = field_validator("norm", mode="before")(classmethod(lambda cls, v: _lower(v)))
+    _lower_strs = lowercase("norm")
 
     @field_validator("feature_size")
     @classmethod
@@ -291,7 +287,7 @@ class TransUNetConfig(NetworkConfig):
     dropout_rate: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout in the transformer.")
     norm: Literal["batch", "instance"] = Field("batch", description="Normalisation in the CNN encoder and decoder.")
 
-    _lower_strs = field_validator("norm", mode="before")(classmethod(lambda cls, v: _lower(v)))
+    _lower_strs = lowercase("norm")
 
     @field_validator("img_size")
     @classmethod
@@ -318,7 +314,7 @@ class DeepLabV3PlusConfig(NetworkConfig):
     atrous_rates: list[int] = Field([6, 12, 18], min_length=1, description="Dilation rates of the ASPP's 3x3 branches.")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout after ASPP projection.")
 
-    _lower_strs = field_validator("norm", mode="before")(classmethod(lambda cls, v: _lower(v)))
+    _lower_strs = lowercase("norm")
 
     @field_validator("output_stride")
     @classmethod

@@ -7,12 +7,11 @@ and the plateau schedule on but no `lr_patience`, since the writer may have mean
 """
 from __future__ import annotations
 
-import re
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from segflow.nodes.base import Finding, Node, NodeConfig, Port
+from segflow.nodes.base import Finding, Node, NodeConfig, Port, lowercase
 from segflow.registry import register
 
 _SCHEDULE_SPELLINGS = {"polynomial": "poly", "cosine_annealing": "cosine", "reduce_on_plateau": "plateau",
@@ -96,14 +95,14 @@ class TrainerConfig(NodeConfig):
             return {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "amp": True}.get(key, key)
         return v
 
-    @field_validator("device", mode="before")
-    @classmethod
-    def _device_spelling(cls, v: Any) -> Any:
-        return v.strip().lower() if isinstance(v, str) else v
+    _lower_strs = lowercase("device")
 
 
 @register
 class Trainer(Node):
+    """Trains the model: epochs of training and validation, mixed precision, schedules, early stopping,
+    atomic checkpoints for an exact resume, TensorBoard, history and plots in the run directory."""
+
     type = "Trainer"
     family = "training"
     Config = TrainerConfig

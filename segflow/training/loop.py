@@ -143,8 +143,7 @@ class Fit:
             seed_everything(cfg.seed, cfg.deterministic)
         self.precision = resolve_precision(cfg.mixed_precision, self.device, self.log)
         self.run_dir = Path(ctx.run_dir)
-        ck = Path(cfg.checkpoint_dir)
-        self.ckpt_dir = ck if ck.is_absolute() else self.run_dir / ck
+        self.ckpt_dir = ctx.output_path(cfg.checkpoint_dir)
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
