@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_ctrl_c_stops_cleanly_and_the_run_resumes(tmp_path):
     sets = [f"data_loader.data_dir={tmp_path / 'p2d'}", "data_loader.synthetic_cases=12",
-            "data_loader.image_size=32", "trainer.epochs=40"]
+            "data_loader.image_size=32", "trainer.epochs=1000"]  # far more than can run before the Ctrl-C
     cmd = [sys.executable, "-m", "segflow", "run", str(ROOT / "workflows" / "quickstart.json"), "--device", "cpu",
            "--no-progress", *sum((["--set", s] for s in sets), [])]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -27,7 +27,7 @@ def test_ctrl_c_stops_cleanly_and_the_run_resumes(tmp_path):
 
     (run,) = [p for p in (tmp_path / "runs" / "quickstart").iterdir() if not p.is_symlink()]
     done = len(json.loads((run / "history.json").read_text()))
-    assert 1 <= done < 40
+    assert 1 <= done < 1000
 
     resumed = subprocess.run([*cmd, "--resume", "auto", "--set", f"trainer.epochs={done + 2}"], cwd=tmp_path,
                              capture_output=True, text=True, timeout=180)
