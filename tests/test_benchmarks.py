@@ -69,6 +69,7 @@ def test_history_and_tensorboard_carry_step_time_and_data_wait(tmp_path):
 
 
 def test_data_wait_fraction_grows_when_the_loader_is_slow(tmp_path):
+    run_trainer(tmp_path / "warm", epochs=1, loaders=_loaders(0.0))  # one-time costs (lazy imports) land here
     _, fast = run_trainer(tmp_path / "fast", epochs=1, loaders=_loaders(0.0))
     _, slow = run_trainer(tmp_path / "slow", epochs=1, loaders=_loaders(0.03))  # 0.12 s per batch of 4
     assert slow[0]["data_wait_fraction"] > 0.5
