@@ -152,12 +152,6 @@ def test_resume_into_a_changed_model_names_the_difference(tmp_path):
                     resume=str(tmp_path / "a" / "checkpoints" / "last.pt"))
 
 
-def test_resume_auto_without_checkpoint_starts_fresh(tmp_path):
-    lines = []
-    _, history = run_trainer(tmp_path / "run1", epochs=1, resume="auto", log=lines.append)
-    assert len(history) == 1 and any("found no earlier last.pt; starting fresh" in m for m in lines)
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_cuda_without_cuda_fails_up_front_and_device_override_wins(tmp_path):
     model = toy.tiny_net()

@@ -110,7 +110,7 @@ class RunContext:
     workflow_name: str
     workflow_file: Path | None = None
     device: str | None = None  # --device from the command line; overrides node settings
-    resume: str | None = None  # --resume: "auto", a checkpoint path, or None
+    resume: str | None = None  # the checkpoint to resume from; the executor resolves --resume auto
     progress: bool = True  # progress bars on/off
     log: Callable[[str], None] = print
     extras: dict[str, Any] = field(default_factory=dict)

@@ -160,15 +160,3 @@ def prune_periodic(folder: Path, keep_last: int | None) -> list[Path]:
         p.unlink(missing_ok=True)
     return doomed
 
-
-def find_previous_last(run_dir: Path, checkpoint_dir: str) -> Path | None:
-    """For resume "auto" when the executor did not resolve it: the newest last.pt among this run
-    folder and its siblings (runs/<workflow>/<timestamp>/)."""
-    rel = Path(checkpoint_dir)
-    if rel.is_absolute():
-        candidates = [rel / "last.pt"]
-    else:
-        run_dir = Path(run_dir)
-        candidates = [d / rel / "last.pt" for d in [run_dir, *sorted(run_dir.parent.glob("*"))] if d.is_dir()]
-    found = [p for p in candidates if p.is_file()]
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None

@@ -213,13 +213,7 @@ class Fit:
     def resume(self, where: str | None) -> None:
         if not where:
             return
-        if where == "auto":
-            found = distributed.broadcast_object(checkpoint.find_previous_last(self.run_dir, self.cfg.checkpoint_dir))
-            if found is None:
-                self.log(f"Trainer '{self.name}': resume auto found no earlier last.pt; starting fresh")
-                return
-            where = str(found)
-        path = Path(where)
+        path = Path(where)  # the executor has already turned --resume auto into a path (or None)
         data = checkpoint.load_checkpoint(path, map_location=self.device)
         diff = checkpoint.signature_difference(data["model_signature"], checkpoint.model_signature(self.model))
         if diff:
