@@ -80,7 +80,7 @@ def test_phantoms_are_deterministic_by_seed_and_reused(tmp_path):
     b = write_phantom_dataset(tmp_path / "b", "2d", num_cases=3, size=32, seed=5)
     c = write_phantom_dataset(tmp_path / "c", "2d", num_cases=3, size=32, seed=6)
     files = sorted(p.relative_to(a) for p in a.rglob("*.png"))
-    assert len(files) == 6
+    assert len(files) == 3 * 2 + 4  # training image + label per case, and 4 unlabelled test images
     assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
     assert any((a / f).read_bytes() != (c / f).read_bytes() for f in files)
     stamp = (a / files[0]).stat().st_mtime_ns

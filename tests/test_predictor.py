@@ -278,3 +278,59 @@ def test_workflow_train_then_predict_and_checkpoint_then_predict(tmp_path, monke
     for a, b in zip(preds, second.outputs["predict"]["predictions"]):
         assert a.case == b.case
         np.testing.assert_array_equal(read(a.prediction_path).array, read(b.prediction_path).array)
+
+
+# ---- test images without labels (loader subset "test") -----------------------------------------
+
+def _phantom_test_label(i, shape):
+    """The ground truth the phantom writer drew for (unlabelled) test case i, from the same random stream."""
+    from segflow.data.phantoms import TEST_SIZE_STEPS_2D, TEST_STREAM, phantom_case
+
+    if len(shape) == 2:
+        dh, dw = TEST_SIZE_STEPS_2D[i % len(TEST_SIZE_STEPS_2D)]
+        shape = (max(32, shape[0] + dh), max(32, shape[1] + dw))
+    return phantom_case(np.random.default_rng([0, TEST_STREAM + i]), shape, 2)[1]
+
+
+def test_unlabelled_3d_test_volumes_are_predicted_in_their_own_geometry_and_skipped_by_evaluation(tmp_path, phantom3d):
+    from segflow.inference.metrics import evaluate
+
+    val, info = loaders(tmp_path, phantom3d, subset="test", image_size=16)
+    preds = predict(tmp_path, Threshold(3.0), val, info)
+    assert [r.case for r in preds] == ["phantom_003", "phantom_004"] and preds.num_classes == 2
+    for i, rec in enumerate(preds):
+        assert rec.label_path is None and rec.image_paths == (phantom3d / "imagesTs" / f"{rec.case}.nii.gz",)
+        src, out = nib.load(rec.image_paths[0]), nib.load(rec.prediction_path)
+        np.testing.assert_allclose(out.affine, src.affine)
+        assert out.shape == src.shape == (24, 20, 16) and rec.spacing == (1.2, 1.2, 2.0)
+        truth = _phantom_test_label(i, (24, 20, 16))
+        assert dice(np.asarray(out.dataobj) == 1, truth == 1) > 0.8
+        assert preds.load(rec)[2] is None
+    messages = []
+    result = evaluate(preds, output_dir=tmp_path / "eval", log=messages.append)
+    assert result["num_evaluated"] == 0 and result["skipped_no_label"] == ["phantom_003", "phantom_004"]
+    assert any("2 of 2 case(s) had no ground truth" in m for m in messages)
+
+
+def test_unlabelled_2d_test_images_of_varying_size_and_labels_used_when_present(tmp_path):
+    from segflow.inference.metrics import evaluate
+
+    root = write_phantom_dataset(tmp_path / "p", "2d", num_cases=2, size=(48, 40))
+    # ground truth for one test image, in labelsTs/ (MSD convention): used for evaluation
+    truth1 = _phantom_test_label(1, (48, 40))
+    (root / "labelsTs").mkdir()
+    Image.fromarray(truth1).save(root / "labelsTs" / "phantom_003.png")
+    val, info = loaders(tmp_path, root, subset="test", image_size=32, batch_size=4)
+    preds = predict(tmp_path, Threshold(), val, info)
+    sizes = {}
+    for i, rec in enumerate(preds):
+        with Image.open(rec.prediction_path) as im, Image.open(rec.image_paths[0]) as src:
+            assert im.size == src.size
+            sizes[rec.case] = im.size
+        pred = np.asarray(Image.open(rec.prediction_path))
+        assert dice(pred == 1, _phantom_test_label(i, (48, 40)) == 1) > 0.85
+    assert sizes == {"phantom_002": (40, 48), "phantom_003": (72, 48), "phantom_004": (40, 32), "phantom_005": (32, 64)}
+    assert [r.label_path and r.label_path.name for r in preds] == [None, "phantom_003.png", None, None]
+    result = evaluate(preds, log=lambda m: None)
+    assert result["num_evaluated"] == 1 and [r["case"] for r in result["cases"]] == ["phantom_003"]
+    assert result["cases"][0]["dice"] > 0.85

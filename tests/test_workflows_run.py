@@ -3,6 +3,7 @@ overrides for size and epochs (the seed guide's three configurations among them)
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from segflow.cli import main
@@ -44,7 +45,7 @@ def test_seed_swin_unetr_configuration_trains(tmp_path, monkeypatch):
     checkpoint = run_dir / "checkpoints" / "swin_unetr" / "last.pt"
     assert checkpoint.is_file()
 
-    # and the prediction workflow applies it to whole volumes, keeping each input's affine
+    # and the prediction workflow applies it to the unlabelled test volumes, keeping each input's affine
     import nibabel as nib
 
     out = tmp_path / "predict"
@@ -52,11 +53,33 @@ def test_seed_swin_unetr_configuration_trains(tmp_path, monkeypatch):
             f"weights.checkpoint_path={checkpoint}", "predictor.roi_size=[64, 64, 64]", "predictor.tta=false"]
     assert main(["run", str(ROOT / "workflows" / "predict_swin_unetr.json"), "--device", "cpu", "--no-progress",
                  "--run-dir", str(out), *sum((["--set", s] for s in sets), [])]) == 0
-    (prediction,) = sorted((out / "predictions").glob("*.nii.gz"))
-    source = nib.load(tmp_path / "phantom3d" / "imagesTr" / prediction.name)
-    written = nib.load(prediction)
-    assert written.shape == source.shape and (written.affine == source.affine).all()
-    assert json.loads((out / "evaluation" / "metrics.json").read_text())["num_evaluated"] == 1
+    predictions = sorted((out / "predictions").glob("*.nii.gz"))
+    assert [p.name for p in predictions] == ["phantom_004.nii.gz", "phantom_005.nii.gz"]  # imagesTs, after 4 training
+    for prediction in predictions:
+        source = nib.load(tmp_path / "phantom3d" / "imagesTs" / prediction.name)
+        written = nib.load(prediction)
+        assert written.shape == source.shape and (written.affine == source.affine).all()
+
+
+def test_predict_unet_workflow_predicts_the_unlabelled_test_images(tmp_path, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    data = [*phantom(tmp_path, "phantom2d", 6), "data_loader.image_size=32"]
+    train_dir, _ = run(tmp_path, "quickstart.json", *data, "model.base_channels=8", "trainer.epochs=1")
+    out = tmp_path / "predict"
+    sets = [*data, "model.base_channels=8", f"weights.checkpoint_path={train_dir / 'checkpoints' / 'best.pt'}"]
+    assert main(["run", str(ROOT / "workflows" / "predict_unet.json"), "--device", "cpu", "--no-progress",
+                 "--run-dir", str(out), *sum((["--set", s] for s in sets), [])]) == 0
+    test_images = json.loads((tmp_path / "phantom2d" / "dataset.json").read_text())["test"]
+    predictions = sorted((out / "predictions").glob("*.png"))
+    assert [p.name for p in predictions] == sorted(Path(t).name for t in test_images)
+    for prediction in predictions:
+        with Image.open(prediction) as pred, Image.open(tmp_path / "phantom2d" / "imagesTs" / prediction.name) as src:
+            assert pred.size == src.size  # each image's own size, not image_size 32
+            assert set(np.unique(np.asarray(pred))) <= {0, 1}
+    assert len({Image.open(p).size for p in predictions}) > 1  # the test images differ in size
+    assert sorted(p.name for p in (out / "overlays").glob("*.png")) == sorted([*(p.name for p in predictions), "grid.png"])
 
 
 def test_3d_phantom_workflow_learns_with_augmentation(tmp_path, monkeypatch):

@@ -58,15 +58,17 @@ class Slices2D(_Seeded):
     def __getitem__(self, index: int) -> dict:
         prep = self.source.get(index // self.repeats)
         image = np.ascontiguousarray(np.moveaxis(np.asarray(prep.image), 0, -1))  # HWC for albumentations
-        out = self.transform(image=image, mask=np.asarray(prep.label))
+        if prep.label is None:  # a test image without ground truth: the sample has no "label"
+            out = self.transform(image=image)
+        else:
+            out = self.transform(image=image, mask=np.asarray(prep.label))
         img = np.moveaxis(out["image"], -1, 0) if out["image"].ndim == 3 else out["image"][None]
         if self.zscore_after:
             img = zscore(img)
-        return {
-            "image": torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)),
-            "label": torch.from_numpy(out["mask"].astype(np.int64))[None],
-            "case": prep.case_id,
-        }
+        item = {"image": torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)), "case": prep.case_id}
+        if prep.label is not None:
+            item["label"] = torch.from_numpy(out["mask"].astype(np.int64))[None]
+        return item
 
 
 class Patches3D(_Seeded):
@@ -103,8 +105,9 @@ class Volumes3D(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         prep = self.source.get(index)
-        item = {"image": _tensor(prep.image, torch.float32), "label": _tensor(prep.label[None], torch.int64),
-                "case": prep.case_id}
+        item = {"image": _tensor(prep.image, torch.float32), "case": prep.case_id}
+        if prep.label is not None:  # test images without ground truth have no "label"
+            item["label"] = _tensor(prep.label[None], torch.int64)
         if prep.affine is not None:
             item["affine"] = torch.as_tensor(np.asarray(prep.affine), dtype=torch.float64)
         return item
@@ -140,6 +143,16 @@ def _tensor(x, dtype) -> torch.Tensor:
         if not x.flags.writeable:  # memory-mapped disk cache: copy out before handing to torch
             x = x.copy()
     return torch.as_tensor(x).to(dtype).contiguous()
+
+
+def collate(items: list[dict]) -> dict:
+    """torch's default collation, except that a batch mixing labelled and unlabelled test images
+    drops "label" (the Predictor finds each case's label file through the dataset's cases)."""
+    from torch.utils.data import default_collate
+
+    if any("label" not in it for it in items):
+        items = [{k: v for k, v in it.items() if k != "label"} for it in items]
+    return default_collate(items)
 
 
 def worker_init(worker_id: int) -> None:

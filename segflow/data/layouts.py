@@ -1,7 +1,8 @@
 """Finding the cases of a dataset folder: MSD, nnU-Net v2, or plain image/mask folders.
 
 Images and labels are paired by case identifier, never by sort order; a file without its
-partner is an error that names it.
+partner is an error that names it. Test images (`find_test_cases`: MSD's `test` list / imagesTs,
+nnU-Net's imagesTs, a folder's test/images) may have no label: theirs is None.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ MASK_SUFFIXES = ("_mask", "_seg", "_label", "_labels", "_gt", "-mask", "_masks")
 class Case:
     case_id: str
     images: list[Path]  # one file per channel (nnU-Net), or one file holding all channels
-    label: Path
+    label: Path | None  # None only for test images without ground truth (find_test_cases)
     split: str | None = None  # "train" / "val" when the layout carries its own split
 
 
@@ -74,17 +75,20 @@ def _dataset_json(root: Path) -> dict | None:
 def _detect(root: Path, meta: dict | None) -> str:
     if meta is not None and ("channel_names" in meta or "file_ending" in meta):
         return "nnunet"
-    if meta is not None and "training" in meta or (root / "imagesTr").is_dir():
+    if meta is not None and ("training" in meta or "test" in meta) or (root / "imagesTr").is_dir() \
+            or (root / "imagesTs").is_dir():
         return "msd"
-    if any((root / d).is_dir() for d in IMAGE_DIRS + ("train",)):
+    if any((root / d).is_dir() for d in IMAGE_DIRS + ("train", "test")):
         return "folder"
     raise ValueError(
         f"cannot tell the layout of {root}: expected dataset.json (MSD or nnU-Net v2), imagesTr/ + "
-        "labelsTr/, or images/ + masks/ (optionally under train/ and val/); set 'layout' or fix the folder"
+        "labelsTr/ (imagesTs/ for test images), or images/ + masks/ (optionally under train/, val/ and "
+        "test/); set 'layout' or fix the folder"
     )
 
 
-def _nnunet(root: Path, meta: dict | None) -> Layout:
+def _nnunet(root: Path, meta: dict | None, img_sub: str = "imagesTr", lab_sub: str = "labelsTr",
+            need_labels: bool = True) -> Layout:
     if meta is None:
         raise FileNotFoundError(f"{root}/dataset.json is missing; nnU-Net v2 datasets need one")
     for key in ("channel_names", "labels", "file_ending"):
@@ -101,29 +105,33 @@ def _nnunet(root: Path, meta: dict | None) -> Layout:
     n_ch = len(meta["channel_names"])
     pattern = re.compile(r"^(.+)_(\d{4})" + re.escape(ending) + "$")
     by_case: dict[str, dict[int, Path]] = {}
-    for p in _files(root / "imagesTr"):
+    if not need_labels and not (root / img_sub).is_dir():
+        return Layout("nnunet", root, [], _class_list(names, root), n_ch)
+    for p in _files(root / img_sub):
         m = pattern.match(p.name)
         if not m:
             raise ValueError(f"{p}: nnU-Net image files are named CASE_XXXX{ending} (XXXX = channel number)")
         by_case.setdefault(m.group(1), {})[int(m.group(2))] = p
-    labels = {p.name[: -len(ending)]: p for p in _files(root / "labelsTr") if p.name.endswith(ending)}
+    label_dir = root / lab_sub
+    found = _files(label_dir) if need_labels or label_dir.is_dir() else []
+    labels = {p.name[: -len(ending)]: p for p in found if p.name.endswith(ending)}
     cases = []
     for case_id, channels in sorted(by_case.items()):
         missing = [i for i in range(n_ch) if i not in channels]
         if missing:
             raise ValueError(
-                f"case {case_id}: channel file {root / 'imagesTr' / f'{case_id}_{missing[0]:04d}{ending}'} is missing "
+                f"case {case_id}: channel file {root / img_sub / f'{case_id}_{missing[0]:04d}{ending}'} is missing "
                 f"(dataset.json declares {n_ch} channels)"
             )
         extra = sorted(set(channels) - set(range(n_ch)))
         if extra:
             raise ValueError(f"case {case_id}: {channels[extra[0]]} is channel {extra[0]}, but dataset.json declares {n_ch}")
-        if case_id not in labels:
-            raise ValueError(f"{channels[0]} has no label: expected {root / 'labelsTr' / (case_id + ending)}")
-        cases.append(Case(case_id, [channels[i] for i in range(n_ch)], labels[case_id]))
+        if case_id not in labels and need_labels:
+            raise ValueError(f"{channels[0]} has no label: expected {root / lab_sub / (case_id + ending)}")
+        cases.append(Case(case_id, [channels[i] for i in range(n_ch)], labels.get(case_id)))
     for case_id, p in labels.items():
         if case_id not in by_case:
-            raise ValueError(f"{p} has no image: expected {root / 'imagesTr' / (case_id + '_0000' + ending)}")
+            raise ValueError(f"{p} has no image: expected {root / img_sub / (case_id + '_0000' + ending)}")
     return Layout("nnunet", root, cases, _class_list(names, root), n_ch)
 
 
@@ -170,13 +178,7 @@ def _files(folder: Path) -> list[Path]:
 
 def _pair(img_dir: Path, mask_dir: Path) -> list[tuple[str, Path, Path]]:
     images = {split_name(p.name)[0]: p for p in _files(img_dir)}
-    masks: dict[str, Path] = {}
-    for p in _files(mask_dir):
-        stem = split_name(p.name)[0]
-        key = stem
-        if stem not in images:  # "case1_mask.png" belongs to "case1.png"
-            key = next((stem[: -len(s)] for s in MASK_SUFFIXES if stem.endswith(s) and stem[: -len(s)] in images), stem)
-        masks[key] = p
+    masks = _masks_by_case(images, mask_dir)
     for cid, p in images.items():
         if cid not in masks:
             raise ValueError(f"{p} has no mask in {mask_dir} (looked for {cid}.* or {cid}_mask.*)")
@@ -184,6 +186,119 @@ def _pair(img_dir: Path, mask_dir: Path) -> list[tuple[str, Path, Path]]:
         if cid not in images:
             raise ValueError(f"{p} has no image in {img_dir} (looked for {cid}.*)")
     return [(cid, images[cid], masks[cid]) for cid in sorted(images)]
+
+
+def find_test_cases(root: str | Path, layout: str = "auto") -> Layout:
+    """The layout's test images, each with its label where one exists (else label None).
+
+    MSD: dataset.json's `test` list (file names or {"image", "label"} entries), else every file in
+    imagesTs/; labels from labelsTs/ by name. nnU-Net v2: imagesTs/{case}_{XXXX}{ending}, labels from
+    labelsTs/{case}{ending}. Folder: test/images (or imagesTs/) with test/masks (or labelsTs/).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data_dir {root} does not exist or is not a folder (loader field 'data_dir')")
+    meta = _dataset_json(root)
+    if layout == "auto":
+        layout = _detect(root, meta)
+    if layout == "nnunet":
+        found = _nnunet_test(root, meta)
+    elif layout == "msd":
+        found = _msd_test(root, meta)
+    elif layout == "folder":
+        found = _folder_test(root)
+    else:
+        raise ValueError(f"layout must be one of auto, {', '.join(LAYOUTS)}; got {layout!r}")
+    if not found.cases:
+        raise ValueError(f"{root}: no test images found in the {layout} layout (looked for "
+                         f"{_TEST_PLACES[layout]}); check data_dir, or use subset 'split' or 'all' for labelled cases")
+    ids = [c.case_id for c in found.cases]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise ValueError(f"{root}: test case ids {dupes[:5]} occur more than once (same name, different file types?)")
+    found.cases.sort(key=lambda c: c.case_id)
+    return found
+
+
+_TEST_PLACES = {"msd": "dataset.json 'test' list or imagesTs/", "nnunet": "imagesTs/{case}_0000<file_ending>",
+                "folder": "test/images/ or imagesTs/"}
+
+
+def _msd_test(root: Path, meta: dict | None) -> Layout:
+    declared = _msd_meta(root, meta)
+    entries = (meta or {}).get("test") or []
+    if not entries:  # no list (or an empty one): every image in imagesTs/
+        ts = root / "imagesTs"
+        if not ts.is_dir():
+            return declared
+        declared.cases = [Case(cid, [img], lab, "test") for cid, img, lab in _pair_optional(ts, root / "labelsTs")]
+        return declared
+    labels_dir = root / "labelsTs"
+    for i, entry in enumerate(entries):
+        image_rel = entry.get("image") if isinstance(entry, dict) else entry
+        if not isinstance(image_rel, str):
+            raise ValueError(f"{root}/dataset.json: test[{i}] must be a file name or an entry with 'image'")
+        image = root / image_rel
+        case_id = split_name(image.name)[0]
+        if not image.exists():
+            raise FileNotFoundError(f"case {case_id}: image file {image} listed in {root}/dataset.json test does not exist")
+        label = root / entry["label"] if isinstance(entry, dict) and entry.get("label") else None
+        if label is None and (labels_dir / image.name).exists():
+            label = labels_dir / image.name
+        if label is not None and not label.exists():
+            raise FileNotFoundError(f"case {case_id}: label file {label} listed in {root}/dataset.json test does not exist")
+        declared.cases.append(Case(case_id, [image], label, "test"))
+    return declared
+
+
+def _msd_meta(root: Path, meta: dict | None) -> Layout:
+    """An MSD Layout with the declared classes and channels, and no cases yet."""
+    class_names = None
+    if meta is not None and isinstance(meta.get("labels"), dict):
+        class_names = _class_list({int(k): v for k, v in meta["labels"].items()}, root)
+    modality = (meta or {}).get("modality") or (meta or {}).get("channel_names")
+    return Layout("msd", root, [], class_names, len(modality) if isinstance(modality, dict) else None)
+
+
+def _nnunet_test(root: Path, meta: dict | None) -> Layout:
+    declared = _nnunet(root, meta, img_sub="imagesTs", lab_sub="labelsTs", need_labels=False)
+    for c in declared.cases:
+        c.split = "test"
+    return declared
+
+
+def _folder_test(root: Path) -> Layout:
+    base = root / "test"
+    img_dir = next((base / d for d in IMAGE_DIRS if (base / d).is_dir()), None)
+    mask_dir = next((base / d for d in MASK_DIRS if (base / d).is_dir()), None)
+    if img_dir is None and (root / "imagesTs").is_dir():
+        img_dir, mask_dir = root / "imagesTs", root / "labelsTs"
+    if img_dir is None:
+        return Layout("folder", root, [])
+    return Layout("folder", root, [Case(cid, [img], lab, "test") for cid, img, lab in _pair_optional(img_dir, mask_dir)])
+
+
+def _pair_optional(img_dir: Path, mask_dir: Path | None) -> list[tuple[str, Path, Path | None]]:
+    """Test images with their masks where they have one; a mask without an image is still an error."""
+    if mask_dir is None or not mask_dir.is_dir():
+        return [(split_name(p.name)[0], p, None) for p in _files(img_dir)]
+    images = {split_name(p.name)[0]: p for p in _files(img_dir)}
+    masks = _masks_by_case(images, mask_dir)
+    for cid, p in masks.items():
+        if cid not in images:
+            raise ValueError(f"{p} has no image in {img_dir} (looked for {cid}.*)")
+    return [(cid, images[cid], masks.get(cid)) for cid in sorted(images)]
+
+
+def _masks_by_case(images: dict[str, Path], mask_dir: Path) -> dict[str, Path]:
+    masks: dict[str, Path] = {}
+    for p in _files(mask_dir):
+        stem = split_name(p.name)[0]
+        key = stem
+        if stem not in images:  # "case1_mask.png" belongs to "case1.png"
+            key = next((stem[: -len(s)] for s in MASK_SUFFIXES if stem.endswith(s) and stem[: -len(s)] in images), stem)
+        masks[key] = p
+    return masks
 
 
 def _class_list(names: dict[int, str], root: Path) -> list[str]:

@@ -2,6 +2,9 @@
 
 Order of work: (phantom written if asked) -> cases found -> every case decoded and checked
 up front (kept in memory or written to the disk cache) -> case-level split -> loaders.
+
+`subset` picks the cases: "split" (train/val), "test" (the layout's test images, labels optional)
+or "all" (every labelled case); the last two give no train_loader and hand every case to val_loader.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from segflow.data.info import DatasetInfo
-from segflow.data.layouts import Case, find_cases
+from segflow.data.layouts import Case, find_cases, find_test_cases
 from segflow.data.prepare import PrepSpec, Prepared, cache_key, load_prepared, prepare_case, save_prepared
 
 DEFAULT_SIZE = {2: 256, 3: 96}
@@ -34,9 +37,16 @@ def build_loaders(cfg: Any, log: Callable[[str], None] = print):
 
         write_phantom_dataset(data_dir, kind=cfg.synthetic[-2:], num_cases=cfg.synthetic_cases,
                               num_classes=cfg.synthetic_classes, seed=0)
-    layout = find_cases(data_dir, cfg.layout)
+    subset = getattr(cfg, "subset", "split")
+    layout = find_test_cases(data_dir, cfg.layout) if subset == "test" else find_cases(data_dir, cfg.layout)
     declared = cfg.num_classes or (len(layout.class_names) if layout.class_names else None)
     source_note = "config num_classes" if cfg.num_classes else f"labels in {data_dir / 'dataset.json'}"
+    unlabelled = [c.case_id for c in layout.cases if c.label is None]
+    if unlabelled and declared is None:
+        raise ValueError(
+            f"{data_dir}: test case(s) {unlabelled[:3]} have no label, so the number of classes cannot be read from "
+            "the data and the dataset declares none (no dataset.json 'labels'); set the loader's num_classes "
+            "(background included) to the model's out_channels")
     spec = PrepSpec(
         spatial_dims=None if cfg.spatial_dims == "auto" else int(cfg.spatial_dims),
         normalization=cfg.normalization,
@@ -45,7 +55,10 @@ def build_loaders(cfg: Any, log: Callable[[str], None] = print):
         num_classes=declared,
         label_source=source_note,
     )
-    train_cases, val_cases = split_cases(layout.cases, cfg.val_fraction, cfg.seed, data_dir)
+    if subset == "split":
+        train_cases, val_cases = split_cases(layout.cases, cfg.val_fraction, cfg.seed, data_dir)
+    else:  # predict / score every case; nothing to train on
+        train_cases, val_cases = [], list(layout.cases)
 
     summaries = _prepare_all(layout.cases, spec, cfg, data_dir, log)
     distributed.release_others()
@@ -76,8 +89,8 @@ def build_loaders(cfg: Any, log: Callable[[str], None] = print):
         disk = [summaries[i]["cache_path"] for i in idx] if cfg.cache == "disk" else None
         return CaseSource(cases, spec, memory, disk)
 
-    train_ds, val_ds = _datasets(source(train_cases), source(val_cases) if val_cases else None,
-                                 dims, size, strength, cfg)
+    train_ds, val_ds = _datasets(source(train_cases) if train_cases else None,
+                                 source(val_cases) if val_cases else None, dims, size, strength, cfg)
     workers = resolve_workers(cfg.num_workers, torch.cuda.is_available())
     pin = torch.cuda.is_available() if cfg.pin_memory == "auto" else bool(cfg.pin_memory)
     common = dict(num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
@@ -90,10 +103,12 @@ def build_loaders(cfg: Any, log: Callable[[str], None] = print):
     # Rank 0 keeps the single-process seed, so a 1-process torchrun job draws what a plain run draws;
     # other ranks get their own augmentation and worker-seed streams instead of rank 0's copy.
     seed = int(cfg.seed) + 1_000_003 * rank
-    if rank:
+    if rank and train_ds is not None:
         train_ds.reseed(seed)
     gen = torch.Generator().manual_seed(seed)
-    if world > 1:
+    if train_ds is None:
+        train_loader = None
+    elif world > 1:
         from torch.utils.data.distributed import DistributedSampler
 
         # one shard per rank, reshuffled each epoch by Trainer's sampler.set_epoch(epoch)
@@ -104,6 +119,8 @@ def build_loaders(cfg: Any, log: Callable[[str], None] = print):
     else:
         train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=cfg.shuffle, generator=gen,
                                   drop_last=False, **common)
+    from segflow.data.datasets import collate
+
     val_loader = None
     if val_ds is not None:
         val_workers = min(workers, len(val_ds))
@@ -112,7 +129,7 @@ def build_loaders(cfg: Any, log: Callable[[str], None] = print):
         val_sampler = ShardSampler(len(val_ds), rank, world) if world > 1 else None
         val_loader = DataLoader(val_ds, batch_size=cfg.batch_size if dims == 2 else 1, shuffle=False,
                                 sampler=val_sampler, num_workers=val_workers, pin_memory=pin,
-                                persistent_workers=val_workers > 0)
+                                persistent_workers=val_workers > 0, collate_fn=collate)
     if workers:
         log(f"data: {workers} loader worker(s), {int(cfg.prefetch_factor)} batches prefetched each, "
             f"pinned memory {'on' if pin else 'off'}")
@@ -123,7 +140,10 @@ def build_loaders(cfg: Any, log: Callable[[str], None] = print):
         class_names=class_names, patch_size=size, num_train=len(train_cases), num_val=len(val_cases),
         data_dir=str(data_dir), layout=layout.name,
     )
-    log(f"data: {layout.name} layout, {info.num_train} train / {info.num_val} val cases, {dims}-D, "
+    what = (f"{info.num_train} train / {info.num_val} val cases" if subset == "split" else
+            f"{info.num_val} {'test' if subset == 'test' else 'labelled'} case(s), no training split"
+            + (f" ({len(unlabelled)} without label)" if unlabelled else ""))
+    log(f"data: {layout.name} layout, {what}, {dims}-D, "
         f"{in_channels} channel(s), {num_classes} classes, sample size {size}, cache {cfg.cache}")
     return train_loader, val_loader, info
 
@@ -222,7 +242,7 @@ def _prepare_all(cases: list[Case], spec: PrepSpec, cfg: Any, data_dir: Path, lo
 
 
 def _summary(case: Case, prep: Prepared, keep: Prepared | None, path: Path | None) -> dict:
-    return {"case": case.case_id, "dims": prep.label.ndim, "channels": prep.image.shape[0],
+    return {"case": case.case_id, "dims": prep.image.ndim - 1, "channels": prep.image.shape[0],
             "max_label": prep.max_label, "spacing": prep.spacing, "prepared": keep, "cache_path": path}
 
 
@@ -242,11 +262,14 @@ def _datasets(train_src, val_src, dims: int, size, strength, cfg):
 
     seed = int(cfg.seed)
     repeats = int(cfg.samples_per_volume)
+    train = None
     if dims == 2:
         z = cfg.normalization == "zscore"
-        train = Slices2D(train_src, albumentations_pipeline(size, strength, seed), z, repeats, seed)
+        if train_src:
+            train = Slices2D(train_src, albumentations_pipeline(size, strength, seed), z, repeats, seed)
         val = Slices2D(val_src, albumentations_pipeline(size, None, seed), z) if val_src else None
     else:
-        train = Patches3D(train_src, size, cfg.pos, cfg.neg, monai_pipeline(size, strength, seed), repeats, seed)
+        if train_src:
+            train = Patches3D(train_src, size, cfg.pos, cfg.neg, monai_pipeline(size, strength, seed), repeats, seed)
         val = Volumes3D(val_src) if val_src else None
     return train, val

@@ -6,6 +6,11 @@ through the same reading path as real data.
 x/y axes as in DICOM-derived files, an offset origin). Class 1 is a bright rotated ellipse
 (ellipsoid); with num_classes=3, class 2 is a darker core inside it. Sizes, positions,
 intensities and noise vary per case; everything is deterministic by `seed`.
+
+Besides the `training` cases (imagesTr/labelsTr) a few unlabelled test cases are written to
+imagesTs/ and listed in dataset.json's `test` list, as in the Medical Segmentation Decathlon;
+2-D test images have varying sizes. They come from their own random streams, so the training
+cases are the same, byte for byte, as before test cases existed.
 """
 from __future__ import annotations
 
@@ -18,7 +23,9 @@ from pathlib import Path
 import numpy as np
 
 FORMAT_VERSION = 1
-DEFAULTS = {"2d": {"num_cases": 64, "size": 128}, "3d": {"num_cases": 16, "size": 64}}
+DEFAULTS = {"2d": {"num_cases": 64, "size": 128, "num_test": 4}, "3d": {"num_cases": 16, "size": 64, "num_test": 2}}
+TEST_STREAM = 1_000_000  # test case i draws from rng([seed, TEST_STREAM + i]), apart from training's [seed, i]
+TEST_SIZE_STEPS_2D = ((0, 0), (0, 32), (-32, 0), (16, -16))  # 2-D test images: not all the training size
 SPACING_3D = (1.2, 1.2, 2.0)
 
 
@@ -29,6 +36,7 @@ def write_phantom_dataset(
     size: int | tuple[int, ...] | None = None,
     num_classes: int = 2,
     seed: int = 0,
+    num_test: int | None = None,
 ) -> Path:
     """Write (or reuse) a phantom dataset at `root`; returns the path.
 
@@ -44,13 +52,16 @@ def write_phantom_dataset(
         raise ValueError(f"phantom num_classes must be 2 or 3 (background included), got {num_classes}")
     root = Path(root)
     num_cases = num_cases or DEFAULTS[kind]["num_cases"]
+    num_test = DEFAULTS[kind]["num_test"] if num_test is None else num_test
     dims = 2 if kind == "2d" else 3
     shape = _shape(size or DEFAULTS[kind]["size"], dims)
     fingerprint = {"version": FORMAT_VERSION, "kind": kind, "num_cases": num_cases,
-                   "size": list(shape), "num_classes": num_classes, "seed": seed}
+                   "size": list(shape), "num_classes": num_classes, "seed": seed, "num_test": num_test}
     existing = _existing_fingerprint(root)
     if existing == fingerprint:
         return root
+    # a phantom written before test cases existed (no "num_test") is rewritten like one with other
+    # parameters: its training cases come out identical, and imagesTs/ is added
     if existing is None and root.exists() and any(root.iterdir()):
         raise ValueError(
             f"{root} already holds other data; point data_dir at an empty or new folder to write "
@@ -91,10 +102,12 @@ def _existing_fingerprint(root: Path) -> dict | None:
     if fp is None:
         return None
     missing = any(not (root / e[k]).exists() for e in meta.get("training", []) for k in ("image", "label"))
+    missing = missing or any(not (root / e).exists() for e in meta.get("test", []) if isinstance(e, str))
     return None if missing else fp
 
 
 def _write(out: Path, kind: str, shape, num_cases: int, num_classes: int, seed: int, fingerprint: dict) -> None:
+    num_test = fingerprint["num_test"]
     (out / "imagesTr").mkdir(parents=True)
     (out / "labelsTr").mkdir()
     ext = ".png" if kind == "2d" else ".nii.gz"
@@ -111,6 +124,23 @@ def _write(out: Path, kind: str, shape, num_cases: int, num_classes: int, seed: 
             _save_nifti(out / img_rel, image.astype(np.int16))
             _save_nifti(out / lab_rel, label)
         training.append({"image": img_rel, "label": lab_rel})
+    test = []
+    if num_test:
+        (out / "imagesTs").mkdir()
+    for i in range(num_test):
+        rng = np.random.default_rng([seed, TEST_STREAM + i])
+        if kind == "2d":
+            dh, dw = TEST_SIZE_STEPS_2D[i % len(TEST_SIZE_STEPS_2D)]
+            case_shape = (max(32, shape[0] + dh), max(32, shape[1] + dw))
+        else:
+            case_shape = shape
+        image, _ = phantom_case(rng, case_shape, num_classes)
+        img_rel = f"./imagesTs/phantom_{num_cases + i:03d}{ext}"  # ids continue after the training cases
+        if kind == "2d":
+            _save_png(out / img_rel, image)
+        else:
+            _save_nifti(out / img_rel, image.astype(np.int16))
+        test.append(img_rel)
     labels = {"0": "background", "1": "organ"}
     if num_classes == 3:
         labels["2"] = "core"
@@ -121,9 +151,9 @@ def _write(out: Path, kind: str, shape, num_cases: int, num_classes: int, seed: 
         "modality": {"0": "CT" if kind == "3d" else "grey"},
         "labels": labels,
         "numTraining": num_cases,
-        "numTest": 0,
+        "numTest": num_test,
         "training": training,
-        "test": [],
+        "test": test,
         "segflow_phantom": fingerprint,
     }
     (out / "dataset.json").write_text(json.dumps(meta, indent=2))

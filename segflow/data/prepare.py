@@ -37,7 +37,7 @@ class PrepSpec:
 class Prepared:
     case_id: str
     image: np.ndarray  # float32 (C, *spatial)
-    label: np.ndarray  # uint8 / int16 (*spatial), class indices
+    label: np.ndarray | None  # uint8 / int16 (*spatial), class indices; None for a test image without one
     spacing: tuple[float, ...] | None
     affine: np.ndarray | None
     fg: np.ndarray | None  # flat indices of (a sample of) foreground voxels, 3-D only
@@ -45,6 +45,8 @@ class Prepared:
 
 
 def prepare_case(case: Case, spec: PrepSpec) -> Prepared:
+    if case.label is None:
+        return _prepare_unlabelled(case, spec)
     label_file = read(case.label, is_label=True)
     label = label_file.array
     dims = label.ndim
@@ -82,6 +84,44 @@ def prepare_case(case: Case, spec: PrepSpec) -> Prepared:
     return Prepared(case.case_id, image, label, spacing, affine, fg, int(label.max(initial=0)))
 
 
+def _prepare_unlabelled(case: Case, spec: PrepSpec) -> Prepared:
+    """A test image without ground truth: the image alone decides the dimension (its reader knows
+    whether it has a channel axis; for NumPy files spatial_dims must say)."""
+    channels, geometry, dims = [], None, spec.spatial_dims
+    for path in case.images:
+        loaded = read(path)
+        arr = loaded.array
+        if geometry is None and loaded.spacing is not None:
+            geometry = (loaded.spacing, loaded.affine)
+        if loaded.channels is None:  # NumPy: no header to tell channels from space
+            if dims is None:
+                raise ValueError(f"case {case.case_id}: {path} has no label to tell its dimension from; "
+                                 "set spatial_dims to 2 or 3")
+            has_channels = arr.ndim == dims + 1
+        else:
+            has_channels = loaded.channels
+        if not has_channels:
+            arr = arr[None]
+        if dims is None:
+            dims = arr.ndim - 1
+        if arr.ndim - 1 != dims:
+            raise ValueError(f"case {case.case_id}: image {path} is {arr.ndim - 1}-D but spatial_dims is {dims}; "
+                             "set spatial_dims to auto or to the data's dimension")
+        if channels and arr.shape[1:] != channels[0].shape[1:]:
+            raise ValueError(f"case {case.case_id}: image shape {tuple(arr.shape[1:])} from {path} does not match "
+                             f"{tuple(channels[0].shape[1:])} from {case.images[0]}")
+        channels.append(arr.astype(np.float32, copy=False))
+    image = np.concatenate(channels, axis=0) if len(channels) > 1 else channels[0]
+    if not np.all(np.isfinite(image)):
+        raise ValueError(f"case {case.case_id}: image {case.images[0]} contains NaN or infinite values")
+    spacing, affine = geometry or (None, None)
+    if spec.target_spacing is not None and spacing is not None:
+        image, _, affine = _resample(image, None, affine, spacing, spec.target_spacing)
+        spacing = tuple(float(s) for s in spec.target_spacing)
+    image = normalize(image, spec.normalization, spec.ct_window, for_2d=dims == 2)
+    return Prepared(case.case_id, image, None, spacing, affine, None, 0)
+
+
 def _label_values(label: np.ndarray, case: Case, spec: PrepSpec) -> np.ndarray:
     values = np.unique(label)
     ext = split_name(case.label.name)[1]
@@ -113,6 +153,8 @@ def _resample(image, label, affine, spacing, target):
     if affine.shape[0] != len(spacing) + 1:  # 2-D NIfTI slice: keep the in-plane part
         affine = np.delete(np.delete(affine, 2, 0), 2, 1)
     img = Spacing(pixdim=target, mode="bilinear")(MetaTensor(image, affine=affine))
+    if label is None:  # a test image without ground truth
+        return np.asarray(img.array, dtype=np.float32), None, np.asarray(img.affine)
     lab = Spacing(pixdim=target, mode="nearest")(MetaTensor(label[None].astype(np.float32), affine=affine))
     return (
         np.asarray(img.array, dtype=np.float32),
@@ -160,7 +202,7 @@ def _foreground_indices(label: np.ndarray, case_id: str) -> np.ndarray:
 def cache_key(case: Case, spec: PrepSpec) -> str:
     """Changes when a file or a preprocessing setting changes, so a stale disk cache is never used."""
     parts = [repr(spec)]
-    for p in [*case.images, case.label]:
+    for p in [*case.images, *([case.label] if case.label is not None else [])]:
         st = p.stat()
         parts.append(f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}")
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
@@ -170,7 +212,8 @@ def save_prepared(folder: Path, prep: Prepared) -> None:
     tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
     np.save(tmp / "image.npy", prep.image)
-    np.save(tmp / "label.npy", prep.label)
+    if prep.label is not None:
+        np.save(tmp / "label.npy", prep.label)
     np.save(tmp / "fg.npy", prep.fg if prep.fg is not None else np.zeros(0, np.int64))
     meta = {"case_id": prep.case_id, "spacing": prep.spacing, "max_label": prep.max_label,
             "affine": None if prep.affine is None else np.asarray(prep.affine).tolist(), "has_fg": prep.fg is not None}
@@ -187,7 +230,7 @@ def load_prepared(folder: Path) -> Prepared:
     return Prepared(
         meta["case_id"],
         np.load(folder / "image.npy", mmap_mode="r"),
-        np.load(folder / "label.npy", mmap_mode="r"),
+        np.load(folder / "label.npy", mmap_mode="r") if (folder / "label.npy").exists() else None,
         None if meta["spacing"] is None else tuple(meta["spacing"]),
         None if meta["affine"] is None else np.asarray(meta["affine"]),
         np.load(folder / "fg.npy") if meta["has_fg"] else None,

@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from segflow.nodes.base import Finding, Node, NodeConfig, Port
+from segflow.nodes.base import Finding, Node, NodeConfig, Port, lowercase
 from segflow.registry import register
 
 
@@ -21,6 +21,12 @@ class MedicalSegmentationLoaderConfig(NodeConfig):
         "Dataset folder (relative to the working directory): MSD (dataset.json + imagesTr/labelsTr), "
         "nnU-Net v2 (dataset.json with channel_names/labels/file_ending), or images/ + masks/ folders, "
         "optionally under train/ and val/."))
+    subset: Literal["split", "test", "all"] = Field("split", description=(
+        "Which cases to load. split: the labelled cases, split into train_loader and val_loader (training). "
+        "test: the layout's test images (MSD dataset.json 'test' list or imagesTs/, nnU-Net imagesTs/, "
+        "folder test/images/), labels optional (labelsTs/, test/masks/), all in val_loader, train_loader null; "
+        "for prediction. all: every labelled case in val_loader, train_loader null; for scoring a model "
+        "on a whole dataset."))
     layout: Literal["auto", "msd", "nnunet", "folder"] = Field(
         "auto", description="Dataset layout; 'auto' detects it from the folder contents.")
     synthetic: Literal["none", "phantom2d", "phantom3d"] = Field("none", description=(
@@ -47,7 +53,8 @@ class MedicalSegmentationLoaderConfig(NodeConfig):
         "Resample every case to this voxel spacing (one value per spatial axis) before sampling; null keeps the file's spacing."))
     num_classes: int | None = Field(None, ge=2, description=(
         "Number of classes including background, for datasets that do not declare them (folder layouts). "
-        "Null: the dataset.json labels, else the largest label value + 1."))
+        "Null: the dataset.json labels, else the largest label value + 1. Needed for subset test when test "
+        "images lack labels and there is no dataset.json labels entry."))
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0, description=(
         "Fraction of cases held out for validation (split by case, seeded). Ignored when the folder has train/ and val/."))
     seed: int = Field(42, description="Seed for the split, shuffling, patch sampling and augmentation.")
@@ -68,6 +75,8 @@ class MedicalSegmentationLoaderConfig(NodeConfig):
     pos: float = Field(1.0, ge=0.0, description="3-D patch sampling: weight of patches centred on foreground.")
     neg: float = Field(1.0, ge=0.0, description="3-D patch sampling: weight of patches centred anywhere.")
     samples_per_volume: int = Field(1, ge=1, description="Training samples drawn from each case per epoch (3-D patches; 2-D augmented copies).")
+
+    _lower_subset = lowercase("subset")
 
     @field_validator("spatial_dims", mode="before")
     @classmethod
@@ -123,11 +132,21 @@ class MedicalSegmentationLoader(Node):
     Config = MedicalSegmentationLoaderConfig
     inputs = ()
     outputs = (
-        Port("train_loader", "DataLoader", doc="Training batches: image (B,C,*S) float32, label (B,1,*S) int64, case."),
+        Port("train_loader", "DataLoader", doc="Training batches: image (B,C,*S) float32, label (B,1,*S) int64, case. "
+             "None for subset test and all."),
         Port("val_loader", "DataLoader", doc="Validation batches, never augmented; 3-D: one whole volume per batch. "
-             "None when val_fraction is 0 and the folder has no val/ split."),
+             "None when val_fraction is 0 and the folder has no val/ split. subset test/all: every case; "
+             "batches of test images without labels have no 'label' key."),
         Port("dataset_info", "DatasetInfo", doc="Channels, classes, spatial dims, spacing, patch size of the data."),
     )
+
+    @classmethod
+    def check(cls, config: NodeConfig, neighbours: dict[str, tuple[str, NodeConfig]]) -> list[Finding]:
+        if config.subset != "split" and "val_fraction" in config.model_fields_set:
+            return [Finding("val_fraction", "bad_value", f"val_fraction is ignored with subset "
+                            f"{config.subset}: every case goes to val_loader and there is no train_loader",
+                            hint="remove val_fraction, or set subset to split to train", severity="warning")]
+        return []
 
     @classmethod
     def preflight(cls, config: NodeConfig, device: str | None) -> list[Finding]:
