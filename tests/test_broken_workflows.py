@@ -20,6 +20,7 @@ CASES = {
     "unknown_link_node": ("unknown_link_node", None, "links[0].source_node", '"modle"'),
     "unknown_port": ("unknown_port", "model", "links[0].source_port", '"net"'),
     "port_type_mismatch": ("port_type_mismatch", "optimizer", "links[0]", '{"source_node": "loss"'),
+    "no_training_data": ("no_training_data", "trainer", "nodes[4].config", '{"epochs": 2}'),
 }
 
 

@@ -119,6 +119,9 @@ class Trainer(Node):
     )
 
     def run(self, model, train_loader, loss_fn, optimizer, val_loader=None) -> dict[str, Any]:
+        if train_loader is None:
+            raise ValueError("train_loader is empty: the loader wired to it gives no training data "
+                             "(a MedicalSegmentationLoader with subset 'test' or 'all')")
         from segflow.training.loop import fit
 
         trained, history = fit(self.config, self.ctx, self.name, model, train_loader, val_loader, loss_fn, optimizer)
@@ -141,6 +144,14 @@ class Trainer(Node):
     def check(cls, config: NodeConfig, neighbours: dict[str, tuple[str, NodeConfig]]) -> list[Finding]:
         cfg: TrainerConfig = config  # type: ignore[assignment]
         found: list[Finding] = []
+        source_type, source = neighbours.get("train_loader", (None, None))
+        subset = getattr(source, "subset", "split")
+        if source_type == "MedicalSegmentationLoader" and subset != "split":
+            found.append(Finding(
+                "", "no_training_data",
+                f"train_loader comes from a MedicalSegmentationLoader with subset {subset!r}, which hands out "
+                "no training batches (only val_loader)",
+                hint="set the loader's subset to \"split\" to train, or remove the Trainer to only predict"))
         given = cfg.model_fields_set
         if cfg.lr_schedule == "plateau" and cfg.early_stopping and "patience" in given and "lr_patience" not in given:
             found.append(Finding(
