@@ -90,3 +90,14 @@ def test_graph_command(fmt, capsys):
     assert main(["graph", str(ROOT / "workflows" / "seed_unet.json"), "--format", fmt]) == 0
     out = capsys.readouterr().out
     assert "data_loader" in out and "train_loader to train_loader" in out
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the messages on a machine without CUDA")
+def test_run_checks_the_world_before_any_node_starts(tmp_path, monkeypatch, capsys):
+    # the seed guide's file asks for CUDA and a data folder this machine does not have: both reported at once
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(ROOT / "workflows" / "seed_unet.json")]) == 1
+    err = capsys.readouterr().err
+    assert "error[path_not_found] node 'data_loader' at nodes[0].config.data_dir" in err
+    assert "error[device_unavailable] node 'trainer' at nodes[4].config.device" in err
+    assert not (tmp_path / "runs").exists()  # nothing was started, nothing written

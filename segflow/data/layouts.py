@@ -38,28 +38,9 @@ class Layout:
 
 
 def find_cases(root: str | Path, layout: str = "auto") -> Layout:
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"data_dir {root} does not exist or is not a folder (loader field 'data_dir')")
-    meta = _dataset_json(root)
-    if layout == "auto":
-        layout = _detect(root, meta)
-    if layout == "nnunet":
-        found = _nnunet(root, meta)
-    elif layout == "msd":
-        found = _msd(root, meta)
-    elif layout == "folder":
-        found = _folder(root)
-    else:
-        raise ValueError(f"layout must be one of auto, {', '.join(LAYOUTS)}; got {layout!r}")
-    if not found.cases:
-        raise ValueError(f"{root}: no cases found in the {layout} layout; check data_dir and 'layout'")
-    ids = [c.case_id for c in found.cases]
-    dupes = sorted({i for i in ids if ids.count(i) > 1})
-    if dupes:
-        raise ValueError(f"{root}: case ids {dupes[:5]} occur more than once (same name, different file types?)")
-    found.cases.sort(key=lambda c: (c.split or "", c.case_id))
-    return found
+    """The labelled cases (training data) of the dataset in `root`."""
+    return _find(Path(root), layout, {"nnunet": _nnunet, "msd": _msd, "folder": lambda r, m: _folder(r)},
+                 test=False)
 
 
 def _dataset_json(root: Path) -> dict | None:
@@ -195,28 +176,32 @@ def find_test_cases(root: str | Path, layout: str = "auto") -> Layout:
     imagesTs/; labels from labelsTs/ by name. nnU-Net v2: imagesTs/{case}_{XXXX}{ending}, labels from
     labelsTs/{case}{ending}. Folder: test/images (or imagesTs/) with test/masks (or labelsTs/).
     """
-    root = Path(root)
+    return _find(Path(root), layout, {"nnunet": _nnunet_test, "msd": _msd_test,
+                                      "folder": lambda r, m: _folder_test(r)}, test=True)
+
+
+def _find(root: Path, layout: str, finders: dict, test: bool) -> Layout:
+    """Detect the layout if asked, find its cases with `finders[layout](root, dataset_json)`, and check
+    that there are some and that no case id repeats."""
     if not root.is_dir():
         raise FileNotFoundError(f"data_dir {root} does not exist or is not a folder (loader field 'data_dir')")
     meta = _dataset_json(root)
     if layout == "auto":
         layout = _detect(root, meta)
-    if layout == "nnunet":
-        found = _nnunet_test(root, meta)
-    elif layout == "msd":
-        found = _msd_test(root, meta)
-    elif layout == "folder":
-        found = _folder_test(root)
-    else:
+    if layout not in finders:
         raise ValueError(f"layout must be one of auto, {', '.join(LAYOUTS)}; got {layout!r}")
-    if not found.cases:
+    found = finders[layout](root, meta)
+    if not found.cases and test:
         raise ValueError(f"{root}: no test images found in the {layout} layout (looked for "
                          f"{_TEST_PLACES[layout]}); check data_dir, or use subset 'split' or 'all' for labelled cases")
+    if not found.cases:
+        raise ValueError(f"{root}: no cases found in the {layout} layout; check data_dir and 'layout'")
     ids = [c.case_id for c in found.cases]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
-        raise ValueError(f"{root}: test case ids {dupes[:5]} occur more than once (same name, different file types?)")
-    found.cases.sort(key=lambda c: c.case_id)
+        what = "test case ids" if test else "case ids"
+        raise ValueError(f"{root}: {what} {dupes[:5]} occur more than once (same name, different file types?)")
+    found.cases.sort(key=lambda c: c.case_id if test else (c.split or "", c.case_id))
     return found
 
 

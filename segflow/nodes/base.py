@@ -102,6 +102,20 @@ class Finding:
     severity: str = "error"
 
 
+def device_findings(requested: str) -> list[Finding]:
+    """For `preflight`: a `device_unavailable` finding when `requested` (a node's device, or the
+    --device override) names a CUDA device this machine lacks. torch is imported only then."""
+    if not requested.startswith("cuda"):
+        return []
+    from segflow.training.device import resolve_device
+
+    try:
+        resolve_device(requested)
+    except ValueError as e:
+        return [Finding("device", "device_unavailable", str(e))]
+    return []
+
+
 @dataclass
 class RunContext:
     """What a running node may know about the run it is part of."""

@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from segflow.nodes.base import Finding, Node, NodeConfig, Port, lowercase
+from segflow.nodes.base import Finding, Node, NodeConfig, Port, device_findings, lowercase
 from segflow.registry import register
 
 _DEVICE = r"^(auto|cpu|mps|cuda(:\d+)?)$"
@@ -166,16 +166,7 @@ class Predictor(Node):
 
     @classmethod
     def preflight(cls, config: NodeConfig, device: str | None) -> list[Finding]:
-        requested = device or config.device
-        if not requested.startswith("cuda"):
-            return []
-        from segflow.training.device import resolve_device
-
-        try:
-            resolve_device(requested)
-        except ValueError as e:
-            return [Finding("device", "device_unavailable", str(e))]
-        return []
+        return device_findings(device or config.device)
 
     def run(self, model, loader, dataset_info=None) -> dict[str, Any]:
         from segflow.inference.predict import predict

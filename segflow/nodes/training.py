@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from segflow.nodes.base import Finding, Node, NodeConfig, Port, lowercase
+from segflow.nodes.base import Finding, Node, NodeConfig, Port, device_findings, lowercase
 from segflow.registry import register
 
 _SCHEDULE_SPELLINGS = {"polynomial": "poly", "cosine_annealing": "cosine", "reduce_on_plateau": "plateau",
@@ -129,16 +129,7 @@ class Trainer(Node):
 
     @classmethod
     def preflight(cls, config: NodeConfig, device: str | None) -> list[Finding]:
-        requested = device or config.device
-        if not requested.startswith("cuda"):
-            return []
-        from segflow.training.device import resolve_device
-
-        try:
-            resolve_device(requested)
-        except ValueError as e:
-            return [Finding("device", "device_unavailable", str(e))]
-        return []
+        return device_findings(device or config.device)
 
     @classmethod
     def check(cls, config: NodeConfig, neighbours: dict[str, tuple[str, NodeConfig]]) -> list[Finding]:
