@@ -211,3 +211,16 @@ def test_compile_failure_falls_back_to_eager_with_a_message(tmp_path, monkeypatc
     assert any("torch.compile failed on the first batch (RuntimeError: backend exploded); training eagerly" in m
                for m in lines)
     assert history[0]["val_dice"] >= 0
+
+
+@pytest.mark.parametrize("setting, mode", [(True, None), ("default", None), ("reduce-overhead", "reduce-overhead")])
+def test_compile_modes_reach_torch_compile(tmp_path, monkeypatch, setting, mode):
+    seen = []
+
+    def recording_compile(model, mode=None, **kw):
+        seen.append(mode)
+        return model  # eager underneath: the test is about what was asked for
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    run_trainer(tmp_path, epochs=1, compile=setting)
+    assert seen and set(seen) == {mode}

@@ -40,14 +40,15 @@ class _Forward:
     """The model call, compiled when asked; falls back to eager with a message if compiling fails
     (torch.compile reports most failures on the first call, not when wrapping)."""
 
-    def __init__(self, model: torch.nn.Module, compile_: bool, log: Callable[[str], None]):
+    def __init__(self, model: torch.nn.Module, compile_: bool | str, log: Callable[[str], None]):
         self.eager = model
         self.compiled = None
         self.log = log
         self.proven = False
         if compile_:
+            mode = None if compile_ is True or compile_ == "default" else compile_
             try:
-                self.compiled = torch.compile(model)
+                self.compiled = torch.compile(model, mode=mode)
             except Exception as e:  # e.g. an unsupported Python version
                 log(f"compile: torch.compile is not available here ({type(e).__name__}: {e}); training eagerly")
 

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Everything a session with the GPU machine runs, in as few device calls as possible.
+# Prepare once on the developer machine (see docs/benchmarks.md, "On the GPU machine"): wheels in .whl/
+# and the shared baseline copied to .whl/monai_reference_e2e.py. Then one device `run` per group, with
+# carry [".whl"], each inside the 600 s limit:
+#   bash benchmarks/gpu_session.sh tests            # pytest -m gpu: CUDA, bf16, fp16+scaler, compile, 1-GPU nccl DDP
+#   bash benchmarks/gpu_session.sh race-identical   # engine overhead at identical settings (target within 3%)
+#   bash benchmarks/gpu_session.sh race-fast        # segflow's fast path against the same plain loop
+#   bash benchmarks/gpu_session.sh baseline         # ../shared/bench/monai_reference_e2e.py, same session
+# Logs land in $OUT (the device tool brings them back).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/segflow-gpu}
+mkdir -p "$OUT"
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv > "$OUT/gpu.csv" 2>&1
+for group in "$@"; do
+  case "$group" in
+    tests) python3 -m pytest -q -m gpu tests/test_gpu.py 2>&1 | tee "$OUT/gpu_tests.log" ;;
+    race-identical) python3 benchmarks/race.py --settings identical --device cuda --steps 40 --warmup 1 --epochs 2 \
+                      2>&1 | tee "$OUT/race_identical.log" ;;
+    race-fast) python3 benchmarks/race.py --settings fast --device cuda --steps 40 --warmup 1 --epochs 2 \
+                 2>&1 | tee "$OUT/race_fast.log" ;;
+    baseline) python3 .whl/monai_reference_e2e.py 2>&1 | tee "$OUT/baseline_e2e.log" ;;
+    *) echo "unknown group: $group (tests, race-identical, race-fast, baseline)"; exit 2 ;;
+  esac
+done
