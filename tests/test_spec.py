@@ -221,3 +221,13 @@ def test_json_reader_positions_and_values_match_the_standard_library():
         with pytest.raises(jsonpos.JSONSyntaxError) as e:
             jsonpos.loads(bad)
         assert (e.value.line, e.value.column) == where
+
+
+def test_bad_values_are_explained_with_the_fields_own_documentation():
+    with pytest.raises(WorkflowError) as e:
+        load([("Opt", "opt", {"betas": "[0.8]", "learning_rate": "fast"})])
+    found = {i.path: i for i in e.value.issues}
+    short = found["nodes[0].config.betas"]
+    assert short.code == "bad_value" and "too few items: nothing at position 1" in short.message
+    assert short.hint == "betas"  # the field's description
+    assert found["nodes[0].config.learning_rate"].hint == "lr"
