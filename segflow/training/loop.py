@@ -460,6 +460,9 @@ class Fit:
                          f"{self.monitor} {s.best})")
             if self.main:
                 self._write_files(final=True, stopped_early=stopped_early)
+                if s.best is not None:
+                    self.log(f"Trainer '{self.name}': best {self.monitor} {s.best:.4f} at epoch {s.best_epoch}; "
+                             f"weights in {self.ckpt_dir / 'best.pt'}")
         finally:
             self.tb.close()
         return self.model, s.history
