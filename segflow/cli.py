@@ -30,12 +30,12 @@ def cmd_validate(args) -> int:
             wf = spec.load(path)
             issues = list(wf.warnings)
             if args.check_paths:
-                from segflow.executor import _preflight
+                from segflow.executor import preflight
 
                 try:
                     # Paths only: the machine validating need not be the one that will train,
                     # so devices are checked as if the run said --device cpu.
-                    _preflight(wf, list(wf.nodes), "cpu")
+                    preflight(wf, list(wf.nodes), "cpu")
                 except WorkflowError as e:
                     issues += e.issues
         except WorkflowError as e:

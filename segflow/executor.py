@@ -108,7 +108,7 @@ def run_workflow(path: str | Path, *, sets=(), device: str | None = None, run_di
     for warning in wf.warnings if distributed.is_main() else ():  # once per job, not once per rank
         log(warning.format())
     order = wf.order(until)
-    _preflight(wf, order, device)
+    preflight(wf, order, device)
     # Under torchrun every rank runs this function; only rank 0 makes and writes the run directory
     # and logs, the others learn the directory (and the checkpoint to resume) from it.
     in_group = distributed.setup(_training_device(wf, order, device))
@@ -125,8 +125,8 @@ def _run(wf: spec.Workflow, path, order: list[str], device, run_dir, resume, pro
         if run_dir is not None:
             out = Path(run_dir)
             out.mkdir(parents=True, exist_ok=True)
-        elif checkpoint is not None and _run_dir_of(checkpoint) is not None:
-            out = _run_dir_of(checkpoint)  # a resumed run goes on writing where it started
+        elif checkpoint is not None and (started_in := _run_dir_of(checkpoint)) is not None:
+            out = started_in  # a resumed run goes on writing where it started
         else:
             out = new_run_dir(wf.name)
         _write_json(out / "workflow.resolved.json", wf.resolved())
@@ -199,7 +199,7 @@ def _training_device(wf: spec.Workflow, order: list[str], device: str | None) ->
     return "auto"
 
 
-def _preflight(wf: spec.Workflow, order: list[str], device: str | None) -> None:
+def preflight(wf: spec.Workflow, order: list[str], device: str | None) -> None:
     """Checks of the world (paths exist, devices are there) before any node starts work."""
     issues = []
     for name in order:

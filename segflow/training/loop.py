@@ -301,8 +301,7 @@ class Fit:
                 if self.num_classes is None:
                     self._check_labels(logits, label)
                 loss = loss.float()
-                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()),
-                                        torch.tensor(i + 1, device=dev), first_bad)
+                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), i + 1, first_bad)
                 loss_sum += loss.detach()
                 scaler.scale(loss / group).backward()
             images += image.shape[0]
