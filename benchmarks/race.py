@@ -14,6 +14,10 @@ then `epochs` timed epochs of `steps` batches each. Per loop:
   data_wait_frac  share of the epoch the loop spent blocked in the DataLoader iterator's __next__
   peak_gib        peak CUDA memory allocated in the timed epochs (null on CPU)
   tflops          FLOPs of one step (torch FlopCounterMode on the plain model; same network in both) / step time
+  val_dice        foreground Dice of the trained network on held-out cases (written beside the training data,
+                  never seen by either loop), scored by one evaluator for both: min-max scaled volumes, fp32,
+                  whole 2-D images or 3-D sliding windows of the patch size, argmax, mean Dice over cases
+The ratio line also carries dice_diff = segflow's val_dice - plain's (target: within 0.01 after the same steps).
 Settings: "identical" runs segflow with the plain loop's precision, no compile, no channels-last and the
 same worker count (what is left is the engine's overhead); "fast" runs segflow's defaults (bf16 where the
 GPU has it, channels-last, fused AdamW, auto workers) plus compile on CUDA, against the same plain loop.
@@ -37,18 +41,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # name -> sizes. "gpu": the issue's sizes; "small": CPU smoke sizes.
 CASES = {
     "swin3d": {
-        "gpu": dict(dims=3, shape=(160, 160, 128), cases=24, patch=96, batch=2, feature_size=48, norm="instance"),
+        "gpu": dict(dims=3, shape=(160, 160, 128), cases=24, patch=96, batch=2, feature_size=48, norm="instance",
+                    val_cases=4),
         # batch norm: at 32^3 the bottleneck is 1x1x1, where instance norm has nothing to normalise
-        "small": dict(dims=3, shape=(40, 40, 36), cases=4, patch=32, batch=2, feature_size=12, norm="batch"),
+        "small": dict(dims=3, shape=(40, 40, 36), cases=4, patch=32, batch=2, feature_size=12, norm="batch",
+                      val_cases=2),
     },
     "unet2d": {
-        "gpu": dict(dims=2, shape=(320, 320), cases=256, patch=256, batch=16, base_channels=32, depth=5),
-        "small": dict(dims=2, shape=(80, 80), cases=8, patch=64, batch=4, base_channels=8, depth=3),
+        "gpu": dict(dims=2, shape=(320, 320), cases=256, patch=256, batch=16, base_channels=32, depth=5,
+                    val_cases=32),
+        "small": dict(dims=2, shape=(80, 80), cases=8, patch=64, batch=4, base_channels=8, depth=3, val_cases=4),
     },
 }
 
 
-def write_data(root: Path, size: dict, seed: int = 0) -> list[dict[str, str]]:
+def write_data(root: Path, size: dict, seed: int = 0, count: int | None = None) -> list[dict[str, str]]:
     """NIfTI images and labels in imagesTr/labelsTr (which segflow reads as an MSD layout): sparse
     foreground blobs plus noise, as the shared MONAI reference writes. 2-D cases are saved (H, W, 1)."""
     import nibabel as nib
@@ -60,7 +67,7 @@ def write_data(root: Path, size: dict, seed: int = 0) -> list[dict[str, str]]:
     (root / "labelsTr").mkdir(parents=True, exist_ok=True)
     shape = tuple(size["shape"]) + ((1,) if size["dims"] == 2 else ())
     files = []
-    for i in range(size["cases"]):
+    for i in range(size["cases"] if count is None else count):
         seeds = rng.random(shape) > 0.995
         lab = binary_dilation(seeds, iterations=2).astype(np.uint8)  # blobs, so Dice can be learned
         img = (lab * 50 + rng.normal(100, 20, shape)).astype(np.float32)
@@ -106,7 +113,8 @@ class Repeat:
         return self.ds[i % len(self.ds)]
 
 
-def plain_loop(kind, size, files, device, repeats, workers, warmup, epochs, seed=0) -> dict:
+def plain_loop(kind, size, files, device, repeats, workers, warmup, epochs, lr=1e-4, seed=0):
+    """-> (figures, trained network)."""
     import torch
     from monai.data import CacheDataset, DataLoader
     from monai.losses import DiceCELoss
@@ -131,19 +139,23 @@ def plain_loop(kind, size, files, device, repeats, workers, warmup, epochs, seed
                     pin_memory=device.startswith("cuda"), persistent_workers=workers > 0)
     dev = torch.device(device)
     net = build_network(kind, size).to(dev)
-    opt = torch.optim.AdamW(net.parameters(), 1e-4, weight_decay=1e-4)
+    opt = torch.optim.AdamW(net.parameters(), lr, weight_decay=1e-4)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     amp = plain_precision(kind, device)
     scaler = torch.amp.GradScaler(dev.type, enabled=amp is torch.float16)
 
-    def step(x, y):
-        opt.zero_grad(set_to_none=True)
+    def forward_backward(x, y):
         with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
             loss = loss_fn(net(x), y)
         scaler.scale(loss).backward()
+        return loss.detach()
+
+    def step(x, y):
+        opt.zero_grad(set_to_none=True)
+        loss = forward_backward(x, y)
         scaler.step(opt)
         scaler.update()
-        return loss.detach()
+        return loss
 
     rows, batch = [], None
     for e in range(warmup + epochs):
@@ -175,16 +187,57 @@ def plain_loop(kind, size, files, device, repeats, workers, warmup, epochs, seed
                precision=str(amp).replace("torch.", "") if amp else "fp32")
     x = batch["image"].to(dev).as_tensor()
     y = batch["label"].to(dev).as_tensor()
-    out["gflop_per_step"] = _flops(step, x, y) / 1e9
-    return out
+    # forward + backward without an optimizer step, so the network scored below has had exactly the
+    # steps segflow's has (the optimizer's element-wise update is not counted by FlopCounterMode anyway)
+    out["gflop_per_step"] = _flops(forward_backward, x, y) / 1e9
+    opt.zero_grad(set_to_none=True)
+    return out, net
 
 
-def _flops(step, x, y) -> float:
+def _flops(fn, x, y) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as fc:
-        step(x, y)
+        fn(x, y)
     return float(fc.get_total_flops())
+
+
+def val_dice(net, files: list[dict[str, str]], size: dict, device: str, resize: bool = False) -> float:
+    """Mean foreground Dice over held-out cases at their own resolution, the same scoring for both
+    loops: each volume min-max scaled (what both pipelines train on), fp32, the whole 2-D image or
+    3-D sliding windows of the training patch size, argmax. A case with no foreground in truth and
+    prediction scores 1. `resize` (segflow's 2-D pipeline, which trains on images resized to
+    `image_size` rather than cropped from them, and predicts the same way): the image is resized to
+    the patch size and the logits back to the source size, as segflow's Predictor does."""
+    import nibabel as nib
+    import numpy as np
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    dev = torch.device(device)
+    was_training = net.training
+    net.eval()
+    scores = []
+    with torch.no_grad():
+        for f in files:
+            img = np.asarray(nib.load(f["image"]).dataobj, dtype=np.float32)
+            lab = np.asarray(nib.load(f["label"]).dataobj) > 0
+            if size["dims"] == 2:
+                img, lab = img[..., 0], lab[..., 0]
+            img = (img - img.min()) / max(1e-8, float(img.max() - img.min()))
+            x = torch.from_numpy(img)[None, None].to(dev)
+            if size["dims"] == 3:
+                logits = sliding_window_inference(x, (size["patch"],) * 3, 4, net, overlap=0.25)
+            elif resize:
+                small = torch.nn.functional.interpolate(x, size=(size["patch"],) * 2, mode="bilinear")
+                logits = torch.nn.functional.interpolate(net(small), size=x.shape[2:], mode="bilinear")
+            else:
+                logits = net(x)
+            pred = (logits.argmax(1)[0] > 0).cpu().numpy()
+            inter, total = float((pred & lab).sum()), float(pred.sum() + lab.sum())
+            scores.append(1.0 if total == 0 else 2 * inter / total)
+    net.train(was_training)
+    return float(np.mean(scores))
 
 
 def _summary(rows, dev) -> dict:
@@ -198,7 +251,7 @@ def _summary(rows, dev) -> dict:
                 data_wait_frac=sum(r["wait"] for r in rows) / max(1e-9, t), peak_gib=peak)
 
 
-def workflow(kind, size, data_dir, settings, device, repeats, workers, warmup, epochs, seed=0) -> dict:
+def workflow(kind, size, data_dir, settings, device, repeats, workers, warmup, epochs, lr=1e-4, seed=0) -> dict:
     """The same work as `plain_loop`, written as a segflow workflow."""
     fast = settings == "fast"
     cuda = device.startswith("cuda")
@@ -224,7 +277,7 @@ def workflow(kind, size, data_dir, settings, device, repeats, workers, warmup, e
             {"type": "LossFunction", "name": "loss",
              "config": {"loss_type": "combined", "dice_weight": 1.0, "ce_weight": 1.0}},
             {"type": "Optimizer", "name": "optimizer",
-             "config": {"optimizer_type": "AdamW", "learning_rate": 1e-4, "weight_decay": 1e-4,
+             "config": {"optimizer_type": "AdamW", "learning_rate": lr, "weight_decay": 1e-4,
                         **({"fused": True} if fast and cuda else {})}},
             {"type": "Trainer", "name": "trainer",
              "config": {"epochs": warmup + epochs, "device": device, "seed": seed,
@@ -235,14 +288,15 @@ def workflow(kind, size, data_dir, settings, device, repeats, workers, warmup, e
     }
 
 
-def segflow_loop(kind, size, data_dir, tmp: Path, settings, device, repeats, workers, warmup, epochs) -> dict:
+def segflow_loop(kind, size, data_dir, tmp: Path, settings, device, repeats, workers, warmup, epochs, lr=1e-4):
+    """-> (figures, trained network)."""
     import torch
 
     from segflow.executor import run_workflow
     from segflow.training.device import resolve_precision
 
     path = tmp / f"race_{kind}_{settings}.json"
-    path.write_text(json.dumps(workflow(kind, size, data_dir, settings, device, repeats, workers, warmup, epochs),
+    path.write_text(json.dumps(workflow(kind, size, data_dir, settings, device, repeats, workers, warmup, epochs, lr),
                                indent=1))
     lines: list[str] = []
     result = run_workflow(path, run_dir=tmp / f"run_{kind}_{settings}", progress=False, log=lines.append)
@@ -258,7 +312,7 @@ def segflow_loop(kind, size, data_dir, tmp: Path, settings, device, repeats, wor
                precision=resolve_precision(result.workflow.nodes["trainer"].config.mixed_precision,
                                            torch.device(device), log=lambda _m: None).describe(),
                compile_note=next((ln for ln in lines if ln.startswith("compile:")), None))
-    return out
+    return out, result.outputs["trainer"]["model"]
 
 
 def race(kind: str, args, root: Path) -> list[dict]:
@@ -272,14 +326,21 @@ def race(kind: str, args, root: Path) -> list[dict]:
                 cases=size["cases"], data_dir=str(data_dir),
                 steps_per_epoch=math.ceil(size["cases"] * repeats / size["batch"]), warmup=args.warmup,
                 epochs=args.epochs)
-    plain = plain_loop(kind, size, files, device, repeats, workers, args.warmup, args.epochs)
-    seg = segflow_loop(kind, size, data_dir, root, args.settings, device, repeats, workers, args.warmup, args.epochs)
+    held_out = write_data(root / f"val_{kind}", size, seed=1, count=size["val_cases"])
+    plain, plain_net = plain_loop(kind, size, files, device, repeats, workers, args.warmup, args.epochs, args.lr)
+    plain["val_dice"] = val_dice(plain_net, held_out, size, device)
+    del plain_net
+    seg, seg_net = segflow_loop(kind, size, data_dir, root, args.settings, device, repeats, workers, args.warmup,
+                                args.epochs, args.lr)
+    seg["val_dice"] = val_dice(seg_net, held_out, size, device, resize=size["dims"] == 2)
+    del seg_net
     flop = plain.pop("gflop_per_step")
     out = []
     for name, r in (("plain", plain), ("segflow", seg)):
         r["tflops"] = flop / r["step_ms"] if r["step_ms"] else None  # GFLOP per ms = TFLOP per s
         out.append({**base, "loop": name, "gflop_per_step": flop, **r})
     ratio = {k: seg[k] / plain[k] for k in ("step_ms", "epoch_s", "images_s") if plain[k]}
+    ratio["dice_diff"] = seg["val_dice"] - plain["val_dice"]
     out.append({**base, "loop": "segflow/plain", **ratio})
     return out
 
@@ -299,6 +360,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--epochs", type=int, default=2, help="timed epochs (default 2)")
     ap.add_argument("--workers", type=int, default=None, help="plain loop's DataLoader workers (default 4 on CUDA, "
                                                               "0 on CPU); segflow uses the same unless --settings fast")
+    ap.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate of both loops (default 1e-4, the "
+                                                           "tutorials'; 1e-3 converges in fewer steps for the Dice check)")
     ap.add_argument("--root", default=None, help="folder for data and run directories (default: a temporary one)")
     args = ap.parse_args(argv)
     if args.device is None:

@@ -122,8 +122,9 @@ def test_race_smoke_on_cpu(tmp_path, capsys):
         assert (plain["loop"], seg["loop"], ratio["loop"]) == ("plain", "segflow", "segflow/plain")
         for r in (plain, seg):
             for key in ("step_ms", "epoch_s", "images_s", "data_wait_frac", "peak_gib", "tflops", "gflop_per_step",
-                        "steps_run", "images_run", "precision", "batch", "data_dir"):
+                        "steps_run", "images_run", "precision", "batch", "data_dir", "val_dice"):
                 assert key in r, (case, r["loop"], key)
+            assert 0.0 <= r["val_dice"] <= 1.0
             assert 0 <= r["data_wait_frac"] <= 1 and r["step_ms"] > 0 and r["tflops"] > 0
             assert r["precision"] == "fp32" and r["peak_gib"] is None  # CPU
         # the same work: same data folder, same number of steps and samples
@@ -131,4 +132,33 @@ def test_race_smoke_on_cpu(tmp_path, capsys):
         assert plain["steps_run"] == seg["steps_run"] == plain["steps_per_epoch"] * 2
         assert plain["images_run"] == seg["images_run"]
         assert ratio["step_ms"] == pytest.approx(seg["step_ms"] / plain["step_ms"], rel=1e-2)
+        assert ratio["dice_diff"] == pytest.approx(seg["val_dice"] - plain["val_dice"], abs=1e-3)
         assert (tmp_path / f"race_{case}_identical.json").is_file()
+
+
+class _Threshold(torch.nn.Module):
+    """Logits that say foreground wherever the (min-max scaled) image is above `level`."""
+
+    def __init__(self, level: float):
+        super().__init__()
+        self.level = level
+
+    def forward(self, x):
+        fg = (x > self.level).float()
+        return torch.cat([1 - fg, fg], 1) * 10
+
+
+def test_race_scores_each_network_on_held_out_cases(tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    race = _race()
+    size = dict(race.CASES["unet2d"]["small"])
+    files = race.write_data(tmp_path, size, seed=3, count=3)
+    for f in files:  # an image that is its label (0/1 after min-max scaling): a threshold at 0.5 is perfect
+        lab = np.asarray(nib.load(f["label"]).dataobj).astype(np.float32)
+        nib.save(nib.Nifti1Image(lab, np.eye(4)), f["image"])
+    assert race.val_dice(_Threshold(0.5), files, size, "cpu") == pytest.approx(1.0)
+    assert race.val_dice(_Threshold(2.0), files, size, "cpu") == pytest.approx(0.0)  # predicts no foreground
+    # the resize path (segflow's 2-D geometry) loses a little at blob edges but stays close
+    assert 0.6 < race.val_dice(_Threshold(0.5), files, size, "cpu", resize=True) < 1.0
