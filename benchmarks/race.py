@@ -202,13 +202,11 @@ def _flops(fn, x, y) -> float:
     return float(fc.get_total_flops())
 
 
-def val_dice(net, files: list[dict[str, str]], size: dict, device: str, resize: bool = False) -> float:
+def val_dice(net, files: list[dict[str, str]], size: dict, device: str) -> float:
     """Mean foreground Dice over held-out cases at their own resolution, the same scoring for both
     loops: each volume min-max scaled (what both pipelines train on), fp32, the whole 2-D image or
     3-D sliding windows of the training patch size, argmax. A case with no foreground in truth and
-    prediction scores 1. `resize` (segflow's 2-D pipeline, which trains on images resized to
-    `image_size` rather than cropped from them, and predicts the same way): the image is resized to
-    the patch size and the logits back to the source size, as segflow's Predictor does."""
+    prediction scores 1."""
     import nibabel as nib
     import numpy as np
     import torch
@@ -228,9 +226,6 @@ def val_dice(net, files: list[dict[str, str]], size: dict, device: str, resize: 
             x = torch.from_numpy(img)[None, None].to(dev)
             if size["dims"] == 3:
                 logits = sliding_window_inference(x, (size["patch"],) * 3, 4, net, overlap=0.25)
-            elif resize:
-                small = torch.nn.functional.interpolate(x, size=(size["patch"],) * 2, mode="bilinear")
-                logits = torch.nn.functional.interpolate(net(small), size=x.shape[2:], mode="bilinear")
             else:
                 logits = net(x)
             pred = (logits.argmax(1)[0] > 0).cpu().numpy()
@@ -272,7 +267,10 @@ def workflow(kind, size, data_dir, settings, device, repeats, workers, warmup, e
                         "image_size": size["patch"], "batch_size": size["batch"], "augmentation": True,
                         "augmentation_strength": "light", "normalization": "minmax", "cache": "memory",
                         "num_workers": "auto" if fast else workers, "val_fraction": 0.0, "seed": seed,
-                        "samples_per_volume": repeats}},
+                        "samples_per_volume": repeats,
+                        # 2-D: crops at the image's own resolution, uniformly placed, as RandSpatialCropd
+                        # cuts them (resizing whole images would be other work, and lose detail)
+                        "size_mode": "patches", **({"pos": 0.0, "neg": 1.0} if size["dims"] == 2 else {})}},
             net,
             {"type": "LossFunction", "name": "loss",
              "config": {"loss_type": "combined", "dice_weight": 1.0, "ce_weight": 1.0}},
@@ -288,7 +286,8 @@ def workflow(kind, size, data_dir, settings, device, repeats, workers, warmup, e
     }
 
 
-def segflow_loop(kind, size, data_dir, tmp: Path, settings, device, repeats, workers, warmup, epochs, lr=1e-4):
+def segflow_loop(kind, size, data_dir, tmp: Path, settings, device, repeats, workers, warmup, epochs, lr=1e-4,
+                 seed=0):
     """-> (figures, trained network)."""
     import torch
 
@@ -296,7 +295,8 @@ def segflow_loop(kind, size, data_dir, tmp: Path, settings, device, repeats, wor
     from segflow.training.device import resolve_precision
 
     path = tmp / f"race_{kind}_{settings}.json"
-    path.write_text(json.dumps(workflow(kind, size, data_dir, settings, device, repeats, workers, warmup, epochs, lr),
+    path.write_text(json.dumps(workflow(kind, size, data_dir, settings, device, repeats, workers, warmup, epochs, lr,
+                                        seed),
                                indent=1))
     lines: list[str] = []
     result = run_workflow(path, run_dir=tmp / f"run_{kind}_{settings}", progress=False, log=lines.append)
@@ -325,14 +325,15 @@ def race(kind: str, args, root: Path) -> list[dict]:
     base = dict(case=kind, settings=args.settings, device=device, batch=size["batch"], patch=size["patch"],
                 cases=size["cases"], data_dir=str(data_dir),
                 steps_per_epoch=math.ceil(size["cases"] * repeats / size["batch"]), warmup=args.warmup,
-                epochs=args.epochs)
+                epochs=args.epochs, seed=args.seed, lr=args.lr)
     held_out = write_data(root / f"val_{kind}", size, seed=1, count=size["val_cases"])
-    plain, plain_net = plain_loop(kind, size, files, device, repeats, workers, args.warmup, args.epochs, args.lr)
+    plain, plain_net = plain_loop(kind, size, files, device, repeats, workers, args.warmup, args.epochs, args.lr,
+                                  args.seed)
     plain["val_dice"] = val_dice(plain_net, held_out, size, device)
     del plain_net
     seg, seg_net = segflow_loop(kind, size, data_dir, root, args.settings, device, repeats, workers, args.warmup,
-                                args.epochs, args.lr)
-    seg["val_dice"] = val_dice(seg_net, held_out, size, device, resize=size["dims"] == 2)
+                                args.epochs, args.lr, args.seed)
+    seg["val_dice"] = val_dice(seg_net, held_out, size, device)
     del seg_net
     flop = plain.pop("gflop_per_step")
     out = []
@@ -362,6 +363,9 @@ def main(argv=None) -> list[dict]:
                                                               "0 on CPU); segflow uses the same unless --settings fast")
     ap.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate of both loops (default 1e-4, the "
                                                            "tutorials'; 1e-3 converges in fewer steps for the Dice check)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of both loops' initialisation, order and augmentation "
+                                                        "(the data stay the same); a single run's Dice varies by a "
+                                                        "few hundredths with it until training has converged")
     ap.add_argument("--root", default=None, help="folder for data and run directories (default: a temporary one)")
     args = ap.parse_args(argv)
     if args.device is None:

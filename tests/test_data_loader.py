@@ -132,6 +132,42 @@ def test_3d_patches_and_whole_volume_validation(phantom3d):
     assert batch["image"].shape == (1, 1, 24, 20, 16) and batch["affine"].shape == (1, 4, 4)
 
 
+def test_2d_patches_at_own_resolution_and_whole_image_validation(phantom2d):
+    train, val, info = build(data_dir=str(phantom2d), image_size=32, size_mode="patches", batch_size=4, pos=1, neg=0,
+                             augmentation=False, normalization="zscore")
+    assert info.patch_size == (32, 32) and val.batch_size == 1
+    whole = {b["case"][0]: b for b in val}
+    assert all(b["image"].shape == (1, 1, 48, 48) and b["label"].shape == (1, 1, 48, 48) for b in whole.values())
+    for b in whole.values():  # z-scored over the whole image
+        assert abs(float(b["image"].mean())) < 1e-4 and float(b["image"].std()) == pytest.approx(1, abs=1e-2)
+    prepared = {c: p.image for c, p in zip([c.case_id for c in train.dataset.source.cases], train.dataset.source.memory)}
+    for batch in train:
+        assert batch["image"].shape == (4, 1, 32, 32) and batch["label"].dtype == torch.int64
+        assert all(bool((lab > 0).any()) for lab in batch["label"])  # pos=1, neg=0: every patch shows foreground
+        for img, case in zip(batch["image"], batch["case"]):
+            # a window of the image at its own resolution, scaled with the whole image's statistics
+            full = prepared[case][0]
+            z = (full - full.mean()) / full.std()
+            hits = [(y, x) for y in range(17) for x in range(17)
+                    if np.allclose(z[y:y + 32, x:x + 32], img[0].numpy(), atol=1e-4)]
+            assert hits, case
+
+
+def test_2d_patches_keep_the_preset_but_not_its_resizing_crop(phantom2d):
+    train, _, _ = build(data_dir=str(phantom2d), image_size=[32, 24], size_mode="patches", batch_size=2,
+                        augmentation_strength="strong")
+    names = [type(t).__name__ for t in train.dataset.transform.transforms]
+    assert "RandomResizedCrop" not in names and "Affine" in names and "HorizontalFlip" in names
+    assert next(iter(train))["image"].shape == (2, 1, 32, 24)
+
+
+def test_size_mode_resize_is_2d_only(phantom3d):
+    with pytest.raises(ValidationError, match="size_mode resize is for 2-D"):
+        Config(spatial_dims=3, size_mode="resize")
+    with pytest.raises(ValueError, match="size_mode resize is for 2-D images, but the data is 3-D"):
+        build(data_dir=str(phantom3d), size_mode="resize", image_size=16)
+
+
 def test_3d_patch_larger_than_volume_is_padded(phantom3d):
     train, _, _ = build(data_dir=str(phantom3d), image_size=32, batch_size=1, augmentation=False)
     assert next(iter(train))["image"].shape == (1, 1, 32, 32, 32)

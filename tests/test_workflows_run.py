@@ -61,12 +61,14 @@ def test_seed_swin_unetr_configuration_trains(tmp_path, monkeypatch):
         assert written.shape == source.shape and (written.affine == source.affine).all()
 
 
-def test_predict_unet_workflow_predicts_the_unlabelled_test_images(tmp_path, monkeypatch):
+@pytest.mark.parametrize("size_mode", ["resize", "patches"])
+def test_predict_unet_workflow_predicts_the_unlabelled_test_images(tmp_path, monkeypatch, size_mode):
     from PIL import Image
 
     monkeypatch.chdir(tmp_path)
-    data = [*phantom(tmp_path, "phantom2d", 6), "data_loader.image_size=32"]
-    train_dir, _ = run(tmp_path, "quickstart.json", *data, "model.base_channels=8", "trainer.epochs=1")
+    data = [*phantom(tmp_path, "phantom2d", 6), "data_loader.image_size=32", f"data_loader.size_mode={size_mode}"]
+    train_dir, history = run(tmp_path, "quickstart.json", *data, "model.base_channels=8", "trainer.epochs=1")
+    assert 0 <= history[-1]["val_dice"] <= 1  # patches: whole validation images through sliding windows
     out = tmp_path / "predict"
     sets = [*data, "model.base_channels=8", f"weights.checkpoint_path={train_dir / 'checkpoints' / 'best.pt'}"]
     assert main(["run", str(ROOT / "workflows" / "predict_unet.json"), "--device", "cpu", "--no-progress",

@@ -1,23 +1,26 @@
 """Augmentation presets (light / medium / strong): albumentations for 2-D, MONAI for 3-D.
 
-2-D pipelines end at `image_size` (random resized crop when augmenting, a plain resize
-otherwise) and move image and mask through the same geometric transforms, the mask with
-nearest-neighbour interpolation. They see images scaled to [0, 1]. 3-D pipelines work on
-patches already cut to the patch size (see `datasets.sample_patch`).
+2-D pipelines move image and mask through the same geometric transforms, the mask with
+nearest-neighbour interpolation, and see images scaled to [0, 1]. With size_mode "resize" they
+end at `image_size` (random resized crop when augmenting, a plain resize otherwise); with
+"patches" they get patches already cut to `image_size` at the image's own resolution and keep
+that size. 3-D pipelines work on patches already cut (see `datasets.sample_patch`).
 """
 from __future__ import annotations
 
 STRENGTHS = ("light", "medium", "strong")
 
 
-def albumentations_pipeline(size: tuple[int, int], strength: str | None, seed: int):
-    """`strength` None: resize only (validation, or augmentation off)."""
+def albumentations_pipeline(size: tuple[int, int], strength: str | None, seed: int, resize: bool = True):
+    """`strength` None: resize only (validation, or augmentation off), or None for patches, which
+    need no transform then. `resize` False: the samples are patches of `size` already, so the
+    presets' random resized crop is left out (the affine's scaling in medium/strong stays)."""
     import albumentations as A
     import cv2
 
     h, w = size
     if strength is None:
-        return A.Compose([A.Resize(h, w)], seed=seed)
+        return A.Compose([A.Resize(h, w)], seed=seed) if resize else None
     if strength not in STRENGTHS:
         raise ValueError(f"augmentation_strength must be one of {STRENGTHS}, got {strength!r}")
     square = h == w  # rotate-90 would change the shape of a non-square sample
@@ -53,6 +56,8 @@ def albumentations_pipeline(size: tuple[int, int], strength: str | None, seed: i
             A.RandomGamma((70, 150), p=0.5),
             A.GaussNoise(std_range=(0.01, 0.05), p=0.3),
         ]
+    if not resize:
+        tf = [t for t in tf if not isinstance(t, A.RandomResizedCrop)]
     return A.Compose(tf, seed=seed)
 
 

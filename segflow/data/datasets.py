@@ -1,4 +1,4 @@
-"""torch Datasets over prepared cases: 2-D resized samples, 3-D patches, 3-D whole volumes.
+"""torch Datasets over prepared cases: 2-D resized samples, 2-D and 3-D patches, whole cases.
 
 Each dataset owns its random state (a NumPy generator plus the albumentations/MONAI
 pipeline's own) and `reseed`s it per worker process from torch's worker seed, so a run is
@@ -55,20 +55,47 @@ class Slices2D(_Seeded):
     def __len__(self) -> int:
         return len(self.source) * self.repeats
 
+    def _sample(self, prep: Prepared) -> tuple[np.ndarray, np.ndarray | None]:
+        """(image (C, H, W), label (H, W) or None) before the transform: the whole image."""
+        return np.asarray(prep.image), None if prep.label is None else np.asarray(prep.label)
+
+    def _zscore_reference(self, prep: Prepared) -> np.ndarray | None:
+        return None  # the (resized) whole image is its own reference
+
     def __getitem__(self, index: int) -> dict:
         prep = self.source.get(index // self.repeats)
-        image = np.ascontiguousarray(np.moveaxis(np.asarray(prep.image), 0, -1))  # HWC for albumentations
-        if prep.label is None:  # a test image without ground truth: the sample has no "label"
+        image, label = self._sample(prep)
+        image = np.ascontiguousarray(np.moveaxis(image, 0, -1))  # HWC for albumentations
+        if self.transform is None:  # a patch with augmentation off: nothing to do
+            out = {"image": image, "mask": label}
+        elif label is None:  # a test image without ground truth: the sample has no "label"
             out = self.transform(image=image)
         else:
-            out = self.transform(image=image, mask=np.asarray(prep.label))
+            out = self.transform(image=image, mask=label)
         img = np.moveaxis(out["image"], -1, 0) if out["image"].ndim == 3 else out["image"][None]
         if self.zscore_after:
-            img = zscore(img)
+            img = zscore(img, self._zscore_reference(prep))
         item = {"image": torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)), "case": prep.case_id}
-        if prep.label is not None:
+        if label is not None:
             item["label"] = torch.from_numpy(out["mask"].astype(np.int64))[None]
         return item
+
+
+class Patches2D(Slices2D):
+    """Random 2-D patches at the image's own resolution (size_mode "patches"), `repeats` per image
+    per epoch, foreground-weighted like `Patches3D`, then the preset's transforms at that size."""
+
+    def __init__(self, source: CaseSource, patch: tuple[int, int], pos: float, neg: float, transform,
+                 zscore_after: bool, repeats: int = 1, seed: int = 0):
+        self.patch = tuple(patch)
+        self.p_fg = pos / (pos + neg) if pos + neg > 0 else 0.0
+        super().__init__(source, transform, zscore_after, repeats, seed)
+
+    def _sample(self, prep: Prepared) -> tuple[np.ndarray, np.ndarray | None]:
+        return sample_patch(prep, self.patch, self.p_fg, self.rng)
+
+    def _zscore_reference(self, prep: Prepared) -> np.ndarray | None:
+        return np.asarray(prep.image)  # the whole image's statistics, as `WholeCases` uses at validation
 
 
 class Patches3D(_Seeded):
@@ -94,18 +121,21 @@ class Patches3D(_Seeded):
                 "case": prep.case_id}
 
 
-class Volumes3D(Dataset):
-    """Whole prepared volumes for validation (batch size 1; sliding-window inference)."""
+class WholeCases(Dataset):
+    """Whole prepared cases (3-D volumes, or 2-D images with size_mode "patches") for validation and
+    prediction: batch size 1, sliding-window inference. `zscore_after`: 2-D images are kept in
+    [0, 1] for augmentation, so z-score normalisation is applied here, as `Slices2D` does."""
 
-    def __init__(self, source: CaseSource):
-        self.source = source
+    def __init__(self, source: CaseSource, zscore_after: bool = False):
+        self.source, self.zscore_after = source, zscore_after
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, index: int) -> dict:
         prep = self.source.get(index)
-        item = {"image": _tensor(prep.image, torch.float32), "case": prep.case_id}
+        image = zscore(np.asarray(prep.image, dtype=np.float32)) if self.zscore_after else prep.image
+        item = {"image": _tensor(image, torch.float32), "case": prep.case_id}
         if prep.label is not None:  # test images without ground truth have no "label"
             item["label"] = _tensor(prep.label[None], torch.int64)
         if prep.affine is not None:

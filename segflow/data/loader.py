@@ -127,7 +127,8 @@ def build_loaders(cfg: Any, log: Callable[[str], None] = print):
         # each validation sample on exactly one rank (no padding duplicates), so the all-reduced
         # confusion matrix is the whole validation set's
         val_sampler = ShardSampler(len(val_ds), rank, world) if world > 1 else None
-        val_loader = DataLoader(val_ds, batch_size=cfg.batch_size if dims == 2 else 1, shuffle=False,
+        whole = size_mode(cfg, dims) == "patches"  # whole cases, of any size: one at a time
+        val_loader = DataLoader(val_ds, batch_size=1 if whole else cfg.batch_size, shuffle=False,
                                 sampler=val_sampler, num_workers=val_workers, pin_memory=pin,
                                 persistent_workers=val_workers > 0, collate_fn=collate)
     if workers:
@@ -144,7 +145,8 @@ def build_loaders(cfg: Any, log: Callable[[str], None] = print):
             f"{info.num_val} {'test' if subset == 'test' else 'labelled'} case(s), no training split"
             + (f" ({len(unlabelled)} without label)" if unlabelled else ""))
     log(f"data: {layout.name} layout, {what}, {dims}-D, "
-        f"{in_channels} channel(s), {num_classes} classes, sample size {size}, cache {cfg.cache}")
+        f"{in_channels} channel(s), {num_classes} classes, "
+        f"{'patches of' if size_mode(cfg, dims) == 'patches' else 'resized to'} {size}, cache {cfg.cache}")
     return train_loader, val_loader, info
 
 
@@ -256,20 +258,33 @@ def _size(image_size, dims: int) -> tuple[int, ...]:
     return tuple(int(s) for s in image_size)
 
 
+def size_mode(cfg: Any, dims: int) -> str:
+    """"resize" or "patches": the config's size_mode with "auto" resolved for the data's dimension."""
+    mode = getattr(cfg, "size_mode", "auto")
+    if mode == "auto":
+        return "resize" if dims == 2 else "patches"
+    if mode == "resize" and dims == 3:
+        raise ValueError(f"{cfg.data_dir}: size_mode resize is for 2-D images, but the data is 3-D; "
+                         "3-D volumes train on patches (size_mode patches or auto)")
+    return mode
+
+
 def _datasets(train_src, val_src, dims: int, size, strength, cfg):
     from segflow.data.augment import albumentations_pipeline, monai_pipeline
-    from segflow.data.datasets import Patches3D, Slices2D, Volumes3D
+    from segflow.data.datasets import Patches2D, Patches3D, Slices2D, WholeCases
 
     seed = int(cfg.seed)
     repeats = int(cfg.samples_per_volume)
     train = None
-    if dims == 2:
-        z = cfg.normalization == "zscore"
+    z = dims == 2 and cfg.normalization == "zscore"  # 2-D images stay in [0, 1] until after augmentation
+    if dims == 2 and size_mode(cfg, dims) == "resize":
         if train_src:
             train = Slices2D(train_src, albumentations_pipeline(size, strength, seed), z, repeats, seed)
         val = Slices2D(val_src, albumentations_pipeline(size, None, seed), z) if val_src else None
-    else:
-        if train_src:
-            train = Patches3D(train_src, size, cfg.pos, cfg.neg, monai_pipeline(size, strength, seed), repeats, seed)
-        val = Volumes3D(val_src) if val_src else None
-    return train, val
+        return train, val
+    if train_src and dims == 2:
+        train = Patches2D(train_src, size, cfg.pos, cfg.neg, albumentations_pipeline(size, strength, seed, resize=False),
+                          z, repeats, seed)
+    elif train_src:
+        train = Patches3D(train_src, size, cfg.pos, cfg.neg, monai_pipeline(size, strength, seed), repeats, seed)
+    return train, (WholeCases(val_src, z) if val_src else None)

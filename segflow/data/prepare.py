@@ -40,7 +40,7 @@ class Prepared:
     label: np.ndarray | None  # uint8 / int16 (*spatial), class indices; None for a test image without one
     spacing: tuple[float, ...] | None
     affine: np.ndarray | None
-    fg: np.ndarray | None  # flat indices of (a sample of) foreground voxels, 3-D only
+    fg: np.ndarray | None  # flat indices of (a sample of) foreground pixels/voxels; None without a label
     max_label: int
 
 
@@ -80,7 +80,7 @@ def prepare_case(case: Case, spec: PrepSpec) -> Prepared:
         image, label, affine = _resample(image, label, affine, spacing, spec.target_spacing)
         spacing = tuple(float(s) for s in spec.target_spacing)
     image = normalize(image, spec.normalization, spec.ct_window, for_2d=dims == 2)
-    fg = _foreground_indices(label, case.case_id) if dims == 3 else None
+    fg = _foreground_indices(label, case.case_id)  # for foreground-weighted patches (3-D, and 2-D patches)
     return Prepared(case.case_id, image, label, spacing, affine, fg, int(label.max(initial=0)))
 
 
@@ -184,10 +184,13 @@ def normalize(image: np.ndarray, method: str, ct_window=(-175.0, 250.0), for_2d:
     raise ValueError(f"normalization must be zscore, minmax, ct or none; got {method!r}")
 
 
-def zscore(image: np.ndarray) -> np.ndarray:
-    axes = tuple(range(1, image.ndim))
-    mean = image.mean(axis=axes, keepdims=True)
-    std = image.std(axis=axes, keepdims=True)
+def zscore(image: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
+    """Per-channel (C, *S) z-score with the mean and std of `reference` (default: the image itself);
+    a patch takes its whole image's statistics, so it is scaled as the whole image is at validation."""
+    ref = image if reference is None else np.asarray(reference)
+    axes = tuple(range(1, ref.ndim))
+    mean = ref.mean(axis=axes, keepdims=True)
+    std = ref.std(axis=axes, keepdims=True)
     return ((image - mean) / np.maximum(std, 1e-8)).astype(np.float32, copy=False)
 
 
@@ -199,9 +202,13 @@ def _foreground_indices(label: np.ndarray, case_id: str) -> np.ndarray:
     return fg
 
 
+# Raised when what a cached case holds changes (2: foreground indices for 2-D cases too).
+CACHE_VERSION = 2
+
+
 def cache_key(case: Case, spec: PrepSpec) -> str:
     """Changes when a file or a preprocessing setting changes, so a stale disk cache is never used."""
-    parts = [repr(spec)]
+    parts = [f"v{CACHE_VERSION}", repr(spec)]
     for p in [*case.images, *([case.label] if case.label is not None else [])]:
         st = p.stat()
         parts.append(f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}")

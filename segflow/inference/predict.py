@@ -4,8 +4,10 @@ Cases are written one by one as soon as they are predicted; only a small record 
 (a `PredictionSet`), so hundreds of volumes never sit in memory together.
 
 Back to the source geometry:
-* 2-D: the loader resized every image to `image_size`; the class probabilities are resized back to
-  the source image's size (bilinear) and only then turned into labels by argmax.
+* 2-D: with size_mode "resize" the loader resized every image to `image_size`; the class
+  probabilities are resized back to the source image's size (bilinear) and only then turned into
+  labels by argmax. With "patches" the images come whole at their own size (sliding windows of
+  the patch size), so that resize changes nothing unless target_spacing resampled them.
 * 3-D: validation volumes come whole, in the file's own voxel grid, so the prediction keeps the
   file's affine. When the loader resampled to `target_spacing`, the probabilities are resampled
   back onto the source grid (source affine and shape) with MONAI's SpatialResample before argmax.

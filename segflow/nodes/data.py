@@ -36,10 +36,18 @@ class MedicalSegmentationLoaderConfig(NodeConfig):
         "Number of phantom cases to write (default 64 for phantom2d, 16 for phantom3d)."))
     synthetic_classes: int = Field(2, ge=2, le=3, description=(
         "Classes in the phantom including background: 2 (one structure) or 3 (structure + inner core)."))
-    batch_size: int = Field(8, ge=1, description="Training samples per batch (2-D validation uses it too; 3-D validation uses 1 whole volume).")
+    batch_size: int = Field(8, ge=1, description=(
+        "Training samples per batch. Validation of resized 2-D images uses it too; whole-image validation "
+        "(3-D, or 2-D with size_mode patches) takes one case at a time."))
     image_size: int | list[int] | None = Field(None, description=(
-        "2-D: size every image is resized to (int or [H, W]); 3-D: training patch size (int for a cube or "
-        "[X, Y, Z]). Default 256 for 2-D, 96 for 3-D."))
+        "2-D: size every image is resized to, or the patch size with size_mode patches (int or [H, W]); "
+        "3-D: training patch size (int for a cube or [X, Y, Z]). Default 256 for 2-D, 96 for 3-D."))
+    size_mode: Literal["auto", "resize", "patches"] = Field("auto", description=(
+        "How samples meet image_size. resize (2-D only): every image is resized to image_size for training, "
+        "validation and prediction (predictions are resized back). patches: training takes random patches of "
+        "image_size at the image's own resolution (pos/neg foreground weighting, zero padding where the image is "
+        "smaller); validation and prediction see whole images through sliding windows; keeps fine detail "
+        "(nnU-Net's way). auto: resize for 2-D, patches for 3-D."))
     spatial_dims: Literal["auto", 2, 3] = Field("auto", description="2 or 3; 'auto' takes it from the label files.")
     augmentation: bool = Field(True, description="Augment training samples (validation is never augmented).")
     augmentation_strength: Literal["light", "medium", "strong"] = Field("medium", description=(
@@ -72,11 +80,11 @@ class MedicalSegmentationLoaderConfig(NodeConfig):
     cache_dir: str | None = Field(None, description="Folder for cache 'disk' (default: data_dir/.segflow_cache).")
     verify_data: bool = Field(True, description=(
         "Read every case before training to check files, shapes and label values (always done for cache memory/disk)."))
-    pos: float = Field(1.0, ge=0.0, description="3-D patch sampling: weight of patches centred on foreground.")
-    neg: float = Field(1.0, ge=0.0, description="3-D patch sampling: weight of patches centred anywhere.")
+    pos: float = Field(1.0, ge=0.0, description="Patch sampling: weight of patches centred on foreground.")
+    neg: float = Field(1.0, ge=0.0, description="Patch sampling: weight of patches centred anywhere.")
     samples_per_volume: int = Field(1, ge=1, description="Training samples drawn from each case per epoch (3-D patches; 2-D augmented copies).")
 
-    _lower_subset = lowercase("subset")
+    _lower_subset = lowercase("subset", "size_mode")
 
     @field_validator("spatial_dims", mode="before")
     @classmethod
@@ -117,6 +125,9 @@ class MedicalSegmentationLoaderConfig(NodeConfig):
                 raise ValueError(f"{key} has {len(v)} values but the data is {want}-D")
         if self.ct_window[0] >= self.ct_window[1]:
             raise ValueError("ct_window must be [low, high] with low < high")
+        if self.size_mode == "resize" and want == 3:
+            raise ValueError("size_mode resize is for 2-D images; 3-D volumes train on patches (size_mode patches "
+                             "or auto)")
         if self.pos + self.neg <= 0:
             raise ValueError("pos and neg cannot both be 0")
         return self
