@@ -126,6 +126,12 @@ def _grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
     return torch.nn.utils.get_total_norm([p.grad for p in params], 2.0)
 
 
+# The logged gradient norm is the mean over every GRAD_NORM_EVERY-th optimizer step (every step when
+# clipping by norm, which computes it anyway): a norm over all parameters is several kernel launches,
+# and small 2-D networks are bound by launches, not arithmetic.
+GRAD_NORM_EVERY = 10
+
+
 class Fit:
     def __init__(self, cfg, ctx, name: str, model, train_loader, val_loader, loss_fn, optimizer):
         self.cfg, self.ctx, self.name = cfg, ctx, name
@@ -263,10 +269,11 @@ class Fit:
         model.train()
         n_batches = len(self.train_loader)
         accum = cfg.gradient_accumulation_steps
-        loss_sum = torch.zeros((), device=dev)
+        # each step's loss stays on the device (one copy per step, no sync); the epoch's mean and the
+        # first non-finite step are read from it once, at the end
+        losses = torch.zeros(max(1, n_batches), device=dev)
         norm_sum = torch.zeros((), device=dev)
-        first_bad = torch.full((), -1, dtype=torch.long, device=dev)
-        steps = images = 0
+        steps = images = norms = 0
         params = [p for g in opt.param_groups for p in g["params"]]
         bar = None
         sampler = getattr(self.train_loader, "sampler", None)
@@ -300,34 +307,43 @@ class Fit:
                     loss = self.loss_fn(logits, label)
                 if self.num_classes is None:
                     self._check_labels(logits, label)
-                loss = loss.float()
-                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), i + 1, first_bad)
-                loss_sum += loss.detach()
-                scaler.scale(loss / group).backward()
+                if i < len(losses):  # a loader may yield more batches than its len() said
+                    losses[i] = loss.detach()
+                scaler.scale(loss / group if group > 1 else loss).backward()
             images += image.shape[0]
             if stepping:
                 scaler.unscale_(opt)
-                with_grad = [p for p in params if p.grad is not None]
-                if cfg.gradient_clip and cfg.gradient_clip_type == "norm":
-                    norm = torch.nn.utils.clip_grad_norm_(with_grad, cfg.gradient_clip)  # norm before clipping
-                else:
-                    norm = _grad_norm(with_grad)
-                    if cfg.gradient_clip:
-                        torch.nn.utils.clip_grad_value_(with_grad, cfg.gradient_clip)
+                norm = None
+                clip_norm = cfg.gradient_clip and cfg.gradient_clip_type == "norm"
+                if clip_norm or cfg.gradient_clip or steps % GRAD_NORM_EVERY == 0:
+                    with_grad = [p for p in params if p.grad is not None]
+                    if clip_norm:
+                        norm = torch.nn.utils.clip_grad_norm_(with_grad, cfg.gradient_clip)  # norm before clipping
+                    else:
+                        if steps % GRAD_NORM_EVERY == 0:
+                            norm = _grad_norm(with_grad)
+                        if cfg.gradient_clip:
+                            torch.nn.utils.clip_grad_value_(with_grad, cfg.gradient_clip)
                 scaler.step(opt)
                 scaler.update()
                 opt.zero_grad(set_to_none=True)
-                norm_sum += norm.detach().float()
+                if norm is not None:
+                    norm_sum += norm.detach().float()
+                    norms += 1
                 steps += 1
             if bar is not None:
                 bar.update(1)
                 if (i + 1) % 20 == 0 or i + 1 == n_batches:  # one sync per 20 steps, for the display only
                     spent = max(1e-9, time.perf_counter() - started)
-                    bar.set_postfix(loss=f"{float(loss_sum) / (i + 1):.4f}", lr=f"{self.schedule.lrs[0]:.2e}",
+                    bar.set_postfix(loss=f"{float(losses[:i + 1].mean()):.4f}", lr=f"{self.schedule.lrs[0]:.2e}",
                                     img_s=f"{images / spent:.1f}", data_wait=f"{batches.wait / spent:.0%}")
         if bar is not None:
             bar.close()
         local_batches = n_batches
+        finite = torch.isfinite(losses)
+        loss_sum = losses.sum()
+        # 1-based index of the first non-finite step, 0 when every loss was finite
+        first_bad = torch.where(finite.all(), 0, (~finite).int().argmax() + 1).long()
         if self.dist:  # the job's loss and image count, and a NaN on any rank stops every rank
             totals = distributed.all_reduce_(torch.stack([loss_sum.float(), torch.tensor(float(n_batches), device=dev),
                                                           torch.tensor(float(images), device=dev)]))
@@ -343,7 +359,7 @@ class Fit:
         self.state.global_step += steps
         # after the sync above, so the GPU's queued work is inside the clock; this rank's figures
         elapsed = max(1e-9, time.perf_counter() - started)
-        return {"train_loss": float(loss_sum) / max(1, n_batches), "grad_norm": float(norm_sum) / max(1, steps),
+        return {"train_loss": float(loss_sum) / max(1, n_batches), "grad_norm": float(norm_sum) / max(1, norms),
                 "throughput": images / elapsed, "train_time": elapsed,
                 "step_time_ms": 1000 * elapsed / max(1, local_batches),
                 "data_wait_fraction": min(1.0, batches.wait / elapsed)}
