@@ -6,6 +6,7 @@
 #   bash benchmarks/gpu_session.sh tests            # pytest -m gpu: CUDA, bf16, fp16+scaler, compile, 1-GPU nccl DDP
 #   bash benchmarks/gpu_session.sh race-identical   # engine overhead at identical settings (target within 3%)
 #   bash benchmarks/gpu_session.sh race-fast        # segflow's fast path against the same plain loop
+#   bash benchmarks/gpu_session.sh race-dice        # validation Dice of both loops after the same 500 steps, 2 seeds
 #   bash benchmarks/gpu_session.sh baseline         # ../shared/bench/monai_reference_e2e.py, same session
 # Logs land in $OUT (the device tool brings them back).
 set -uo pipefail
@@ -27,7 +28,11 @@ for group in "$@"; do
                       2>&1 | tee "$OUT/race_identical.log" ;;
     race-fast) python3 benchmarks/race.py --settings fast --device cuda --steps 40 --warmup 1 --epochs 2 \
                  2>&1 | tee "$OUT/race_fast.log" ;;
+    race-dice) for seed in 0 1; do
+                 python3 benchmarks/race.py --settings fast --device cuda --cases unet2d,swin3d --steps 100 \
+                   --warmup 1 --epochs 4 --lr 1e-3 --seed "$seed"
+               done 2>&1 | tee "$OUT/race_dice.log" ;;
     baseline) python3 .whl/monai_reference_e2e.py 2>&1 | tee "$OUT/baseline_e2e.log" ;;
-    *) echo "unknown group: $group (tests, race-identical, race-fast, baseline)"; exit 2 ;;
+    *) echo "unknown group: $group (tests, race-identical, race-fast, race-dice, baseline)"; exit 2 ;;
   esac
 done
