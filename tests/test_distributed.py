@@ -36,6 +36,18 @@ WORKFLOW = {
     ],
 }
 
+# UNETR leaves parameters without gradient (its ViT blocks build a cross-attention LayerNorm they never
+# call); with batch norm in its decoder it also has BatchNorm layers for sync_batchnorm to decide on
+UNETR_WORKFLOW = {
+    "workflow": "ddp test",
+    "nodes": [WORKFLOW["nodes"][0],
+              {"type": "UNETR", "name": "model",
+               "config": {"in_channels": 1, "out_channels": 2, "spatial_dims": 2, "img_size": 32, "feature_size": 4,
+                          "hidden_size": 32, "mlp_dim": 32, "num_heads": 2, "norm": "batch"}},
+              *WORKFLOW["nodes"][2:4],
+              {"type": "Trainer", "name": "trainer", "config": {"epochs": 1, "device": "cpu"}}],
+}
+
 # Runs segflow's CLI in each worker after patching the loop to record the cases a rank trains on.
 RECORDER = textwrap.dedent("""
     import json, os, sys
@@ -190,3 +202,41 @@ def test_a_failing_rank_stops_the_job_with_its_error(tmp_path):
     assert "segflow: finished" not in out
     # rank 0 was stopped (by gloo's closed connection or torchrun's SIGTERM), not left waiting
     assert "Connection closed by peer" in out or "SIGTERM" in out
+
+
+def test_every_parameter_used_means_no_unused_parameter_search(job):
+    _, done = job
+    assert done.stdout.count("DistributedDataParallel over 2 process(es): find_unused_parameters false (auto: every "
+                             "trainable parameter gets a gradient), sync_batchnorm false (auto: no BatchNorm layers)") == 1
+    assert "get no gradient (" not in done.stdout
+
+
+def test_unetr_trains_with_default_settings_and_the_log_names_its_unused_parameters(tmp_path):
+    (tmp_path / "wf.json").write_text(json.dumps(UNETR_WORKFLOW))
+    done = _torchrun(tmp_path, ["run", "wf.json", "--no-progress"])
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    out = done.stdout
+    assert out.count("Trainer 'trainer': 24 of 236 trainable parameters get no gradient "
+                     "(vit.blocks.0.norm_cross_attn.weight, vit.blocks.0.norm_cross_attn.bias, ") == 1
+    assert '"freeze": ["vit.blocks.*.norm_cross_attn"]' in out
+    # batch norm on CPU: per-process statistics, without SyncBatchNorm's GPU-only error
+    assert ("find_unused_parameters true (auto: 24 parameters get no gradient), "
+            "sync_batchnorm false (auto: cpu, not CUDA)") in out
+    (run,) = run_dirs(tmp_path)
+    history = json.loads((run / "history.json").read_text())
+    assert len(history) == 1 and torch.isfinite(torch.tensor(history[0]["train_loss"]))
+
+
+def test_find_unused_parameters_false_with_unused_parameters_names_the_field(tmp_path):
+    (tmp_path / "wf.json").write_text(json.dumps(UNETR_WORKFLOW))
+    done = _torchrun(tmp_path, ["run", "wf.json", "--no-progress", "--set", "trainer.find_unused_parameters=false",
+                                "--set", "trainer.sync_batchnorm=true"])
+    assert done.returncode != 0
+    out = done.stdout + done.stderr
+    # sync_batchnorm true on CPU: one line, then per-process statistics (the job fails for the other reason)
+    assert "sync_batchnorm is true, but torch's SyncBatchNorm runs on GPUs only; training on cpu" in out
+    assert "SyncBatchNorm layers only work with GPU modules" not in out
+    # DDP fails at the step after the one that left parameters without gradient; the error names the field
+    assert ("node 'trainer' (Trainer) failed: Trainer 'trainer': DistributedDataParallel found trainable parameters "
+            "that got no gradient (24: vit.blocks.0.norm_cross_attn.weight, ") in out
+    assert "set find_unused_parameters to auto (or true) on this Trainer" in out

@@ -72,6 +72,14 @@ class TrainerConfig(NodeConfig):
                            "searches kernels (slow to start). Falls back to eager with a message if it fails.")
     channels_last: bool | Literal["auto"] = Field(
         "auto", description="Channels-last memory layout; auto = on for CUDA with mixed precision, where tensor cores gain.")
+    find_unused_parameters: bool | Literal["auto"] = Field(
+        "auto", description="Under DDP (torchrun): let DDP search for parameters that get no gradient each step "
+                            "(UNETR has some). auto = probe the first batch once and search only if some do; "
+                            "false = never (DDP fails if a parameter gets no gradient); true = always.")
+    sync_batchnorm: bool | Literal["auto"] = Field(
+        "auto", description="Under DDP: SyncBatchNorm, BatchNorm statistics over the whole batch of all processes. "
+                            "auto = on for several CUDA processes when the model has BatchNorm; true = also with one "
+                            "process; on CPU it stays off (torch's SyncBatchNorm needs a GPU), with a message if true.")
     sliding_window: bool | Literal["auto"] = Field(
         "auto", description="Validate with MONAI sliding-window inference; auto = when validation images differ "
                             "in size from the training patches.")

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 
 from segflow import distributed
-from segflow.training import artefacts, checkpoint
+from segflow.training import artefacts, checkpoint, ddp
 from segflow.training.device import resolve_device, resolve_precision, seed_everything
 from segflow.training.metrics import ConfusionMeter
 from segflow.training.schedules import EpochSchedule, ScheduleSettings
@@ -172,15 +172,39 @@ class Fit:
         # calls the bare module, which runs no collectives, so ranks may see unequal shard sizes.
         self.forward = None if distributed.initialized() else _Forward(model, cfg.compile, self.log)
         self.eval_forward = self.forward
+        self.batchnorm_swap: ddp.SyncBatchNormSwap | None = None
         self.tb = artefacts.TensorBoardLog(self.run_dir / "tensorboard") if self.main else _NoTensorBoard()
 
-    def _wrap(self) -> None:
+    def _wrap(self, image: torch.Tensor, label: torch.Tensor) -> None:
+        """Wrap the model in DDP at the first batch, which the unused-parameter probe runs on."""
         from torch.nn.parallel import DistributedDataParallel
 
+        cfg, who = self.cfg, f"Trainer '{self.name}'"
+
+        def first_loss() -> torch.Tensor:
+            with torch.autocast(self.device.type, dtype=self.precision.dtype, enabled=self.precision.enabled):
+                return self.loss_fn(self.model(image), label).float()
+
+        # probed before the SyncBatchNorm swap, whose forward and backward would run collectives
+        find_unused, unused_why = ddp.find_unused_parameters(cfg.find_unused_parameters, self.model, first_loss,
+                                                             self.device, self.log, who)
+        sync_bn, sync_why = ddp.sync_batchnorm_wanted(cfg.sync_batchnorm, self.model, self.device, self.dist,
+                                                      self.log, who)
+        if sync_bn:  # before DDP, which sets its SyncBatchNorm layers up when it is built
+            self.batchnorm_swap = ddp.SyncBatchNormSwap(self.model)
+            sync_why += f", {len(self.batchnorm_swap)} layers"
         ids = [self.device.index] if self.device.type == "cuda" else None
-        self.ddp = DistributedDataParallel(self.model, device_ids=ids)
-        self.forward = _Forward(self.ddp, self.cfg.compile, self.log)
-        self.eval_forward = _Forward(self.model, self.cfg.compile, self.log)
+        self.ddp = DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=find_unused)
+        self.forward = _Forward(self.ddp, cfg.compile, self.log)
+        self.eval_forward = _Forward(self.model, cfg.compile, self.log)
+        self.log(f"{who}: DistributedDataParallel over {distributed.world_size()} process(es): find_unused_parameters "
+                 f"{str(find_unused).lower()} ({unused_why}), sync_batchnorm {str(sync_bn).lower()} ({sync_why})")
+
+    def _unwrap(self) -> None:
+        """Plain BatchNorm layers again in the model handed on (prediction and export on rank 0)."""
+        if self.batchnorm_swap is not None:
+            self.batchnorm_swap.undo()
+            self.batchnorm_swap = None
 
     # ---- checkpoints ------------------------------------------------------------------------
 
@@ -293,7 +317,7 @@ class Fit:
                     model.to(memory_format=self.memory_format)
                     image = image.contiguous(memory_format=self.memory_format)
             if self.forward is None:
-                self._wrap()
+                self._wrap(image, label)
             self.patch_size = tuple(image.shape[2:])
             # the last group may be shorter: scale by its real size so it is a true mean
             group = min(accum, n_batches - (i // accum) * accum)
@@ -480,6 +504,7 @@ class Fit:
                              f"weights in {self.ckpt_dir / 'best.pt'}")
         finally:
             self.tb.close()
+            self._unwrap()
         return self.model, s.history
 
     def _summary(self, row: dict[str, Any], improved: bool) -> str:
@@ -508,4 +533,5 @@ def fit(cfg, ctx, name: str, model, train_loader, val_loader, loss_fn, optimizer
     """Train `model`; returns (model, history). Resumes from `ctx.resume` when set."""
     job = Fit(cfg, ctx, name, model, train_loader, val_loader, loss_fn, optimizer)
     job.resume(ctx.resume)
-    return job.run()
+    with ddp.explain_unused_parameter_errors(model, cfg.find_unused_parameters, f"Trainer '{name}'"):
+        return job.run()
