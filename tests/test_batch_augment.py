@@ -1,12 +1,21 @@
-"""BatchAugment: exact flips and quarter turns, labels kept whole, seeding, per-sample draws."""
+"""BatchAugment (augmentation_on: device): exact flips and quarter turns, labels kept whole, seeding,
+per-sample draws, the loader's and Trainer's wiring, resume, and the config field."""
 from __future__ import annotations
 
+import json
 from dataclasses import fields
 
 import pytest
 import torch
 
+from segflow import spec
 from segflow.data.batch_augment import AugmentSettings, BatchAugment
+from segflow.data.loader import build_loaders
+from segflow.errors import WorkflowError
+from segflow.nodes.base import RunContext
+from segflow.nodes.data import MedicalSegmentationLoaderConfig as Config
+from segflow.nodes.training import Trainer
+from segflow.training import checkpoint, toy
 
 ALL_OFF = {f.name: 0.0 for f in fields(AugmentSettings) if f.name.endswith("_p") and f.name != "flip_p"}
 
@@ -19,6 +28,10 @@ def blobs(n: int, shape: tuple[int, ...], seed: int = 0) -> tuple[torch.Tensor, 
     label = torch.nn.functional.interpolate(coarse, size=shape, mode="nearest").long()
     image = torch.cat([label.float(), torch.rand((n, 1, *shape), generator=g)], 1)
     return image, label
+
+
+def build(**kw):
+    return build_loaders(Config(**kw), log=lambda *_: None)
 
 
 # ---- the transforms ---------------------------------------------------------------------------
@@ -125,3 +138,113 @@ def test_bad_settings_are_refused():
         BatchAugment(3, None, crop_p=1.0)
     with pytest.raises(ValueError, match="spatial axes"):
         BatchAugment(3, "light")(*blobs(2, (8, 8)))
+
+
+# ---- the loader --------------------------------------------------------------------------------
+
+def _batches(loader):
+    return [(b["image"], b["label"]) for b in loader]
+
+
+def test_2d_loader_on_device_resizes_only_and_hands_over_the_augmentation(phantom2d):
+    kw = dict(data_dir=str(phantom2d), image_size=32, batch_size=4, shuffle=False, augmentation_strength="strong")
+    train, val, _ = build(augmentation_on="device", **kw)
+    aug = train.batch_augment
+    assert isinstance(aug, BatchAugment) and (aug.dims, aug.strength, aug.zscore_after) == (2, "strong", True)
+    assert val.batch_augment is None
+    plain_train, plain_val, _ = build(augmentation=False, **kw)
+    assert plain_train.batch_augment is None and plain_val.batch_augment is None
+    for (image, label), (plain_image, plain_label) in zip(_batches(train), _batches(plain_train)):
+        assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0  # left in [0, 1] for the intensity steps
+        std, mean = torch.std_mean(image, dim=(2, 3), correction=0, keepdim=True)
+        torch.testing.assert_close((image - mean) / std.clamp_min(1e-8), plain_image, atol=1e-5, rtol=0)
+        assert torch.equal(label, plain_label)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(_batches(val), _batches(plain_val)))
+    assert build(**kw)[0].batch_augment is None  # workers, the default
+
+
+def test_3d_loader_on_device_samples_patches_without_monai_transforms(phantom3d):
+    kw = dict(data_dir=str(phantom3d), image_size=[12, 12, 8], batch_size=2, shuffle=False, seed=3)
+    train, val, _ = build(augmentation_on="device", augmentation_strength="strong", **kw)
+    assert train.batch_augment.dims == 3 and not train.batch_augment.zscore_after and val.batch_augment is None
+    plain = build(augmentation=False, **kw)[0]
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(_batches(train), _batches(plain)))
+    off = build(augmentation=False, augmentation_on="device", **kw)
+    assert off[0].batch_augment is None and off[1].batch_augment is None
+
+
+def test_augmentation_on_is_validated_at_its_key():
+    doc = {"workflow": "t", "nodes": [{"type": "MedicalSegmentationLoader", "name": "data",
+                                       "config": {"augmentation_on": "gpu"}}]}
+    with pytest.raises(WorkflowError) as e:
+        spec.loads(json.dumps(doc, indent=1), "t.json")
+    issue = next(i for i in e.value.issues if i.path == "nodes[0].config.augmentation_on")
+    assert issue.code == "bad_value" and "device" in issue.message
+    doc["nodes"][0]["config"]["augmentation_on"] = "device"
+    assert spec.loads(json.dumps(doc), "t.json").nodes["data"].config.augmentation_on == "device"
+
+
+# ---- the Trainer ---------------------------------------------------------------------------------
+
+class Recording:
+    """Wraps a BatchAugment and keeps what it handed back."""
+
+    def __init__(self, aug):
+        self.aug, self.outputs = aug, []
+
+    def __call__(self, image, label):
+        out = self.aug(image, label)
+        self.outputs.append(out[0])
+        return out
+
+
+class Refusing:
+    def __call__(self, image, label):
+        raise AssertionError("validation batches must not be augmented")
+
+
+def _train(tmp_path, train, val, model=None, resume=None, **cfg):
+    torch.manual_seed(0)
+    model = model or toy.tiny_net()
+    ctx = RunContext(run_dir=tmp_path, workflow_name="t", device="cpu", progress=False, resume=resume,
+                     log=lambda m: None)
+    out = Trainer("trainer", Trainer.Config(**{"seed": 0, **cfg}), ctx).run(
+        model=model, train_loader=train, val_loader=val, loss_fn=toy.CrossEntropy(),
+        optimizer=torch.optim.Adam(model.parameters(), lr=1e-2))
+    return out["model"], out["history"]
+
+
+def test_trainer_augments_training_batches_only_and_feeds_them_to_the_model(tmp_path):
+    train, val = toy.loaders(n_train=8, n_val=4)
+    train.batch_augment = Recording(BatchAugment(2, "medium"))
+    val.batch_augment = Refusing()  # the Trainer reads the training loader's attribute only
+    seen = []
+    model = toy.tiny_net()
+    model.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()) if m.training else None)
+    _train(tmp_path, train, val, model=model, epochs=2)
+    assert len(train.batch_augment.outputs) == 2 * len(train) == len(seen)
+    assert all(torch.equal(a, b) for a, b in zip(train.batch_augment.outputs, seen))
+
+
+def test_resume_draws_the_same_augmentation_as_a_straight_run(tmp_path):
+    def loaders():
+        train, val = toy.loaders(n_train=8, n_val=4)
+        train.batch_augment = BatchAugment(2, "strong")
+        return train, val
+
+    straight, _ = _train(tmp_path / "straight", *loaders(), epochs=2)
+    _train(tmp_path / "split", *loaders(), epochs=1)
+    resumed, _ = _train(tmp_path / "split", *loaders(), epochs=2,
+                        resume=str(tmp_path / "split" / "checkpoints" / "last.pt"))
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    saved = checkpoint.load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")
+    assert saved["epoch"] == 2
+
+
+def test_training_on_the_phantom_with_device_augmentation_learns(phantom2d, tmp_path):
+    train, val, _ = build(data_dir=str(phantom2d), image_size=32, batch_size=4, augmentation_on="device",
+                          augmentation_strength="medium", seed=0)
+    model, history = _train(tmp_path, train, val, model=toy.tiny_net(channels=16), epochs=4)
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert history[-1]["val_dice"] > history[0]["val_dice"]

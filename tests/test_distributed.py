@@ -47,10 +47,10 @@ RECORDER = textwrap.dedent("""
     def train_epoch(self, epoch):
         self.now = epoch
         return real_epoch(self, epoch)
-    def prepare(self, batch):
+    def prepare(self, batch, *rest):
         if self.model.training:
             seen.setdefault(self.now, []).extend(batch["case"])
-        return real_prepare(self, batch)
+        return real_prepare(self, batch, *rest)
     loop.Fit.train_epoch, loop.Fit._prepare = train_epoch, prepare
     if os.environ.get("FAIL_RANK") == os.environ["RANK"]:
         def validate(self, epoch):

@@ -80,6 +80,7 @@ def build_loaders(cfg: Any, log: Callable[[str], None] = print):
 
     size = _size(cfg.image_size, dims)
     strength = cfg.augmentation_strength if cfg.augmentation else None
+    on_device = strength is not None and getattr(cfg, "augmentation_on", "workers") == "device"
 
     def source(cases: list[Case]):
         from segflow.data.datasets import CaseSource
@@ -90,7 +91,7 @@ def build_loaders(cfg: Any, log: Callable[[str], None] = print):
         return CaseSource(cases, spec, memory, disk)
 
     train_ds, val_ds = _datasets(source(train_cases) if train_cases else None,
-                                 source(val_cases) if val_cases else None, dims, size, strength, cfg)
+                                 source(val_cases) if val_cases else None, dims, size, strength, cfg, on_device)
     workers = resolve_workers(cfg.num_workers, torch.cuda.is_available())
     pin = torch.cuda.is_available() if cfg.pin_memory == "auto" else bool(cfg.pin_memory)
     common = dict(num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
@@ -130,6 +131,18 @@ def build_loaders(cfg: Any, log: Callable[[str], None] = print):
         val_loader = DataLoader(val_ds, batch_size=cfg.batch_size if dims == 2 else 1, shuffle=False,
                                 sampler=val_sampler, num_workers=val_workers, pin_memory=pin,
                                 persistent_workers=val_workers > 0, collate_fn=collate)
+    batch_augment = None
+    if on_device and train_loader is not None:
+        from segflow.data.batch_augment import BatchAugment
+
+        # 2-D workers leave images in [0, 1] for the intensity transforms; the z-score follows them
+        batch_augment = BatchAugment(dims, strength, zscore_after=dims == 2 and cfg.normalization == "zscore")
+    for loader in (train_loader, val_loader):  # consumers read the attribute without checking for it
+        if loader is not None:
+            loader.batch_augment = batch_augment if loader is train_loader else None
+    if batch_augment is not None:
+        log(f"data: {strength} augmentation batched on the training device; workers only read, "
+            f"{'crop' if dims == 3 else 'resize'} and collate")
     if workers:
         log(f"data: {workers} loader worker(s), {int(cfg.prefetch_factor)} batches prefetched each, "
             f"pinned memory {'on' if pin else 'off'}")
@@ -256,17 +269,22 @@ def _size(image_size, dims: int) -> tuple[int, ...]:
     return tuple(int(s) for s in image_size)
 
 
-def _datasets(train_src, val_src, dims: int, size, strength, cfg):
+def _datasets(train_src, val_src, dims: int, size, strength, cfg, on_device: bool = False):
+    """With `on_device` the training workers get no random transforms: BatchAugment does them, and
+    for 2-D the z-score that must follow them, on the training device."""
     from segflow.data.augment import albumentations_pipeline, monai_pipeline
     from segflow.data.datasets import Patches3D, Slices2D, Volumes3D
 
     seed = int(cfg.seed)
     repeats = int(cfg.samples_per_volume)
     train = None
+    if on_device:
+        strength = None
     if dims == 2:
         z = cfg.normalization == "zscore"
         if train_src:
-            train = Slices2D(train_src, albumentations_pipeline(size, strength, seed), z, repeats, seed)
+            train = Slices2D(train_src, albumentations_pipeline(size, strength, seed), z and not on_device,
+                             repeats, seed)
         val = Slices2D(val_src, albumentations_pipeline(size, None, seed), z) if val_src else None
     else:
         if train_src:

@@ -132,6 +132,8 @@ class Fit:
         self.log = ctx.log
         self.model, self.train_loader, self.val_loader = model, train_loader, val_loader
         self.loss_fn, self.optimizer = loss_fn, optimizer
+        # augmentation_on "device": the loader's random transforms, run here on whole training batches
+        self.batch_augment = getattr(train_loader, "batch_augment", None)
         self.epochs = cfg.epochs
         self.device = resolve_device(ctx.device or cfg.device,
                                      "--device" if ctx.device else f"Trainer '{name}': config field 'device'")
@@ -242,9 +244,11 @@ class Fit:
 
     # ---- one epoch --------------------------------------------------------------------------
 
-    def _prepare(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _prepare(self, batch: dict[str, Any], augment=None) -> tuple[torch.Tensor, torch.Tensor]:
         image = batch["image"].to(self.device, non_blocking=True)
         label = batch["label"].to(self.device, non_blocking=True)
+        if augment is not None:  # first: its resampling hands back tensors in the default memory format
+            image, label = augment(image, label)
         if self.memory_format is not None:
             image = image.contiguous(memory_format=self.memory_format)
         return image, label
@@ -279,7 +283,7 @@ class Fit:
         batches = _TimedBatches(self.train_loader)
         opt.zero_grad(set_to_none=True)
         for i, batch in enumerate(batches):
-            image, label = self._prepare(batch)
+            image, label = self._prepare(batch, self.batch_augment)
             if self.memory_format is None and i == 0 and epoch == self.state.epoch + 1:
                 self.memory_format = _memory_format(cfg, dev, image, self.precision.enabled)
                 if self.memory_format is not None:
