@@ -101,9 +101,8 @@ def build_loaders(cfg: Any, log: Callable[[str], None] = print):
         common["worker_init_fn"] = worker_init
         common["prefetch_factor"] = int(cfg.prefetch_factor)
     rank, world = distributed.rank(), distributed.world_size()
-    # Rank 0 keeps the single-process seed, so a 1-process torchrun job draws what a plain run draws;
-    # other ranks get their own augmentation and worker-seed streams instead of rank 0's copy.
-    seed = int(cfg.seed) + 1_000_003 * rank
+    # other ranks get their own augmentation and worker-seed streams instead of rank 0's copy
+    seed = distributed.rank_seed(cfg.seed)
     if rank and train_ds is not None:
         train_ds.reseed(seed)
     gen = torch.Generator().manual_seed(seed)

@@ -143,7 +143,8 @@ class Fit:
         if distributed.initialized() and self.device.type == "cuda":
             self.device = torch.device("cuda", distributed.local_rank())  # one GPU per process
         if cfg.seed is not None:
-            seed_everything(cfg.seed, cfg.deterministic)
+            # per rank: DDP ranks must not share dropout masks or augmentation_on "device" draws
+            seed_everything(distributed.rank_seed(cfg.seed), cfg.deterministic)
         self.precision = resolve_precision(cfg.mixed_precision, self.device, self.log)
         self.run_dir = Path(ctx.run_dir)
         self.ckpt_dir = ctx.output_path(cfg.checkpoint_dir)
