@@ -7,6 +7,7 @@
 #   bash benchmarks/gpu_session.sh race-identical   # engine overhead at identical settings (target within 3%)
 #   bash benchmarks/gpu_session.sh race-fast        # segflow's fast path against the same plain loop
 #   bash benchmarks/gpu_session.sh baseline         # ../shared/bench/monai_reference_e2e.py, same session
+#   bash benchmarks/gpu_session.sh loader           # loader throughput, augmentation in workers vs on the GPU
 # Logs land in $OUT (the device tool brings them back).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +29,8 @@ for group in "$@"; do
     race-fast) python3 benchmarks/race.py --settings fast --device cuda --steps 40 --warmup 1 --epochs 2 \
                  2>&1 | tee "$OUT/race_fast.log" ;;
     baseline) python3 .whl/monai_reference_e2e.py 2>&1 | tee "$OUT/baseline_e2e.log" ;;
-    *) echo "unknown group: $group (tests, race-identical, race-fast, baseline)"; exit 2 ;;
+    loader) python3 benchmarks/loader_throughput.py --workers 0,8 --augmentation-on workers,device --batches 60 \
+              --device cuda 2>&1 | tee "$OUT/loader_throughput.log" ;;
+    *) echo "unknown group: $group (tests, race-identical, race-fast, baseline, loader)"; exit 2 ;;
   esac
 done
