@@ -52,6 +52,12 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", 0)) if launched() else 0
 
 
+def rank_seed(seed: int) -> int:
+    """This rank's seed: `seed` itself on rank 0, so a 1-process job draws what a plain run draws,
+    and a seed of its own on every other rank, so ranks do not repeat each other's random draws."""
+    return int(seed) + 1_000_003 * rank()
+
+
 def is_main() -> bool:
     """Rank 0 writes the run directory, checkpoints, logs, TensorBoard and progress bars."""
     return rank() == 0

@@ -30,17 +30,6 @@ def build(**kw):
     return build_loaders(Config(**kw), log=lambda *_: None)
 
 
-@pytest.fixture(scope="module")
-def phantom2d(tmp_path_factory):
-    return write_phantom_dataset(tmp_path_factory.mktemp("p") / "phantom2d", "2d", num_cases=10, size=48)
-
-
-@pytest.fixture(scope="module")
-def phantom3d(tmp_path_factory):
-    return write_phantom_dataset(tmp_path_factory.mktemp("p") / "phantom3d", "3d", num_cases=5, size=(24, 20, 16),
-                                 num_classes=3)
-
-
 @pytest.mark.parametrize("raw", SEED_GUIDE_LOADERS)
 def test_seed_guide_loader_configs_validate(raw):
     c = Config(**raw)

@@ -59,10 +59,10 @@ RECORDER = textwrap.dedent("""
     def train_epoch(self, epoch):
         self.now = epoch
         return real_epoch(self, epoch)
-    def prepare(self, batch):
+    def prepare(self, batch, *rest):
         if self.model.training:
             seen.setdefault(self.now, []).extend(batch["case"])
-        return real_prepare(self, batch)
+        return real_prepare(self, batch, *rest)
     loop.Fit.train_epoch, loop.Fit._prepare = train_epoch, prepare
     if os.environ.get("FAIL_RANK") == os.environ["RANK"]:
         def validate(self, epoch):
@@ -137,6 +137,26 @@ def test_shard_sampler_gives_every_index_to_exactly_one_rank():
         shards = [list(ShardSampler(n, r, world)) for r in range(world)]
         assert sorted(i for s in shards for i in s) == list(range(n))
         assert [len(ShardSampler(n, r, world)) for r in range(world)] == [len(s) for s in shards]
+
+
+def test_each_rank_seeds_the_trainer_with_a_seed_of_its_own(tmp_path, monkeypatch):
+    """Ranks share the Trainer's seed setting, not its random streams (dropout, device augmentation)."""
+    from segflow import distributed
+    from segflow.nodes.base import RunContext
+    from segflow.nodes.training import Trainer
+    from segflow.training import loop, toy
+
+    assert distributed.rank_seed(7) == 7  # one process: the seed as given
+    seeds = []
+    for rank in ("0", "1"):
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", rank)
+        model = toy.tiny_net()
+        ctx = RunContext(run_dir=tmp_path / rank, workflow_name="t", device="cpu", progress=False, log=lambda m: None)
+        loop.Fit(Trainer.Config(seed=7), ctx, "trainer", model, *toy.loaders(), toy.CrossEntropy(),
+                 torch.optim.SGD(model.parameters(), lr=0.1))
+        seeds.append(torch.initial_seed())
+    assert seeds[0] == 7 and seeds[1] != 7
 
 
 def test_two_ranks_train_on_disjoint_shards_reshuffled_each_epoch(job):

@@ -80,6 +80,7 @@ def build_loaders(cfg: Any, log: Callable[[str], None] = print):
 
     size = _size(cfg.image_size, dims)
     strength = cfg.augmentation_strength if cfg.augmentation else None
+    on_device = strength is not None and getattr(cfg, "augmentation_on", "workers") == "device"
 
     def source(cases: list[Case]):
         from segflow.data.datasets import CaseSource
@@ -90,7 +91,7 @@ def build_loaders(cfg: Any, log: Callable[[str], None] = print):
         return CaseSource(cases, spec, memory, disk)
 
     train_ds, val_ds = _datasets(source(train_cases) if train_cases else None,
-                                 source(val_cases) if val_cases else None, dims, size, strength, cfg)
+                                 source(val_cases) if val_cases else None, dims, size, strength, cfg, on_device)
     workers = resolve_workers(cfg.num_workers, torch.cuda.is_available())
     pin = torch.cuda.is_available() if cfg.pin_memory == "auto" else bool(cfg.pin_memory)
     common = dict(num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
@@ -100,9 +101,8 @@ def build_loaders(cfg: Any, log: Callable[[str], None] = print):
         common["worker_init_fn"] = worker_init
         common["prefetch_factor"] = int(cfg.prefetch_factor)
     rank, world = distributed.rank(), distributed.world_size()
-    # Rank 0 keeps the single-process seed, so a 1-process torchrun job draws what a plain run draws;
-    # other ranks get their own augmentation and worker-seed streams instead of rank 0's copy.
-    seed = int(cfg.seed) + 1_000_003 * rank
+    # other ranks get their own augmentation and worker-seed streams instead of rank 0's copy
+    seed = distributed.rank_seed(cfg.seed)
     if rank and train_ds is not None:
         train_ds.reseed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -131,6 +131,26 @@ def build_loaders(cfg: Any, log: Callable[[str], None] = print):
         val_loader = DataLoader(val_ds, batch_size=1 if whole else cfg.batch_size, shuffle=False,
                                 sampler=val_sampler, num_workers=val_workers, pin_memory=pin,
                                 persistent_workers=val_workers > 0, collate_fn=collate)
+    batch_augment = None
+    if on_device and train_loader is not None:
+        from segflow.data.batch_augment import BatchAugment
+
+        zscored = cfg.normalization == "zscore"
+        if dims == 2 and size_mode(cfg, dims) == "resize":
+            # the workers leave images in [0, 1] for the intensity transforms; the z-score follows them
+            batch_augment = BatchAugment(dims, strength, zscore_after=zscored)
+        elif dims == 2:
+            # patches: already cut at full resolution (no random resized crop) and, with zscore, already
+            # scaled by their whole image's statistics, so gamma rescales each sample as for 3-D
+            batch_augment = BatchAugment(dims, strength, crop_p=0.0, unit_range=not zscored)
+        else:
+            batch_augment = BatchAugment(dims, strength)
+    for loader in (train_loader, val_loader):  # consumers read the attribute without checking for it
+        if loader is not None:
+            loader.batch_augment = batch_augment if loader is train_loader else None
+    if batch_augment is not None:
+        log(f"data: {strength} augmentation batched on the training device; workers only read, "
+            f"{'resize' if size_mode(cfg, dims) == 'resize' else 'cut patches'} and collate")
     if workers:
         log(f"data: {workers} loader worker(s), {int(cfg.prefetch_factor)} batches prefetched each, "
             f"pinned memory {'on' if pin else 'off'}")
@@ -269,20 +289,27 @@ def size_mode(cfg: Any, dims: int) -> str:
     return mode
 
 
-def _datasets(train_src, val_src, dims: int, size, strength, cfg):
+def _datasets(train_src, val_src, dims: int, size, strength, cfg, on_device: bool = False):
+    """With `on_device` the training workers get no random transforms: BatchAugment does them (and,
+    for resized 2-D images, the z-score that must follow them) on the training device."""
     from segflow.data.augment import albumentations_pipeline, monai_pipeline
     from segflow.data.datasets import Patches2D, Patches3D, Slices2D, WholeCases
 
     seed = int(cfg.seed)
     repeats = int(cfg.samples_per_volume)
     train = None
+    if on_device:
+        strength = None
     z = dims == 2 and cfg.normalization == "zscore"  # 2-D images stay in [0, 1] until after augmentation
     if dims == 2 and size_mode(cfg, dims) == "resize":
         if train_src:
-            train = Slices2D(train_src, albumentations_pipeline(size, strength, seed), z, repeats, seed)
+            train = Slices2D(train_src, albumentations_pipeline(size, strength, seed), z and not on_device,
+                             repeats, seed)
         val = Slices2D(val_src, albumentations_pipeline(size, None, seed), z) if val_src else None
         return train, val
     if train_src and dims == 2:
+        # patches are z-scored here with their whole image's statistics, even with on_device, since
+        # BatchAugment only knows the patch
         train = Patches2D(train_src, size, cfg.pos, cfg.neg, albumentations_pipeline(size, strength, seed, resize=False),
                           z, repeats, seed)
     elif train_src:

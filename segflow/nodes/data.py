@@ -53,6 +53,11 @@ class MedicalSegmentationLoaderConfig(NodeConfig):
     augmentation_strength: Literal["light", "medium", "strong"] = Field("medium", description=(
         "Augmentation preset: light (crop, flip, mild intensity), medium (+ rotate-90, affine, gamma), "
         "strong (+ elastic/grid distortion, noise; 3-D: affine, smoothing, contrast)."))
+    augmentation_on: Literal["workers", "device"] = Field("workers", description=(
+        "Where training augmentation runs. workers: per sample in the DataLoader workers (albumentations 2-D, "
+        "MONAI 3-D). device: the random spatial and intensity transforms run batched on the Trainer's device "
+        "(the GPU) after the copy; workers only read, crop (3-D patches) and resize (2-D). For fast GPUs where "
+        "CPU augmentation limits throughput. Same presets (augmentation_strength); see docs/data.md."))
     normalization: Literal["zscore", "minmax", "ct", "none"] = Field("zscore", description=(
         "Per-case intensity normalisation: z-score, min-max to [0, 1], CT window (ct_window) to [0, 1], or none."))
     ct_window: list[float] = Field([-175.0, 250.0], min_length=2, max_length=2, description=(

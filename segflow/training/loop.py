@@ -138,6 +138,8 @@ class Fit:
         self.log = ctx.log
         self.model, self.train_loader, self.val_loader = model, train_loader, val_loader
         self.loss_fn, self.optimizer = loss_fn, optimizer
+        # augmentation_on "device": the loader's random transforms, run here on whole training batches
+        self.batch_augment = getattr(train_loader, "batch_augment", None)
         self.epochs = cfg.epochs
         self.device = resolve_device(ctx.device or cfg.device,
                                      "--device" if ctx.device else f"Trainer '{name}': config field 'device'")
@@ -147,7 +149,8 @@ class Fit:
         if distributed.initialized() and self.device.type == "cuda":
             self.device = torch.device("cuda", distributed.local_rank())  # one GPU per process
         if cfg.seed is not None:
-            seed_everything(cfg.seed, cfg.deterministic)
+            # per rank: DDP ranks must not share dropout masks or augmentation_on "device" draws
+            seed_everything(distributed.rank_seed(cfg.seed), cfg.deterministic)
         self.precision = resolve_precision(cfg.mixed_precision, self.device, self.log)
         self.run_dir = Path(ctx.run_dir)
         self.ckpt_dir = ctx.output_path(cfg.checkpoint_dir)
@@ -272,9 +275,11 @@ class Fit:
 
     # ---- one epoch --------------------------------------------------------------------------
 
-    def _prepare(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _prepare(self, batch: dict[str, Any], augment=None) -> tuple[torch.Tensor, torch.Tensor]:
         image = batch["image"].to(self.device, non_blocking=True)
         label = batch["label"].to(self.device, non_blocking=True)
+        if augment is not None:  # first: its resampling hands back tensors in the default memory format
+            image, label = augment(image, label)
         if self.memory_format is not None:
             image = image.contiguous(memory_format=self.memory_format)
         return image, label
@@ -310,7 +315,7 @@ class Fit:
         batches = _TimedBatches(self.train_loader)
         opt.zero_grad(set_to_none=True)
         for i, batch in enumerate(batches):
-            image, label = self._prepare(batch)
+            image, label = self._prepare(batch, self.batch_augment)
             if self.memory_format is None and i == 0 and epoch == self.state.epoch + 1:
                 self.memory_format = _memory_format(cfg, dev, image, self.precision.enabled)
                 if self.memory_format is not None:
