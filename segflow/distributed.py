@@ -143,6 +143,17 @@ def all_reduce_(tensor, op: str = "sum"):
     return tensor
 
 
+def broadcast_buffers_(module) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) into every rank's module, in place.
+    DDP broadcasts them only at the start of each training forward, so after the last training
+    step of an epoch every rank holds its own; checkpoints hold rank 0's."""
+    if initialized() and world_size() > 1:
+        import torch.distributed as dist
+
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def wait_for_main() -> None:
     """With `release_others`, brackets work rank 0 must do first (write a phantom dataset, fill a disk
     cache) so the other ranks find its files in place instead of racing to write the same ones.

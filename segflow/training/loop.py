@@ -398,6 +398,8 @@ class Fit:
         from monai.inferers import sliding_window_inference
 
         cfg, dev = self.cfg, self.device
+        if self.dist:  # validate with the statistics the checkpoint holds, on every rank
+            distributed.broadcast_buffers_(self.model)
         self.model.eval()
         loss_sum = torch.zeros((), device=dev)
         meter = None
