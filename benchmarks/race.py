@@ -21,6 +21,9 @@ The ratio line also carries dice_diff = segflow's val_dice - plain's (target: wi
 Settings: "identical" runs segflow with the plain loop's precision, no compile, no channels-last and the
 same worker count (what is left is the engine's overhead); "fast" runs segflow's defaults (bf16 where the
 GPU has it, channels-last, fused AdamW, auto workers) plus compile on CUDA, against the same plain loop.
+Compile mode (fast, CUDA): "default" for swin3d (arithmetic-bound: fusion pays), "reduce-overhead" for
+unet2d (launch-bound: CUDA graphs pay); --compile MODE or --compile off overrides both.
+--augmentation-on device moves segflow's augmentation onto the GPU (fast only).
 The plain loop is the MONAI tutorial pattern (CacheDataset -> random crop + flip -> DataLoader with workers
 -> step: fp16 + GradScaler for SwinUNETR, fp32 for the 2-D UNet) except that it keeps the loss on the
 device instead of calling .item() every step, as segflow does. Each loop keeps its own augmentation.
@@ -246,10 +249,19 @@ def _summary(rows, dev) -> dict:
                 data_wait_frac=sum(r["wait"] for r in rows) / max(1e-9, t), peak_gib=peak)
 
 
-def workflow(kind, size, data_dir, settings, device, repeats, workers, warmup, epochs, lr=1e-4, seed=0) -> dict:
-    """The same work as `plain_loop`, written as a segflow workflow."""
+COMPILE_MODE = {"swin3d": "default", "unet2d": "reduce-overhead"}
+
+
+def workflow(kind, size, data_dir, settings, device, repeats, workers, warmup, epochs, lr=1e-4, seed=0,
+             compile_mode=None, augmentation_on="workers") -> dict:
+    """The same work as `plain_loop`, written as a segflow workflow. `compile_mode` and
+    `augmentation_on` apply to the fast settings only (None: the case's COMPILE_MODE on CUDA)."""
     fast = settings == "fast"
     cuda = device.startswith("cuda")
+    compile_ = False
+    if fast and cuda:
+        mode = compile_mode or COMPILE_MODE[kind]
+        compile_ = False if mode == "off" else mode
     if size["dims"] == 3:
         net = {"type": "SwinUNETR", "name": "model",
                "config": {"in_channels": 1, "out_channels": 2, "feature_size": size["feature_size"], "spatial_dims": 3,
@@ -267,6 +279,7 @@ def workflow(kind, size, data_dir, settings, device, repeats, workers, warmup, e
                         "image_size": size["patch"], "batch_size": size["batch"], "augmentation": True,
                         "augmentation_strength": "light", "normalization": "minmax", "cache": "memory",
                         "num_workers": "auto" if fast else workers, "val_fraction": 0.0, "seed": seed,
+                        "augmentation_on": augmentation_on if fast else "workers",
                         "samples_per_volume": repeats,
                         # 2-D: crops at the image's own resolution, uniformly placed, as RandSpatialCropd
                         # cuts them (resizing whole images would be other work, and lose detail)
@@ -280,14 +293,14 @@ def workflow(kind, size, data_dir, settings, device, repeats, workers, warmup, e
             {"type": "Trainer", "name": "trainer",
              "config": {"epochs": warmup + epochs, "device": device, "seed": seed,
                         "mixed_precision": "auto" if fast else ("fp16" if amp is not None else False),
-                        "compile": fast and cuda, "channels_last": "auto" if fast else False,
+                        "compile": compile_, "channels_last": "auto" if fast else False,
                         "save_frequency": 0, "save_best_only": True, "log_images": False}},
         ],
     }
 
 
 def segflow_loop(kind, size, data_dir, tmp: Path, settings, device, repeats, workers, warmup, epochs, lr=1e-4,
-                 seed=0):
+                 seed=0, **options):
     """-> (figures, trained network)."""
     import torch
 
@@ -296,7 +309,7 @@ def segflow_loop(kind, size, data_dir, tmp: Path, settings, device, repeats, wor
 
     path = tmp / f"race_{kind}_{settings}.json"
     path.write_text(json.dumps(workflow(kind, size, data_dir, settings, device, repeats, workers, warmup, epochs, lr,
-                                        seed),
+                                        seed, **options),
                                indent=1))
     lines: list[str] = []
     result = run_workflow(path, run_dir=tmp / f"run_{kind}_{settings}", progress=False, log=lines.append)
@@ -311,6 +324,8 @@ def segflow_loop(kind, size, data_dir, tmp: Path, settings, device, repeats, wor
     out.update(steps_run=metrics["global_step"], images_run=round(sum(r["images"] for r in rows)),
                precision=resolve_precision(result.workflow.nodes["trainer"].config.mixed_precision,
                                            torch.device(device), log=lambda _m: None).describe(),
+               compile=result.workflow.nodes["trainer"].config.compile,
+               augmentation_on=result.workflow.nodes["data_loader"].config.augmentation_on,
                compile_note=next((ln for ln in lines if ln.startswith("compile:")), None))
     return out, result.outputs["trainer"]["model"]
 
@@ -332,7 +347,8 @@ def race(kind: str, args, root: Path) -> list[dict]:
     plain["val_dice"] = val_dice(plain_net, held_out, size, device)
     del plain_net
     seg, seg_net = segflow_loop(kind, size, data_dir, root, args.settings, device, repeats, workers, args.warmup,
-                                args.epochs, args.lr, args.seed)
+                                args.epochs, args.lr, args.seed, compile_mode=args.compile,
+                                augmentation_on=args.augmentation_on)
     seg["val_dice"] = val_dice(seg_net, held_out, size, device)
     del seg_net
     flop = plain.pop("gflop_per_step")
@@ -366,6 +382,10 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--seed", type=int, default=0, help="seed of both loops' initialisation, order and augmentation "
                                                         "(the data stay the same); a single run's Dice varies by a "
                                                         "few hundredths with it until training has converged")
+    ap.add_argument("--compile", default=None, choices=["off", "default", "reduce-overhead", "max-autotune"],
+                    help="segflow's compile mode with --settings fast on CUDA (default: per case, see above)")
+    ap.add_argument("--augmentation-on", default="workers", choices=["workers", "device"],
+                    help="where segflow augments with --settings fast (default workers)")
     ap.add_argument("--root", default=None, help="folder for data and run directories (default: a temporary one)")
     args = ap.parse_args(argv)
     if args.device is None:

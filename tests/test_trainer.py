@@ -221,6 +221,10 @@ def test_compile_modes_reach_torch_compile(tmp_path, monkeypatch, setting, mode)
         seen.append(mode)
         return model  # eager underneath: the test is about what was asked for
 
+    marks = []
     monkeypatch.setattr(torch, "compile", recording_compile)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
     run_trainer(tmp_path, epochs=1, compile=setting)
     assert seen and set(seen) == {mode}
+    # CUDA graphs reuse output memory: every compiled call (train and validation) starts a new step
+    assert (len(marks) > 0) == (mode == "reduce-overhead")

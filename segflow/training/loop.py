@@ -45,6 +45,9 @@ class _Forward:
         self.compiled = None
         self.log = log
         self.proven = False
+        # CUDA graphs (reduce-overhead) reuse their output memory on the next replay; marking each call
+        # as a new step tells torch that the previous step's outputs are no longer needed
+        self.new_step = compile_ == "reduce-overhead"
         if compile_:
             mode = None if compile_ is True or compile_ == "default" else compile_
             try:
@@ -55,6 +58,8 @@ class _Forward:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.compiled is None:
             return self.eager(x)
+        if self.new_step:
+            torch.compiler.cudagraph_mark_step_begin()
         if self.proven:
             return self.compiled(x)
         try:
