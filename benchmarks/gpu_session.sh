@@ -25,8 +25,9 @@ nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv > "$OUT/gpu.csv"
 for group in "$@"; do
   case "$group" in
     tests) python3 -m pytest -q -m gpu tests/test_gpu.py 2>&1 | tee "$OUT/gpu_tests.log" ;;
-    race-identical) python3 benchmarks/race.py --settings identical --device cuda --steps 40 --warmup 1 --epochs 2 \
-                      2>&1 | tee "$OUT/race_identical.log" ;;
+    race-identical) { python3 benchmarks/step_overhead.py --device cuda
+                      python3 benchmarks/race.py --settings identical --device cuda --steps 40 --warmup 1 --epochs 2
+                    } 2>&1 | tee "$OUT/race_identical.log" ;;
     race-fast) python3 benchmarks/race.py --settings fast --device cuda --steps 40 --warmup 1 --epochs 2 \
                  2>&1 | tee "$OUT/race_fast.log" ;;
     race-dice) for seed in 0 1; do

@@ -160,3 +160,16 @@ def test_race_scores_each_network_on_held_out_cases(tmp_path):
         nib.save(nib.Nifti1Image(lab, np.eye(4)), f["image"])
     assert race.val_dice(_Threshold(0.5), files, size, "cpu") == pytest.approx(1.0)
     assert race.val_dice(_Threshold(2.0), files, size, "cpu") == pytest.approx(0.0)  # predicts no foreground
+
+
+def test_the_trainer_adds_at_most_two_operations_per_step_to_a_plain_loop():
+    """Counted ATen operations (on a GPU, kernel launches) per training step at identical settings; a
+    per-step check or metric added to the Trainer's hot path shows up here, on any machine."""
+    spec = importlib.util.spec_from_file_location("step_overhead", ROOT / "benchmarks" / "step_overhead.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    plain, seg, extra = mod.measure("cpu", batches=20, repeats=1)
+    assert plain["ops_per_step"] > 50  # forward, backward and AdamW of the tiny network were counted
+    # the loss copied into the epoch's tensor (select + copy instead of the plain loop's add: +1) and
+    # the gradient norm every 10th step (a few operations / 10)
+    assert 0 < extra["ops_per_step"] <= 2
