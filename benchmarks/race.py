@@ -289,7 +289,8 @@ def workflow(kind, size, data_dir, settings, device, repeats, workers, warmup, e
              "config": {"loss_type": "combined", "dice_weight": 1.0, "ce_weight": 1.0}},
             {"type": "Optimizer", "name": "optimizer",
              "config": {"optimizer_type": "AdamW", "learning_rate": lr, "weight_decay": 1e-4,
-                        **({"fused": True} if fast and cuda else {})}},
+                        # identical: the plain loop's AdamW kernels (torch's foreach), not segflow's fused default
+                        "fused": "auto" if fast else False}},
             {"type": "Trainer", "name": "trainer",
              "config": {"epochs": warmup + epochs, "device": device, "seed": seed,
                         "mixed_precision": "auto" if fast else ("fp16" if amp is not None else False),

@@ -131,6 +131,18 @@ def test_fused_builds_and_steps(name):
     step(net, opt)
 
 
+@pytest.mark.parametrize("name, fused, expected", [
+    ("Adam", "auto", True), ("AdamW", None, True), ("SGD", "auto", True),  # the default is auto
+    ("AdamW", False, False), ("AdamW", "null", False),  # null: torch's own kernels, as before auto existed
+    ("RMSprop", "auto", None),  # no fused RMSprop in torch: its own choice
+])
+def test_fused_auto_is_on_where_torch_has_fused_kernels(name, fused, expected):
+    kw = {} if fused is None else {"fused": fused}
+    cfg = OptimizerConfig(optimizer_type=name, learning_rate=0.01, **kw)
+    opt = build_optimizer(model(), cfg)
+    assert opt.param_groups[0].get("fused") is expected or (expected is None and not opt.param_groups[0].get("fused"))
+
+
 def test_model_moved_after_building_keeps_optimizer_valid():
     # the Trainer calls model.to(device) after the Optimizer node ran: parameters keep their identity
     net = model()

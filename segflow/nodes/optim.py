@@ -45,13 +45,21 @@ class OptimizerConfig(NodeConfig):
         [], description="Per-layer learning rates: a list of {pattern, learning_rate, weight_decay}; a parameter "
         "goes to the first group whose pattern matches it, the rest use the base settings.")
     freeze: list[str] = Field([], description=f"Parameters to freeze (not trained), each {_PATTERN_DOC}.")
-    fused: bool | None = Field(None, description="Fused kernel implementation (Adam/AdamW/SGD). Default: torch's "
-                               "choice (the multi-tensor 'foreach' kernels when the model is on CUDA).")
+    fused: bool | Literal["auto"] = Field("auto", description=(
+        "Fused kernels: the whole update in one kernel per parameter group (Adam/AdamW/SGD, on CPU and CUDA). "
+        "auto: fused for Adam/AdamW/SGD, torch's own choice for RMSprop; false (or null): torch's multi-tensor "
+        "'foreach' kernels on CUDA, a loop over parameters on CPU."))
 
     @field_validator("optimizer_type", mode="before")
     @classmethod
     def _any_case(cls, v: Any) -> Any:
         return OPTIMIZERS.get(v.strip().lower(), v) if isinstance(v, str) else v
+
+    @field_validator("fused", mode="before")
+    @classmethod
+    def _null_is_unfused(cls, v: Any) -> Any:
+        # null meant torch's own choice before "auto" existed (GUIs send it as the string "null")
+        return False if v is None or (isinstance(v, str) and v.strip().lower() == "null") else v
 
     @field_validator("betas")
     @classmethod
@@ -64,7 +72,7 @@ class OptimizerConfig(NodeConfig):
     def _combinations(self) -> OptimizerConfig:
         if self.nesterov and self.optimizer_type == "SGD" and self.momentum_value() == 0:
             raise ValueError("nesterov needs momentum > 0 (SGD); set momentum, e.g. 0.9")
-        if self.fused and self.optimizer_type == "RMSprop":
+        if self.fused is True and self.optimizer_type == "RMSprop":
             raise ValueError("fused is not available for RMSprop; use Adam, AdamW or SGD, or leave fused unset")
         return self
 
