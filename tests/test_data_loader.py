@@ -150,6 +150,22 @@ def test_2d_patches_keep_the_preset_but_not_its_resizing_crop(phantom2d):
     assert next(iter(train))["image"].shape == (2, 1, 32, 24)
 
 
+@pytest.mark.parametrize("size_mode", ["resize", "patches"])
+def test_2d_raw_intensities_survive_augmentation(phantom2d, size_mode):
+    """normalization none: albumentations clips float images to [0, 1] in its intensity transforms; the
+    raw PNG values (0-255 here) must come through, in training as in validation."""
+    train, val, _ = build(data_dir=str(phantom2d), image_size=32, size_mode=size_mode, normalization="none",
+                          augmentation_strength="strong", batch_size=4)
+    val_max = max(float(b["image"].max()) for b in val)
+    assert val_max > 50
+    for batch in train:
+        for img in batch["image"]:
+            assert float(img.max()) > 0.25 * val_max  # not squeezed into [0, 1]
+    device = build(data_dir=str(phantom2d), image_size=32, size_mode=size_mode, normalization="none",
+                   augmentation_strength="strong", augmentation_on="device")[0].batch_augment
+    assert device.settings.unit_range is False and not device.zscore_after
+
+
 def test_size_mode_resize_is_2d_only(phantom3d):
     with pytest.raises(ValidationError, match="size_mode resize is for 2-D"):
         Config(spatial_dims=3, size_mode="resize")

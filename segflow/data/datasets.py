@@ -48,8 +48,13 @@ class _Seeded(Dataset):
 class Slices2D(_Seeded):
     """2-D samples resized (and augmented, for training) to the pipeline's output size."""
 
-    def __init__(self, source: CaseSource, transform, zscore_after: bool, repeats: int = 1, seed: int = 0):
+    def __init__(self, source: CaseSource, transform, zscore_after: bool, repeats: int = 1, seed: int = 0,
+                 raw_range: bool = False):
         self.source, self.transform, self.zscore_after, self.repeats = source, transform, zscore_after, repeats
+        # normalization "none": albumentations' intensity transforms expect [0, 1] and clip float
+        # images to it, so raw intensities go through the transform mapped onto [0, 1] by their whole
+        # image's per-channel range, and are mapped back afterwards
+        self.raw_range = raw_range
         self.reseed(seed)
 
     def __len__(self) -> int:
@@ -65,7 +70,13 @@ class Slices2D(_Seeded):
     def __getitem__(self, index: int) -> dict:
         prep = self.source.get(index // self.repeats)
         image, label = self._sample(prep)
-        image = np.ascontiguousarray(np.moveaxis(image, 0, -1))  # HWC for albumentations
+        span = None
+        if self.raw_range and self.transform is not None:
+            whole = np.asarray(prep.image)
+            lo = whole.min(axis=(1, 2), keepdims=True)
+            span = (lo, np.maximum(whole.max(axis=(1, 2), keepdims=True) - lo, 1e-8))
+            image = (image - span[0]) / span[1]
+        image = np.ascontiguousarray(np.moveaxis(image, 0, -1), dtype=np.float32)  # HWC for albumentations
         if self.transform is None:  # a patch with augmentation off: nothing to do
             out = {"image": image, "mask": label}
         elif label is None:  # a test image without ground truth: the sample has no "label"
@@ -73,6 +84,8 @@ class Slices2D(_Seeded):
         else:
             out = self.transform(image=image, mask=label)
         img = np.moveaxis(out["image"], -1, 0) if out["image"].ndim == 3 else out["image"][None]
+        if span is not None:
+            img = img * span[1] + span[0]
         if self.zscore_after:
             img = zscore(img, self._zscore_reference(prep))
         item = {"image": torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)), "case": prep.case_id}
@@ -86,10 +99,10 @@ class Patches2D(Slices2D):
     per epoch, foreground-weighted like `Patches3D`, then the preset's transforms at that size."""
 
     def __init__(self, source: CaseSource, patch: tuple[int, int], pos: float, neg: float, transform,
-                 zscore_after: bool, repeats: int = 1, seed: int = 0):
+                 zscore_after: bool, repeats: int = 1, seed: int = 0, raw_range: bool = False):
         self.patch = tuple(patch)
         self.p_fg = pos / (pos + neg) if pos + neg > 0 else 0.0
-        super().__init__(source, transform, zscore_after, repeats, seed)
+        super().__init__(source, transform, zscore_after, repeats, seed, raw_range)
 
     def _sample(self, prep: Prepared) -> tuple[np.ndarray, np.ndarray | None]:
         return sample_patch(prep, self.patch, self.p_fg, self.rng)

@@ -136,7 +136,11 @@ def build_loaders(cfg: Any, log: Callable[[str], None] = print):
         from segflow.data.batch_augment import BatchAugment
 
         zscored = cfg.normalization == "zscore"
-        if dims == 2 and size_mode(cfg, dims) == "resize":
+        if dims == 2 and cfg.normalization == "none":
+            # raw intensities: no clipping to [0, 1]; gamma rescales each sample as for 3-D
+            crop = {} if size_mode(cfg, dims) == "resize" else {"crop_p": 0.0}
+            batch_augment = BatchAugment(dims, strength, unit_range=False, **crop)
+        elif dims == 2 and size_mode(cfg, dims) == "resize":
             # the workers leave images in [0, 1] for the intensity transforms; the z-score follows them
             batch_augment = BatchAugment(dims, strength, zscore_after=zscored)
         elif dims == 2:
@@ -301,17 +305,18 @@ def _datasets(train_src, val_src, dims: int, size, strength, cfg, on_device: boo
     if on_device:
         strength = None
     z = dims == 2 and cfg.normalization == "zscore"  # 2-D images stay in [0, 1] until after augmentation
+    raw = dims == 2 and cfg.normalization == "none"  # mapped onto [0, 1] around the transforms, then back
     if dims == 2 and size_mode(cfg, dims) == "resize":
         if train_src:
             train = Slices2D(train_src, albumentations_pipeline(size, strength, seed), z and not on_device,
-                             repeats, seed)
+                             repeats, seed, raw_range=raw)
         val = Slices2D(val_src, albumentations_pipeline(size, None, seed), z) if val_src else None
         return train, val
     if train_src and dims == 2:
         # patches are z-scored here with their whole image's statistics, even with on_device, since
         # BatchAugment only knows the patch
         train = Patches2D(train_src, size, cfg.pos, cfg.neg, albumentations_pipeline(size, strength, seed, resize=False),
-                          z, repeats, seed)
+                          z, repeats, seed, raw_range=raw)
     elif train_src:
         train = Patches3D(train_src, size, cfg.pos, cfg.neg, monai_pipeline(size, strength, seed), repeats, seed)
     return train, (WholeCases(val_src, z) if val_src else None)
