@@ -79,6 +79,7 @@ def build_loaders(cfg: Any, log: Callable[[str], None] = print):
     spec = PrepSpec(**{**spec.__dict__, "spatial_dims": dims})
 
     size = _size(cfg.image_size, dims)
+    mode = size_mode(cfg, dims)
     strength = cfg.augmentation_strength if cfg.augmentation else None
     on_device = strength is not None and getattr(cfg, "augmentation_on", "workers") == "device"
 
@@ -91,7 +92,8 @@ def build_loaders(cfg: Any, log: Callable[[str], None] = print):
         return CaseSource(cases, spec, memory, disk)
 
     train_ds, val_ds = _datasets(source(train_cases) if train_cases else None,
-                                 source(val_cases) if val_cases else None, dims, size, strength, cfg, on_device)
+                                 source(val_cases) if val_cases else None, dims, mode, size, strength, cfg,
+                                 on_device)
     workers = resolve_workers(cfg.num_workers, torch.cuda.is_available())
     pin = torch.cuda.is_available() if cfg.pin_memory == "auto" else bool(cfg.pin_memory)
     common = dict(num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
@@ -127,34 +129,17 @@ def build_loaders(cfg: Any, log: Callable[[str], None] = print):
         # each validation sample on exactly one rank (no padding duplicates), so the all-reduced
         # confusion matrix is the whole validation set's
         val_sampler = ShardSampler(len(val_ds), rank, world) if world > 1 else None
-        whole = size_mode(cfg, dims) == "patches"  # whole cases, of any size: one at a time
+        whole = mode == "patches"  # whole cases, of any size: one at a time
         val_loader = DataLoader(val_ds, batch_size=1 if whole else cfg.batch_size, shuffle=False,
                                 sampler=val_sampler, num_workers=val_workers, pin_memory=pin,
                                 persistent_workers=val_workers > 0, collate_fn=collate)
-    batch_augment = None
-    if on_device and train_loader is not None:
-        from segflow.data.batch_augment import BatchAugment
-
-        zscored = cfg.normalization == "zscore"
-        if dims == 2 and cfg.normalization == "none":
-            # raw intensities: no clipping to [0, 1]; gamma rescales each sample as for 3-D
-            crop = {} if size_mode(cfg, dims) == "resize" else {"crop_p": 0.0}
-            batch_augment = BatchAugment(dims, strength, unit_range=False, **crop)
-        elif dims == 2 and size_mode(cfg, dims) == "resize":
-            # the workers leave images in [0, 1] for the intensity transforms; the z-score follows them
-            batch_augment = BatchAugment(dims, strength, zscore_after=zscored)
-        elif dims == 2:
-            # patches: already cut at full resolution (no random resized crop) and, with zscore, already
-            # scaled by their whole image's statistics, so gamma rescales each sample as for 3-D
-            batch_augment = BatchAugment(dims, strength, crop_p=0.0, unit_range=not zscored)
-        else:
-            batch_augment = BatchAugment(dims, strength)
+    batch_augment = _batch_augment(cfg, dims, mode, strength) if on_device and train_loader is not None else None
     for loader in (train_loader, val_loader):  # consumers read the attribute without checking for it
         if loader is not None:
             loader.batch_augment = batch_augment if loader is train_loader else None
     if batch_augment is not None:
         log(f"data: {strength} augmentation batched on the training device; workers only read, "
-            f"{'resize' if size_mode(cfg, dims) == 'resize' else 'cut patches'} and collate")
+            f"{'resize' if mode == 'resize' else 'cut patches'} and collate")
     if workers:
         log(f"data: {workers} loader worker(s), {int(cfg.prefetch_factor)} batches prefetched each, "
             f"pinned memory {'on' if pin else 'off'}")
@@ -170,7 +155,7 @@ def build_loaders(cfg: Any, log: Callable[[str], None] = print):
             + (f" ({len(unlabelled)} without label)" if unlabelled else ""))
     log(f"data: {layout.name} layout, {what}, {dims}-D, "
         f"{in_channels} channel(s), {num_classes} classes, "
-        f"{'patches of' if size_mode(cfg, dims) == 'patches' else 'resized to'} {size}, cache {cfg.cache}")
+        f"{'patches of' if mode == 'patches' else 'resized to'} {size}, cache {cfg.cache}")
     return train_loader, val_loader, info
 
 
@@ -293,7 +278,23 @@ def size_mode(cfg: Any, dims: int) -> str:
     return mode
 
 
-def _datasets(train_src, val_src, dims: int, size, strength, cfg, on_device: bool = False):
+def _batch_augment(cfg: Any, dims: int, mode: str, strength: str):
+    """The device-side augmentation for `augmentation_on: device`, told what state the workers leave
+    2-D samples in: resized images stay in [0, 1] and are z-scored after augmentation (zscore);
+    patches are cut at full resolution (no random resized crop) and already z-scored with their whole
+    image's statistics; raw intensities (normalization none) are never clipped to [0, 1]. Off [0, 1],
+    gamma rescales each sample as for 3-D."""
+    from segflow.data.batch_augment import BatchAugment
+
+    if dims == 3:
+        return BatchAugment(dims, strength)
+    resize, norm = mode == "resize", cfg.normalization
+    return BatchAugment(dims, strength, zscore_after=resize and norm == "zscore",
+                        unit_range=norm != "none" and (resize or norm != "zscore"),
+                        **({} if resize else {"crop_p": 0.0}))
+
+
+def _datasets(train_src, val_src, dims: int, mode: str, size, strength, cfg, on_device: bool = False):
     """With `on_device` the training workers get no random transforms: BatchAugment does them (and,
     for resized 2-D images, the z-score that must follow them) on the training device."""
     from segflow.data.augment import albumentations_pipeline, monai_pipeline
@@ -306,7 +307,7 @@ def _datasets(train_src, val_src, dims: int, size, strength, cfg, on_device: boo
         strength = None
     z = dims == 2 and cfg.normalization == "zscore"  # 2-D images stay in [0, 1] until after augmentation
     raw = dims == 2 and cfg.normalization == "none"  # mapped onto [0, 1] around the transforms, then back
-    if dims == 2 and size_mode(cfg, dims) == "resize":
+    if mode == "resize":
         if train_src:
             train = Slices2D(train_src, albumentations_pipeline(size, strength, seed), z and not on_device,
                              repeats, seed, raw_range=raw)

@@ -56,7 +56,7 @@ class MedicalSegmentationLoaderConfig(NodeConfig):
     augmentation_on: Literal["workers", "device"] = Field("workers", description=(
         "Where training augmentation runs. workers: per sample in the DataLoader workers (albumentations 2-D, "
         "MONAI 3-D). device: the random spatial and intensity transforms run batched on the Trainer's device "
-        "(the GPU) after the copy; workers only read, crop (3-D patches) and resize (2-D). For fast GPUs where "
+        "(the GPU) after the copy; workers only read and cut patches (or resize 2-D images). For fast GPUs where "
         "CPU augmentation limits throughput. Same presets (augmentation_strength); see docs/data.md."))
     normalization: Literal["zscore", "minmax", "ct", "none"] = Field("zscore", description=(
         "Per-case intensity normalisation: z-score, min-max to [0, 1], CT window (ct_window) to [0, 1], or none."))

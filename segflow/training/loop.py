@@ -348,13 +348,13 @@ class Fit:
             if stepping:
                 scaler.unscale_(opt)
                 norm = None
-                clip_norm = cfg.gradient_clip and cfg.gradient_clip_type == "norm"
-                if clip_norm or cfg.gradient_clip or steps % GRAD_NORM_EVERY == 0:
+                sampled = steps % GRAD_NORM_EVERY == 0
+                if cfg.gradient_clip or sampled:
                     with_grad = [p for p in params if p.grad is not None]
-                    if clip_norm:
+                    if cfg.gradient_clip and cfg.gradient_clip_type == "norm":
                         norm = torch.nn.utils.clip_grad_norm_(with_grad, cfg.gradient_clip)  # norm before clipping
                     else:
-                        if steps % GRAD_NORM_EVERY == 0:
+                        if sampled:
                             norm = _grad_norm(with_grad)
                         if cfg.gradient_clip:
                             torch.nn.utils.clip_grad_value_(with_grad, cfg.gradient_clip)
