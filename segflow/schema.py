@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,80 @@ def _loosen(schema: dict) -> dict:
     return {**outer, "anyOf": [schema, {"type": "string", "pattern": pattern}]}
 
 
+def _spelling_schemas(config: type[NodeConfig], key: str, schema: dict) -> list[dict]:
+    """Schemas for the other spellings of `key` that its before-validators accept ("adamw" for
+    "AdamW", "Dice-CE" for "combined", null for fused), found by running those validators on
+    variants of the field's words, so that the schema takes what `segflow validate` takes."""
+    from pydantic import TypeAdapter
+
+    before = [d.func for d in config.__pydantic_decorators__.field_validators.values()
+              if d.info.mode == "before" and key in d.info.fields]
+    if not before:
+        return []
+    adapter = TypeAdapter(config.model_fields[key].annotation)
+
+    def accepted(value: Any) -> bool:
+        try:
+            for validate in before:
+                value = validate(value)
+            adapter.validate_python(value, strict=True)
+        except Exception:  # noqa: BLE001 - any failure means "not this spelling"
+            return False
+        return True
+
+    enum = [v for v in _enum_values(schema) if isinstance(v, str)]
+    words = [w for w in dict.fromkeys(enum + list(config.spellings.get(key, {}))) if accepted(w)]
+    out = [{"type": "null"}] if accepted(None) else []
+    pattern, default = schema.get("pattern"), schema.get("default")
+    if pattern and isinstance(default, str) and accepted(f" {default.upper()} "):  # free text, matched any case
+        return out + [{"type": "string", "pattern": r"^\s*" + _any_case_regex(pattern.strip("^$")) + r"\s*$"}]
+    if not words:
+        return out
+    any_case = all(accepted(f(w)) for w in words for f in (str.lower, str.upper, str.title))
+    padded = all(accepted(f" {w} ") for w in words)
+    joined = [w for w in words if "_" in w]
+    loose_sep = bool(joined) and all(accepted(w.replace("_", c)) for w in joined for c in "- ")
+    if not (any_case or padded or loose_sep or len(words) > len(enum)):
+        return out
+
+    def spell(word: str) -> str:
+        parts = []
+        for ch in word:
+            if ch == "_" and loose_sep:
+                parts.append("[-_ ]")
+            elif any_case and ch.lower() != ch.upper():
+                parts.append(f"[{ch.lower()}{ch.upper()}]")
+            else:
+                parts.append(re.escape(ch))
+        return "".join(parts)
+
+    space = r"\s*" if padded else ""
+    out.append({"type": "string", "pattern": f"^{space}({'|'.join(spell(w) for w in words)}){space}$"})
+    return out
+
+
+def _any_case_regex(pattern: str) -> str:
+    """`pattern` with each literal letter as [xX] (escapes such as \\d and character classes kept)."""
+    out, i, in_class = [], 0, False
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\":
+            out.append(pattern[i:i + 2])
+            i += 2
+            continue
+        in_class = (in_class or ch == "[") and ch != "]"
+        out.append(f"[{ch.lower()}{ch.upper()}]" if not in_class and ch.lower() != ch.upper() else ch)
+        i += 1
+    return "".join(out)
+
+
+def _enum_values(schema: dict) -> list:
+    values = list(schema.get("enum", [])) + ([schema["const"]] if "const" in schema else [])
+    for sub in schema.get("anyOf", []) + schema.get("oneOf", []):
+        values += _enum_values(sub)
+    return values
+
+
 def _rename_refs(node: Any, prefix: str) -> Any:
     if isinstance(node, dict):
         return {k: (v.replace("#/$defs/", f"#/$defs/{prefix}") if k == "$ref" else _rename_refs(v, prefix))
@@ -84,6 +159,10 @@ def config_schema(type_name: str, config: type[NodeConfig], defs: dict) -> dict:
     props = {}
     for key, sub in raw.get("properties", {}).items():
         sub.pop("title", None)
+        extra = _spelling_schemas(config, key, sub)
+        if extra:
+            outer = {k: sub.pop(k) for k in ("description", "default") if k in sub}
+            sub = {**outer, "anyOf": [sub, *extra]}
         props[key] = _loosen(sub)  # files saved by the node-graph editor carry every value as a string
     for alias, canonical in config.aliases.items():
         if canonical in props:

@@ -70,6 +70,33 @@ def test_schema_rejects_what_validate_rejects():
         assert list(validator.iter_errors(json.loads((BROKEN / f"{name}.json").read_text()))), name
 
 
+# (node type, key, value, what `segflow validate` says): spellings its validators map onto a value,
+# and near misses they do not; the schema must agree either way
+SPELLINGS = [
+    ("Optimizer", "optimizer_type", "adamw", True), ("Optimizer", "optimizer_type", " SGD ", True),
+    ("Optimizer", "optimizer_type", "adamx", False), ("Optimizer", "fused", None, True),
+    ("Optimizer", "fused", "null", True), ("Optimizer", "fused", "sometimes", False),
+    ("LossFunction", "loss_type", "Dice-CE", True), ("LossFunction", "loss_type", "cross entropy", True),
+    ("LossFunction", "loss_type", "dice+ce", False), ("Trainer", "lr_schedule", None, True),
+    ("Trainer", "lr_schedule", "Cosine", True), ("Trainer", "lr_schedule", "cosine-annealing", False),
+    ("Trainer", "mixed_precision", "BFloat16", True), ("Trainer", "mixed_precision", "amp", True),
+    ("Trainer", "mixed_precision", None, False), ("Trainer", "device", " CUDA:1 ", True),
+    ("Trainer", "device", "gpu", False), ("UNet2D", "norm", "Instance", True),
+    ("MedicalSegmentationLoader", "num_workers", "AUTO", True), ("MedicalSegmentationLoader", "size_mode", "Patches", True),
+]
+
+
+@pytest.mark.parametrize("node_type,key,value,valid", SPELLINGS)
+def test_schema_takes_the_spellings_validate_takes(node_type, key, value, valid, tmp_path, capsys):
+    wf = json.loads((ROOT / "workflows" / "quickstart.json").read_text())
+    next(n for n in wf["nodes"] if n["type"] == node_type).setdefault("config", {})[key] = value
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(wf))
+    assert (main(["validate", str(path)]) == 0) is valid, capsys.readouterr().out
+    errors = list(jsonschema.Draft202012Validator(json.loads(render())).iter_errors(wf))
+    assert (not errors) is valid, [e.message for e in errors]
+
+
 def test_node_reference_is_current():
     assert (ROOT / "docs" / "nodes.md").read_text() == catalogue.markdown(), \
         "docs/nodes.md is stale: run `segflow nodes --format markdown > docs/nodes.md`"

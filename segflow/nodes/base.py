@@ -77,6 +77,9 @@ class NodeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True, validate_assignment=True)
 
     aliases: ClassVar[dict[str, str]] = {}
+    # Other words a field's before-validator maps onto one of its values ("dice_ce" -> "combined"),
+    # by field. The validator does the mapping; the JSON schema reads this to accept the same words.
+    spellings: ClassVar[dict[str, dict[str, Any]]] = {}
 
     @model_validator(mode="before")
     @classmethod

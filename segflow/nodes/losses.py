@@ -22,6 +22,7 @@ def _weight(term: str) -> Any:
 
 class LossFunctionConfig(NodeConfig):
     aliases: ClassVar[dict[str, str]] = {"weights": "class_weights", "class_weight": "class_weights"}
+    spellings: ClassVar[dict[str, dict[str, Any]]] = {"loss_type": _SPELLINGS}
 
     loss_type: Literal["dice", "cross_entropy", "focal", "combined", "boundary", "tversky"] = Field(
         "combined", description="dice, cross_entropy (ce), focal, tversky, boundary (Kervadec's distance-map loss; "

@@ -16,6 +16,7 @@ from segflow.registry import register
 
 _SCHEDULE_SPELLINGS = {"polynomial": "poly", "cosine_annealing": "cosine", "reduce_on_plateau": "plateau",
                        "reducelronplateau": "plateau", "steplr": "step", "exp": "exponential", "": "none"}
+_PRECISION_SPELLINGS = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "amp": True}
 
 
 class TrainerConfig(NodeConfig):
@@ -24,6 +25,8 @@ class TrainerConfig(NodeConfig):
         "grad_clip": "gradient_clip", "accumulation_steps": "gradient_accumulation_steps",
         "early_stopping_patience": "patience", "scheduler": "lr_schedule",
     }
+    spellings: ClassVar[dict[str, dict[str, Any]]] = {"lr_schedule": _SCHEDULE_SPELLINGS,
+                                                      "mixed_precision": _PRECISION_SPELLINGS}
 
     epochs: int = Field(100, ge=1, description="Number of training epochs (alias num_epochs).")
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
@@ -103,7 +106,7 @@ class TrainerConfig(NodeConfig):
     def _precision_spelling(cls, v: Any) -> Any:
         if isinstance(v, str):
             key = v.strip().lower()
-            return {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "amp": True}.get(key, key)
+            return _PRECISION_SPELLINGS.get(key, key)
         return v
 
     _lower_strs = lowercase("device")
