@@ -103,7 +103,7 @@ def test_2d_batch_contract_and_info(phantom2d):
     assert len(train) == 2 and len(val) == 1 and len(train.dataset) == 8
     batch = next(iter(train))
     assert batch["image"].dtype == torch.float32 and batch["image"].shape == (4, 1, 32, 32)
-    assert batch["label"].dtype == torch.int64 and batch["label"].shape == (4, 1, 32, 32)
+    assert batch["label"].dtype == torch.uint8 and batch["label"].shape == (4, 1, 32, 32)
     assert len(batch["case"]) == 4 and all(c.startswith("phantom_") for c in batch["case"])
     assert abs(float(batch["image"][0].mean())) < 1e-4 and float(batch["image"][0].std()) == pytest.approx(1, abs=1e-2)
 
@@ -115,7 +115,7 @@ def test_3d_patches_and_whole_volume_validation(phantom3d):
     assert info.spacing == pytest.approx((1.2, 1.2, 2.0)) and info.class_names == ["background", "organ", "core"]
     assert len(train.dataset) == 4 * 3
     for batch in train:
-        assert batch["image"].shape[1:] == (1, 16, 16, 8) and batch["label"].dtype == torch.int64
+        assert batch["image"].shape[1:] == (1, 16, 16, 8) and batch["label"].dtype == torch.uint8
         assert all(bool((lab > 0).any()) for lab in batch["label"])  # pos=1, neg=0: every patch shows foreground
     batch = next(iter(val))
     assert batch["image"].shape == (1, 1, 24, 20, 16) and batch["affine"].shape == (1, 4, 4)
@@ -131,7 +131,7 @@ def test_2d_patches_at_own_resolution_and_whole_image_validation(phantom2d):
         assert abs(float(b["image"].mean())) < 1e-4 and float(b["image"].std()) == pytest.approx(1, abs=1e-2)
     prepared = {c: p.image for c, p in zip([c.case_id for c in train.dataset.source.cases], train.dataset.source.memory)}
     for batch in train:
-        assert batch["image"].shape == (4, 1, 32, 32) and batch["label"].dtype == torch.int64
+        assert batch["image"].shape == (4, 1, 32, 32) and batch["label"].dtype == torch.uint8
         assert all(bool((lab > 0).any()) for lab in batch["label"])  # pos=1, neg=0: every patch shows foreground
         for img, case in zip(batch["image"], batch["case"]):
             # a window of the image at its own resolution, scaled with the whole image's statistics

@@ -21,8 +21,12 @@ class CaseSource:
     from the original files on every access (cache "none")."""
 
     def __init__(self, cases: list[Case], spec: PrepSpec, memory: list[Prepared] | None = None,
-                 disk: list[Path] | None = None):
+                 disk: list[Path] | None = None, num_classes: int = 2):
         self.cases, self.spec, self.memory, self.disk = cases, spec, memory, disk
+        # labels leave the loader as small integers: a batch crosses from worker processes to the
+        # training process and to the GPU at 1/8 the bytes of int64 (a 96^3 batch of 2: 1.8 MB, not
+        # 14 MB); consumers widen them on their device (`label.long()`)
+        self.label_dtype = torch.uint8 if num_classes <= 256 else torch.int16
 
     def __len__(self) -> int:
         return len(self.cases)
@@ -55,6 +59,7 @@ class Slices2D(_Seeded):
         # images to it, so raw intensities go through the transform mapped onto [0, 1] by their whole
         # image's per-channel range, and are mapped back afterwards
         self.raw_range = raw_range
+        self._stats: dict[int, dict[str, np.ndarray]] = {}  # per case, filled lazily in each process
         self.reseed(seed)
 
     def __len__(self) -> int:
@@ -64,17 +69,31 @@ class Slices2D(_Seeded):
         """(image (C, H, W), label (H, W) or None) before the transform: the whole image."""
         return np.asarray(prep.image), None if prep.label is None else np.asarray(prep.label)
 
-    def _zscore_reference(self, prep: Prepared) -> np.ndarray | None:
-        return None  # the (resized) whole image is its own reference
+    # patches scale by their whole image (Patches2D); a resized image is its own whole image
+    whole_image_zscore = False
+
+    def _case_stats(self, case: int, prep: Prepared) -> dict[str, np.ndarray]:
+        """Per-channel min, range, mean and std of the case's whole image, computed once per case
+        in each process rather than for every sample (on a 320² image they cost as much as cutting
+        and augmenting a 256² patch)."""
+        stats = self._stats.get(case)
+        if stats is None:
+            whole = np.asarray(prep.image, dtype=np.float32)
+            lo = whole.min(axis=(1, 2), keepdims=True)
+            stats = dict(lo=lo, span=np.maximum(whole.max(axis=(1, 2), keepdims=True) - lo, 1e-8),
+                         mean=whole.mean(axis=(1, 2), keepdims=True),
+                         std=np.maximum(whole.std(axis=(1, 2), keepdims=True), 1e-8))
+            self._stats[case] = stats
+        return stats
 
     def __getitem__(self, index: int) -> dict:
-        prep = self.source.get(index // self.repeats)
+        case = index // self.repeats
+        prep = self.source.get(case)
         image, label = self._sample(prep)
         span = None
         if self.raw_range and self.transform is not None:
-            whole = np.asarray(prep.image)
-            lo = whole.min(axis=(1, 2), keepdims=True)
-            span = (lo, np.maximum(whole.max(axis=(1, 2), keepdims=True) - lo, 1e-8))
+            stats = self._case_stats(case, prep)
+            span = (stats["lo"], stats["span"])
             image = (image - span[0]) / span[1]
         image = np.ascontiguousarray(np.moveaxis(image, 0, -1), dtype=np.float32)  # HWC for albumentations
         if self.transform is None:  # a patch with augmentation off: nothing to do
@@ -86,17 +105,22 @@ class Slices2D(_Seeded):
         img = np.moveaxis(out["image"], -1, 0) if out["image"].ndim == 3 else out["image"][None]
         if span is not None:
             img = img * span[1] + span[0]
-        if self.zscore_after:
-            img = zscore(img, self._zscore_reference(prep))
+        if self.zscore_after and self.whole_image_zscore:  # as `WholeCases` scales it at validation
+            stats = self._case_stats(case, prep)
+            img = (img - stats["mean"]) / stats["std"]
+        elif self.zscore_after:
+            img = zscore(img)
         item = {"image": torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)), "case": prep.case_id}
         if label is not None:
-            item["label"] = torch.from_numpy(out["mask"].astype(np.int64))[None]
+            item["label"] = _tensor(out["mask"][None], self.source.label_dtype)
         return item
 
 
 class Patches2D(Slices2D):
     """Random 2-D patches at the image's own resolution (size_mode "patches"), `repeats` per image
     per epoch, foreground-weighted like `Patches3D`, then the preset's transforms at that size."""
+
+    whole_image_zscore = True
 
     def __init__(self, source: CaseSource, patch: tuple[int, int], pos: float, neg: float, transform,
                  zscore_after: bool, repeats: int = 1, seed: int = 0, raw_range: bool = False):
@@ -107,8 +131,6 @@ class Patches2D(Slices2D):
     def _sample(self, prep: Prepared) -> tuple[np.ndarray, np.ndarray | None]:
         return sample_patch(prep, self.patch, self.p_fg, self.rng)
 
-    def _zscore_reference(self, prep: Prepared) -> np.ndarray | None:
-        return np.asarray(prep.image)  # the whole image's statistics, as `WholeCases` uses at validation
 
 
 class Patches3D(_Seeded):
@@ -130,8 +152,8 @@ class Patches3D(_Seeded):
         sample = {"image": image, "label": label[None]}
         if self.transform is not None:
             sample = self.transform(sample)
-        return {"image": _tensor(sample["image"], torch.float32), "label": _tensor(sample["label"], torch.int64),
-                "case": prep.case_id}
+        return {"image": _tensor(sample["image"], torch.float32),
+                "label": _tensor(sample["label"], self.source.label_dtype), "case": prep.case_id}
 
 
 class WholeCases(Dataset):
@@ -150,7 +172,7 @@ class WholeCases(Dataset):
         image = zscore(np.asarray(prep.image, dtype=np.float32)) if self.zscore_after else prep.image
         item = {"image": _tensor(image, torch.float32), "case": prep.case_id}
         if prep.label is not None:  # test images without ground truth have no "label"
-            item["label"] = _tensor(prep.label[None], torch.int64)
+            item["label"] = _tensor(prep.label[None], self.source.label_dtype)
         if prep.affine is not None:
             item["affine"] = torch.as_tensor(np.asarray(prep.affine), dtype=torch.float64)
         return item
@@ -199,6 +221,9 @@ def collate(items: list[dict]) -> dict:
 
 
 def worker_init(worker_id: int) -> None:
+    from segflow.data.allocator import keep_freed_sample_memory
+
+    keep_freed_sample_memory()  # inherited when workers are forked; needed when they are spawned
     info = torch.utils.data.get_worker_info()
     if hasattr(info.dataset, "reseed"):
         info.dataset.reseed(info.seed % 2**32)

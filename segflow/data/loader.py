@@ -29,7 +29,9 @@ def build_loaders(cfg: Any, log: Callable[[str], None] = print):
     from torch.utils.data import DataLoader
 
     from segflow import distributed
+    from segflow.data.allocator import keep_freed_sample_memory
 
+    keep_freed_sample_memory()  # this process makes the batches with 0 workers; workers inherit it
     data_dir = Path(cfg.data_dir)
     distributed.wait_for_main()  # under torchrun rank 0 writes the phantom and disk cache; the others reuse them
     if cfg.synthetic != "none":
@@ -89,7 +91,7 @@ def build_loaders(cfg: Any, log: Callable[[str], None] = print):
         idx = [by_id[c.case_id] for c in cases]
         memory = [summaries[i]["prepared"] for i in idx] if cfg.cache == "memory" else None
         disk = [summaries[i]["cache_path"] for i in idx] if cfg.cache == "disk" else None
-        return CaseSource(cases, spec, memory, disk)
+        return CaseSource(cases, spec, memory, disk, num_classes)
 
     train_ds, val_ds = _datasets(source(train_cases) if train_cases else None,
                                  source(val_cases) if val_cases else None, dims, mode, size, strength, cfg,

@@ -282,7 +282,8 @@ class Fit:
 
     def _prepare(self, batch: dict[str, Any], augment=None) -> tuple[torch.Tensor, torch.Tensor]:
         image = batch["image"].to(self.device, non_blocking=True)
-        label = batch["label"].to(self.device, non_blocking=True)
+        # loaders hand out uint8 labels (fewer bytes to copy); the losses and metrics take int64
+        label = batch["label"].to(self.device, non_blocking=True).long()
         if augment is not None:  # first: its resampling hands back tensors in the default memory format
             image, label = augment(image, label)
         if self.memory_format is not None:
