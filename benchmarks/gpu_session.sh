@@ -8,7 +8,7 @@
 #   bash benchmarks/gpu_session.sh race-fast        # segflow's fast path against the same plain loop
 #   bash benchmarks/gpu_session.sh race-dice        # validation Dice of both loops after the same 500 steps, 2 seeds
 #   bash benchmarks/gpu_session.sh baseline         # ../shared/bench/monai_reference_e2e.py, same session
-#   bash benchmarks/gpu_session.sh loader           # loader throughput, augmentation in workers vs on the GPU
+#   bash benchmarks/gpu_session.sh loader           # loader throughput (workers vs GPU augmentation), data race
 # Logs land in $OUT (the device tool brings them back).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -35,8 +35,10 @@ for group in "$@"; do
                    --warmup 1 --epochs 4 --lr 1e-3 --seed "$seed"
                done 2>&1 | tee "$OUT/race_dice.log" ;;
     baseline) python3 .whl/monai_reference_e2e.py 2>&1 | tee "$OUT/baseline_e2e.log" ;;
-    loader) python3 benchmarks/loader_throughput.py --workers 0,8 --augmentation-on workers,device --batches 60 \
-              --device cuda 2>&1 | tee "$OUT/loader_throughput.log" ;;
+    loader) { python3 benchmarks/loader_throughput.py --workers 0,8 --augmentation-on workers,device --batches 60 \
+                --device cuda
+              python3 benchmarks/data_race.py --workers 0,4,8 --step-ms 0,target --batches 100
+            } 2>&1 | tee "$OUT/loader_throughput.log" ;;
     *) echo "unknown group: $group (tests, race-identical, race-fast, race-dice, baseline, loader)"; exit 2 ;;
   esac
 done

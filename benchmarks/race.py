@@ -116,17 +116,14 @@ class Repeat:
         return self.ds[i % len(self.ds)]
 
 
-def plain_loop(kind, size, files, device, repeats, workers, warmup, epochs, lr=1e-4, seed=0):
-    """-> (figures, trained network)."""
-    import torch
+def plain_dataloader(size, files, repeats, workers, device):
+    """The MONAI tutorial's data pipeline: CacheDataset of the deterministic transforms, then per
+    sample a random crop (pos/neg by label for 3-D, uniform for 2-D) and flip, batched by MONAI's
+    DataLoader with `workers` processes."""
     from monai.data import CacheDataset, DataLoader
-    from monai.losses import DiceCELoss
     from monai.transforms import (Compose, EnsureChannelFirstd, EnsureTyped, LoadImaged, RandCropByPosNegLabeld,
                                   RandFlipd, RandSpatialCropd, ScaleIntensityd)
-    from monai.utils import set_determinism
 
-    set_determinism(seed)
-    torch.backends.cudnn.benchmark = True
     k = ["image", "label"]
     patch = (size["patch"],) * size["dims"]
     if size["dims"] == 3:
@@ -138,8 +135,19 @@ def plain_loop(kind, size, files, device, repeats, workers, warmup, epochs, lr=1
                       RandSpatialCropd(k, patch), RandFlipd(k, prob=0.5, spatial_axis=0), EnsureTyped(k)])
     ds = Repeat(CacheDataset(files, tf, cache_rate=1.0, num_workers=min(8, os.cpu_count() or 1), progress=False),
                 repeats)
-    dl = DataLoader(ds, batch_size=size["batch"], shuffle=True, num_workers=workers,
-                    pin_memory=device.startswith("cuda"), persistent_workers=workers > 0)
+    return DataLoader(ds, batch_size=size["batch"], shuffle=True, num_workers=workers,
+                      pin_memory=device.startswith("cuda"), persistent_workers=workers > 0)
+
+
+def plain_loop(kind, size, files, device, repeats, workers, warmup, epochs, lr=1e-4, seed=0):
+    """-> (figures, trained network)."""
+    import torch
+    from monai.losses import DiceCELoss
+    from monai.utils import set_determinism
+
+    set_determinism(seed)
+    torch.backends.cudnn.benchmark = True
+    dl = plain_dataloader(size, files, repeats, workers, device)
     dev = torch.device(device)
     net = build_network(kind, size).to(dev)
     opt = torch.optim.AdamW(net.parameters(), lr, weight_decay=1e-4)
