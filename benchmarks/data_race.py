@@ -74,7 +74,8 @@ def consume(loader, batches: int, step_s: float, warm: int = 3) -> dict:
         if step_s:
             time.sleep(step_s)
     dt = time.perf_counter() - t0
-    return dict(samples_s=samples / dt, data_wait_frac=wait / dt, batches=batches)
+    return dict(samples_s=samples / dt, data_wait_frac=wait / dt, batches=batches,
+                batch_shape=list(batch["image"].shape), label_dtype=str(batch["label"].dtype).replace("torch.", ""))
 
 
 def data_race(kind, args, root: Path) -> list[dict]:

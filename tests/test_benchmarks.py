@@ -173,3 +173,21 @@ def test_the_trainer_adds_at_most_two_operations_per_step_to_a_plain_loop():
     # the loss copied into the epoch's tensor (select + copy instead of the plain loop's add: +1) and
     # the gradient norm every 10th step (a few operations / 10)
     assert 0 < extra["ops_per_step"] <= 2
+
+
+def test_data_race_smoke_on_cpu(tmp_path):
+    spec = importlib.util.spec_from_file_location("data_race", ROOT / "benchmarks" / "data_race.py")
+    data_race = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(data_race)
+    rows = data_race.main(["--small", "--batches", "3", "--workers", "0", "--step-ms", "0,1", "--root", str(tmp_path)])
+    for case, batch in (("unet2d", [4, 1, 64, 64]), ("swin3d", [2, 1, 32, 32, 32])):
+        for step in (0.0, 1.0):
+            got = {r["loop"]: r for r in rows if r["case"] == case and r["step_ms"] == step}
+            assert set(got) == {"plain", "segflow", "segflow/plain"}
+            # a fair race: both pipelines deliver the same batches
+            assert got["plain"]["batch_shape"] == got["segflow"]["batch_shape"] == batch
+            assert got["segflow"]["label_dtype"] == "uint8"
+            assert got["segflow/plain"]["samples_s"] == pytest.approx(
+                got["segflow"]["samples_s"] / got["plain"]["samples_s"], rel=1e-3)
+            assert all(0 <= got[k]["data_wait_frac"] <= 1 for k in ("plain", "segflow"))
+        assert "cores_for_target" in next(r for r in rows if r["case"] == case and r["loop"] == "segflow")
