@@ -79,7 +79,9 @@ def test_data_wait_fraction_grows_when_the_loader_is_slow(tmp_path):
     waited = {name: rows[0]["data_wait_fraction"] * rows[0]["train_time"] for name, rows in
               (("fast", fast), ("slow", slow))}
     injected = 16 * 0.03
-    assert 0.85 * injected <= waited["slow"] - waited["fast"] < 2 * injected  # sleep may overrun when busy
+    # sleep overruns on a busy machine (a loaded 2-core CI box has doubled it), so the upper bound is loose:
+    # it only catches the steps' own work being counted as waiting
+    assert 0.85 * injected <= waited["slow"] - waited["fast"] < 3 * injected
     assert slow[0]["step_time_ms"] > 4 * 0.03 * 1000 * 0.9  # the waiting is inside the step time
 
 
