@@ -1,5 +1,8 @@
-"""Exporting a network to TorchScript or ONNX, with a parity check against eager PyTorch.
+"""Exporting a network to ONNX, a torch.export ExportedProgram or TorchScript, with a parity check
+against eager PyTorch.
 
+torch_export writes `torch.export.save` of the network's ExportedProgram (.pt2), the format
+PyTorch now deploys from (AOTInductor compiles it; `torch.export.load(path).module()` runs it).
 TorchScript goes through `torch.jit.trace` (MONAI's networks do not all script); ONNX through
 `torch.onnx.export`'s torch.export-based exporter, falling back to the older TorchScript-based
 one for networks the new one cannot capture. Whatever the route, the written file is loaded
@@ -62,6 +65,24 @@ def _run_torchscript(path: Path, x: torch.Tensor) -> np.ndarray:
         return _logits(loaded(x)).numpy()
 
 
+def _export_program(module, sample, path: Path, dynamic_batch: bool) -> None:
+    # a batch of 2 to trace with: torch.export specialises sizes 0 and 1, so a batch-1 sample
+    # would fix the batch axis even when it is declared dynamic
+    sample = sample.expand(2, *sample.shape[1:]).contiguous() if dynamic_batch else sample
+    shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.export.export(module, (sample,), dynamic_shapes=shapes)
+    buffer = io.BytesIO()  # through a buffer: torch.export.save warns about any file name not ending .pt2
+    torch.export.save(program, buffer)
+    path.write_bytes(buffer.getvalue())
+
+
+def _run_program(path: Path, x: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return _logits(torch.export.load(io.BytesIO(path.read_bytes())).module()(x)).numpy()
+
+
 def _first_line(e: Exception) -> str:
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()  # the exporter colours its messages
     return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
@@ -116,7 +137,7 @@ def _run_onnx(path: Path, x: torch.Tensor) -> tuple[np.ndarray, str]:
 def export_model(model: torch.nn.Module, fmt: str, path: Path, input_shape: tuple[int, ...], *, opset: int = 18,
                  dynamic_batch: bool = True, parity_check: bool = True, tolerance: float = 1e-4, seed: int = 0,
                  log: Callable[[str], None] = print) -> dict:
-    """Write `model` as `fmt` ("torchscript" | "onnx") to `path`; `input_shape` is (C, *spatial).
+    """Write `model` as `fmt` ("onnx" | "torch_export" | "torchscript") to `path`; `input_shape` is (C, *spatial).
 
     Returns a report: path, format, input shape, exporter, runtime and max_abs_diff (None when
     the parity check is off). Raises ValueError naming the network and format when it cannot
@@ -128,8 +149,9 @@ def export_model(model: torch.nn.Module, fmt: str, path: Path, input_shape: tupl
     module = _Logits(copy.deepcopy(model).cpu().eval())
     gen = torch.Generator().manual_seed(seed)
     sample = torch.randn((1, *input_shape), generator=gen)
-    # parity on batch 2 when the batch axis is dynamic, so a frozen batch size shows up as a failure
-    check = torch.randn((2 if dynamic_batch else 1, *input_shape), generator=gen)
+    # parity on batch 3 when the batch axis is dynamic (the exports trace batch 1 or 2), so a frozen
+    # batch size shows up as a failure
+    check = torch.randn((3 if dynamic_batch else 1, *input_shape), generator=gen)
     tmp = path.with_name(path.name + ".partial")
     try:
         with torch.no_grad():
@@ -138,24 +160,29 @@ def export_model(model: torch.nn.Module, fmt: str, path: Path, input_shape: tupl
             if fmt == "torchscript":
                 _export_torchscript(module, sample, tmp)
                 exporter = "torch.jit.trace"
+            elif fmt == "torch_export":
+                _export_program(module, sample, tmp, dynamic_batch)
+                exporter = "torch.export"
             elif fmt == "onnx":
                 exporter, first_failure = _export_onnx(module, sample, tmp, opset, dynamic_batch)
                 if first_failure:
                     log(f"export: the torch.export-based ONNX exporter failed ({first_failure}); "
                         "used the TorchScript-based one")
             else:
-                raise ValueError(f"unknown export format {fmt!r}; use torchscript or onnx")
+                raise ValueError(f"unknown export format {fmt!r}; use onnx, torch_export or torchscript")
         except ImportError as e:
             raise ValueError(f"exporting to {fmt} needs {e.name}: pip install 'segflow[export]'") from e
         except (RuntimeError, torch.jit.Error, TypeError, AssertionError, NotImplementedError) as e:
             raise ValueError(f"the network {name} cannot be exported to {fmt}: {e}. "
-                             f"Try the other format (torchscript / onnx).") from e
+                             f"Try another format (onnx / torch_export / torchscript).") from e
         report = {"path": str(path), "format": fmt, "network": name, "input_shape": [1, *input_shape],
                   "exporter": exporter, "dynamic_batch": dynamic_batch, "tolerance": tolerance,
                   "max_abs_diff": None, "runtime": None}
         if parity_check:
             if fmt == "torchscript":
                 got, runtime = _run_torchscript(tmp, check), f"torch {torch.__version__}"
+            elif fmt == "torch_export":
+                got, runtime = _run_program(tmp, check), f"torch {torch.__version__}"
             else:
                 got, runtime = _run_onnx(tmp, check)
             if got.shape != expected.shape:

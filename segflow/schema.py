@@ -101,15 +101,15 @@ def _spelling_schemas(config: type[NodeConfig], key: str, schema: dict) -> list[
     any_case = all(accepted(f(w)) for w in words for f in (str.lower, str.upper, str.title))
     padded = all(accepted(f" {w} ") for w in words)
     joined = [w for w in words if "_" in w]
-    loose_sep = bool(joined) and all(accepted(w.replace("_", c)) for w in joined for c in "- ")
-    if not (any_case or padded or loose_sep or len(words) > len(enum)):
+    seps = "".join(c for c in "- " if joined and all(accepted(w.replace("_", c)) for w in joined))
+    if not (any_case or padded or seps or len(words) > len(enum)):
         return out
 
     def spell(word: str) -> str:
         parts = []
         for ch in word:
-            if ch == "_" and loose_sep:
-                parts.append("[-_ ]")
+            if ch == "_" and seps:
+                parts.append("[" + "-" * ("-" in seps) + "_" + " " * (" " in seps) + "]")  # "-" first: not a range
             elif any_case and ch.lower() != ch.upper():
                 parts.append(f"[{ch.lower()}{ch.upper()}]")
             else:

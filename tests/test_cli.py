@@ -83,12 +83,14 @@ SPELLINGS = [
     ("Trainer", "mixed_precision", None, False), ("Trainer", "device", " CUDA:1 ", True),
     ("Trainer", "device", "gpu", False), ("UNet2D", "norm", "Instance", True),
     ("MedicalSegmentationLoader", "num_workers", "AUTO", True), ("MedicalSegmentationLoader", "size_mode", "Patches", True),
+    ("ModelExport", "format", "PT2", True), ("ModelExport", "format", "torch-export", True),
+    ("ModelExport", "format", "torch export", False), ("ModelExport", "format", "JIT", True),
 ]
 
 
 @pytest.mark.parametrize("node_type,key,value,valid", SPELLINGS)
 def test_schema_takes_the_spellings_validate_takes(node_type, key, value, valid, tmp_path, capsys):
-    wf = json.loads((ROOT / "workflows" / "quickstart.json").read_text())
+    wf = json.loads((ROOT / "workflows" / "train_evaluate_unet.json").read_text())
     next(n for n in wf["nodes"] if n["type"] == node_type).setdefault("config", {})[key] = value
     path = tmp_path / "wf.json"
     path.write_text(json.dumps(wf))

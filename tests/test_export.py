@@ -1,4 +1,4 @@
-"""ModelExport: TorchScript and ONNX parity for UNet2D, sample shapes, failures that say why."""
+"""ModelExport: ONNX, torch.export and TorchScript parity for UNet2D, sample shapes, failures that say why."""
 from __future__ import annotations
 
 import numpy as np
@@ -41,6 +41,27 @@ def test_onnx_parity_with_dynamic_batch(unet, tmp_path):
     onnx.checker.check_model(model)
     batch = model.graph.input[0].type.tensor_type.shape.dim[0]
     assert batch.dim_param and not batch.dim_value  # a named, free batch axis
+
+
+def test_torch_export_program_runs_any_batch_and_keeps_the_weights(unet, tmp_path):
+    lines = []
+    report = export_model(unet, "torch_export", tmp_path / "m.pt2", (1, 32, 32), log=lines.append)
+    assert report["exporter"] == "torch.export" and report["max_abs_diff"] <= 1e-4
+    assert "parity on [3, 1, 32, 32]" in lines[-1]
+    program = torch.export.load(str(tmp_path / "m.pt2"))
+    for batch in (1, 5):  # the batch axis is free: traced on 2, checked on 3, run here on 1 and 5
+        x = torch.randn(batch, 1, 32, 32)
+        with torch.no_grad():
+            assert torch.allclose(program.module()(x), unet.eval()(x), atol=1e-4)
+    first = next(unet.parameters())
+    assert any(torch.equal(v, first) for v in program.state_dict.values())
+    assert not (tmp_path / "m.pt2.partial").exists()
+
+
+def test_fixed_batch_export_refuses_another_batch(unet, tmp_path):
+    export_model(unet, "torch_export", tmp_path / "m.pt2", (1, 32, 32), dynamic_batch=False, log=lambda s: None)
+    with pytest.raises(AssertionError, match=r"Guard failed: x.size\(\)\[0\] == 1"):
+        torch.export.load(str(tmp_path / "m.pt2")).module()(torch.randn(2, 1, 32, 32))
 
 
 def test_parity_failure_is_a_clear_error_and_keeps_the_old_file(tmp_path):
@@ -87,6 +108,7 @@ def test_config_spellings_and_defaults():
     cfg = ModelExportConfig(format="TorchScript", tolerance="1e-3", dynamic_batch="false", opset="17")
     assert cfg.format == "torchscript" and cfg.tolerance == 1e-3 and cfg.dynamic_batch is False and cfg.opset == 17
     assert ModelExportConfig(format="jit").format == "torchscript"
+    assert ModelExportConfig(format="PT2").format == ModelExportConfig(format="torch-export").format == "torch_export"
     with pytest.raises(ValueError):
         ModelExportConfig(format="tensorrt")
     with pytest.raises(ValueError):

@@ -8,17 +8,23 @@ from pydantic import Field, field_validator
 from segflow.nodes.base import Node, NodeConfig, Port
 from segflow.registry import register
 
-EXTENSIONS = {"torchscript": "pt", "onnx": "onnx"}
+EXTENSIONS = {"torchscript": "pt", "onnx": "onnx", "torch_export": "pt2"}
+_FORMAT_SPELLINGS = {"jit": "torchscript", "ts": "torchscript", "script": "torchscript", "torchexport": "torch_export",
+                     "export": "torch_export", "pt2": "torch_export", "exportedprogram": "torch_export"}
 
 
 class ModelExportConfig(NodeConfig):
     aliases: ClassVar[dict[str, str]] = {"export_format": "format", "path": "output_path", "input_shape": "input_size",
                                          "opset_version": "opset", "atol": "tolerance"}
+    spellings: ClassVar[dict[str, dict[str, Any]]] = {"format": _FORMAT_SPELLINGS}
 
-    format: Literal["torchscript", "onnx"] = Field("onnx", description="torchscript (torch.jit.trace) or onnx.")
+    format: Literal["torchscript", "onnx", "torch_export"] = Field(
+        "onnx", description="onnx (onnxruntime, TensorRT, ...); torch_export: a torch.export ExportedProgram "
+                            "(.pt2; torch.export.load(path).module() runs it, AOTInductor compiles it); torchscript "
+                            "(torch.jit.trace; deprecated by PyTorch, kept for older runtimes).")
     output_path: str | None = Field(None, description="Where to write the file; a relative path lives inside the run "
-                                                      "directory. Default export/model.pt (torchscript) or "
-                                                      "export/model.onnx.")
+                                                      "directory. Default export/model.onnx, export/model.pt2 "
+                                                      "(torch_export) or export/model.pt (torchscript).")
     input_size: list[int] | None = Field(
         None, description="Spatial size of the sample input, e.g. [256, 256] or [96, 96, 96]. Default: the "
                           "loader's patch size (dataset_info), else the network's fixed img_size.")
@@ -33,7 +39,7 @@ class ModelExportConfig(NodeConfig):
     def _format_spelling(cls, v: Any) -> Any:
         if isinstance(v, str):
             key = v.strip().lower().replace("_", "").replace("-", "")
-            return {"jit": "torchscript", "ts": "torchscript", "script": "torchscript"}.get(key, key)
+            return _FORMAT_SPELLINGS.get(key, key)
         return v
 
     @field_validator("input_size", mode="before")
