@@ -11,7 +11,7 @@ import copy
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from segflow import registry
 from segflow.catalogue import summary_line
@@ -71,8 +71,9 @@ def _loosen(schema: dict) -> dict:
 
 def _spelling_schemas(config: type[NodeConfig], key: str, schema: dict) -> list[dict]:
     """Schemas for the other spellings of `key` that its before-validators accept ("adamw" for
-    "AdamW", "Dice-CE" for "combined", null for fused), found by running those validators on
-    variants of the field's words, so that the schema takes what `segflow validate` takes."""
+    "AdamW", "Dice-CE" for "combined", null for fused, "dice, iou" for a list of metrics), found
+    by running those validators on variants of the field's words, so that the schema takes what
+    `segflow validate` takes."""
     from pydantic import TypeAdapter
 
     before = [d.func for d in config.__pydantic_decorators__.field_validators.values()
@@ -91,19 +92,44 @@ def _spelling_schemas(config: type[NodeConfig], key: str, schema: dict) -> list[
         return True
 
     enum = [v for v in _enum_values(schema) if isinstance(v, str)]
-    words = [w for w in dict.fromkeys(enum + list(config.spellings.get(key, {}))) if accepted(w)]
+    synonyms = list(config.spellings.get(key, {}))
     out = [{"type": "null"}] if accepted(None) else []
     pattern, default = schema.get("pattern"), schema.get("default")
     if pattern and isinstance(default, str) and accepted(f" {default.upper()} "):  # free text, matched any case
         return out + [{"type": "string", "pattern": r"^\s*" + _any_case_regex(pattern.strip("^$")) + r"\s*$"}]
-    if not words:
+    if enum:
+        word = _words_regex(enum, synonyms, accepted)
+        return out + ([{"type": "string", "pattern": f"^{word}$"}] if word else [])
+    array = _array_schema(schema)
+    items = [v for v in _enum_values(array.get("items", {})) if isinstance(v, str)]
+    if not items:
         return out
+    # a list of words: its items' spellings, and the list written as one string ("dice, iou")
+    word = _words_regex(items, synonyms, lambda w: accepted([w]))
+    if word:
+        out.append({"type": "array", "items": {"type": "string", "pattern": f"^{word}$"},
+                    **{k: array[k] for k in ("minItems", "maxItems") if k in array}})
+    word = word or f"({'|'.join(map(re.escape, items))})"
+    if accepted(f"{items[0]}, {items[-1]}"):
+        out.append({"type": "string", "pattern": rf"^\s*{word}(\s*,\s*{word})*\s*$"})
+    elif accepted(items[0]):
+        out.append({"type": "string", "pattern": rf"^\s*{word}\s*$"})
+    return out
+
+
+def _words_regex(enum: list[str], synonyms: list[str], accepted: Callable[[str], bool]) -> str | None:
+    """A regex group for the spellings of `enum` (and the `synonyms`) that `accepted` takes: each
+    word in any case, padded, with - or space for _, as far as every word is accepted so; None when
+    nothing beyond the enum's own words is."""
+    words = [w for w in dict.fromkeys(enum + synonyms) if accepted(w)]
+    if not words:
+        return None
     any_case = all(accepted(f(w)) for w in words for f in (str.lower, str.upper, str.title))
     padded = all(accepted(f" {w} ") for w in words)
     joined = [w for w in words if "_" in w]
     seps = "".join(c for c in "- " if joined and all(accepted(w.replace("_", c)) for w in joined))
     if not (any_case or padded or seps or len(words) > len(enum)):
-        return out
+        return None
 
     def spell(word: str) -> str:
         parts = []
@@ -117,8 +143,7 @@ def _spelling_schemas(config: type[NodeConfig], key: str, schema: dict) -> list[
         return "".join(parts)
 
     space = r"\s*" if padded else ""
-    out.append({"type": "string", "pattern": f"^{space}({'|'.join(spell(w) for w in words)}){space}$"})
-    return out
+    return f"{space}({'|'.join(spell(w) for w in words)}){space}"
 
 
 def _any_case_regex(pattern: str) -> str:
@@ -134,6 +159,13 @@ def _any_case_regex(pattern: str) -> str:
         out.append(f"[{ch.lower()}{ch.upper()}]" if not in_class and ch.lower() != ch.upper() else ch)
         i += 1
     return "".join(out)
+
+
+def _array_schema(schema: dict) -> dict:
+    """The (first) array type among `schema` and its unions, or {}."""
+    if schema.get("type") == "array":
+        return schema
+    return next((a for sub in schema.get("anyOf", []) if (a := _array_schema(sub))), {})
 
 
 def _enum_values(schema: dict) -> list:

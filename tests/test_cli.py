@@ -85,6 +85,10 @@ SPELLINGS = [
     ("MedicalSegmentationLoader", "num_workers", "AUTO", True), ("MedicalSegmentationLoader", "size_mode", "Patches", True),
     ("ModelExport", "format", "PT2", True), ("ModelExport", "format", "torch-export", True),
     ("ModelExport", "format", "torch export", False), ("ModelExport", "format", "JIT", True),
+    ("Evaluator", "metrics", "Dice, Jaccard,hd95", True), ("Evaluator", "metrics", ["DICE", "hd-95"], True),
+    ("Evaluator", "metrics", "dice iou", False), ("Evaluator", "metrics", [], False),
+    ("Evaluator", "metrics", ["dice", "volume"], False), ("Predictor", "tta", "Flips", True),
+    ("Predictor", "tta", ["Scale", "flip"], True), ("Predictor", "tta", "rotate", False),
 ]
 
 

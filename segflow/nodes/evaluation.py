@@ -23,6 +23,7 @@ DEFAULT_COLOURS = {"tp": "#2ca02c", "fp": "#d62728", "fn": "#1f77b4", "wrong_cla
 class EvaluatorConfig(NodeConfig):
     aliases: ClassVar[dict[str, str]] = {"metric": "metrics", "tolerance": "surface_tolerance",
                                          "surface_dice_tolerance": "surface_tolerance"}
+    spellings: ClassVar[dict[str, dict[str, Any]]] = {"metrics": _METRIC_SPELLINGS}
 
     metrics: list[MetricName] = Field(
         ["dice", "iou", "precision", "recall", "hd95", "surface_dice"], min_length=1,

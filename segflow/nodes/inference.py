@@ -65,6 +65,7 @@ class CheckpointLoader(Node):
 class PredictorConfig(NodeConfig):
     aliases: ClassVar[dict[str, str]] = {"mode": "blend_mode", "sw_overlap": "overlap", "val_roi_size": "roi_size",
                                          "save_probs": "save_probabilities", "amp": "mixed_precision"}
+    spellings: ClassVar[dict[str, dict[str, Any]]] = {"tta": {"flips": "flip", "scales": "scale"}}
 
     roi_size: int | list[int] | None = Field(None, description=(
         "Sliding-window size (int for a square/cube or one value per axis). Null: the loader's training patch size "
