@@ -115,3 +115,21 @@ def test_quickstart_with_device_augmentation_learns(tmp_path, monkeypatch):
     _, history = quickstart(tmp_path, "data_loader.augmentation_on=device", "data_loader.augmentation_strength=medium")
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert max(row["val_dice"] for row in history) >= 0.8
+
+
+def test_boundary_loss_on_cuda_never_waits_for_the_gpu():
+    from segflow.losses import BoundaryLoss, signed_distance_torch
+
+    label = (torch.rand((2, 1, 40, 40, 24), device="cuda") > 0.9).long()
+    probs = torch.rand((2, 2, 40, 40, 24), device="cuda").softmax(1)
+    loss = BoundaryLoss()
+    expected = BoundaryLoss(on_device=False)(probs.cpu(), label.cpu())
+    loss(probs, label)  # warm-up outside the checked region
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any host sync inside raises
+    try:
+        got = loss(probs, label)
+        signed_distance_torch(label[:, 0] > 0)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-4)

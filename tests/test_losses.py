@@ -108,6 +108,29 @@ def test_signed_distance_known_values():
     assert not signed_distance(np.ones((3, 3), bool)).any()
 
 
+@pytest.mark.parametrize("shape", [(1, 6), (9, 7), (33, 17), (12, 10, 8)])
+def test_signed_distance_on_the_device_equals_scipy(shape):
+    from segflow.losses import signed_distance_torch
+
+    rng = np.random.default_rng(len(shape) * 100 + shape[0])
+    masks = [rng.random(shape) > rng.uniform(0.1, 0.95) for _ in range(12)]
+    masks += [np.zeros(shape, bool), np.ones(shape, bool)]  # no boundary: all zeros, not nan
+    got = signed_distance_torch(torch.from_numpy(np.stack(masks))).numpy()
+    for m, g in zip(masks, got):
+        np.testing.assert_allclose(g, signed_distance(m), atol=1e-5)
+
+
+def test_boundary_loss_is_the_same_through_either_transform():
+    from segflow.losses import BoundaryLoss
+
+    torch.manual_seed(0)
+    label = torch.randint(0, 3, (2, 1, 12, 10, 8))
+    probs = torch.randn(2, 3, 12, 10, 8).softmax(1)
+    scipy_path = BoundaryLoss(on_device=False)(probs, label)
+    torch_path = BoundaryLoss(on_device=True)(probs, label)
+    assert torch_path.item() == pytest.approx(scipy_path.item(), rel=1e-5) and scipy_path.item() != 0
+
+
 def test_boundary_loss_sign_and_zero():
     gt = torch.zeros(1, 1, 9, 9, dtype=torch.long)
     gt[0, 0, 3:6, 3:6] = 1
