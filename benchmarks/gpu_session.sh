@@ -9,7 +9,8 @@
 #   bash benchmarks/gpu_session.sh race-dice        # validation Dice of both loops after the same 500 steps, 2 seeds
 #   bash benchmarks/gpu_session.sh baseline         # ../shared/bench/monai_reference_e2e.py, same session
 #   bash benchmarks/gpu_session.sh loader           # loader throughput (workers vs GPU augmentation), data race
-# Logs land in $OUT (the device tool brings them back).
+# Logs land in $OUT (the device tool brings them back), with summary.md from benchmarks/summarize.py;
+# a later call's $OUT is empty, so run summarize.py here over all the calls' logs to judge them together.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/segflow-gpu}
@@ -42,3 +43,5 @@ for group in "$@"; do
     *) echo "unknown group: $group (tests, race-identical, race-fast, race-dice, baseline, loader)"; exit 2 ;;
   esac
 done
+# the tables and the targets' verdicts from every log of this call (PASS / FAIL / – per target)
+python3 benchmarks/summarize.py "$OUT"/*.log > "$OUT/summary.md" 2>&1 && cat "$OUT/summary.md"

@@ -1,5 +1,6 @@
 """The speed instrumentation of the Trainer and a CPU smoke run of benchmarks/race.py (no timing asserted)."""
 import importlib.util
+import json
 import time
 from pathlib import Path
 
@@ -193,3 +194,34 @@ def test_data_race_smoke_on_cpu(tmp_path):
                 got["segflow"]["samples_s"] / got["plain"]["samples_s"], rel=1e-3)
             assert all(0 <= got[k]["data_wait_frac"] <= 1 for k in ("plain", "segflow"))
         assert "cores_for_target" in next(r for r in rows if r["case"] == case and r["loop"] == "segflow")
+
+
+def test_summarize_checks_the_targets(tmp_path):
+    spec = importlib.util.spec_from_file_location("summarize", ROOT / "benchmarks" / "summarize.py")
+    summarize = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summarize)
+
+    def race(case, settings, loop, steps=40, **figures):
+        return dict(case=case, settings=settings, loop=loop, steps_per_epoch=steps, warmup=1, epochs=2, **figures)
+
+    rows = [
+        race("unet2d", "fast", "segflow", images_s=1300.0, step_ms=12.3, data_wait_frac=0.02),
+        race("unet2d", "identical", "segflow/plain", step_ms=1.05, dice_diff=0.2),  # short run: not judged
+        race("unet2d", "fast", "segflow/plain", steps=100, dice_diff=-0.004),
+        race("unet2d", "fast", "segflow/plain", steps=100, dice_diff=0.008),
+        race("swin3d", "fast", "segflow", images_s=25.0, step_ms=80.0, data_wait_frac=0.08),
+        dict(kind="unet2d", step_ms=50.8, samples_s=315.0, data_wait_frac=0.45, batch=16),
+        dict(kind="swin3d", step_ms=144.0, samples_s=13.9, data_wait_frac=0.04, batch=2),
+    ]
+    log = tmp_path / "session.log"
+    log.write_text("GPU: H200\n" + "\n".join(json.dumps(r) for r in rows) + "\nnot json {\n")
+    verdicts = {line.split(" | ")[0].lstrip("| "): line.rsplit(" | ", 2)[-1].rstrip(" |")
+                for line in summarize.main([str(log)]).splitlines() if line.endswith(("PASS |", "FAIL |", "– |"))}
+    assert verdicts["unet2d: ≥ 4× the MONAI e2e baseline (images/s, fast)"] == "PASS"  # 1300 / 315 = 4.13
+    assert verdicts["unet2d: images_s >= 1260 (fast)"] == "PASS"
+    assert verdicts["unet2d: identical settings within 3% (step time segflow/plain)"] == "FAIL"  # 5% slower
+    assert verdicts["unet2d: validation Dice within 0.01 of the plain loop (mean of 2 run(s) of 300 steps)"] == "PASS"
+    assert verdicts["swin3d: ≥ 2× the MONAI e2e baseline (images/s, fast)"] == "FAIL"  # 25 / 13.9 = 1.8
+    assert verdicts["swin3d: step_ms <= 72 (fast)"] == "FAIL"
+    assert verdicts["swin3d: data wait < 0.05 (fast)"] == "FAIL"
+    assert verdicts["swin3d: identical settings within 3% (step time segflow/plain)"] == "–"  # nothing measured
