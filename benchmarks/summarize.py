@@ -29,6 +29,8 @@ DICE_WITHIN = 0.01
 def read_rows(paths: list[Path]) -> list[dict]:
     rows = []
     for path in paths:
+        if not path.is_file():  # an unmatched shell glob, or a group that wrote no log
+            continue
         for line in path.read_text(errors="replace").splitlines():
             line = line.strip()
             if line.startswith("{"):
