@@ -28,3 +28,6 @@ class DatasetInfo:
     num_val: int = 0
     data_dir: str = ""
     layout: str = ""
+    fold: int | None = None  # the cross-validation fold the split is, when the loader has one
+    train_cases: list[str] = field(default_factory=list)  # case ids, as split.json records them
+    val_cases: list[str] = field(default_factory=list)

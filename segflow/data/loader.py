@@ -57,7 +57,11 @@ def build_loaders(cfg: Any, log: Callable[[str], None] = print):
         num_classes=declared,
         label_source=source_note,
     )
-    if subset == "split":
+    fold = getattr(cfg, "fold", None) if subset == "split" else None
+    if fold is not None:
+        train_cases, val_cases = fold_split(layout.cases, fold, cfg.num_folds, cfg.seed, data_dir,
+                                            getattr(cfg, "splits_file", None), log)
+    elif subset == "split":
         train_cases, val_cases = split_cases(layout.cases, cfg.val_fraction, cfg.seed, data_dir)
     else:  # predict / score every case; nothing to train on
         train_cases, val_cases = [], list(layout.cases)
@@ -150,7 +154,8 @@ def build_loaders(cfg: Any, log: Callable[[str], None] = print):
     info = DatasetInfo(
         in_channels=in_channels, num_classes=num_classes, spatial_dims=dims, spacing=spacing,
         class_names=class_names, patch_size=size, num_train=len(train_cases), num_val=len(val_cases),
-        data_dir=str(data_dir), layout=layout.name,
+        data_dir=str(data_dir), layout=layout.name, fold=fold,
+        train_cases=[c.case_id for c in train_cases], val_cases=[c.case_id for c in val_cases],
     )
     what = (f"{info.num_train} train / {info.num_val} val cases" if subset == "split" else
             f"{info.num_val} {'test' if subset == 'test' else 'labelled'} case(s), no training split"
@@ -211,6 +216,62 @@ def split_cases(cases: list[Case], val_fraction: float, seed: int, data_dir: Pat
     order = np.random.default_rng(seed).permutation(len(cases))
     val_idx = set(order[:n_val].tolist())
     return ([c for i, c in enumerate(cases) if i not in val_idx], [c for i, c in enumerate(cases) if i in val_idx])
+
+
+def fold_split(cases: list[Case], fold: int, num_folds: int, seed: int, data_dir: Path,
+               splits_file: str | None, log=print) -> tuple[list[Case], list[Case]]:
+    """Cross-validation fold `fold`: its cases validate, the other folds' train. The folds come from
+    `splits_file` (nnU-Net's splits_final.json: a list of {"train": [...], "val": [...]}), or from
+    data_dir/splits_final.json when it exists, else from a seeded shuffle of the case ids cut into
+    `num_folds` near-equal parts (the same cases in the same folds for a given seed and dataset)."""
+    if any(c.split for c in cases):
+        raise ValueError(f"{data_dir}: fold {fold} needs one pool of training cases, but this folder has its own "
+                         "train/ and val/ split; remove fold (MedicalSegmentationLoader.fold) or merge the folders")
+    source = Path(splits_file) if splits_file else data_dir / "splits_final.json"
+    if splits_file or source.is_file():
+        return _listed_fold(cases, fold, source, log)
+    if num_folds > len(cases):
+        raise ValueError(f"{data_dir}: {len(cases)} case(s) cannot make {num_folds} folds (num_folds); "
+                         "lower num_folds or add cases")
+    if fold >= num_folds:
+        raise ValueError(f"fold {fold} does not exist with num_folds {num_folds}; folds are 0 to {num_folds - 1}")
+    ids = sorted(c.case_id for c in cases)
+    order = np.random.default_rng(seed).permutation(len(ids))
+    val_ids = {ids[i] for i in np.array_split(order, num_folds)[fold]}
+    log(f"data: fold {fold} of {num_folds} (seed {seed}): {len(cases) - len(val_ids)} train / {len(val_ids)} val cases")
+    return [c for c in cases if c.case_id not in val_ids], [c for c in cases if c.case_id in val_ids]
+
+
+def _listed_fold(cases: list[Case], fold: int, source: Path, log) -> tuple[list[Case], list[Case]]:
+    import json
+
+    try:
+        folds = json.loads(source.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"splits_file {str(source)!r} does not exist (MedicalSegmentationLoader.splits_file)") from None
+    except ValueError as e:
+        raise ValueError(f"{source}: not valid JSON ({e})") from None
+    if not isinstance(folds, list) or not all(isinstance(f, dict) and {"train", "val"} <= f.keys() for f in folds):
+        raise ValueError(f"{source}: expected a list of {{\"train\": [case ids], \"val\": [case ids]}}, one per fold, "
+                         "as nnU-Net's splits_final.json")
+    if fold >= len(folds):
+        raise ValueError(f"fold {fold} does not exist in {source}, which lists {len(folds)} fold(s) (0 to "
+                         f"{len(folds) - 1})")
+    by_id = {c.case_id: c for c in cases}
+    train_ids, val_ids = [str(i) for i in folds[fold]["train"]], [str(i) for i in folds[fold]["val"]]
+    unknown = [i for i in train_ids + val_ids if i not in by_id]
+    if unknown:
+        raise ValueError(f"{source}: fold {fold} names {len(unknown)} case(s) not in the dataset, e.g. "
+                         f"{unknown[:3]}; dataset case ids look like {sorted(by_id)[:3]}")
+    both = sorted(set(train_ids) & set(val_ids))
+    if both:
+        raise ValueError(f"{source}: fold {fold} lists {both[:3]} in both train and val")
+    if not train_ids:
+        raise ValueError(f"{source}: fold {fold} has no training cases")
+    left = len(cases) - len(set(train_ids) | set(val_ids))
+    log(f"data: fold {fold} of {len(folds)} from {source}: {len(train_ids)} train / {len(val_ids)} val cases"
+        + (f" ({left} case(s) in neither)" if left else ""))
+    return [by_id[i] for i in train_ids], [by_id[i] for i in val_ids]
 
 
 def _prepare_all(cases: list[Case], spec: PrepSpec, cfg: Any, data_dir: Path, log) -> list[dict]:

@@ -5,6 +5,7 @@ and are imported inside `run`, so `segflow validate` stays free of torch.
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, ClassVar, Literal
 
@@ -70,6 +71,14 @@ class MedicalSegmentationLoaderConfig(NodeConfig):
         "images lack labels and there is no dataset.json labels entry."))
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0, description=(
         "Fraction of cases held out for validation (split by case, seeded). Ignored when the folder has train/ and val/."))
+    fold: int | None = Field(None, ge=0, description=(
+        "Cross-validation fold to train (0-based), as nnU-Net's folds: the cases are split into num_folds "
+        "folds by case (seeded with seed, or as splits_file lists them); this fold validates, the others train. "
+        "Null: one split by val_fraction."))
+    num_folds: int = Field(5, ge=2, description="Number of cross-validation folds (with fold; splits_file sets its own).")
+    splits_file: str | None = Field(None, description=(
+        "With fold: a JSON list of {\"train\": [case ids], \"val\": [case ids]}, one per fold (nnU-Net's "
+        "splits_final.json). Null: data_dir/splits_final.json when it exists, else folds made here."))
     seed: int = Field(42, description="Seed for the split, shuffling, patch sampling and augmentation.")
     shuffle: bool = Field(True, description="Shuffle training samples every epoch.")
     num_workers: int | Literal["auto"] = Field("auto", description=(
@@ -130,6 +139,10 @@ class MedicalSegmentationLoaderConfig(NodeConfig):
                 raise ValueError(f"{key} has {len(v)} values but the data is {want}-D")
         if self.ct_window[0] >= self.ct_window[1]:
             raise ValueError("ct_window must be [low, high] with low < high")
+        if self.fold is not None and self.splits_file is None and "num_folds" in self.model_fields_set \
+                and self.fold >= self.num_folds:
+            raise ValueError(f"fold {self.fold} does not exist with num_folds {self.num_folds}; folds are 0 to "
+                             f"{self.num_folds - 1}")
         if self.size_mode == "resize" and want == 3:
             raise ValueError("size_mode resize is for 2-D images; 3-D volumes train on patches (size_mode patches "
                              "or auto)")
@@ -148,7 +161,7 @@ class MedicalSegmentationLoader(Node):
     Config = MedicalSegmentationLoaderConfig
     inputs = ()
     outputs = (
-        Port("train_loader", "DataLoader", doc="Training batches: image (B,C,*S) float32, label (B,1,*S) int64, case. "
+        Port("train_loader", "DataLoader", doc="Training batches: image (B,C,*S) float32, label (B,1,*S) uint8, case. "
              "None for subset test and all."),
         Port("val_loader", "DataLoader", doc="Validation batches, never augmented; 3-D: one whole volume per batch. "
              "None when val_fraction is 0 and the folder has no val/ split. subset test/all: every case; "
@@ -158,10 +171,21 @@ class MedicalSegmentationLoader(Node):
 
     @classmethod
     def check(cls, config: NodeConfig, neighbours: dict[str, tuple[str, NodeConfig]]) -> list[Finding]:
-        if config.subset != "split" and "val_fraction" in config.model_fields_set:
+        given = config.model_fields_set
+        if config.subset != "split" and "val_fraction" in given:
             return [Finding("val_fraction", "bad_value", f"val_fraction is ignored with subset "
                             f"{config.subset}: every case goes to val_loader and there is no train_loader",
                             hint="remove val_fraction, or set subset to split to train", severity="warning")]
+        if config.subset != "split" and config.fold is not None:
+            return [Finding("fold", "bad_value", f"fold is ignored with subset {config.subset}: there is no "
+                            "training split", hint="remove fold, or set subset to split", severity="warning")]
+        if config.fold is not None and "val_fraction" in given:
+            return [Finding("val_fraction", "unused_value", f"val_fraction is ignored: fold {config.fold} "
+                            "validates on its fold", hint="remove val_fraction", severity="warning")]
+        if config.fold is None and ({"num_folds", "splits_file"} & given):
+            name = sorted({"num_folds", "splits_file"} & given)[0]
+            return [Finding(name, "unused_value", f"{name} is ignored without fold",
+                            hint="set fold (0-based) to train one cross-validation fold", severity="warning")]
         return []
 
     @classmethod
@@ -174,7 +198,14 @@ class MedicalSegmentationLoader(Node):
         return []
 
     def run(self, **inputs: Any) -> dict[str, Any]:
+        from segflow import distributed
         from segflow.data.loader import build_loaders
 
         train, val, info = build_loaders(self.config, log=self.ctx.log)
+        if self.config.subset == "split" and distributed.is_main():
+            # the cases each split holds, so a fold or a run can be reproduced or compared exactly
+            path = self.ctx.output_path("split.json")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"data_dir": info.data_dir, "fold": info.fold, "train": info.train_cases,
+                                        "val": info.val_cases}, indent=1) + "\n")
         return {"train_loader": train, "val_loader": val, "dataset_info": info}
