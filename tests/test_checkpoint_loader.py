@@ -19,7 +19,8 @@ def ctx(tmp_path, messages=None):
 
 
 def load(tmp_path, model, path, messages=None, **cfg):
-    node = CheckpointLoader("weights", CheckpointLoaderConfig(checkpoint_path=str(path), **cfg), ctx(tmp_path, messages))
+    path = [str(p) for p in path] if isinstance(path, list) else str(path)
+    node = CheckpointLoader("weights", CheckpointLoaderConfig(checkpoint_path=path, **cfg), ctx(tmp_path, messages))
     return node.run(model=model)["model"]
 
 
@@ -161,3 +162,54 @@ def test_run_stops_before_any_node_on_a_missing_checkpoint(tmp_path, monkeypatch
     [issue] = e.value.issues
     assert issue.code == "path_not_found" and "runs/old/best.pt" in issue.message
     assert not (tmp_path / "runs").exists()  # nothing started, no run folder made
+
+
+@pytest.mark.parametrize("out_channels", [3, 1])
+def test_a_list_of_checkpoints_is_an_ensemble_averaging_probabilities(tmp_path, out_channels):
+    from segflow.inference.ensemble import Ensemble
+    from segflow.inference.tta import to_probabilities
+
+    files, nets = [], []
+    for seed in (1, 2, 3):
+        net = fresh(seed, out_channels=out_channels)
+        files.append(tmp_path / f"fold{seed}.pt")
+        torch.save(net.state_dict(), files[-1])
+        nets.append(net.eval())
+    messages = []
+    model = fresh(9, out_channels=out_channels)
+    ens = load(tmp_path, model, [str(f) for f in files], messages)
+    assert isinstance(ens, Ensemble) and len(ens.members) == 3 and "an ensemble of 3 models" in messages[-1]
+    assert all(same_weights(m, n) for m, n in zip(ens.members, nets))  # each file in its own copy
+    x = torch.randn(2, 1, 12, 12)
+    with torch.no_grad():
+        expected = torch.stack([to_probabilities(n(x)) for n in nets]).mean(0)
+        got = to_probabilities(ens.eval()(x))  # what the Predictor does with any model's output
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_ensemble_members_are_checked_one_by_one(tmp_path):
+    good, bad = tmp_path / "good.pt", tmp_path / "bad.pt"
+    torch.save(fresh(1).state_dict(), good)
+    torch.save(fresh(1, channels=4).state_dict(), bad)  # another width: does not fit
+    with pytest.raises(ValueError, match=r"'weights' \(checkpoint_path\[1\]\): the weights in .*bad.pt do not fit"):
+        load(tmp_path, fresh(9), [str(good), str(bad)])
+    config = CheckpointLoaderConfig(checkpoint_path=[str(good), str(tmp_path / "fold3.pt")])
+    [finding] = CheckpointLoader.preflight(config, None)
+    assert finding.field == "checkpoint_path[1]" and "fold3.pt" in finding.message
+    assert CheckpointLoaderConfig(checkpoint_path=f'["{good}", "{bad}"]').paths() == [str(good), str(bad)]  # GUI
+    with pytest.raises(ValidationError, match="non-empty list"):
+        CheckpointLoaderConfig(checkpoint_path=[])
+
+
+def test_an_ensemble_exports_with_parity(tmp_path):
+    from segflow.export import export_model
+    from segflow.inference.ensemble import Ensemble
+    from segflow.models.factory import build_network
+    from segflow.nodes.networks import UNet2DConfig
+
+    members = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        members.append(build_network("UNet2D", UNet2DConfig(in_channels=1, out_channels=2, base_channels=4, depth=3)))
+    report = export_model(Ensemble(members), "onnx", tmp_path / "ens.onnx", (1, 32, 32), log=lambda m: None)
+    assert report["network"] == "ensemble of 2 UNet2D" and report["max_abs_diff"] <= 1e-4

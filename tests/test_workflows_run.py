@@ -122,3 +122,26 @@ def test_train_predict_evaluate_overlay_export_then_evaluate_from_the_checkpoint
                      (["--set", s] for s in [*data, "data_loader.image_size=32", "predictor.tta=[\"flip\"]"]), [])]) == 0
     again = json.loads((eval_dir / "evaluation" / "metrics.json").read_text())
     assert again["mean"]["dice"] == pytest.approx(metrics["mean"]["dice"], abs=1e-6)
+
+
+def test_cross_validation_folds_then_an_ensemble_of_them_predicts(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = [*phantom(tmp_path, "phantom2d", 6), "data_loader.image_size=32"]
+    best, vals = [], []
+    for fold in (0, 1):
+        out = tmp_path / f"fold_{fold}"
+        assert main(["run", str(ROOT / "workflows" / "quickstart.json"), "--device", "cpu", "--no-progress",
+                     "--run-dir", str(out), *sum((["--set", s] for s in [
+                         *data, "model.base_channels=8", "trainer.epochs=1", f"data_loader.fold={fold}",
+                         "data_loader.num_folds=2"]), [])]) == 0
+        split = json.loads((out / "split.json").read_text())
+        assert split["fold"] == fold and len(split["val"]) == 3 and not set(split["val"]) & set(split["train"])
+        vals.append(set(split["val"]))
+        best.append(str(out / "checkpoints" / "best.pt"))
+    assert not vals[0] & vals[1] and len(vals[0] | vals[1]) == 6  # each case validated once
+    out = tmp_path / "predict"
+    sets = [*data, "model.base_channels=8", f"weights.checkpoint_path={json.dumps(best)}", "predictor.tta=false"]
+    assert main(["run", str(ROOT / "workflows" / "predict_unet.json"), "--device", "cpu", "--no-progress",
+                 "--run-dir", str(out), *sum((["--set", s] for s in sets), [])]) == 0
+    test_images = json.loads((tmp_path / "phantom2d" / "dataset.json").read_text())["test"]
+    assert len(list((out / "predictions").glob("*.png"))) == len(test_images)

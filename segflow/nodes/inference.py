@@ -20,9 +20,11 @@ class CheckpointLoaderConfig(NodeConfig):
     aliases: ClassVar[dict[str, str]] = {"checkpoint": "checkpoint_path", "path": "checkpoint_path",
                                          "weights": "checkpoint_path"}
 
-    checkpoint_path: str = Field(..., min_length=1, description=(
+    checkpoint_path: str | list[str] = Field(..., description=(
         "Weights file, relative to the working directory: a Trainer checkpoint (last.pt / best.pt), or a bare "
-        "state_dict (DDP 'module.' and torch.compile '_orig_mod.' prefixes are stripped)."))
+        "state_dict (DDP 'module.' and torch.compile '_orig_mod.' prefixes are stripped). A list of files "
+        "(e.g. the best.pt of each cross-validation fold) makes an ensemble: one copy of the model per file, "
+        "their class probabilities averaged."))
     strict: bool = Field(True, description=(
         "Every entry of the model must be in the file with the same shape. false: load the entries that fit "
         "and list the rest (e.g. a new segmentation head)."))
@@ -30,6 +32,16 @@ class CheckpointLoaderConfig(NodeConfig):
         "Device the file's tensors are read onto before they are copied into the model (cpu is always safe)."))
 
     _lower_strs = lowercase("map_location")
+
+    @field_validator("checkpoint_path")
+    @classmethod
+    def _paths(cls, v: str | list[str]) -> str | list[str]:
+        if not v or (isinstance(v, list) and not all(v)):
+            raise ValueError("checkpoint_path needs a file, or a non-empty list of files")
+        return v
+
+    def paths(self) -> list[str]:
+        return [self.checkpoint_path] if isinstance(self.checkpoint_path, str) else list(self.checkpoint_path)
 
 
 @register
@@ -40,26 +52,39 @@ class CheckpointLoader(Node):
     family = "inference"
     Config = CheckpointLoaderConfig
     inputs = (Port("model", "Model", doc="the network to load the weights into (built with its training config)"),)
-    outputs = (Port("model", "Model", passes="model", doc="the same model, with the checkpoint's weights"),)
+    outputs = (Port("model", "Model", passes="model", doc="the same model with the checkpoint's weights; for a "
+                    "list of files, an ensemble of copies of it averaging their probabilities"),)
 
     @classmethod
     def preflight(cls, config: NodeConfig, device: str | None) -> list[Finding]:
-        path = config.checkpoint_path
-        if not os.path.isfile(path):
-            return [Finding("checkpoint_path", "path_not_found",
-                            f"checkpoint_path {path!r} is not a file (looked in {os.path.abspath(path)})",
-                            hint="paths are relative to the folder segflow runs in; a Trainer writes "
-                                 "runs/<workflow>/<time>/checkpoints/best.pt")]
+        listed = isinstance(config.checkpoint_path, list)
+        for i, path in enumerate(config.paths()):
+            if not os.path.isfile(path):
+                where = f"checkpoint_path[{i}]" if listed else "checkpoint_path"
+                return [Finding(where, "path_not_found",
+                                f"{where} {path!r} is not a file (looked in {os.path.abspath(path)})",
+                                hint="paths are relative to the folder segflow runs in; a Trainer writes "
+                                     "runs/<workflow>/<time>/checkpoints/best.pt")]
         return []
 
     def run(self, model) -> dict[str, Any]:
+        import copy
+
         from segflow.inference.weights import load_weights
 
-        cfg = self.config
-        load_weights(model, cfg.checkpoint_path, strict=cfg.strict, map_location=cfg.map_location,
-                     log=self.ctx.log, who=f"CheckpointLoader '{self.name}'")
-        self.ctx.log(f"CheckpointLoader '{self.name}': loaded {cfg.checkpoint_path}")
-        return {"model": model}
+        cfg, paths = self.config, self.config.paths()
+        members = [model] + [copy.deepcopy(model) for _ in paths[1:]]  # before any weights are loaded
+        for i, (member, path) in enumerate(zip(members, paths)):
+            who = f"CheckpointLoader '{self.name}'" + (f" (checkpoint_path[{i}])" if len(paths) > 1 else "")
+            load_weights(member, path, strict=cfg.strict, map_location=cfg.map_location, log=self.ctx.log, who=who)
+        if len(paths) == 1:
+            self.ctx.log(f"CheckpointLoader '{self.name}': loaded {paths[0]}")
+            return {"model": model}
+        from segflow.inference.ensemble import Ensemble
+
+        self.ctx.log(f"CheckpointLoader '{self.name}': an ensemble of {len(paths)} models ({', '.join(paths)}), "
+                     "class probabilities averaged")
+        return {"model": Ensemble(members)}
 
 
 class PredictorConfig(NodeConfig):

@@ -1,0 +1,43 @@
+"""Several trained copies of one network used as one model (nnU-Net's fold ensemble).
+
+The members' class probabilities are averaged and returned as log-probabilities: softmax of the
+output is exactly the mean of the members' softmax (for one sigmoid channel, the output is the
+logit of the mean probability), so the Predictor, sliding windows, test-time augmentation and
+export treat an ensemble like any network.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+_EPS = 1e-7  # probabilities are clamped here before the log, so a class no member predicts stays finite
+
+
+class Ensemble(nn.Module):
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+        first = members[0]
+        meta = dict(getattr(first, "segflow_meta", {}) or {})
+        if meta:  # sizes, dims and channels are the members' (they share one architecture)
+            meta["type"] = f"ensemble of {len(members)} {meta.get('type', type(first).__name__)}"
+            self.segflow_meta = meta
+        if hasattr(first, "segflow_spec"):
+            self.segflow_spec = first.segflow_spec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = None
+        for member in self.members:
+            logits = member(x)
+            if isinstance(logits, (list, tuple)):  # deep supervision: the full-resolution head
+                logits = logits[0]
+            logits = logits.float()
+            p = torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+            total = p if total is None else total + p
+        mean = total / len(self.members)
+        if mean.shape[1] == 1:
+            mean = mean.clamp(_EPS, 1 - _EPS)
+            return torch.log(mean) - torch.log1p(-mean)
+        return torch.log(mean.clamp_min(_EPS))
