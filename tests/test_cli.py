@@ -78,7 +78,7 @@ SPELLINGS = [
     ("Optimizer", "fused", "null", True), ("Optimizer", "fused", "sometimes", False),
     ("LossFunction", "loss_type", "Dice-CE", True), ("LossFunction", "loss_type", "cross entropy", True),
     ("LossFunction", "loss_type", "dice+ce", False), ("Trainer", "lr_schedule", None, True),
-    ("Trainer", "lr_schedule", "Cosine", True), ("Trainer", "lr_schedule", "cosine-annealing", False),
+    ("Trainer", "lr_schedule", "Cosine", True), ("Trainer", "lr_schedule", "null", True), ("Trainer", "lr_schedule", "cosine-annealing", False),
     ("Trainer", "mixed_precision", "BFloat16", True), ("Trainer", "mixed_precision", "amp", True),
     ("Trainer", "mixed_precision", None, False), ("Trainer", "device", " CUDA:1 ", True),
     ("Trainer", "device", "gpu", False), ("UNet2D", "norm", "Instance", True),

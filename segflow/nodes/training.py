@@ -15,7 +15,7 @@ from segflow.nodes.base import Finding, Node, NodeConfig, Port, device_findings,
 from segflow.registry import register
 
 _SCHEDULE_SPELLINGS = {"polynomial": "poly", "cosine_annealing": "cosine", "reduce_on_plateau": "plateau",
-                       "reducelronplateau": "plateau", "steplr": "step", "exp": "exponential", "": "none"}
+                       "reducelronplateau": "plateau", "steplr": "step", "exp": "exponential", "": "none", "null": "none"}
 _PRECISION_SPELLINGS = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "amp": True}
 
 
