@@ -18,20 +18,24 @@ from torch import nn
 TERMS = ("dice", "ce", "focal", "tversky", "boundary")
 
 
-def signed_distance(mask: np.ndarray) -> np.ndarray:
+def signed_distance(mask: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:
     """Signed distance to the boundary of `mask` as in Kervadec's boundary loss: positive outside,
     zero on the inner boundary, negative deeper inside; all zeros when the mask is empty or full
-    (there is no boundary to move towards)."""
+    (there is no boundary to move towards). In voxels, or in the units of `spacing` (one value per
+    axis), where the inner boundary's offset is one voxel's smallest size."""
     from scipy.ndimage import distance_transform_edt
 
     pos = mask.astype(bool)
     if not pos.any() or pos.all():
         return np.zeros(mask.shape, dtype=np.float32)
     neg = ~pos
-    return (distance_transform_edt(neg) * neg - (distance_transform_edt(pos) - 1) * pos).astype(np.float32)
+    step = min(spacing) if spacing is not None else 1.0
+    inside = distance_transform_edt(pos, sampling=spacing) - step
+    return (distance_transform_edt(neg, sampling=spacing) * neg - inside * pos).astype(np.float32)
 
 
-def _squared_distance_to_zero(mask: torch.Tensor, chunk: int = 1 << 25) -> torch.Tensor:
+def _squared_distance_to_zero(mask: torch.Tensor, spacing: Sequence[float] | None = None,
+                              chunk: int = 1 << 25) -> torch.Tensor:
     """Exact squared Euclidean distance from each True element of `mask` (N, *S) to the nearest False
     one within its own sample, on the mask's device. Separable (Saito-Toriwaki): along each spatial
     axis in turn, d'(x) = min_y d(y) + (x - y)^2, evaluated as a batched min over all y: O(n) more
@@ -40,7 +44,7 @@ def _squared_distance_to_zero(mask: torch.Tensor, chunk: int = 1 << 25) -> torch
     d = torch.where(mask, torch.inf, 0.0).to(torch.float32)
     for axis in range(1, d.dim()):
         n = d.shape[axis]
-        pos = torch.arange(n, device=d.device, dtype=torch.float32)
+        pos = torch.arange(n, device=d.device, dtype=torch.float32) * (spacing[axis - 1] if spacing else 1.0)
         step = (pos[:, None] - pos[None, :]) ** 2  # (x, y)
         moved = d.movedim(axis, -1)
         flat = moved.reshape(-1, n)
@@ -50,13 +54,13 @@ def _squared_distance_to_zero(mask: torch.Tensor, chunk: int = 1 << 25) -> torch
     return d
 
 
-def signed_distance_torch(mask: torch.Tensor) -> torch.Tensor:
+def signed_distance_torch(mask: torch.Tensor, spacing: Sequence[float] | None = None) -> torch.Tensor:
     """`signed_distance` for a batch of masks (N, *S) on their device (no host sync): positive outside,
     zero on the inner boundary, negative deeper inside, all zeros where a mask is empty or full."""
     pos = mask.bool()
-    outside = _squared_distance_to_zero(~pos).sqrt()  # at False elements: distance to the object
-    inside = _squared_distance_to_zero(pos).sqrt()  # at True elements: distance to the background
-    dist = torch.where(pos, 1.0 - inside, outside)
+    outside = _squared_distance_to_zero(~pos, spacing).sqrt()  # at False elements: distance to the object
+    inside = _squared_distance_to_zero(pos, spacing).sqrt()  # at True elements: distance to the background
+    dist = torch.where(pos, (min(spacing) if spacing else 1.0) - inside, outside)
     flat = pos.flatten(1)
     has_boundary = flat.any(1) & ~flat.all(1)
     return torch.where(has_boundary.view(-1, *([1] * (dist.dim() - 1))), dist, 0.0)  # not inf * 0
@@ -71,9 +75,10 @@ class BoundaryLoss(nn.Module):
     trip (`signed_distance_torch`); on the CPU with scipy's linear-time transform.
     """
 
-    def __init__(self, on_device: bool | None = None):
+    def __init__(self, on_device: bool | None = None, spacing: Sequence[float] | None = None):
         super().__init__()
         self.on_device = on_device  # None: torch's transform off the CPU, scipy's on it
+        self.spacing = tuple(float(v) for v in spacing) if spacing else None
 
     def forward(self, probs: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         classes = [0] if probs.shape[1] == 1 else list(range(1, probs.shape[1]))
@@ -81,12 +86,20 @@ class BoundaryLoss(nn.Module):
         if self.on_device if self.on_device is not None else probs.device.type != "cpu":
             lab = label[:, 0].detach()
             masks = torch.stack([lab == c for c in targets], 1)  # (B, K, *S)
-            dist_t = signed_distance_torch(masks.flatten(0, 1)).view(masks.shape).to(probs.dtype)
+            self._check_spacing(masks.dim() - 2)
+            dist_t = signed_distance_torch(masks.flatten(0, 1), self.spacing).view(masks.shape).to(probs.dtype)
         else:
             lab = label[:, 0].detach().cpu().numpy()
-            dist = np.stack([np.stack([signed_distance(lab[b] == c) for c in targets]) for b in range(lab.shape[0])])
+            self._check_spacing(lab.ndim - 1)
+            dist = np.stack([np.stack([signed_distance(lab[b] == c, self.spacing) for c in targets])
+                             for b in range(lab.shape[0])])
             dist_t = torch.from_numpy(dist).to(dtype=probs.dtype)
         return (probs[:, classes] * dist_t).mean()
+
+    def _check_spacing(self, dims: int) -> None:
+        if self.spacing is not None and len(self.spacing) != dims:
+            raise ValueError(f"LossFunction.boundary_spacing has {len(self.spacing)} values, the labels have {dims} "
+                             "spatial axes")
 
 
 class SegmentationLoss(nn.Module):
@@ -95,7 +108,8 @@ class SegmentationLoss(nn.Module):
     def __init__(self, weights: dict[str, float], *, smooth: float = 1e-5,
                  class_weights: Sequence[float] | None = None, alpha: float | None = None, gamma: float = 2.0,
                  tversky_alpha: float = 0.3, tversky_beta: float = 0.7, label_smoothing: float = 0.0,
-                 include_background: bool = True, sigmoid: bool | None = None):
+                 include_background: bool = True, sigmoid: bool | None = None,
+                 boundary_spacing: Sequence[float] | None = None):
         super().__init__()
         unknown = set(weights) - set(TERMS)
         if unknown:
@@ -108,7 +122,7 @@ class SegmentationLoss(nn.Module):
         self.label_smoothing = label_smoothing
         self.sigmoid = sigmoid
         self.register_buffer("class_weights", None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32))
-        self.boundary = BoundaryLoss()
+        self.boundary = BoundaryLoss(spacing=boundary_spacing)
         self._monai: dict[tuple[str, bool, int], nn.Module] = {}
         self._checked = False
         self.last_terms: dict[str, torch.Tensor] = {}
@@ -211,4 +225,5 @@ def build_loss(config: Any) -> SegmentationLoss:
         config.term_weights(), smooth=config.smooth, class_weights=config.class_weights, alpha=config.alpha,
         gamma=config.gamma, tversky_alpha=config.tversky_alpha, tversky_beta=config.tversky_beta,
         label_smoothing=config.label_smoothing, include_background=config.include_background, sigmoid=config.sigmoid,
+        boundary_spacing=config.boundary_spacing,
     )

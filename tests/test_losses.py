@@ -120,15 +120,32 @@ def test_signed_distance_on_the_device_equals_scipy(shape):
         np.testing.assert_allclose(g, signed_distance(m), atol=1e-5)
 
 
+def test_signed_distance_in_the_units_of_the_spacing():
+    from segflow.losses import signed_distance_torch
+
+    row = np.array([0, 0, 1, 1, 1, 0], dtype=bool)
+    assert signed_distance(row, [2.0]).tolist() == [4, 2, 0, -2, 0, 2]  # 2 mm voxels: twice the voxel distances
+    rng = np.random.default_rng(5)
+    masks = np.stack([rng.random((9, 8, 6)) > 0.7 for _ in range(4)])
+    spacing = [0.7, 0.7, 5.0]  # anisotropic CT voxels: a step along z is 7 in-plane steps
+    got = signed_distance_torch(torch.from_numpy(masks), spacing).numpy()
+    for m, g in zip(masks, got):
+        np.testing.assert_allclose(g, signed_distance(m, spacing), atol=1e-5)
+    assert not np.allclose(got[0], signed_distance(masks[0]))  # the spacing changes the distances
+
+
 def test_boundary_loss_is_the_same_through_either_transform():
     from segflow.losses import BoundaryLoss
 
     torch.manual_seed(0)
     label = torch.randint(0, 3, (2, 1, 12, 10, 8))
     probs = torch.randn(2, 3, 12, 10, 8).softmax(1)
-    scipy_path = BoundaryLoss(on_device=False)(probs, label)
-    torch_path = BoundaryLoss(on_device=True)(probs, label)
-    assert torch_path.item() == pytest.approx(scipy_path.item(), rel=1e-5) and scipy_path.item() != 0
+    for spacing in (None, [1.5, 1.5, 3.0]):
+        scipy_path = BoundaryLoss(on_device=False, spacing=spacing)(probs, label)
+        torch_path = BoundaryLoss(on_device=True, spacing=spacing)(probs, label)
+        assert torch_path.item() == pytest.approx(scipy_path.item(), rel=1e-5) and scipy_path.item() != 0
+    with pytest.raises(ValueError, match="boundary_spacing has 2 values, the labels have 3 spatial axes"):
+        BoundaryLoss(spacing=[1.0, 1.0])(probs, label)
 
 
 def test_boundary_loss_sign_and_zero():
@@ -210,6 +227,12 @@ def test_check_warns_about_unused_values():
     assert {(f.field, f.severity) for f in found} == {("ce_weight", "warning"), ("label_smoothing", "warning")}
     assert [f.code for f in LossFunction.check(LossFunctionConfig(loss_type="boundary"), {})] == ["boundary_alone"]
     assert LossFunction.check(LossFunctionConfig(), {}) == []
+    [found] = LossFunction.check(LossFunctionConfig(boundary_spacing=[1, 1, 3]), {})  # dice + ce: no boundary
+    assert (found.field, found.code) == ("boundary_spacing", "unused_value")
+    assert LossFunction.check(LossFunctionConfig(loss_type="combined", dice_weight=1, boundary_weight=0.1,
+                                                 boundary_spacing="[0.7, 0.7, 5]"), {}) == []
+    with pytest.raises(ValidationError, match="2 or 3 positive numbers"):
+        LossFunctionConfig(boundary_spacing=[1.0, 0.0])
 
 
 def test_node_run(tmp_path):

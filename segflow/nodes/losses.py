@@ -46,6 +46,10 @@ class LossFunctionConfig(NodeConfig):
                                      "(cross-entropy and focal always do).")
     sigmoid: bool | None = Field(None, description="Sigmoid instead of softmax. Default: sigmoid when the network "
                                  "has one output channel, softmax otherwise.")
+    boundary_spacing: list[float] | None = Field(None, description=(
+        "Voxel size, one value per spatial axis (e.g. the loader's target_spacing [0.7, 0.7, 5.0]): the boundary "
+        "term's distances are then in those units (mm), so anisotropic voxels weigh as far as they are. Null: "
+        "distances in voxels."))
 
     @field_validator("loss_type", mode="before")
     @classmethod
@@ -53,6 +57,13 @@ class LossFunctionConfig(NodeConfig):
         if isinstance(v, str):
             v = v.strip().lower().replace("-", "_").replace(" ", "_")
             return _SPELLINGS.get(v, v)
+        return v
+
+    @field_validator("boundary_spacing")
+    @classmethod
+    def _spacing(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (len(v) not in (2, 3) or any(s <= 0 for s in v)):
+            raise ValueError("boundary_spacing must be 2 or 3 positive numbers (one per spatial axis), or null")
         return v
 
     @field_validator("class_weights")
@@ -97,6 +108,9 @@ class LossFunction(Node):
                     found.append(Finding(f, "unused_value", f"{f} is ignored: loss_type is {config.loss_type}",
                                          "set loss_type to combined to weight several terms", severity="warning"))
         terms = config.term_weights()
+        if config.boundary_spacing is not None and "boundary" not in terms:
+            found.append(Finding("boundary_spacing", "unused_value", "boundary_spacing only affects the boundary "
+                                 "term, which this loss does not use", severity="warning"))
         if config.label_smoothing and "ce" not in terms:
             found.append(Finding("label_smoothing", "unused_value", "label_smoothing only affects the cross-entropy "
                                  "term, which this loss does not use", severity="warning"))
