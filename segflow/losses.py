@@ -83,7 +83,8 @@ class BoundaryLoss(nn.Module):
     def forward(self, probs: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         classes = [0] if probs.shape[1] == 1 else list(range(1, probs.shape[1]))
         targets = [1] if probs.shape[1] == 1 else classes
-        if self.on_device if self.on_device is not None else probs.device.type != "cpu":
+        on_device = probs.device.type != "cpu" if self.on_device is None else self.on_device
+        if on_device:
             lab = label[:, 0].detach()
             masks = torch.stack([lab == c for c in targets], 1)  # (B, K, *S)
             self._check_spacing(masks.dim() - 2)

@@ -132,7 +132,6 @@ class Patches2D(Slices2D):
         return sample_patch(prep, self.patch, self.p_fg, self.rng)
 
 
-
 class Patches3D(_Seeded):
     """Random patches, `repeats` per volume per epoch; a fraction pos/(pos+neg) centred on a
     foreground voxel, the rest anywhere in the volume (nnU-Net's oversampling scheme)."""

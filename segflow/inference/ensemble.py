@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from segflow.inference.tta import to_probabilities
+
 _EPS = 1e-7  # probabilities are clamped here before the log, so a class no member predicts stays finite
 
 
@@ -33,11 +35,10 @@ class Ensemble(nn.Module):
             logits = member(x)
             if isinstance(logits, (list, tuple)):  # deep supervision: the full-resolution head
                 logits = logits[0]
-            logits = logits.float()
-            p = torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+            p = to_probabilities(logits)  # as the Predictor reads them; one sigmoid channel -> [1 - p, p]
             total = p if total is None else total + p
         mean = total / len(self.members)
-        if mean.shape[1] == 1:
-            mean = mean.clamp(_EPS, 1 - _EPS)
-            return torch.log(mean) - torch.log1p(-mean)
+        if logits.shape[1] == 1:  # back to one channel: the logit of the mean foreground probability
+            fg = mean[:, 1:].clamp(_EPS, 1 - _EPS)
+            return torch.log(fg) - torch.log1p(-fg)
         return torch.log(mean.clamp_min(_EPS))

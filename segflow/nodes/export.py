@@ -29,7 +29,7 @@ class ModelExportConfig(NodeConfig):
         None, description="Spatial size of the sample input, e.g. [256, 256] or [96, 96, 96]. Default: the "
                           "loader's patch size (dataset_info), else the network's fixed img_size.")
     opset: int = Field(18, ge=7, le=23, description="ONNX opset version.")
-    dynamic_batch: bool = Field(True, description="Let the exported model take any batch size (checked on batch 2).")
+    dynamic_batch: bool = Field(True, description="Let the exported model take any batch size (checked on batch 3).")
     parity_check: bool = Field(True, description="Run the exported file on a random input and compare it with "
                                                  "eager PyTorch.")
     tolerance: float = Field(1e-4, gt=0, description="Largest absolute difference of the logits the parity check allows.")
@@ -85,7 +85,7 @@ def sample_shape(cfg: ModelExportConfig, meta: dict, dataset_info=None) -> tuple
 
 @register
 class ModelExport(Node):
-    """The network as a TorchScript or ONNX file, checked against eager PyTorch."""
+    """The network as an ONNX, torch.export (.pt2) or TorchScript file, checked against eager PyTorch."""
 
     type = "ModelExport"
     family = "export"
