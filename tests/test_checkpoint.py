@@ -30,6 +30,28 @@ def test_interrupted_write_leaves_previous_checkpoint_intact(tmp_path, monkeypat
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
 
 
+class _CtrlCWhileSaved:
+    """Pickles as a plain dict, pressing Ctrl-C (SIGINT to this process) while it is being written."""
+
+    def __reduce__(self):
+        import signal
+
+        signal.raise_signal(signal.SIGINT)
+        return dict, ((("written", True),),)
+
+
+def test_ctrl_c_during_a_write_finishes_the_file_then_interrupts(tmp_path):
+    target = tmp_path / "last.pt"
+    target.write_bytes(b"old")
+    # torch.save used to turn the KeyboardInterrupt into a RuntimeError ("unexpected pos") and drop
+    # the new file; the interrupt now waits for the write and arrives as a KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.atomic_save({"model": {"w": torch.ones(3)}, "extra": _CtrlCWhileSaved()}, target)
+    saved = torch.load(target, weights_only=False)  # the test's own file; its dict is rebuilt by a call
+    assert saved["extra"] == {"written": True} and torch.equal(saved["model"]["w"], torch.ones(3))
+    assert list(tmp_path.iterdir()) == [target]  # no temporary file left behind
+
+
 def test_truncated_file_is_a_clear_error(tmp_path):
     path = tmp_path / "last.pt"
     checkpoint.atomic_save({"format": checkpoint.FORMAT, "w": torch.ones(1000)}, path)

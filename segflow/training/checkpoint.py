@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,25 @@ import torch
 
 FORMAT = "segflow-checkpoint"
 VERSION = 1
+
+
+@contextlib.contextmanager
+def _ctrl_c_after():
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block and deliver it when the block ends.
+    torch.save turns a KeyboardInterrupt raised in its writes into a RuntimeError ("unexpected
+    pos"), so a Ctrl-C during a checkpoint write ended the run as a failure instead of an
+    interrupt; a write takes a moment, so finishing it first also keeps the newer checkpoint."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread; other threads never see SIGINT
+        return
+    held = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+        if held:
+            signal.raise_signal(signal.SIGINT)  # to whatever handled it before, now
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
@@ -30,11 +51,12 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with _ctrl_c_after():
+            with os.fdopen(fd, "wb") as f:
+                torch.save(obj, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
