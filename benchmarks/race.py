@@ -313,7 +313,7 @@ def segflow_loop(kind, size, data_dir, tmp: Path, settings, device, repeats, wor
     """-> (figures, trained network)."""
     import torch
 
-    from segflow.executor import run_workflow
+    from segflow.workflow.executor import run_workflow
     from segflow.training.device import resolve_precision
 
     path = tmp / f"race_{kind}_{settings}.json"

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from segflow import __version__
-from segflow.errors import Issue, NodeRunError, WorkflowError
+from segflow.workflow.errors import Issue, NodeRunError, WorkflowError
 
 
 def _print_issues(issues: list[Issue], fmt: str, out=None) -> None:
@@ -21,7 +21,7 @@ def _print_issues(issues: list[Issue], fmt: str, out=None) -> None:
 
 
 def cmd_validate(args) -> int:
-    from segflow import spec
+    from segflow.workflow import spec
 
     failed = 0
     report = []
@@ -30,7 +30,7 @@ def cmd_validate(args) -> int:
             wf = spec.load(path)
             issues = list(wf.warnings)
             if args.check_paths:
-                from segflow.executor import preflight
+                from segflow.workflow.executor import preflight
 
                 try:
                     # Paths only: the machine validating need not be the one that will train,
@@ -88,11 +88,11 @@ def launch(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from segflow import distributed
+    from segflow.workflow import distributed
 
     if args.nproc_per_node and not distributed.launched():
         return launch(args)
-    from segflow.executor import run_workflow
+    from segflow.workflow.executor import run_workflow
 
     who = f"segflow [rank {distributed.rank()}]" if distributed.launched() else "segflow"
 
@@ -121,7 +121,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_schema(args) -> int:
-    from segflow.schema import DEFAULT_PATH, render
+    from segflow.workflow.schema import DEFAULT_PATH, render
 
     text = render()
     if args.output == "-":
@@ -141,7 +141,8 @@ def cmd_schema(args) -> int:
 
 
 def cmd_nodes(args) -> int:
-    from segflow import catalogue, registry
+    from segflow.workflow import catalogue
+    from segflow.nodes import registry
 
     if args.format == "markdown":
         sys.stdout.write(catalogue.markdown())
@@ -151,7 +152,7 @@ def cmd_nodes(args) -> int:
         return 0
     cls = registry.get(args.type)
     if cls is None:
-        from segflow.spec import suggest
+        from segflow.workflow.spec import suggest
 
         print(f"unknown node type {args.type!r}. {suggest(args.type, registry.all_types())}".rstrip(), file=sys.stderr)
         return 1
@@ -160,7 +161,7 @@ def cmd_nodes(args) -> int:
 
 
 def cmd_graph(args) -> int:
-    from segflow import spec
+    from segflow.workflow import spec
 
     try:
         wf = spec.load(args.workflow)

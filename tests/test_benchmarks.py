@@ -11,7 +11,7 @@ from segflow.data.loader import resolve_workers
 from segflow.nodes.base import RunContext
 from segflow.nodes.data import MedicalSegmentationLoaderConfig
 from segflow.nodes.training import Trainer, TrainerConfig
-from segflow.training import toy
+import toy
 from segflow.training.device import resolve_precision
 
 ROOT = Path(__file__).resolve().parents[1]

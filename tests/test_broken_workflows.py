@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from segflow import spec
-from segflow.errors import WorkflowError
+from segflow.workflow import spec
+from segflow.workflow.errors import WorkflowError
 
 BROKEN = Path(__file__).parent / "broken"
 

@@ -5,12 +5,12 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from segflow import executor
-from segflow.errors import WorkflowError
+from segflow.workflow import executor
+from segflow.workflow.errors import WorkflowError
 from segflow.nodes.base import RunContext
 from segflow.nodes.inference import CheckpointLoader, CheckpointLoaderConfig
 from segflow.nodes.training import Trainer
-from segflow.training import toy
+import toy
 
 
 def ctx(tmp_path, messages=None):
@@ -202,9 +202,9 @@ def test_ensemble_members_are_checked_one_by_one(tmp_path):
 
 
 def test_an_ensemble_exports_with_parity(tmp_path):
-    from segflow.export import export_model
+    from segflow.export.formats import export_model
     from segflow.inference.ensemble import Ensemble
-    from segflow.models.factory import build_network
+    from segflow.networks.factory import build_network
     from segflow.nodes.networks import UNet2DConfig
 
     members = []

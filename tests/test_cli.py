@@ -7,9 +7,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from segflow import catalogue
+from segflow.workflow import catalogue
 from segflow.cli import main
-from segflow.schema import render
+from segflow.workflow.schema import render
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from segflow.models.factory import build_network
+from segflow.networks.factory import build_network
 from segflow.nodes.base import RunContext
 from segflow.nodes.inference import CheckpointLoader, CheckpointLoaderConfig
 from segflow.nodes.networks import UNet2DConfig, UNETRConfig

@@ -99,7 +99,7 @@ def _torchrun(cwd: Path, args: list[str], extra_env=None, timeout=150):
 
 def _val_dice_single_process(cwd: Path, weights: dict) -> float:
     """The validation Dice one process computes over the whole validation set with `weights`."""
-    from segflow import spec
+    from segflow.workflow import spec
     from segflow.data.loader import build_loaders
     from segflow.training.metrics import ConfusionMeter
 
@@ -143,10 +143,11 @@ def test_shard_sampler_gives_every_index_to_exactly_one_rank():
 
 def test_each_rank_seeds_the_trainer_with_a_seed_of_its_own(tmp_path, monkeypatch):
     """Ranks share the Trainer's seed setting, not its random streams (dropout, device augmentation)."""
-    from segflow import distributed
+    from segflow.workflow import distributed
     from segflow.nodes.base import RunContext
     from segflow.nodes.training import Trainer
-    from segflow.training import loop, toy
+    from segflow.training import loop
+    import toy
 
     assert distributed.rank_seed(7) == 7  # one process: the seed as given
     seeds = []

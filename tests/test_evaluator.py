@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from segflow.inference.metrics import class_metrics, evaluate
+from segflow.evaluation.metrics import class_metrics, evaluate
 from segflow.inference.records import PredictionRecord, PredictionSet
 from segflow.nodes.base import RunContext
 from segflow.nodes.evaluation import Evaluator, EvaluatorConfig

@@ -5,8 +5,9 @@ import os
 import pytest
 from pydantic import Field
 
-from segflow import executor, registry
-from segflow.errors import NodeRunError, WorkflowError
+from segflow.workflow import executor
+from segflow.nodes import registry
+from segflow.workflow.errors import NodeRunError, WorkflowError
 from segflow.nodes.base import Finding, Node, NodeConfig, Port
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from segflow.data.info import DatasetInfo
-from segflow.export import export_model
-from segflow.models.factory import build_network
+from segflow.export.formats import export_model
+from segflow.networks.factory import build_network
 from segflow.nodes.base import RunContext
 from segflow.nodes.export import ModelExport, ModelExportConfig, sample_shape
 from segflow.nodes.networks import UNet2DConfig

@@ -71,7 +71,7 @@ def test_one_gpu_ddp_through_nccl(tmp_path):
 def test_one_gpu_ddp_with_sync_batchnorm(tmp_path):
     """SyncBatchNorm in a 1-process nccl job (with one process it normalises like BatchNorm): the swap
     before DDP on CUDA, and checkpoints that load into a plain model."""
-    from segflow.models.factory import build_network
+    from segflow.networks.factory import build_network
     from segflow.nodes.networks import UNet2DConfig
 
     done = one_gpu_ddp(tmp_path, "model.norm=batch", "trainer.sync_batchnorm=true")
@@ -118,7 +118,7 @@ def test_quickstart_with_device_augmentation_learns(tmp_path, monkeypatch):
 
 
 def test_boundary_loss_on_cuda_never_waits_for_the_gpu():
-    from segflow.losses import BoundaryLoss, signed_distance_torch
+    from segflow.losses.segmentation import BoundaryLoss, signed_distance_torch
 
     label = (torch.rand((2, 1, 40, 40, 24), device="cuda") > 0.9).long()
     probs = torch.rand((2, 2, 40, 40, 24), device="cuda").softmax(1)

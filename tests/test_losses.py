@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
-from segflow.losses import SegmentationLoss, build_loss, signed_distance
+from segflow.losses.segmentation import SegmentationLoss, build_loss, signed_distance
 from segflow.nodes.base import RunContext
 from segflow.nodes.losses import LossFunction, LossFunctionConfig
 
@@ -110,7 +110,7 @@ def test_signed_distance_known_values():
 
 @pytest.mark.parametrize("shape", [(1, 6), (9, 7), (33, 17), (12, 10, 8)])
 def test_signed_distance_on_the_device_equals_scipy(shape):
-    from segflow.losses import signed_distance_torch
+    from segflow.losses.segmentation import signed_distance_torch
 
     rng = np.random.default_rng(len(shape) * 100 + shape[0])
     masks = [rng.random(shape) > rng.uniform(0.1, 0.95) for _ in range(12)]
@@ -121,7 +121,7 @@ def test_signed_distance_on_the_device_equals_scipy(shape):
 
 
 def test_signed_distance_in_the_units_of_the_spacing():
-    from segflow.losses import signed_distance_torch
+    from segflow.losses.segmentation import signed_distance_torch
 
     row = np.array([0, 0, 1, 1, 1, 0], dtype=bool)
     assert signed_distance(row, [2.0]).tolist() == [4, 2, 0, -2, 0, 2]  # 2 mm voxels: twice the voxel distances
@@ -135,7 +135,7 @@ def test_signed_distance_in_the_units_of_the_spacing():
 
 
 def test_boundary_loss_is_the_same_through_either_transform():
-    from segflow.losses import BoundaryLoss
+    from segflow.losses.segmentation import BoundaryLoss
 
     torch.manual_seed(0)
     label = torch.randint(0, 3, (2, 1, 12, 10, 8))

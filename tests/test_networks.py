@@ -9,7 +9,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from segflow import registry
+from segflow.nodes import registry
 from segflow.data.info import DatasetInfo
 from segflow.nodes import networks as nets
 from segflow.nodes.base import RunContext

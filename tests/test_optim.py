@@ -8,7 +8,7 @@ from torch import nn
 
 from segflow.nodes.base import RunContext
 from segflow.nodes.optim import Optimizer, OptimizerConfig
-from segflow.optim import build_optimizer
+from segflow.optim.optimizer import build_optimizer
 
 
 def model() -> nn.Module:

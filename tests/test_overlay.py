@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segflow.inference.overlay import error_codes, pick_slices, render_overlays
+from segflow.evaluation.overlay import error_codes, pick_slices, render_overlays
 from segflow.inference.records import PredictionRecord, PredictionSet
 from segflow.nodes.base import RunContext
 from segflow.nodes.evaluation import SegmentationOverlay, SegmentationOverlayConfig

@@ -8,18 +8,18 @@ import torch
 from PIL import Image
 from pydantic import ValidationError
 
-from segflow import executor
+from segflow.workflow import executor
 from segflow.data.phantoms import write_phantom_dataset
 from segflow.data.readers import read
 from segflow.inference import tta
 from segflow.inference.predict import back_to_source
 from segflow.inference.writers import source_geometry
-from segflow.models.factory import build_network
+from segflow.networks.factory import build_network
 from segflow.nodes.base import RunContext
 from segflow.nodes.data import MedicalSegmentationLoader, MedicalSegmentationLoaderConfig
 from segflow.nodes.inference import Predictor, PredictorConfig
 from segflow.nodes.networks import UNet2DConfig
-from segflow.training import toy
+import toy
 
 
 def context(tmp_path, messages=None):
@@ -293,7 +293,7 @@ def _phantom_test_label(i, shape):
 
 
 def test_unlabelled_3d_test_volumes_are_predicted_in_their_own_geometry_and_skipped_by_evaluation(tmp_path, phantom3d):
-    from segflow.inference.metrics import evaluate
+    from segflow.evaluation.metrics import evaluate
 
     val, info = loaders(tmp_path, phantom3d, subset="test", image_size=16)
     preds = predict(tmp_path, Threshold(3.0), val, info)
@@ -313,7 +313,7 @@ def test_unlabelled_3d_test_volumes_are_predicted_in_their_own_geometry_and_skip
 
 
 def test_unlabelled_2d_test_images_of_varying_size_and_labels_used_when_present(tmp_path):
-    from segflow.inference.metrics import evaluate
+    from segflow.evaluation.metrics import evaluate
 
     root = write_phantom_dataset(tmp_path / "p", "2d", num_cases=2, size=(48, 40))
     # ground truth for one test image, in labelsTs/ (MSD convention): used for evaluation

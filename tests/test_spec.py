@@ -4,8 +4,8 @@ import json
 import pytest
 from pydantic import Field
 
-from segflow import jsonpos, spec
-from segflow.errors import WorkflowError
+from segflow.workflow import jsonpos, spec
+from segflow.workflow.errors import WorkflowError
 from segflow.nodes.base import Finding, Node, NodeConfig, Port
 
 

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from segflow.nodes.base import RunContext
 from segflow.nodes.training import Trainer, TrainerConfig
-from segflow.training import checkpoint, toy
+from segflow.training import checkpoint
+import toy
 
 
 def run_trainer(tmp_path, model=None, loaders=None, loss=None, opt=None, resume=None, log=None, **cfg):

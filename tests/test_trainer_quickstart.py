@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-executor = pytest.importorskip("segflow.executor")
+executor = pytest.importorskip("segflow.workflow.executor")
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -7,6 +7,7 @@ checkpoint restores matters. On CPU with one thread the arithmetic is determinis
 bit-identical weights and history (timings excluded).
 """
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -25,7 +26,8 @@ SCRIPT = textwrap.dedent("""
     torch.set_num_threads(1)
     from segflow.nodes.base import RunContext
     from segflow.nodes.training import Trainer
-    from segflow.training import checkpoint, toy
+    from segflow.training import checkpoint
+    import toy
 
     run_dir, epochs, resume, kill_after, out = sys.argv[1], int(sys.argv[2]), sys.argv[3] or None, int(sys.argv[4]), sys.argv[5]
 
@@ -66,7 +68,7 @@ def _run(tmp_path, *args):
     script.write_text(SCRIPT)
     root = Path(__file__).resolve().parents[1]
     return subprocess.run([sys.executable, str(script), *map(str, args)], cwd=root, capture_output=True, text=True,
-                          timeout=120, env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+                          timeout=120, env={"PYTHONPATH": f"{root}{os.pathsep}{root / 'tests'}", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
 
 
 def _history(run_dir):

@@ -28,7 +28,7 @@ def build_loaders(cfg: Any, log: Callable[[str], None] = print):
     import torch
     from torch.utils.data import DataLoader
 
-    from segflow import distributed
+    from segflow.workflow import distributed
     from segflow.data.allocator import keep_freed_sample_memory
 
     keep_freed_sample_memory()  # this process makes the batches with 0 workers; workers inherit it

@@ -1,1 +1,1 @@
-"""Prediction, evaluation, overlays and export behind the inference and export nodes."""
+"""Loading weights and prediction (sliding windows, TTA, ensembles) behind the inference nodes."""

@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from segflow.nodes.base import Finding, Node, NodeConfig, Port, lowercase
-from segflow.registry import register
+from segflow.nodes.registry import register
 
 
 class MedicalSegmentationLoaderConfig(NodeConfig):
@@ -198,7 +198,7 @@ class MedicalSegmentationLoader(Node):
         return []
 
     def run(self, **inputs: Any) -> dict[str, Any]:
-        from segflow import distributed
+        from segflow.workflow import distributed
         from segflow.data.loader import build_loaders
 
         train, val, info = build_loaders(self.config, log=self.ctx.log)

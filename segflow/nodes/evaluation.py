@@ -1,5 +1,5 @@
 """Evaluator and SegmentationOverlay: configs and ports. The work lives in
-`segflow.inference.metrics` and `segflow.inference.overlay` (imported in `run`).
+`segflow.evaluation.metrics` and `segflow.evaluation.overlay` (imported in `run`).
 
 Both read a `Predictions` set one case at a time, so hundreds of volumes never sit in memory.
 """
@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator
 
 from segflow.nodes.base import Finding, Node, NodeConfig, Port
-from segflow.registry import register
+from segflow.nodes.registry import register
 
 MetricName = Literal["dice", "iou", "precision", "recall", "hd95", "surface_dice"]
 _METRIC_SPELLINGS = {"jaccard": "iou", "hausdorff95": "hd95", "hausdorff_95": "hd95", "hd_95": "hd95",
@@ -64,7 +64,7 @@ class Evaluator(Node):
                                               "n_absent), mean (macro over classes), files"),)
 
     def run(self, predictions) -> dict[str, Any]:
-        from segflow.inference.metrics import evaluate
+        from segflow.evaluation.metrics import evaluate
 
         cfg: EvaluatorConfig = self.config  # type: ignore[assignment]
         result = evaluate(predictions, metrics=cfg.metrics, include_background=cfg.include_background,
@@ -113,7 +113,7 @@ class SegmentationOverlay(Node):
     outputs = (Port("images", "Images", doc="list of the written PNG paths; grid.png last"),)
 
     def run(self, predictions) -> dict[str, Any]:
-        from segflow.inference.overlay import render_overlays
+        from segflow.evaluation.overlay import render_overlays
 
         cfg: SegmentationOverlayConfig = self.config  # type: ignore[assignment]
         paths = render_overlays(predictions, self.ctx.output_path(cfg.output_dir), alpha=cfg.alpha,

@@ -1,4 +1,4 @@
-"""ModelExport: config and ports. The export itself lives in `segflow.export` (imported in `run`)."""
+"""ModelExport: config and ports. The export itself lives in `segflow.export.formats` (imported in `run`)."""
 from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
@@ -6,7 +6,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator
 
 from segflow.nodes.base import Node, NodeConfig, Port
-from segflow.registry import register
+from segflow.nodes.registry import register
 
 EXTENSIONS = {"torchscript": "pt", "onnx": "onnx", "torch_export": "pt2"}
 _FORMAT_SPELLINGS = {"jit": "torchscript", "ts": "torchscript", "script": "torchscript", "torchexport": "torch_export",
@@ -97,7 +97,7 @@ class ModelExport(Node):
     outputs = (Port("file", "File", doc="path of the exported file"),)
 
     def run(self, model, dataset_info=None) -> dict[str, Any]:
-        from segflow.export import export_model
+        from segflow.export.formats import export_model
 
         cfg: ModelExportConfig = self.config  # type: ignore[assignment]
         path = self.ctx.output_path(cfg.output_path or f"export/model.{EXTENSIONS[cfg.format]}")

@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator
 
 from segflow.nodes.base import Finding, Node, NodeConfig, Port, device_findings, lowercase
-from segflow.registry import register
+from segflow.nodes.registry import register
 
 _DEVICE = r"^(auto|cpu|mps|cuda(:\d+)?)$"
 

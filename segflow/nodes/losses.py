@@ -1,5 +1,5 @@
 """LossFunction: the training loss, a weighted sum of dice / cross-entropy / focal / tversky /
-boundary terms. Built in `segflow.losses`; nothing heavy imported here."""
+boundary terms. Built in `segflow.losses.segmentation`; nothing heavy imported here."""
 from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from segflow.nodes.base import Finding, Node, NodeConfig, Port
-from segflow.registry import register
+from segflow.nodes.registry import register
 
 LOSS_TYPES = ("dice", "cross_entropy", "focal", "combined", "boundary", "tversky")
 _SPELLINGS = {"ce": "cross_entropy", "crossentropy": "cross_entropy", "dice_ce": "combined", "dicece": "combined"}
@@ -121,6 +121,6 @@ class LossFunction(Node):
         return found
 
     def run(self) -> dict[str, Any]:
-        from segflow.losses import build_loss
+        from segflow.losses.segmentation import build_loss
 
         return {"loss_fn": build_loss(self.config)}

@@ -4,7 +4,7 @@ Every network maps (B, in_channels, *spatial) to logits (B, out_channels, *spati
 resolution. Shape constraints (input divisible by 16/32, a fixed UNETR size, ...) are declared on
 the config (`size_divisor`, `fixed_size`) so that `validate` can check them against the loader
 wired to `dataset_info`, and `run` can check them against the real data, before any training.
-No torch here: the models are built in `segflow.models.factory`.
+No torch here: the models are built in `segflow.networks.factory`.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from segflow.nodes.base import Finding, Node, NodeConfig, Port, lowercase
-from segflow.registry import register
+from segflow.nodes.registry import register
 
 
 def _heads_divide_hidden(heads: int, info: ValidationInfo) -> int:
@@ -408,7 +408,7 @@ class NetworkNode(Node):
     def run(self, dataset_info: Any = None) -> dict[str, Any]:
         if dataset_info is not None:
             check_against_data(self.type, self.name, self.config, dataset_info)
-        from segflow.models.factory import build_network
+        from segflow.networks.factory import build_network
 
         model = build_network(self.type, self.config)
         # Lets a resume with a changed network name the config field that changed.

@@ -1,5 +1,5 @@
 """Optimizer: a torch optimizer over the model's parameters, with per-layer learning rates
-(parameter groups matched by name pattern) and frozen layers. Built in `segflow.optim`."""
+(parameter groups matched by name pattern) and frozen layers. Built in `segflow.optim.optimizer`."""
 from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from segflow.nodes.base import Finding, Node, NodeConfig, Port
-from segflow.registry import register
+from segflow.nodes.registry import register
 
 OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "rmsprop": "RMSprop"}
 _PATTERN_DOC = ("a glob over parameter names as model.named_parameters() gives them (e.g. 'encoder.*'); "
@@ -107,6 +107,6 @@ class Optimizer(Node):
         return found
 
     def run(self, model: Any) -> dict[str, Any]:
-        from segflow.optim import build_optimizer
+        from segflow.optim.optimizer import build_optimizer
 
         return {"optimizer": build_optimizer(model, self.config, node_name=self.name)}

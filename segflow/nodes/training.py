@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator
 
 from segflow.nodes.base import Finding, Node, NodeConfig, Port, device_findings, lowercase
-from segflow.registry import register
+from segflow.nodes.registry import register
 
 _SCHEDULE_SPELLINGS = {"polynomial": "poly", "cosine_annealing": "cosine", "reduce_on_plateau": "plateau",
                        "reducelronplateau": "plateau", "steplr": "step", "exp": "exponential", "": "none", "null": "none"}

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from segflow import distributed
+from segflow.workflow import distributed
 
 # ---- parameters without a gradient ------------------------------------------------------------
 

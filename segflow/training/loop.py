@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import torch
 
-from segflow import distributed
+from segflow.workflow import distributed
 from segflow.training import artefacts, checkpoint, ddp
 from segflow.training.device import resolve_device, resolve_precision, seed_everything
 from segflow.training.metrics import ConfusionMeter

@@ -14,10 +14,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from segflow import distributed, spec
-from segflow.errors import Issue, NodeRunError, WorkflowError
+from segflow.workflow import distributed, spec
+from segflow.workflow.errors import Issue, NodeRunError, WorkflowError
 from segflow.nodes.base import RunContext
-from segflow.runinfo import environment_record
+from segflow.workflow.runinfo import environment_record
 
 RUNS_ROOT = Path("runs")
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic_core import PydanticUndefined
 
-from segflow import registry
+from segflow.nodes import registry
 from segflow.nodes.base import Node
 
 

@@ -75,7 +75,7 @@ def _swin_unetr(c: cfgs.SwinUNETRConfig) -> nn.Module:
 
 
 def _transunet(c: cfgs.TransUNetConfig) -> nn.Module:
-    from segflow.models.transunet import TransUNet
+    from segflow.networks.transunet import TransUNet
 
     size = cfgs._size_tuple(c.img_size, 2)
     assert size is not None
@@ -85,7 +85,7 @@ def _transunet(c: cfgs.TransUNetConfig) -> nn.Module:
 
 
 def _deeplab(c: cfgs.DeepLabV3PlusConfig) -> nn.Module:
-    from segflow.models.deeplab import DeepLabV3Plus
+    from segflow.networks.deeplab import DeepLabV3Plus
 
     return DeepLabV3Plus(c.in_channels, c.out_channels, base_channels=c.base_channels, output_stride=c.output_stride,
                          aspp_channels=c.aspp_channels, atrous_rates=tuple(c.atrous_rates), norm=c.norm,

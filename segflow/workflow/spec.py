@@ -14,9 +14,10 @@ from typing import Any
 import networkx as nx
 from pydantic import ValidationError
 
-from segflow import jsonpos, registry
-from segflow.errors import Issue, WorkflowError
-from segflow.graph import Wire, execution_order, fits, wire
+from segflow.workflow import jsonpos
+from segflow.nodes import registry
+from segflow.workflow.errors import Issue, WorkflowError
+from segflow.workflow.graph import Wire, execution_order, fits, wire
 from segflow.nodes.base import Finding, Node, NodeConfig
 
 TOP_KEYS = ("$schema", "workflow", "description", "seed", "nodes", "links", "version")

@@ -13,10 +13,10 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from segflow import registry
-from segflow.catalogue import summary_line
+from segflow.nodes import registry
+from segflow.workflow.catalogue import summary_line
 from segflow.nodes.base import NodeConfig
-from segflow.spec import LINK_KEYS
+from segflow.workflow.spec import LINK_KEYS
 
 SCHEMA_ID = "https://segflow.dev/schemas/workflow.schema.json"
 DEFAULT_PATH = Path("schemas/workflow.schema.json")

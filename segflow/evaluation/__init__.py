@@ -1,0 +1,1 @@
+"""Metrics and overlays behind the Evaluator and SegmentationOverlay nodes."""

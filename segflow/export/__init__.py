@@ -1,0 +1,1 @@
+"""Exporting a trained network (ONNX, torch.export, TorchScript) behind the ModelExport node."""

@@ -1,0 +1,1 @@
+"""The segmentation losses behind the LossFunction node."""

@@ -1,0 +1,1 @@
+"""The torch optimizer behind the Optimizer node."""
