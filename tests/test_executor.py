@@ -5,10 +5,10 @@ import os
 import pytest
 from pydantic import Field
 
-from segflow.workflow import executor
 from segflow.nodes import registry
-from segflow.workflow.errors import NodeRunError, WorkflowError
 from segflow.nodes.base import Finding, Node, NodeConfig, Port
+from segflow.workflow import executor, rundir
+from segflow.workflow.errors import NodeRunError, WorkflowError
 
 
 class SourceConfig(NodeConfig):
@@ -123,7 +123,7 @@ def test_resume_auto_finds_the_latest_checkpoint_and_reuses_its_run_dir(tmp_path
     ckpt = fresh.run_dir / "checkpoints" / "last.pt"
     ckpt.parent.mkdir()
     ckpt.write_bytes(b"x")
-    assert executor.find_latest_checkpoint("wf").resolve() == ckpt.resolve()
+    assert rundir.find_latest_checkpoint("wf").resolve() == ckpt.resolve()
     again = executor.run_workflow(wf, resume="auto", log=lambda s: None)
     assert again.run_dir.resolve() == fresh.run_dir.resolve()
     with pytest.raises(WorkflowError) as e:

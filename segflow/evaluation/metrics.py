@@ -15,13 +15,15 @@ Rules for empty masks (docs/evaluation.md), decided per case and class:
 from __future__ import annotations
 
 import csv
-import json
+import io
 import math
 import warnings
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
+
+from segflow.workflow.files import atomic_write_text, write_json
 
 ALL_METRICS = ("dice", "iou", "precision", "recall", "hd95", "surface_dice")
 HIGHER_IS_BETTER = {"dice": True, "iou": True, "precision": True, "recall": True, "hd95": False, "surface_dice": True}
@@ -127,17 +129,6 @@ def summarise(rows: list[dict], class_names: list[str], metrics: Iterable[str]) 
     return per_class, mean
 
 
-def _json_safe(value):
-    """NaN/inf are not JSON: written as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def evaluate(pset, *, metrics: Iterable[str] = ALL_METRICS, include_background: bool = False,
              surface_tolerance: float = 1.0, output_dir: Path | None = None,
              log: Callable[[str], None] = print) -> dict:
@@ -196,15 +187,15 @@ def write(result: dict, output_dir: Path) -> dict[str, str]:
     output_dir.mkdir(parents=True, exist_ok=True)
     csv_path, json_path = output_dir / "metrics.csv", output_dir / "metrics.json"
     columns = ["case", "class", "class_name", "status", *result["metrics"], "tp", "fp", "fn"]
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        for row in result["cases"]:
-            # NaN as an empty cell: pandas and spreadsheets read it back as missing
-            writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    for row in result["cases"]:
+        # NaN as an empty cell: pandas and spreadsheets read it back as missing
+        writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
+    atomic_write_text(csv_path, text.getvalue())
     files = {"csv": str(csv_path), "json": str(json_path)}
-    with open(json_path, "w") as f:
-        json.dump(_json_safe({**result, "files": files}), f, indent=2)
+    write_json(json_path, {**result, "files": files})
     return files
 
 

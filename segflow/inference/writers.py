@@ -5,6 +5,7 @@ a large volume costs nothing next to predicting it.
 """
 from __future__ import annotations
 
+import gzip
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from segflow.data.readers import RASTER, read, split_name
+from segflow.workflow.files import atomic_write
 
 SUFFIX = {"nifti": ".nii.gz", "png": ".png", "npy": ".npy"}
 
@@ -59,49 +61,45 @@ def source_geometry(path: str | Path) -> Geometry:
 
 
 def write_label(path: Path, label: np.ndarray, fmt: str, geometry: Geometry | None) -> Path:
-    """Write a class-index map; `path` has no suffix yet. Returns the written file's path."""
+    """Write a class-index map; `path` has no suffix yet. Returns the written file's path (written
+    atomically: a crash never leaves a half-written prediction)."""
     dtype = np.uint8 if label.max(initial=0) < 256 else np.uint16
     label = label.astype(dtype)
     out = path.with_name(path.name + SUFFIX[fmt])
-    tmp = out.with_name("." + out.name + ".part")  # a crash never leaves a half-written prediction
     if fmt == "png":
         if label.ndim != 2:
             raise ValueError(f"{out.name}: output_format png is for 2-D data, this prediction is {label.ndim}-D; "
                              "set output_format to nifti or npy")
         from PIL import Image
 
-        Image.fromarray(label).save(tmp, format="PNG")
-    elif fmt == "nifti":
-        import nibabel as nib
+        return atomic_write(out, lambda f: Image.fromarray(label).save(f, format="PNG"))
+    if fmt == "nifti":
+        data = _nifti_bytes(label, dtype, geometry)
+        return atomic_write(out, lambda f: f.write(data))
+    if fmt == "npy":
+        return atomic_write(out, lambda f: np.save(f, label))
+    raise ValueError(f"output_format {fmt!r} is not one of nifti, png, npy")
 
-        affine = geometry.affine if geometry is not None and geometry.affine is not None else np.eye(4)
-        if affine.shape != (4, 4):  # 2-D affine (3x3) from a resampled slice: embed it
-            full = np.eye(4)
-            full[:2, :2], full[:2, 3] = affine[:2, :2], affine[:2, 2]
-            affine = full
-        if geometry is not None and geometry.disk_shape and np.prod(geometry.disk_shape) == label.size:
-            label = label.reshape(geometry.disk_shape)
-        header = geometry.header.copy() if geometry is not None and geometry.header is not None else None
-        img = nib.Nifti1Image(label, affine, header=header)
-        img.set_data_dtype(dtype)
-        img.header["scl_slope"], img.header["scl_inter"] = 1.0, 0.0  # the image's intensity scaling is not ours
-        nib.save(img, str(tmp.with_name(tmp.name + ".nii.gz")))
-        tmp.with_name(tmp.name + ".nii.gz").replace(out)
-        return out
-    elif fmt == "npy":
-        with open(tmp, "wb") as f:
-            np.save(f, label)
-    else:
-        raise ValueError(f"output_format {fmt!r} is not one of nifti, png, npy")
-    tmp.replace(out)
-    return out
+
+def _nifti_bytes(label: np.ndarray, dtype: type, geometry: Geometry | None) -> bytes:
+    """The .nii.gz file of `label` in `geometry` (the input's affine and header)."""
+    import nibabel as nib
+
+    affine = geometry.affine if geometry is not None and geometry.affine is not None else np.eye(4)
+    if affine.shape != (4, 4):  # 2-D affine (3x3) from a resampled slice: embed it
+        full = np.eye(4)
+        full[:2, :2], full[:2, 3] = affine[:2, :2], affine[:2, 2]
+        affine = full
+    if geometry is not None and geometry.disk_shape and np.prod(geometry.disk_shape) == label.size:
+        label = label.reshape(geometry.disk_shape)
+    header = geometry.header.copy() if geometry is not None and geometry.header is not None else None
+    img = nib.Nifti1Image(label, affine, header=header)
+    img.set_data_dtype(dtype)
+    img.header["scl_slope"], img.header["scl_inter"] = 1.0, 0.0  # the image's intensity scaling is not ours
+    return gzip.compress(img.to_bytes(), compresslevel=1)  # nibabel's own level for .nii.gz
 
 
 def write_probabilities(path: Path, probs: np.ndarray) -> Path:
     """(C, *S) float16 class probabilities as .npy (half precision: plenty for a probability map)."""
     out = path.with_name(path.name + "_probabilities.npy")
-    tmp = out.with_name("." + out.name + ".part")
-    with open(tmp, "wb") as f:
-        np.save(f, probs.astype(np.float16))
-    tmp.replace(out)
-    return out
+    return atomic_write(out, lambda f: np.save(f, probs.astype(np.float16)))

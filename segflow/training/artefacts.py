@@ -3,13 +3,14 @@ metrics.json, PNG curves, and TensorBoard events."""
 from __future__ import annotations
 
 import csv
-import json
+import io
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from segflow.workflow.files import atomic_write_text, json_safe, write_json
 
 # history keys that are not "<phase>_<metric>" and their TensorBoard tags
 _TAGS = {"lr": "train/lr", "grad_norm": "train/grad_norm", "epoch_time": "time/epoch_seconds",
@@ -28,36 +29,21 @@ def tag_of(key: str) -> str:
     return f"{phase}/{metric}" if phase in ("train", "val") and metric else f"misc/{key}"
 
 
-def _plain(value: Any) -> Any:
-    """NaN/Inf are not JSON: written as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)  # a reader never sees half a file
-
-
 def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
-    rows = [{k: _plain(v) for k, v in row.items()} for row in history]
-    _write_text(run_dir / "history.json", json.dumps(rows, indent=1) + "\n")
+    rows = json_safe(history)
+    write_json(run_dir / "history.json", rows, indent=1)
     keys: list[str] = []
     for row in rows:
         keys += [k for k in row if k not in keys]
-    tmp = run_dir / ".history.csv.tmp"
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, run_dir / "history.csv")
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(run_dir / "history.csv", text.getvalue())
 
 
 def write_metrics(run_dir: Path, summary: dict[str, Any]) -> None:
-    clean = json.loads(json.dumps(summary, default=str).replace("NaN", "null").replace("Infinity", "null"))
-    _write_text(run_dir / "metrics.json", json.dumps(clean, indent=2) + "\n")
+    write_json(run_dir / "metrics.json", summary)
 
 
 def plot_curves(run_dir: Path, history: list[dict[str, Any]]) -> list[Path]:

@@ -6,16 +6,16 @@ reads it: no pickled classes, nothing that runs code on load.
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import signal
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from segflow.workflow.files import atomic_write
 
 FORMAT = "segflow-checkpoint"
 VERSION = 1
@@ -41,33 +41,10 @@ def _ctrl_c_after():
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """Write `obj` to `path` so that a crash at any moment leaves either the old or the new file.
-
-    The bytes go to a temporary file in the same folder, are fsynced, and the temporary file is
-    renamed over `path` (atomic on POSIX and Windows); the folder is fsynced so the rename survives
-    a power loss.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with _ctrl_c_after():
-            with os.fdopen(fd, "wb") as f:
-                torch.save(obj, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # not every file system lets one open a folder
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    return path
+    """Write `obj` to `path` so that a crash at any moment leaves either the old or the new file,
+    fsynced so that it survives a power loss; a Ctrl-C during the write waits until it is done."""
+    with _ctrl_c_after():
+        return atomic_write(path, lambda f: torch.save(obj, f), durable=True)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

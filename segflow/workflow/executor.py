@@ -5,21 +5,17 @@ nothing is kept between two runs in one process.
 """
 from __future__ import annotations
 
-import json
-import os
-import re
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
+from segflow.nodes.base import RunContext
 from segflow.workflow import distributed, spec
 from segflow.workflow.errors import Issue, NodeRunError, WorkflowError
-from segflow.nodes.base import RunContext
+from segflow.workflow.files import write_json
+from segflow.workflow.rundir import new_run_dir, resolve_resume, run_dir_of
 from segflow.workflow.runinfo import environment_record
-
-RUNS_ROOT = Path("runs")
 
 
 @dataclass
@@ -28,73 +24,6 @@ class RunResult:
     workflow: spec.Workflow
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # node -> port -> value
     timings: dict[str, float] = field(default_factory=dict)
-
-
-def slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name.strip()).strip("_").lower() or "workflow"
-
-
-def new_run_dir(workflow_name: str, root: Path = RUNS_ROOT) -> Path:
-    base = root / slug(workflow_name)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    for n in range(1000):
-        candidate = base / (stamp if n == 0 else f"{stamp}-{n}")
-        try:
-            candidate.mkdir(parents=True)
-        except FileExistsError:
-            continue
-        _point_latest(base, candidate.name)
-        return candidate
-    raise RuntimeError(f"cannot make a new run directory under {base}")
-
-
-def _point_latest(base: Path, name: str) -> None:
-    """Keep `runs/<workflow>/latest` pointing at the newest run, so other workflows can name
-    `runs/<workflow>/latest/checkpoints/best.pt`. Replaced atomically; skipped where the file
-    system has no symbolic links."""
-    tmp = base / f".latest-{os.getpid()}"
-    try:
-        tmp.unlink(missing_ok=True)
-        tmp.symlink_to(name, target_is_directory=True)
-        os.replace(tmp, base / "latest")
-    except OSError:
-        tmp.unlink(missing_ok=True)
-
-
-def find_latest_checkpoint(workflow_name: str, root: Path = RUNS_ROOT) -> Path | None:
-    """The newest `last.pt` among this workflow's earlier runs, for `--resume auto`."""
-    runs = [p for p in (root / slug(workflow_name)).glob("*") if p.is_dir() and not p.is_symlink()]
-    found = sorted((ckpt for run in runs for ckpt in run.glob("**/last.pt")), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
-
-
-def _run_dir_of(checkpoint: Path) -> Path | None:
-    """The segflow run directory a checkpoint lives in, if it lives in one."""
-    for parent in checkpoint.resolve().parents:
-        if (parent / "workflow.resolved.json").is_file():
-            return parent
-    return None
-
-
-def resolve_resume(resume: str | None, workflow_name: str, log: Callable[[str], None]) -> Path | None:
-    if resume is None:
-        return None
-    if resume == "auto":
-        found = find_latest_checkpoint(workflow_name)
-        if found is None:
-            log(f"--resume auto: no earlier run of '{workflow_name}' under {RUNS_ROOT}/; starting fresh")
-        return found
-    path = Path(resume)
-    if not path.is_file():
-        raise WorkflowError([Issue("checkpoint_not_found", f"--resume {resume}: no such checkpoint file",
-                                   path="--resume", hint="give a path to a .pt file, or --resume auto")])
-    return path
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def run_workflow(path: str | Path, *, sets=(), device: str | None = None, run_dir: str | Path | None = None,
@@ -125,15 +54,15 @@ def _run(wf: spec.Workflow, path, order: list[str], device, run_dir, resume, pro
         if run_dir is not None:
             out = Path(run_dir)
             out.mkdir(parents=True, exist_ok=True)
-        elif checkpoint is not None and (started_in := _run_dir_of(checkpoint)) is not None:
+        elif checkpoint is not None and (started_in := run_dir_of(checkpoint)) is not None:
             out = started_in  # a resumed run goes on writing where it started
         else:
             out = new_run_dir(wf.name)
-        _write_json(out / "workflow.resolved.json", wf.resolved())
+        write_json(out / "workflow.resolved.json", wf.resolved())
         env = environment_record(device)
         if in_group:
             env["distributed"] = {"world_size": distributed.world_size(), "backend": _backend()}
-        _write_json(out / "environment.json", env)
+        write_json(out / "environment.json", env)
     else:
         checkpoint = out = None
         log = _quiet
@@ -174,7 +103,7 @@ def _run(wf: spec.Workflow, path, order: list[str], device, run_dir, resume, pro
         result.timings[name] = time.perf_counter() - started
         log(f"[{step}/{len(order)}] {name} done in {result.timings[name]:.1f}s")
     if main:
-        _write_json(out / "timings.json", result.timings)
+        write_json(out / "timings.json", result.timings)
     return result
 
 
