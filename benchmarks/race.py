@@ -121,8 +121,16 @@ def plain_dataloader(size, files, repeats, workers, device):
     sample a random crop (pos/neg by label for 3-D, uniform for 2-D) and flip, batched by MONAI's
     DataLoader with `workers` processes."""
     from monai.data import CacheDataset, DataLoader
-    from monai.transforms import (Compose, EnsureChannelFirstd, EnsureTyped, LoadImaged, RandCropByPosNegLabeld,
-                                  RandFlipd, RandSpatialCropd, ScaleIntensityd)
+    from monai.transforms import (
+        Compose,
+        EnsureChannelFirstd,
+        EnsureTyped,
+        LoadImaged,
+        RandCropByPosNegLabeld,
+        RandFlipd,
+        RandSpatialCropd,
+        ScaleIntensityd,
+    )
 
     k = ["image", "label"]
     patch = (size["patch"],) * size["dims"]
@@ -313,8 +321,8 @@ def segflow_loop(kind, size, data_dir, tmp: Path, settings, device, repeats, wor
     """-> (figures, trained network)."""
     import torch
 
-    from segflow.workflow.executor import run_workflow
     from segflow.training.device import resolve_precision
+    from segflow.workflow.executor import run_workflow
 
     path = tmp / f"race_{kind}_{settings}.json"
     path.write_text(json.dumps(workflow(kind, size, data_dir, settings, device, repeats, workers, warmup, epochs, lr,

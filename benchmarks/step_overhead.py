@@ -29,9 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # toy.py
 
 def _setup(device: str, batches: int, seed: int = 0):
     import torch
-    from torch.utils.data import DataLoader
-
     import toy
+    from torch.utils.data import DataLoader
 
     torch.manual_seed(seed)
     model = toy.tiny_net().to(device)

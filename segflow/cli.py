@@ -141,8 +141,8 @@ def cmd_schema(args) -> int:
 
 
 def cmd_nodes(args) -> int:
-    from segflow.workflow import catalogue
     from segflow.nodes import registry
+    from segflow.workflow import catalogue
 
     if args.format == "markdown":
         sys.stdout.write(catalogue.markdown())

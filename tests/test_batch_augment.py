@@ -7,16 +7,16 @@ from dataclasses import fields
 
 import pytest
 import torch
+import toy
 
-from segflow.workflow import spec
 from segflow.data.batch_augment import AugmentSettings, BatchAugment
 from segflow.data.loader import build_loaders
-from segflow.workflow.errors import WorkflowError
 from segflow.nodes.base import RunContext
 from segflow.nodes.data import MedicalSegmentationLoaderConfig as Config
 from segflow.nodes.training import Trainer
 from segflow.training import checkpoint
-import toy
+from segflow.workflow import spec
+from segflow.workflow.errors import WorkflowError
 
 ALL_OFF = {f.name: 0.0 for f in fields(AugmentSettings) if f.name.endswith("_p") and f.name != "flip_p"}
 

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import toy
 
 from segflow.data.loader import resolve_workers
 from segflow.nodes.base import RunContext
 from segflow.nodes.data import MedicalSegmentationLoaderConfig
 from segflow.nodes.training import Trainer, TrainerConfig
-import toy
 from segflow.training.device import resolve_precision
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,14 +3,14 @@ import json
 
 import pytest
 import torch
+import toy
 from pydantic import ValidationError
 
-from segflow.workflow import executor
-from segflow.workflow.errors import WorkflowError
 from segflow.nodes.base import RunContext
 from segflow.nodes.inference import CheckpointLoader, CheckpointLoaderConfig
 from segflow.nodes.training import Trainer
-import toy
+from segflow.workflow import executor
+from segflow.workflow.errors import WorkflowError
 
 
 def ctx(tmp_path, messages=None):

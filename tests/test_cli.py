@@ -7,8 +7,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from segflow.workflow import catalogue
 from segflow.cli import main
+from segflow.workflow import catalogue
 from segflow.workflow.schema import render
 
 ROOT = Path(__file__).resolve().parents[1]

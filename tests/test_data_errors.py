@@ -4,13 +4,13 @@ from __future__ import annotations
 import json
 import sys
 
+import data_helpers as h  # tests/ is on sys.path (pytest rootdir-relative import)
 import numpy as np
 import pytest
 
 from segflow.data.loader import build_loaders
 from segflow.data.readers import read
 from segflow.nodes.data import MedicalSegmentationLoaderConfig as Config
-import data_helpers as h  # tests/ is on sys.path (pytest rootdir-relative import)
 
 
 def build(root, **kw):

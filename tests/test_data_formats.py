@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import data_helpers as h  # tests/ is on sys.path (pytest rootdir-relative import)
 import numpy as np
 import pytest
 
@@ -10,7 +11,6 @@ from segflow.data.layouts import find_cases
 from segflow.data.loader import build_loaders
 from segflow.data.readers import read
 from segflow.nodes.data import MedicalSegmentationLoaderConfig as Config
-import data_helpers as h  # tests/ is on sys.path (pytest rootdir-relative import)
 
 
 def cfg(root, **kw):

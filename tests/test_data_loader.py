@@ -6,17 +6,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import data_helpers as h  # tests/ is on sys.path (pytest rootdir-relative import)
 import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
 
-import data_helpers as h  # tests/ is on sys.path (pytest rootdir-relative import)
 from segflow.data.augment import albumentations_pipeline, monai_pipeline
 from segflow.data.loader import build_loaders
 from segflow.data.phantoms import write_phantom_dataset
 from segflow.nodes.base import RunContext
-from segflow.nodes.data import MedicalSegmentationLoader, MedicalSegmentationLoaderConfig as Config
+from segflow.nodes.data import MedicalSegmentationLoader
+from segflow.nodes.data import MedicalSegmentationLoaderConfig as Config
 
 SEED_GUIDE_LOADERS = [  # the loader blocks of the seed training guide's three examples, as printed
     {"data_dir": "data/medical", "batch_size": "8", "image_size": "256", "augmentation": "true"},

@@ -99,9 +99,9 @@ def _torchrun(cwd: Path, args: list[str], extra_env=None, timeout=150):
 
 def _val_dice_single_process(cwd: Path, weights: dict) -> float:
     """The validation Dice one process computes over the whole validation set with `weights`."""
-    from segflow.workflow import spec
     from segflow.data.loader import build_loaders
     from segflow.training.metrics import ConfusionMeter
+    from segflow.workflow import spec
 
     wf = spec.load(cwd / "wf.json")
     here = os.getcwd()
@@ -111,6 +111,7 @@ def _val_dice_single_process(cwd: Path, weights: dict) -> float:
     finally:
         os.chdir(here)
     from monai.networks.nets import UNet  # noqa: F401  (the node builds MONAI's UNet)
+
     from segflow.nodes.networks import UNet2D
 
     model = UNet2D("model", wf.nodes["model"].config, None).run()["model"]
@@ -143,11 +144,12 @@ def test_shard_sampler_gives_every_index_to_exactly_one_rank():
 
 def test_each_rank_seeds_the_trainer_with_a_seed_of_its_own(tmp_path, monkeypatch):
     """Ranks share the Trainer's seed setting, not its random streams (dropout, device augmentation)."""
-    from segflow.workflow import distributed
+    import toy
+
     from segflow.nodes.base import RunContext
     from segflow.nodes.training import Trainer
     from segflow.training import loop
-    import toy
+    from segflow.workflow import distributed
 
     assert distributed.rank_seed(7) == 7  # one process: the seed as given
     seeds = []

@@ -4,13 +4,14 @@ from __future__ import annotations
 import json
 import shutil
 
+import data_helpers as h  # tests/ is on sys.path (pytest rootdir-relative import)
 import pytest
 from pydantic import ValidationError
 
-import data_helpers as h  # tests/ is on sys.path (pytest rootdir-relative import)
 from segflow.data.loader import build_loaders
 from segflow.nodes.base import RunContext
-from segflow.nodes.data import MedicalSegmentationLoader, MedicalSegmentationLoaderConfig as Config
+from segflow.nodes.data import MedicalSegmentationLoader
+from segflow.nodes.data import MedicalSegmentationLoaderConfig as Config
 
 
 def info(**kw):

@@ -9,9 +9,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from segflow.nodes import registry
 from segflow.data.info import DatasetInfo
 from segflow.nodes import networks as nets
+from segflow.nodes import registry
 from segflow.nodes.base import RunContext
 from segflow.nodes.data import MedicalSegmentationLoaderConfig
 

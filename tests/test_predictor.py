@@ -5,10 +5,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+import toy
 from PIL import Image
 from pydantic import ValidationError
 
-from segflow.workflow import executor
 from segflow.data.phantoms import write_phantom_dataset
 from segflow.data.readers import read
 from segflow.inference import tta
@@ -16,10 +16,13 @@ from segflow.inference.predict import back_to_source
 from segflow.inference.writers import source_geometry
 from segflow.networks.factory import build_network
 from segflow.nodes.base import RunContext
-from segflow.nodes.data import MedicalSegmentationLoader, MedicalSegmentationLoaderConfig
+from segflow.nodes.data import (
+    MedicalSegmentationLoader,
+    MedicalSegmentationLoaderConfig,
+)
 from segflow.nodes.inference import Predictor, PredictorConfig
 from segflow.nodes.networks import UNet2DConfig
-import toy
+from segflow.workflow import executor
 
 
 def context(tmp_path, messages=None):

@@ -4,9 +4,9 @@ import json
 import pytest
 from pydantic import Field
 
+from segflow.nodes.base import Finding, Node, NodeConfig, Port
 from segflow.workflow import jsonpos, spec
 from segflow.workflow.errors import WorkflowError
-from segflow.nodes.base import Finding, Node, NodeConfig, Port
 
 
 class LoaderConfig(NodeConfig):

@@ -4,11 +4,11 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+import toy
 
 from segflow.nodes.base import RunContext
 from segflow.nodes.training import Trainer, TrainerConfig
 from segflow.training import checkpoint
-import toy
 
 
 def run_trainer(tmp_path, model=None, loaders=None, loss=None, opt=None, resume=None, log=None, **cfg):

@@ -68,8 +68,15 @@ def monai_pipeline(patch: tuple[int, ...], strength: str | None, seed: int):
     if strength not in STRENGTHS:
         raise ValueError(f"augmentation_strength must be one of {STRENGTHS}, got {strength!r}")
     from monai.transforms import (
-        Compose, RandAdjustContrastd, RandAffined, RandFlipd, RandGaussianNoised, RandGaussianSmoothd,
-        RandRotate90d, RandScaleIntensityd, RandShiftIntensityd,
+        Compose,
+        RandAdjustContrastd,
+        RandAffined,
+        RandFlipd,
+        RandGaussianNoised,
+        RandGaussianSmoothd,
+        RandRotate90d,
+        RandScaleIntensityd,
+        RandShiftIntensityd,
     )
 
     keys = ["image", "label"]

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from segflow.data.layouts import Case
-from segflow.data.prepare import PrepSpec, Prepared, load_prepared, prepare_case, zscore
+from segflow.data.prepare import Prepared, PrepSpec, load_prepared, prepare_case, zscore
 
 
 class CaseSource:

@@ -17,7 +17,14 @@ import numpy as np
 
 from segflow.data.info import DatasetInfo
 from segflow.data.layouts import Case, find_cases, find_test_cases
-from segflow.data.prepare import PrepSpec, Prepared, cache_key, load_prepared, prepare_case, save_prepared
+from segflow.data.prepare import (
+    Prepared,
+    PrepSpec,
+    cache_key,
+    load_prepared,
+    prepare_case,
+    save_prepared,
+)
 
 DEFAULT_SIZE = {2: 256, 3: 96}
 MAX_LISTED_ERRORS = 10
@@ -28,8 +35,8 @@ def build_loaders(cfg: Any, log: Callable[[str], None] = print):
     import torch
     from torch.utils.data import DataLoader
 
-    from segflow.workflow import distributed
     from segflow.data.allocator import keep_freed_sample_memory
+    from segflow.workflow import distributed
 
     keep_freed_sample_memory()  # this process makes the batches with 0 workers; workers inherit it
     data_dir = Path(cfg.data_dir)

@@ -24,7 +24,12 @@ import torch
 
 from segflow.inference import tta as tta_mod
 from segflow.inference.records import PredictionRecord, PredictionSet
-from segflow.inference.writers import Geometry, source_geometry, write_label, write_probabilities
+from segflow.inference.writers import (
+    Geometry,
+    source_geometry,
+    write_label,
+    write_probabilities,
+)
 
 
 def predict(cfg: Any, ctx: Any, name: str, model: torch.nn.Module, loader: Any, info: Any = None) -> PredictionSet:

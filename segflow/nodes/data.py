@@ -198,8 +198,8 @@ class MedicalSegmentationLoader(Node):
         return []
 
     def run(self, **inputs: Any) -> dict[str, Any]:
-        from segflow.workflow import distributed
         from segflow.data.loader import build_loaders
+        from segflow.workflow import distributed
 
         train, val, info = build_loaders(self.config, log=self.ctx.log)
         if self.config.subset == "split" and distributed.is_main():

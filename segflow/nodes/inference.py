@@ -10,7 +10,14 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from segflow.nodes.base import Finding, Node, NodeConfig, Port, device_findings, lowercase
+from segflow.nodes.base import (
+    Finding,
+    Node,
+    NodeConfig,
+    Port,
+    device_findings,
+    lowercase,
+)
 from segflow.nodes.registry import register
 
 _DEVICE = r"^(auto|cpu|mps|cuda(:\d+)?)$"

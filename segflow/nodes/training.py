@@ -11,7 +11,14 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from segflow.nodes.base import Finding, Node, NodeConfig, Port, device_findings, lowercase
+from segflow.nodes.base import (
+    Finding,
+    Node,
+    NodeConfig,
+    Port,
+    device_findings,
+    lowercase,
+)
 from segflow.nodes.registry import register
 
 _SCHEDULE_SPELLINGS = {"polynomial": "poly", "cosine_annealing": "cosine", "reduce_on_plateau": "plateau",

@@ -12,11 +12,11 @@ from typing import Any, Callable
 
 import torch
 
-from segflow.workflow import distributed
 from segflow.training import artefacts, checkpoint, ddp
 from segflow.training.device import resolve_device, resolve_precision, seed_everything
 from segflow.training.metrics import ConfusionMeter
 from segflow.training.schedules import EpochSchedule, ScheduleSettings
+from segflow.workflow import distributed
 
 
 def monitor_mode(monitor: str) -> str:

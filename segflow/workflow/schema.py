@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from segflow.nodes import registry
-from segflow.workflow.catalogue import summary_line
 from segflow.nodes.base import NodeConfig
+from segflow.workflow.catalogue import summary_line
 from segflow.workflow.spec import LINK_KEYS
 
 SCHEMA_ID = "https://segflow.dev/schemas/workflow.schema.json"

@@ -14,11 +14,11 @@ from typing import Any
 import networkx as nx
 from pydantic import ValidationError
 
-from segflow.workflow import jsonpos
 from segflow.nodes import registry
+from segflow.nodes.base import Finding, Node, NodeConfig
+from segflow.workflow import jsonpos
 from segflow.workflow.errors import Issue, WorkflowError
 from segflow.workflow.graph import Wire, execution_order, fits, wire
-from segflow.nodes.base import Finding, Node, NodeConfig
 
 TOP_KEYS = ("$schema", "workflow", "description", "seed", "nodes", "links", "version")
 TOP_ALIASES = {"name": "workflow"}
