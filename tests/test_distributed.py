@@ -112,9 +112,9 @@ def _val_dice_single_process(cwd: Path, weights: dict) -> float:
         os.chdir(here)
     from monai.networks.nets import UNet  # noqa: F401  (the node builds MONAI's UNet)
 
-    from segflow.nodes.networks import UNet2D
+    from segflow.nodes import registry
 
-    model = UNet2D("model", wf.nodes["model"].config, None).run()["model"]
+    model = registry.get("UNet2D")("model", wf.nodes["model"].config, None).run()["model"]
     model.load_state_dict(weights)
     model.eval()
     meter = ConfusionMeter(2, torch.device("cpu"))

@@ -17,7 +17,8 @@ from segflow.nodes.data import MedicalSegmentationLoaderConfig
 
 NETWORKS = [t for t, cls in registry.all_types().items() if cls.family == "networks"]
 
-# Small settings per type: (config, input shape). Each type has a 2-D and/or 3-D case.
+# Small settings per type: (config, input shape), a 2-D and/or 3-D case. Optional: a network without
+# them is tested at its default settings on the smallest input it takes (CASES).
 SMALL = {
     "UNet2D": [({}, (2, 1, 32, 32)), ({"in_channels": 3, "out_channels": 4, "depth": 3, "norm": "batch"}, (2, 3, 24, 40))],
     "UNet3D": [({}, (1, 1, 32, 32, 32)), ({"base_channels": 4, "depth": 3, "out_channels": 3}, (1, 1, 8, 12, 16))],
@@ -63,12 +64,14 @@ def train_step(model: torch.nn.Module, shape: tuple[int, ...], out_channels: int
     assert all(torch.isfinite(g).all() for g in grads)
 
 
-def test_every_network_has_cases():
-    assert sorted(NETWORKS) == sorted(nets.NETWORK_TYPES)
-    assert set(SMALL) == set(NETWORKS)
+def test_every_network_has_a_builder():
+    from segflow.networks.factory import BUILDERS
+
+    assert sorted(NETWORKS) == sorted(BUILDERS)
+    assert set(SMALL) <= set(NETWORKS)
 
 
-@pytest.mark.parametrize("type_name", sorted(nets.NETWORK_TYPES))
+@pytest.mark.parametrize("type_name", sorted(NETWORKS))
 def test_default_config_builds(type_name, tmp_path):
     config = registry.get(type_name).Config()
     model = run_node(type_name, config, tmp_path)
@@ -76,7 +79,25 @@ def test_default_config_builds(type_name, tmp_path):
     assert model.segflow_meta["out_channels"] == 2 and model.segflow_meta["in_channels"] == 1
 
 
-@pytest.mark.parametrize("type_name,raw,shape", [(t, c, s) for t, cases in SMALL.items() for c, s in cases],
+def _smallest_input(config: nets.NetworkConfig) -> tuple[int, ...]:
+    """(1, C, *S): the network's fixed size, else the smallest multiple of its divisor (at least 16) it takes."""
+    if config.fixed_size():
+        return (1, config.in_channels, *config.fixed_size())
+    size = max(16, config.size_divisor())
+    while config.size_problem((size,) * config.dims()):
+        size += config.size_divisor()
+    return (1, config.in_channels, *(size,) * config.dims())
+
+
+CASES = [(t, c, s) for t in NETWORKS for c, s in SMALL.get(t) or [({}, _smallest_input(registry.get(t).Config()))]]
+
+
+def test_a_network_without_small_settings_is_tested_at_its_smallest_input():
+    assert _smallest_input(make("SwinUNETR", {})) == (1, 1, 64, 64, 64)  # 32 would leave instance norm one voxel
+    assert _smallest_input(make("UNETR", {"img_size": 32})) == (1, 1, 32, 32, 32)
+
+
+@pytest.mark.parametrize("type_name,raw,shape", CASES,
                          ids=lambda v: v if isinstance(v, str) else None)
 def test_output_shape_and_backward(type_name, raw, shape, tmp_path):
     torch.manual_seed(0)
@@ -179,6 +200,27 @@ def test_check_against_loader():
     assert check("UNETR", {}, {}) == []
 
 
+def test_check_against_what_a_phantom_declares():
+    """A phantom's channels and classes are known before any file exists, so validate reports them."""
+    [f] = check("UNet2D", {"in_channels": 3}, {"synthetic": "phantom2d"})
+    assert (f.field, f.code) == ("in_channels", "in_channels_mismatch") and "has 1 channels" in f.message
+    [f] = check("UNet2D", {}, {"synthetic": "phantom2d", "synthetic_classes": 3})
+    assert (f.field, f.code) == ("out_channels", "out_channels_mismatch") and f.hint == "set out_channels to 3"
+    assert check("UNet2D", {"out_channels": 1}, {"synthetic": "phantom2d"}) == []  # one sigmoid channel, 2 classes
+    [f] = check("UNet2D", {"out_channels": 3}, {"num_classes": 4, "spatial_dims": 2})
+    assert f.code == "out_channels_mismatch"
+    assert check("UNet2D", {"in_channels": 3}, {"spatial_dims": 2}) == []  # a dataset's channels: known at run time
+
+
+def test_validate_and_run_apply_one_rule(tmp_path):
+    """The finding validate gives from the loader's config is the error run gives from the data."""
+    [static] = check("UNet2D", {"in_channels": 3}, {"synthetic": "phantom2d"})
+    with pytest.raises(ValueError) as e:
+        run_node("UNet2D", make("UNet2D", {"in_channels": 3}), tmp_path, info(in_channels=1))
+    assert static.message.split(" but ")[0].removeprefix("UNet2D") in str(e.value)
+    assert f"; {static.hint}" in str(e.value)
+
+
 def test_check_passes_default_loader_sizes():
     # UNETR's default img_size is the 3-D loader's default patch size
     assert check("UNETR", {}, {"synthetic": "phantom3d"}) == []
@@ -216,7 +258,7 @@ def test_instance_norm_bottleneck_is_reported():
 
 
 def test_fields_documented_and_no_torch_at_import():
-    for type_name in nets.NETWORK_TYPES + ("LossFunction", "Optimizer"):
+    for type_name in NETWORKS + ["LossFunction", "Optimizer"]:
         for name, field in registry.get(type_name).Config.model_fields.items():
             assert field.description, f"{type_name}.{name} has no description"
     code = ("import sys, segflow.nodes.networks, segflow.nodes.losses, segflow.nodes.optim; "

@@ -7,17 +7,30 @@ inference and export read: type, spatial_dims, in/out channels, size_divisor, fi
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from segflow.nodes import networks as cfgs
+if TYPE_CHECKING:  # the configs are the node declarations'; implementations only read them
+    from segflow.nodes import networks as cfgs
+
+BUILDERS: dict[str, Callable[[Any], nn.Module]] = {}
+
+
+def builds(*type_names: str):
+    """Decorator: the function builds the module of these network node types from their config."""
+    def register_builder(builder: Callable[[Any], nn.Module]) -> Callable[[Any], nn.Module]:
+        for name in type_names:
+            BUILDERS[name] = builder
+        return builder
+    return register_builder
 
 
 def _channels(base: int, depth: int) -> tuple[int, ...]:
     return tuple(base * 2**i for i in range(depth))
 
 
+@builds("UNet2D", "UNet3D")
 def _unet(c: cfgs._UNetBase) -> nn.Module:
     from monai.networks.nets import UNet
 
@@ -26,6 +39,7 @@ def _unet(c: cfgs._UNetBase) -> nn.Module:
                 num_res_units=c.num_res_units, act=c.act, norm=c.norm, dropout=c.dropout)
 
 
+@builds("AttentionUNet")
 def _attention_unet(c: cfgs.AttentionUNetConfig) -> nn.Module:
     from monai.networks.nets import AttentionUnet
 
@@ -33,6 +47,7 @@ def _attention_unet(c: cfgs.AttentionUNetConfig) -> nn.Module:
                          channels=_channels(c.base_channels, c.depth), strides=(2,) * (c.depth - 1), dropout=c.dropout)
 
 
+@builds("VNet")
 def _vnet(c: cfgs.VNetConfig) -> nn.Module:
     from monai.networks.nets import VNet
 
@@ -41,6 +56,7 @@ def _vnet(c: cfgs.VNetConfig) -> nn.Module:
                 dropout_prob_down=p, dropout_prob_up=(p, p), dropout_dim=c.spatial_dims)
 
 
+@builds("SegResNet")
 def _segresnet(c: cfgs.SegResNetConfig) -> nn.Module:
     from monai.networks.nets import SegResNet
 
@@ -50,6 +66,7 @@ def _segresnet(c: cfgs.SegResNetConfig) -> nn.Module:
                      blocks_down=tuple(c.blocks_down), blocks_up=tuple(c.blocks_up))
 
 
+@builds("UNETR")
 def _unetr(c: cfgs.UNETRConfig) -> nn.Module:
     from monai.networks.nets import UNETR
 
@@ -58,6 +75,7 @@ def _unetr(c: cfgs.UNETRConfig) -> nn.Module:
                  norm_name=c.norm, dropout_rate=c.dropout_rate, spatial_dims=c.spatial_dims)
 
 
+@builds("SwinUNETR")
 def _swin_unetr(c: cfgs.SwinUNETRConfig) -> nn.Module:
     import inspect
 
@@ -66,7 +84,7 @@ def _swin_unetr(c: cfgs.SwinUNETRConfig) -> nn.Module:
     # MONAI >= 1.5 dropped img_size (any size divisible by 32 works); older MONAI still requires it
     extra: dict[str, Any] = {}
     if "img_size" in inspect.signature(SwinUNETR.__init__).parameters:
-        extra["img_size"] = cfgs._size_tuple(c.img_size or 96, c.spatial_dims)
+        extra["img_size"] = c.built_size() or (96,) * c.spatial_dims
     return SwinUNETR(**extra, in_channels=c.in_channels, out_channels=c.out_channels, depths=tuple(c.depths),
                      num_heads=tuple(c.num_heads), window_size=c.window_size, feature_size=c.feature_size,
                      norm_name=c.norm, drop_rate=c.drop_rate, attn_drop_rate=c.attn_drop_rate,
@@ -74,16 +92,18 @@ def _swin_unetr(c: cfgs.SwinUNETRConfig) -> nn.Module:
                      spatial_dims=c.spatial_dims, use_v2=c.use_v2)
 
 
+@builds("TransUNet")
 def _transunet(c: cfgs.TransUNetConfig) -> nn.Module:
     from segflow.networks.transunet import TransUNet
 
-    size = cfgs._size_tuple(c.img_size, 2)
+    size = c.built_size()
     assert size is not None
     return TransUNet(c.in_channels, c.out_channels, img_size=size, base_channels=c.base_channels,
                      hidden_size=c.hidden_size, depth=c.depth, num_heads=c.num_heads, mlp_dim=c.mlp_dim,
                      dropout_rate=c.dropout_rate, norm=c.norm)
 
 
+@builds("DeepLabV3Plus")
 def _deeplab(c: cfgs.DeepLabV3PlusConfig) -> nn.Module:
     from segflow.networks.deeplab import DeepLabV3Plus
 
@@ -92,10 +112,6 @@ def _deeplab(c: cfgs.DeepLabV3PlusConfig) -> nn.Module:
                          dropout=c.dropout)
 
 
-BUILDERS: dict[str, Callable[[Any], nn.Module]] = {
-    "UNet2D": _unet, "UNet3D": _unet, "AttentionUNet": _attention_unet, "VNet": _vnet, "SegResNet": _segresnet,
-    "UNETR": _unetr, "SwinUNETR": _swin_unetr, "TransUNet": _transunet, "DeepLabV3Plus": _deeplab,
-}
 
 
 def build_network(type_name: str, config: cfgs.NetworkConfig) -> nn.Module:

@@ -12,7 +12,12 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from segflow.nodes.base import Finding, Node, NodeConfig, Port, lowercase
+from segflow.nodes.datashape import DataShape
 from segflow.nodes.registry import register
+
+# Dimensionality of each built-in phantom, and image_size when it is not set (by dimensionality).
+PHANTOM_DIMS = {"phantom2d": 2, "phantom3d": 3}
+DEFAULT_IMAGE_SIZE = {2: 256, 3: 96}
 
 
 class MedicalSegmentationLoaderConfig(NodeConfig):
@@ -129,10 +134,10 @@ class MedicalSegmentationLoaderConfig(NodeConfig):
 
     @model_validator(mode="after")
     def _consistent(self):
-        dims = {"phantom2d": 2, "phantom3d": 3}.get(self.synthetic)
+        dims = PHANTOM_DIMS.get(self.synthetic)
         if dims and self.spatial_dims not in ("auto", dims):
             raise ValueError(f"synthetic {self.synthetic} is {dims}-D but spatial_dims is {self.spatial_dims}")
-        want = dims or (self.spatial_dims if self.spatial_dims != "auto" else None)
+        want = self.declared_dims()
         for key in ("image_size", "target_spacing"):
             v = getattr(self, key)
             if want and isinstance(v, list) and len(v) != want:
@@ -149,6 +154,28 @@ class MedicalSegmentationLoaderConfig(NodeConfig):
         if self.pos + self.neg <= 0:
             raise ValueError("pos and neg cannot both be 0")
         return self
+
+    def declared_dims(self) -> int | None:
+        """2 or 3 when the config says (a phantom's kind, or spatial_dims), None for 'auto'."""
+        return PHANTOM_DIMS.get(self.synthetic) or (self.spatial_dims if self.spatial_dims != "auto" else None)
+
+    def patch_size(self, dims: int) -> tuple[int, ...]:
+        """image_size as one size per axis of `dims`-D data (the default when unset)."""
+        size = DEFAULT_IMAGE_SIZE[dims] if self.image_size is None else self.image_size
+        if isinstance(size, int):
+            return (size,) * dims
+        if len(size) != dims:
+            raise ValueError(f"image_size {list(size)} has {len(size)} values but the data is {dims}-D")
+        return tuple(int(s) for s in size)
+
+    def data_shape(self, where: str) -> DataShape:
+        """What this config declares about its data before any file is read: the phantoms' channels and
+        classes are known, a dataset's only once it is read (DataShape.of_info at run time)."""
+        dims = self.declared_dims()
+        phantom = self.synthetic != "none"
+        return DataShape(where, spatial_dims=dims, in_channels=1 if phantom else None,
+                         num_classes=self.num_classes or (self.synthetic_classes if phantom else None),
+                         patch_size=self.patch_size(dims) if dims else None)
 
 
 @register

@@ -18,6 +18,7 @@ from segflow.nodes.base import (
     device_findings,
     lowercase,
 )
+from segflow.nodes.datashape import DataShape
 from segflow.nodes.registry import register
 
 _DEVICE = r"^(auto|cpu|mps|cuda(:\d+)?)$"
@@ -157,14 +158,6 @@ class PredictorConfig(NodeConfig):
         return v
 
 
-def _loader_dims(config: NodeConfig) -> int | None:
-    synthetic = getattr(config, "synthetic", "none")
-    if synthetic in ("phantom2d", "phantom3d"):
-        return int(synthetic[-2])
-    dims = getattr(config, "spatial_dims", "auto")
-    return dims if isinstance(dims, int) else None
-
-
 @register
 class Predictor(Node):
     """Predicts every case of a loader (sliding window, optional TTA) and writes each in its own format and geometry."""
@@ -183,7 +176,7 @@ class Predictor(Node):
     def check(cls, config: NodeConfig, neighbours: dict[str, tuple[str, NodeConfig]]) -> list[Finding]:
         cfg: PredictorConfig = config  # type: ignore[assignment]
         source = neighbours.get("loader") or neighbours.get("dataset_info")
-        dims = _loader_dims(source[1]) if source else None
+        dims = DataShape.of_config(*source).spatial_dims if source else None
         found = []
         if dims and isinstance(cfg.roi_size, list) and len(cfg.roi_size) != dims:
             found.append(Finding("roi_size", "bad_value", f"roi_size has {len(cfg.roi_size)} values but the "

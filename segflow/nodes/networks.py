@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from segflow.nodes.base import Finding, Node, NodeConfig, Port, lowercase
+from segflow.nodes.datashape import DataShape
 from segflow.nodes.registry import register
 
 
@@ -25,7 +26,7 @@ def _heads_divide_hidden(heads: int, info: ValidationInfo) -> int:
     return heads
 
 
-def _size_tuple(size: Any, dims: int) -> tuple[int, ...] | None:
+def size_tuple(size: Any, dims: int) -> tuple[int, ...] | None:
     """An int or a list of ints as a tuple of `dims` sizes; None when unknown."""
     if size is None:
         return None
@@ -63,6 +64,15 @@ class NetworkConfig(NodeConfig):
         """The only input size the network accepts, when it has one (UNETR)."""
         return None
 
+    def built_size(self) -> tuple[int, ...] | None:
+        """The input size the network is built for (its img_size, one per axis), when it has one."""
+        size = getattr(self, "img_size", None)
+        return size_tuple(size, self.dims())
+
+    def size_warnings(self, size: tuple[int, ...]) -> list[str]:
+        """Doubts about an input size the network takes (for `validate` to warn about)."""
+        return []
+
     def size_problem(self, size: tuple[int, ...]) -> str | None:
         """Why an input of this spatial size cannot go through, or None when it can."""
         fixed = self.fixed_size()
@@ -91,6 +101,90 @@ def _check_dims(v: Any) -> int:
     return v
 
 
+# --- the node every network shares, and its checks against the data ---------------------------
+
+
+def data_findings(who: str, config: NetworkConfig, data: DataShape) -> list[Finding]:
+    """Why a network cannot take the data a loader declares: one rule for `validate` (what the
+    loader's config declares) and `run` (what the loader found). `who` names the node in messages."""
+    dims = config.dims()
+    has_dims_field = "spatial_dims" in type(config).model_fields
+    if data.spatial_dims is not None and data.spatial_dims != dims:
+        return [Finding("spatial_dims" if has_dims_field else "", "spatial_dims_mismatch",
+                        f"{who} is {dims}-D but {data.where} is {data.spatial_dims}-D",
+                        f"set spatial_dims to {data.spatial_dims}" if has_dims_field else
+                        f"use {'UNet3D' if data.spatial_dims == 3 else 'UNet2D'} or set the loader's spatial_dims "
+                        f"to {dims}")]
+    found = []
+    if data.in_channels is not None and data.in_channels != config.in_channels:
+        found.append(Finding("in_channels", "in_channels_mismatch", f"{who}: in_channels is {config.in_channels} "
+                             f"but {data.where} has {data.in_channels} channels",
+                             f"set in_channels to {data.in_channels}"))
+    classes = data.num_classes
+    if classes is not None and config.out_channels != classes and not (config.out_channels == 1 and classes == 2):
+        found.append(Finding("out_channels", "out_channels_mismatch", f"{who}: out_channels is {config.out_channels} "
+                             f"but {data.where} has {classes} classes (background included)",
+                             f"set out_channels to {classes}"))
+    if data.patch_size is not None:
+        found += _size_findings(who, config, data)
+    return found
+
+
+def _size_findings(who: str, config: NetworkConfig, data: DataShape) -> list[Finding]:
+    size = list(data.patch_size or ())
+    problem = config.size_problem(tuple(size))
+    if problem:
+        fixed = config.fixed_size() is not None
+        return [Finding("img_size" if fixed else "", "img_size_mismatch" if fixed else "input_size",
+                        f"{who} {problem}; {data.where} comes in patches of {size}",
+                        f"set the loader's image_size to a multiple of {config.size_divisor()}"
+                        + (" and img_size to match" if fixed else ""))]
+    return [Finding("img_size", "img_size_mismatch", f"{who}: {doubt}", "set img_size to the loader's image_size or "
+                    "remove it", severity="warning") for doubt in config.size_warnings(tuple(size))]
+
+
+class NetworkNode(Node):
+    """Shared ports, checks and `run` of every network node."""
+
+    family = "networks"
+    Config = NetworkConfig
+    inputs = (
+        Port("dataset_info", "DatasetInfo", required=False,
+             doc="When wired, the network is checked against the data (channels, classes, dims, size) before training."),
+    )
+    outputs = (Port("model", "Model", doc="torch.nn.Module: (B, in_channels, *spatial) -> logits (B, out_channels, *spatial)."),)
+
+    @classmethod
+    def check(cls, config: NodeConfig, neighbours: dict[str, tuple[str, NodeConfig]]) -> list[Finding]:
+        assert isinstance(config, NetworkConfig)
+        if "dataset_info" not in neighbours:
+            return []
+        return data_findings(cls.type, config, DataShape.of_config(*neighbours["dataset_info"]))
+
+    def run(self, dataset_info: Any = None) -> dict[str, Any]:
+        if dataset_info is not None:
+            errors = [f for f in data_findings(f"{self.type} '{self.name}'", self.config, DataShape.of_info(dataset_info))
+                      if f.severity == "error"]
+            if errors:
+                raise ValueError("; ".join(f"{f.message}; {f.hint}" for f in errors))
+        from segflow.networks.factory import build_network
+
+        model = build_network(self.type, self.config)
+        # Lets a resume with a changed network name the config field that changed.
+        model.segflow_spec = {"type": self.type, "config": self.config.model_dump(mode="json")}
+        return {"model": model}
+
+
+def network(type_name: str, doc: str):
+    """Class decorator on a network's config class: registers the node type `type_name`. Its builder
+    is registered beside the module code (`segflow.networks.factory.builds`)."""
+    def register_node(config: type[NetworkConfig]) -> type[NetworkConfig]:
+        register(type(type_name, (NetworkNode,), {"type": type_name, "Config": config, "__doc__": doc,
+                                                  "__module__": __name__}))
+        return config
+    return register_node
+
+
 class _UNetBase(NetworkConfig):
     base_channels: int = Field(32, ge=1, description="Channels of the first level; each deeper level doubles them.")
     depth: int = Field(5, ge=2, le=8, description="Levels including the bottleneck (depth-1 downsamplings by 2).")
@@ -108,11 +202,13 @@ class _UNetBase(NetworkConfig):
         return f" (2**(depth-1) with depth {self.depth})"
 
 
+@network("UNet2D", "2-D U-Net (MONAI UNet with residual units).")
 class UNet2DConfig(_UNetBase):
     def dims(self) -> int:
         return 2
 
 
+@network("UNet3D", "3-D U-Net (MONAI UNet with residual units).")
 class UNet3DConfig(_UNetBase):
     base_channels: int = Field(16, ge=1, description="Channels of the first level; each deeper level doubles them.")
 
@@ -120,6 +216,7 @@ class UNet3DConfig(_UNetBase):
         return 3
 
 
+@network("AttentionUNet", "U-Net with attention gates on the skips (MONAI AttentionUnet), 2-D or 3-D.")
 class AttentionUNetConfig(NetworkConfig):
     spatial_dims: int = _spatial_dims_field(2)
     base_channels: int = Field(32, ge=1, description="Channels of the first level; each deeper level doubles them.")
@@ -135,6 +232,7 @@ class AttentionUNetConfig(NetworkConfig):
         return f" (2**(depth-1) with depth {self.depth})"
 
 
+@network("VNet", "V-Net (MONAI VNet), 3-D or 2-D; inputs divisible by 16.")
 class VNetConfig(NetworkConfig):
     spatial_dims: int = _spatial_dims_field(3)
     dropout_prob: float = Field(0.5, ge=0.0, lt=1.0, description="Dropout in the deeper down and up blocks (MONAI's default 0.5).")
@@ -157,6 +255,7 @@ class VNetConfig(NetworkConfig):
         return " (VNet halves the size 4 times)"
 
 
+@network("SegResNet", "SegResNet (MONAI), residual encoder-decoder from the BraTS 2018 winner.")
 class SegResNetConfig(NetworkConfig):
     aliases: ClassVar[dict[str, str]] = {"num_classes": "out_channels", "init_filters": "base_channels"}
 
@@ -192,6 +291,7 @@ class SegResNetConfig(NetworkConfig):
         return f" (2**(levels-1) with {len(self.blocks_down)} levels in blocks_down)"
 
 
+@network("UNETR", "UNETR (MONAI): ViT encoder, convolutional decoder; fixed input size img_size.")
 class UNETRConfig(NetworkConfig):
     aliases: ClassVar[dict[str, str]] = {"num_classes": "out_channels", "embed_dim": "hidden_size", "num_layers": "depth"}
 
@@ -224,9 +324,10 @@ class UNETRConfig(NetworkConfig):
         return 16
 
     def fixed_size(self) -> tuple[int, ...] | None:
-        return _size_tuple(self.img_size, self.dims())
+        return self.built_size()
 
 
+@network("SwinUNETR", "Swin UNETR (MONAI): shifted-window transformer encoder; inputs divisible by 32.")
 class SwinUNETRConfig(NetworkConfig):
     aliases: ClassVar[dict[str, str]] = {"num_classes": "out_channels", "embed_dim": "feature_size"}
 
@@ -270,7 +371,15 @@ class SwinUNETRConfig(NetworkConfig):
     def _divisor_reason(self) -> str:
         return " (SwinUNETR downsamples by 32)"
 
+    def size_warnings(self, size: tuple[int, ...]) -> list[str]:
+        built = self.built_size()
+        if built is None or built == tuple(size):
+            return []
+        return [f"img_size {list(built)} differs from the input size {list(size)}; SwinUNETR does not use img_size "
+                "(any size divisible by 32 works), so it only documents the intended size"]
 
+
+@network("TransUNet", "TransUNet (2-D): CNN encoder, transformer bottleneck, cascaded upsampling decoder.")
 class TransUNetConfig(NetworkConfig):
     aliases: ClassVar[dict[str, str]] = {"num_classes": "out_channels", "embed_dim": "hidden_size", "num_layers": "depth"}
 
@@ -306,6 +415,7 @@ class TransUNetConfig(NetworkConfig):
         return " (TransUNet's CNN encoder downsamples by 16)"
 
 
+@network("DeepLabV3Plus", "DeepLabV3+ (2-D): residual encoder, atrous spatial pyramid pooling, decoder; trained from scratch.")
 class DeepLabV3PlusConfig(NetworkConfig):
     norm: Literal["batch", "instance", "group"] = Field("batch", description="Normalisation: batch, instance, or group (8 groups).")
     base_channels: int = Field(32, ge=8, description="Channels of the encoder stem; stages have 1x, 2x, 4x, 8x this.")
@@ -334,127 +444,3 @@ class DeepLabV3PlusConfig(NetworkConfig):
         return 1  # the decoder resizes to the input, so any size of at least 32 goes through
 
 
-# --- nodes -------------------------------------------------------------------------------------
-
-
-# The loader's documented default image_size by dimensionality (MedicalSegmentationLoader.image_size).
-_LOADER_DEFAULT_SIZE = {2: 256, 3: 96}
-
-
-def _loader_facts(cfg: NodeConfig) -> tuple[int | None, Any, int | None]:
-    """(spatial_dims, image size, in_channels) a loader's config declares, each None if unknown."""
-    dims = getattr(cfg, "spatial_dims", None)
-    if dims not in (2, 3):
-        dims = {"phantom2d": 2, "phantom3d": 3}.get(getattr(cfg, "synthetic", None))  # type: ignore[arg-type]
-    size = getattr(cfg, "patch_size", None) or getattr(cfg, "image_size", None)
-    if size is None and dims is not None:
-        size = _LOADER_DEFAULT_SIZE[dims]
-    channels = getattr(cfg, "in_channels", None)
-    return dims, size, channels if isinstance(channels, int) else None
-
-
-class NetworkNode(Node):
-    """Shared ports, checks and `run` of every network node."""
-
-    family = "networks"
-    Config = NetworkConfig
-    inputs = (
-        Port("dataset_info", "DatasetInfo", required=False,
-             doc="When wired, the network is checked against the data (channels, classes, dims, size) before training."),
-    )
-    outputs = (Port("model", "Model", doc="torch.nn.Module: (B, in_channels, *spatial) -> logits (B, out_channels, *spatial)."),)
-
-    @classmethod
-    def check(cls, config: NodeConfig, neighbours: dict[str, tuple[str, NodeConfig]]) -> list[Finding]:
-        assert isinstance(config, NetworkConfig)
-        if "dataset_info" not in neighbours:
-            return []
-        source_type, source = neighbours["dataset_info"]
-        dims, size, channels = _loader_facts(source)
-        found: list[Finding] = []
-        my_dims = config.dims()
-        if dims is not None and dims != my_dims:
-            found.append(Finding(
-                "spatial_dims" if "spatial_dims" in type(config).model_fields else "", "spatial_dims_mismatch",
-                f"{cls.type} is {my_dims}-D but the {source_type} wired to dataset_info loads {dims}-D data",
-                f"set spatial_dims to {dims}" if "spatial_dims" in type(config).model_fields else
-                f"use {'UNet3D' if dims == 3 else 'UNet2D'} or set the loader's spatial_dims to {my_dims}",
-            ))
-            return found
-        if channels is not None and channels != config.in_channels:
-            found.append(Finding("in_channels", "in_channels_mismatch",
-                                 f"in_channels is {config.in_channels} but the {source_type} declares {channels} channels",
-                                 f"set in_channels to {channels}"))
-        sizes = _size_tuple(size, my_dims)
-        if sizes is not None:
-            problem = config.size_problem(sizes)
-            if problem:
-                fixed = config.fixed_size() is not None
-                found.append(Finding(
-                    "img_size" if fixed else "", "img_size_mismatch" if fixed else "input_size",
-                    f"{cls.type} {problem}, but the {source_type} wired to dataset_info gives image_size {size}",
-                    "set img_size to the loader's image_size" if fixed else
-                    f"set the loader's image_size to a multiple of {config.size_divisor()}",
-                ))
-        img = getattr(config, "img_size", None)
-        if isinstance(config, SwinUNETRConfig) and img is not None and sizes is not None \
-                and _size_tuple(img, my_dims) != sizes:
-            found.append(Finding("img_size", "img_size_mismatch",
-                                 f"img_size {img} differs from the loader's image_size {size}; SwinUNETR does not use "
-                                 "img_size (any size divisible by 32 works), so it only documents the intended size",
-                                 "set img_size to the loader's image_size or remove it", severity="warning"))
-        return found
-
-    def run(self, dataset_info: Any = None) -> dict[str, Any]:
-        if dataset_info is not None:
-            check_against_data(self.type, self.name, self.config, dataset_info)
-        from segflow.networks.factory import build_network
-
-        model = build_network(self.type, self.config)
-        # Lets a resume with a changed network name the config field that changed.
-        model.segflow_spec = {"type": self.type, "config": self.config.model_dump(mode="json")}
-        return {"model": model}
-
-
-def check_against_data(type_name: str, node_name: str, config: NetworkConfig, info: Any) -> None:
-    """Raise ValueError when the network cannot take the data `info` (a DatasetInfo) describes."""
-    where = f"the data in {getattr(info, 'data_dir', None) or 'the loader'}"
-    who = f"{type_name} '{node_name}'"
-    dims = getattr(info, "spatial_dims", None)
-    if dims is not None and dims != config.dims():
-        fix = "set spatial_dims to %d" % dims if "spatial_dims" in type(config).model_fields else \
-            f"use {'UNet3D' if dims == 3 else 'UNet2D'}"
-        raise ValueError(f"{who} is {config.dims()}-D but {where} is {dims}-D; {fix}")
-    channels = getattr(info, "in_channels", None)
-    if channels is not None and channels != config.in_channels:
-        raise ValueError(f"{who}: in_channels is {config.in_channels} but {where} has {channels} channels; "
-                         f"set {node_name}.in_channels to {channels}")
-    classes = getattr(info, "num_classes", None)
-    if classes is not None and config.out_channels != classes and not (config.out_channels == 1 and classes == 2):
-        raise ValueError(f"{who}: out_channels is {config.out_channels} but {where} has {classes} classes "
-                         f"(background included); set {node_name}.out_channels to {classes}")
-    patch = getattr(info, "patch_size", None)
-    if patch:
-        problem = config.size_problem(tuple(int(s) for s in patch))
-        if problem:
-            raise ValueError(f"{who} {problem}; {where} comes in patches of {list(patch)}: set the loader's "
-                             f"image_size to a multiple of {config.size_divisor()}"
-                             + (" (and img_size to match)" if config.fixed_size() is not None else ""))
-
-
-def _network(type_name: str, config: type[NetworkConfig], doc: str) -> type[NetworkNode]:
-    node = type(type_name, (NetworkNode,), {"type": type_name, "Config": config, "__doc__": doc, "__module__": __name__})
-    return register(node)
-
-
-UNet2D = _network("UNet2D", UNet2DConfig, "2-D U-Net (MONAI UNet with residual units).")
-UNet3D = _network("UNet3D", UNet3DConfig, "3-D U-Net (MONAI UNet with residual units).")
-AttentionUNet = _network("AttentionUNet", AttentionUNetConfig, "U-Net with attention gates on the skips (MONAI AttentionUnet), 2-D or 3-D.")
-VNet = _network("VNet", VNetConfig, "V-Net (MONAI VNet), 3-D or 2-D; inputs divisible by 16.")
-SegResNet = _network("SegResNet", SegResNetConfig, "SegResNet (MONAI), residual encoder-decoder from the BraTS 2018 winner.")
-UNETR = _network("UNETR", UNETRConfig, "UNETR (MONAI): ViT encoder, convolutional decoder; fixed input size img_size.")
-SwinUNETR = _network("SwinUNETR", SwinUNETRConfig, "Swin UNETR (MONAI): shifted-window transformer encoder; inputs divisible by 32.")
-TransUNet = _network("TransUNet", TransUNetConfig, "TransUNet (2-D): CNN encoder, transformer bottleneck, cascaded upsampling decoder.")
-DeepLabV3Plus = _network("DeepLabV3Plus", DeepLabV3PlusConfig, "DeepLabV3+ (2-D): residual encoder, atrous spatial pyramid pooling, decoder; trained from scratch.")
-
-NETWORK_TYPES = ("UNet2D", "UNet3D", "AttentionUNet", "VNet", "SegResNet", "UNETR", "SwinUNETR", "TransUNet", "DeepLabV3Plus")
