@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -76,7 +79,7 @@ def launch(args) -> int:
     for flag in ("device", "run_dir", "resume", "until"):
         if getattr(args, flag) is not None:
             worker += [f"--{flag.replace('_', '-')}", getattr(args, flag)]
-    worker += ["--no-progress"] * args.no_progress + ["--debug"] * args.debug
+    worker += ["--no-progress"] * args.no_progress + ["--debug"] * args.debug + ["--overwrite"] * args.overwrite
     try:
         torchrun([*launcher, "-m", "segflow", *worker])
     except ChildFailedError as e:
@@ -98,7 +101,8 @@ def cmd_run(args) -> int:
 
     try:
         result = run_workflow(args.workflow, sets=args.set or (), device=args.device, run_dir=args.run_dir,
-                              resume=args.resume, until=args.until, progress=not args.no_progress)
+                              resume=args.resume, until=args.until, progress=not args.no_progress,
+                              overwrite=args.overwrite)
     except WorkflowError as e:
         _print_issues(e.issues, "text", sys.stderr)
         return 1
@@ -111,13 +115,31 @@ def cmd_run(args) -> int:
         else:
             print(f"{who}: run again with --debug for the full traceback", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        # Checkpoints are written atomically, so whatever last.pt holds is a finished epoch.
-        print(f"\n{who}: interrupted; continue with `segflow run {args.workflow} --resume auto`", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"\n{who}: interrupted; {_how_to_resume(args, getattr(e, 'run_dir', None))}", file=sys.stderr)
         return 130
     if distributed.is_main():
         print(f"segflow: finished; run directory {result.run_dir}")
     return 0
+
+
+def _how_to_resume(args, run_dir: Path | None) -> str:
+    """The command that continues the interrupted run: the same file, overrides and device, resuming
+    from this run's own newest checkpoint (written atomically, so it holds a finished epoch)."""
+    from segflow.workflow.rundir import newest_checkpoint
+
+    checkpoint = newest_checkpoint([run_dir]) if run_dir is not None else None
+    if checkpoint is None:
+        return "no checkpoint was written yet, so there is nothing to resume" + (
+            f" (run directory {run_dir})" if run_dir is not None else "")
+    words = ["segflow", "run", args.workflow]
+    for item in args.set or ():
+        words += ["--set", item]
+    for flag in ("device", "until"):
+        if getattr(args, flag) is not None:
+            words += [f"--{flag}", getattr(args, flag)]
+    words += ["--resume", str(checkpoint)]
+    return f"continue with `{shlex.join(words)}`"
 
 
 def cmd_schema(args) -> int:
@@ -196,7 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="NODE.KEY=VALUE", help="override a config value (repeatable)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N; overrides every node's device")
     p.add_argument("--run-dir", help="write the run here instead of runs/<workflow>/<timestamp>/")
-    p.add_argument("--resume", metavar="auto|PATH", help="continue from the latest run's last.pt, or from PATH")
+    p.add_argument("--resume", metavar="auto|PATH",
+                   help="continue from PATH (a checkpoint, or a run directory's newest last.pt), or with auto from "
+                        "the newest last.pt of this workflow's runs (of --run-dir when given)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="with --run-dir: move an earlier run found there aside (to RUN_DIR.replaced-<time>) "
+                        "instead of refusing to start")
     p.add_argument("--until", metavar="NODE", help="run only NODE and what it depends on")
     p.add_argument("--nproc-per-node", type=int, default=0,
                    help="train with N processes per machine (DistributedDataParallel, launched through torchrun)")
@@ -231,7 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # `segflow graph wf.json | head`: the reader has gone, which is no error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's flush of stdout at exit would raise again
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

@@ -134,3 +134,15 @@ def test_run_checks_the_world_before_any_node_starts(tmp_path, monkeypatch, caps
     assert "error[path_not_found] node 'data_loader' at nodes[0].config.data_dir" in err
     assert "error[device_unavailable] node 'trainer' at nodes[4].config.device" in err
     assert not (tmp_path / "runs").exists()  # nothing was started, nothing written
+
+
+@pytest.mark.parametrize("command", ["graph workflows/train_evaluate_unet.json", "nodes", "nodes Trainer",
+                                     "validate workflows/quickstart.json workflows/seed_unet.json"])
+def test_a_closed_pipe_ends_quietly(command):
+    """`segflow graph wf.json | head -1`: the reader leaves early; no BrokenPipeError traceback."""
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-m", "segflow", *command.split()], cwd=root, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) in (0, 141) and err == "", err

@@ -1,5 +1,8 @@
-"""Ctrl-C during `segflow run`: a short message (no traceback), exit 130, and --resume auto goes on."""
+"""Ctrl-C during `segflow run`: a short message (no traceback), exit 130, and the command it gives goes on with
+exactly this run."""
 import json
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -22,14 +25,18 @@ def test_ctrl_c_stops_cleanly_and_the_run_resumes(tmp_path):
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert "interrupted; continue with" in err and "--resume auto" in err
     assert "Traceback" not in err
-
     (run,) = [p for p in (tmp_path / "runs" / "quickstart").iterdir() if not p.is_symlink()]
+    command = shlex.split(re.search(r"interrupted; continue with `(.+)`", err).group(1))
+    # the same file, overrides and device, and this run's own checkpoint (not --resume auto)
+    assert command[:3] == ["segflow", "run", str(ROOT / "workflows" / "quickstart.json")]
+    assert (tmp_path / command[command.index("--resume") + 1]).resolve() == (run / "checkpoints" / "last.pt").resolve()
+    assert all(s in command for s in sets) and command[command.index("--device") + 1] == "cpu"
     done = len(json.loads((run / "history.json").read_text()))
     assert 1 <= done < 1000
 
-    resumed = subprocess.run([*cmd, "--resume", "auto", "--set", f"trainer.epochs={done + 2}"], cwd=tmp_path,
+    resumed = subprocess.run([sys.executable, "-m", "segflow", *command[1:], "--no-progress",
+                              "--set", f"trainer.epochs={done + 2}"], cwd=tmp_path,
                              capture_output=True, text=True, timeout=180)
     assert resumed.returncode == 0, resumed.stderr
     history = json.loads((run / "history.json").read_text())  # the same run directory goes on

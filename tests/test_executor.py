@@ -129,3 +129,62 @@ def test_resume_auto_finds_the_latest_checkpoint_and_reuses_its_run_dir(tmp_path
     with pytest.raises(WorkflowError) as e:
         executor.run_workflow(wf, resume="nope.pt", log=lambda s: None)
     assert e.value.issues[0].code == "checkpoint_not_found"
+
+
+def _checkpoint_in(run_dir):
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    ckpt.write_bytes(b"x")
+    return ckpt
+
+
+def test_a_fresh_run_refuses_a_run_dir_that_holds_a_run_and_overwrite_moves_it_aside(tmp_path):
+    wf = write(tmp_path, [("Source", "src", {})])
+    first = executor.run_workflow(wf, run_dir="out", log=lambda s: None)
+    old = _checkpoint_in(first.run_dir)
+    with pytest.raises(WorkflowError) as e:
+        executor.run_workflow(wf, run_dir="out", log=lambda s: None)
+    [issue] = e.value.issues
+    assert (issue.code, issue.path) == ("run_dir_not_empty", "--run-dir") and "--overwrite" in issue.hint
+    assert old.read_bytes() == b"x"  # nothing of the earlier run was touched
+    logs = []
+    executor.run_workflow(wf, run_dir="out", overwrite=True, log=logs.append)
+    [aside] = tmp_path.glob("out.replaced-*")
+    assert (aside / "checkpoints" / "last.pt").read_bytes() == b"x" and not old.exists()
+    assert any(aside.name in line for line in logs)
+
+
+def test_resume_auto_with_a_run_dir_resumes_that_run_and_not_the_workflows_newest(tmp_path):
+    wf = write(tmp_path, [("Source", "src", {})])
+    mine = executor.run_workflow(wf, run_dir="mine", log=lambda s: None)
+    own = _checkpoint_in(mine.run_dir)
+    newer = _checkpoint_in(executor.run_workflow(wf, log=lambda s: None).run_dir)
+    os.utime(own, (1, 1))
+    assert rundir.find_latest_checkpoint("wf") == newer
+    assert rundir.resolve_resume("auto", "wf", print, run_dir=mine.run_dir) == own
+    again = executor.run_workflow(wf, run_dir="mine", resume="auto", log=lambda s: None)
+    assert again.run_dir == mine.run_dir
+    assert rundir.resolve_resume(str(mine.run_dir), "wf", print) == own  # a run directory names its last.pt
+
+
+def test_each_attempt_keeps_its_environment_record(tmp_path):
+    wf = write(tmp_path, [("Source", "src", {})])
+    first = executor.run_workflow(wf, log=lambda s: None)
+    ckpt = _checkpoint_in(first.run_dir)
+    executor.run_workflow(wf, resume=str(ckpt), log=lambda s: None)
+    executor.run_workflow(wf, resume="auto", log=lambda s: None)
+    records = [json.loads((first.run_dir / n).read_text())
+               for n in ("environment.json", "environment.2.json", "environment.3.json")]
+    assert "resumed_from" not in records[0]
+    assert records[1]["resumed_from"] == records[2]["resumed_from"] == str(ckpt)
+
+
+@pytest.mark.parametrize("name", [".", "..", "./..", "_"])
+def test_a_workflow_name_never_leaves_its_own_folder_under_runs(tmp_path, name):
+    other = _checkpoint_in(executor.run_workflow(write(tmp_path, [("Source", "src", {})], "other"),
+                                                 log=lambda s: None).run_dir)
+    wf = tmp_path / "odd.json"
+    wf.write_text(json.dumps({"workflow": name, "nodes": [{"type": "Source", "name": "src"}]}))
+    result = executor.run_workflow(wf, resume="auto", log=lambda s: None)
+    assert result.run_dir.parent.resolve() == (tmp_path / "runs" / "workflow").resolve()
+    assert other.read_bytes() == b"x" and rundir.find_latest_checkpoint(name) is None

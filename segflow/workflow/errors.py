@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -79,3 +80,12 @@ class NodeRunError(Exception):
         self.node_type = node_type
         reason = str(cause) or type(cause).__name__
         super().__init__(f"node '{node}' ({node_type}) failed: {reason}")
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGINT) while a workflow ran, with the run directory it was writing, so the message
+    can say how to resume exactly this run."""
+
+    def __init__(self, run_dir: Path | None):
+        super().__init__(str(run_dir))
+        self.run_dir = run_dir

@@ -12,9 +12,15 @@ from typing import Any, Callable
 
 from segflow.nodes.base import RunContext
 from segflow.workflow import distributed, spec
-from segflow.workflow.errors import Issue, NodeRunError, WorkflowError
+from segflow.workflow.errors import Issue, NodeRunError, RunInterrupted, WorkflowError
 from segflow.workflow.files import write_json
-from segflow.workflow.rundir import new_run_dir, resolve_resume, run_dir_of
+from segflow.workflow.rundir import (
+    environment_path,
+    new_run_dir,
+    prepare_run_dir,
+    resolve_resume,
+    run_dir_of,
+)
 from segflow.workflow.runinfo import environment_record
 
 
@@ -28,8 +34,10 @@ class RunResult:
 
 def run_workflow(path: str | Path, *, sets=(), device: str | None = None, run_dir: str | Path | None = None,
                  resume: str | None = None, until: str | None = None, progress: bool = True,
-                 log: Callable[[str], None] = print) -> RunResult:
-    """Validate `path`, make the run directory and run the nodes (up to `until`, if given)."""
+                 overwrite: bool = False, log: Callable[[str], None] = print) -> RunResult:
+    """Validate `path`, make the run directory and run the nodes (up to `until`, if given).
+
+    `overwrite`: a `run_dir` that holds an earlier run is moved aside instead of refused."""
     wf = spec.load(path, sets=sets)
     if until is not None and until not in wf.nodes:
         raise WorkflowError([Issue("unknown_node", f"--until {until!r}: no node of that name", "--until",
@@ -42,35 +50,46 @@ def run_workflow(path: str | Path, *, sets=(), device: str | None = None, run_di
     # and logs, the others learn the directory (and the checkpoint to resume) from it.
     in_group = distributed.setup(_training_device(wf, order, device))
     try:
-        return _run(wf, path, order, device, run_dir, resume, progress, log, in_group)
+        if distributed.is_main():
+            out, checkpoint = _open_run_dir(wf, device, run_dir, resume, overwrite, in_group, log)
+        else:
+            out, checkpoint, log = None, None, _quiet
+        out, checkpoint = distributed.broadcast_object((out, checkpoint))
+        ctx = RunContext(run_dir=out, workflow_name=wf.name, workflow_file=Path(path), device=device,
+                         resume=str(checkpoint) if checkpoint else None, progress=progress and distributed.is_main(),
+                         log=log)
+        try:
+            return _run_nodes(wf, order, ctx, in_group)
+        except KeyboardInterrupt as e:
+            raise RunInterrupted(out) from e
     finally:
         distributed.teardown()
 
 
-def _run(wf: spec.Workflow, path, order: list[str], device, run_dir, resume, progress, log, in_group: bool) -> RunResult:
-    main = distributed.is_main()
-    if main:
-        checkpoint = resolve_resume(resume, wf.name, log)
-        if run_dir is not None:
-            out = Path(run_dir)
-            out.mkdir(parents=True, exist_ok=True)
-        elif checkpoint is not None and (started_in := run_dir_of(checkpoint)) is not None:
-            out = started_in  # a resumed run goes on writing where it started
-        else:
-            out = new_run_dir(wf.name)
-        write_json(out / "workflow.resolved.json", wf.resolved())
-        env = environment_record(device)
-        if in_group:
-            env["distributed"] = {"world_size": distributed.world_size(), "backend": _backend()}
-        write_json(out / "environment.json", env)
+def _open_run_dir(wf: spec.Workflow, device: str | None, run_dir, resume: str | None, overwrite: bool,
+                  in_group: bool, log: Callable[[str], None]) -> tuple[Path, Path | None]:
+    """Rank 0: the run directory (made, or the resumed run's own) with its records, and the
+    checkpoint to resume from."""
+    checkpoint = resolve_resume(resume, wf.name, log, Path(run_dir) if run_dir is not None else None)
+    if run_dir is not None:  # going on in a folder that holds a run needs --resume (or --overwrite)
+        out = prepare_run_dir(Path(run_dir), resuming=resume is not None, overwrite=overwrite, log=log)
+    elif checkpoint is not None and (started_in := run_dir_of(checkpoint)) is not None:
+        out = started_in  # a resumed run goes on writing where it started
     else:
-        checkpoint = out = None
-        log = _quiet
-    out, checkpoint = distributed.broadcast_object((out, checkpoint))
+        out = new_run_dir(wf.name)
+    write_json(out / "workflow.resolved.json", wf.resolved())
+    env = environment_record(device)
+    if checkpoint is not None:
+        env["resumed_from"] = str(checkpoint)
+    if in_group:
+        env["distributed"] = {"world_size": distributed.world_size(), "backend": _backend()}
+    write_json(environment_path(out), env)
+    return out, checkpoint
 
-    ctx = RunContext(run_dir=out, workflow_name=wf.name, workflow_file=Path(path), device=device,
-                     resume=str(checkpoint) if checkpoint else None, progress=progress and main, log=log)
-    result = RunResult(out, wf)
+
+def _run_nodes(wf: spec.Workflow, order: list[str], ctx: RunContext, in_group: bool) -> RunResult:
+    main, log = distributed.is_main(), ctx.log
+    result = RunResult(ctx.run_dir, wf)
     # Network weights are drawn when their node runs, before any Trainer seeds for itself.
     from segflow.training.device import seed_everything
 
@@ -81,30 +100,33 @@ def _run(wf: spec.Workflow, path, order: list[str], device, run_dir, resume, pro
     if in_group and not main:
         order = order[: last_shared + 1]
     if main:
-        log(f"segflow: running '{wf.name}' ({len(order)} nodes) -> {out}"
+        log(f"segflow: running '{wf.name}' ({len(order)} nodes) -> {ctx.run_dir}"
             + (f" on {distributed.world_size()} processes" if in_group else ""))
     for step, name in enumerate(order, 1):
-        node_spec = wf.nodes[name]
-        inputs = {w.target_port: result.outputs[w.source][w.source_port] for w in wf.inputs_of(name)
-                  if w.source in result.outputs}
-        log(f"[{step}/{len(order)}] {name} ({node_spec.type})")
+        log(f"[{step}/{len(order)}] {name} ({wf.nodes[name].type})")
         started = time.perf_counter()
-        try:
-            node = node_spec.cls(name, node_spec.config, ctx)
-            outputs = node.run(**inputs) or {}
-        except (KeyboardInterrupt, WorkflowError):
-            raise
-        except Exception as e:
-            raise NodeRunError(name, node_spec.type, e) from e
-        missing = [p.name for p in node_spec.cls.outputs if p.name not in outputs]
-        if missing:
-            raise NodeRunError(name, node_spec.type, RuntimeError(f"produced no value for output(s) {missing}"))
-        result.outputs[name] = outputs
+        result.outputs[name] = _run_node(wf, name, result.outputs, ctx)
         result.timings[name] = time.perf_counter() - started
         log(f"[{step}/{len(order)}] {name} done in {result.timings[name]:.1f}s")
     if main:
-        write_json(out / "timings.json", result.timings)
+        write_json(ctx.run_dir / "timings.json", result.timings)
     return result
+
+
+def _run_node(wf: spec.Workflow, name: str, outputs: dict[str, dict[str, Any]], ctx: RunContext) -> dict[str, Any]:
+    """One node's outputs, from the outputs of the nodes before it."""
+    node_spec = wf.nodes[name]
+    inputs = {w.target_port: outputs[w.source][w.source_port] for w in wf.inputs_of(name) if w.source in outputs}
+    try:
+        produced = node_spec.cls(name, node_spec.config, ctx).run(**inputs) or {}
+    except (KeyboardInterrupt, WorkflowError):
+        raise
+    except Exception as e:
+        raise NodeRunError(name, node_spec.type, e) from e
+    missing = [p.name for p in node_spec.cls.outputs if p.name not in produced]
+    if missing:
+        raise NodeRunError(name, node_spec.type, RuntimeError(f"produced no value for output(s) {missing}"))
+    return produced
 
 
 def _quiet(message: str) -> None:

@@ -2,6 +2,7 @@
 checkpoint that `--resume` names."""
 from __future__ import annotations
 
+import json
 import os
 import re
 from datetime import datetime
@@ -14,7 +15,9 @@ RUNS_ROOT = Path("runs")
 
 
 def slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name.strip()).strip("_").lower() or "workflow"
+    """A workflow name as one safe folder name: never "", "." or ".." (which would put runs into
+    runs/ itself or beside it), never hidden."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name.strip()).strip("._-").lower() or "workflow"
 
 
 def new_run_dir(workflow_name: str, root: Path = RUNS_ROOT) -> Path:
@@ -45,10 +48,24 @@ def _point_latest(base: Path, name: str) -> None:
 
 
 def find_latest_checkpoint(workflow_name: str, root: Path = RUNS_ROOT) -> Path | None:
-    """The newest `last.pt` among this workflow's earlier runs, for `--resume auto`."""
-    runs = [p for p in (root / slug(workflow_name)).glob("*") if p.is_dir() and not p.is_symlink()]
-    found = sorted((ckpt for run in runs for ckpt in run.glob("**/last.pt")), key=lambda p: p.stat().st_mtime)
+    """The newest `last.pt` among this workflow's own earlier runs (their workflow.resolved.json names
+    it: two names can share a folder name), for `--resume auto`."""
+    base = root / slug(workflow_name)
+    runs = [p for p in base.glob("*") if p.is_dir() and not p.is_symlink() and _workflow_of(p) == workflow_name]
+    return newest_checkpoint(runs)
+
+
+def newest_checkpoint(run_dirs: list[Path]) -> Path | None:
+    """The most recently written `last.pt` anywhere under these run directories."""
+    found = sorted((ckpt for run in run_dirs for ckpt in run.glob("**/last.pt")), key=lambda p: p.stat().st_mtime)
     return found[-1] if found else None
+
+
+def _workflow_of(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / "workflow.resolved.json").read_text()).get("workflow")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def run_dir_of(checkpoint: Path) -> Path | None:
@@ -59,16 +76,53 @@ def run_dir_of(checkpoint: Path) -> Path | None:
     return None
 
 
-def resolve_resume(resume: str | None, workflow_name: str, log: Callable[[str], None]) -> Path | None:
+def resolve_resume(resume: str | None, workflow_name: str, log: Callable[[str], None],
+                   run_dir: Path | None = None) -> Path | None:
+    """The checkpoint `--resume` names: a file, a run directory's newest last.pt, or for `auto` the
+    newest of this workflow's runs; with `--run-dir`, `auto` means that run directory's own."""
     if resume is None:
         return None
     if resume == "auto":
-        found = find_latest_checkpoint(workflow_name)
+        found = newest_checkpoint([run_dir]) if run_dir is not None else find_latest_checkpoint(workflow_name)
         if found is None:
-            log(f"--resume auto: no earlier run of '{workflow_name}' under {RUNS_ROOT}/; starting fresh")
+            where = f"in {run_dir}" if run_dir is not None else f"of '{workflow_name}' under {RUNS_ROOT}/"
+            log(f"--resume auto: no earlier run {where}; starting fresh")
         return found
     path = Path(resume)
+    if path.is_dir():  # a run directory: its newest last.pt
+        path = newest_checkpoint([path]) or path
     if not path.is_file():
-        raise WorkflowError([Issue("checkpoint_not_found", f"--resume {resume}: no such checkpoint file",
-                                   path="--resume", hint="give a path to a .pt file, or --resume auto")])
+        raise WorkflowError([Issue("checkpoint_not_found", f"--resume {resume}: no such checkpoint file"
+                                   + (" (the folder holds no last.pt)" if path.is_dir() else ""), path="--resume",
+                                   hint="give a .pt file or a run directory, or --resume auto")])
+    return path
+
+
+def prepare_run_dir(run_dir: Path, *, resuming: bool, overwrite: bool, log: Callable[[str], None]) -> Path:
+    """`--run-dir`: made when new. One that holds files is a resumed run's to go on with; a fresh run
+    there would mix with the old one (its checkpoints, TensorBoard events, and `keep_last` deleting
+    the new run's checkpoints for the old ones' higher numbers), so it is refused, or with
+    `overwrite` the old contents are moved aside first."""
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not resuming:
+        if not overwrite:
+            held = sorted(p.name for p in run_dir.iterdir())
+            raise WorkflowError([Issue(
+                "run_dir_not_empty", f"--run-dir {run_dir} already holds an earlier run ({', '.join(held[:4])}"
+                + (", ..." if len(held) > 4 else "") + "); a fresh run there would mix with it", path="--run-dir",
+                hint=f"resume it with --resume {run_dir}, choose another --run-dir, or add --overwrite to move "
+                     "the old contents aside")])
+        aside = run_dir.with_name(f"{run_dir.name}.replaced-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}")
+        run_dir.rename(aside)
+        log(f"--overwrite: the earlier contents of {run_dir} are now in {aside}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def environment_path(run_dir: Path) -> Path:
+    """Where this attempt's environment record goes: environment.json for the first attempt, then
+    environment.2.json, environment.3.json, ... for each resumed attempt, so none is lost."""
+    path, attempt = run_dir / "environment.json", 1
+    while path.exists():
+        attempt += 1
+        path = run_dir / f"environment.{attempt}.json"
     return path
