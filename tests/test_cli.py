@@ -127,7 +127,7 @@ def test_graph_command(fmt, capsys):
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the messages on a machine without CUDA")
 def test_run_checks_the_world_before_any_node_starts(tmp_path, monkeypatch, capsys):
-    # the seed guide's file asks for CUDA and a data folder this machine does not have: both reported at once
+    # workflows/seed_unet.json asks for CUDA and a data folder this machine does not have: both reported at once
     monkeypatch.chdir(tmp_path)
     assert main(["run", str(ROOT / "workflows" / "seed_unet.json")]) == 1
     err = capsys.readouterr().err

@@ -19,7 +19,7 @@ from segflow.nodes.base import RunContext
 from segflow.nodes.data import MedicalSegmentationLoader
 from segflow.nodes.data import MedicalSegmentationLoaderConfig as Config
 
-SEED_GUIDE_LOADERS = [  # the loader blocks of the seed training guide's three examples, as printed
+SEED_GUIDE_LOADERS = [  # the loader blocks of workflows/seed_*.json, as written
     {"data_dir": "data/medical", "batch_size": "8", "image_size": "256", "augmentation": "true"},
     {"data_dir": "data/3d_volumes", "batch_size": "2", "image_size": "96", "augmentation": "true"},
     {"data_dir": "data/small", "batch_size": "4", "image_size": "256", "augmentation": "true",

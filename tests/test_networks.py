@@ -34,7 +34,7 @@ SMALL = {
     "DeepLabV3Plus": [({}, (2, 1, 32, 32)), ({"output_stride": 8, "norm": "group", "in_channels": 3, "out_channels": 5}, (2, 3, 40, 56))],
 }
 
-# The seed training guide's network configurations, as a GUI saves them (strings, aliases).
+# The networks of workflows/seed_*.json, as a GUI saves them (strings, aliases).
 SEED = [
     ("UNet2D", {"in_channels": "1", "out_channels": "2", "base_channels": "64"}, (2, 1, 32, 32)),
     ("UNet2D", {"in_channels": "1", "out_channels": "2", "base_channels": "32"}, (2, 1, 32, 32)),

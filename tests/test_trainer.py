@@ -189,7 +189,8 @@ def test_check_warns_on_the_shared_patience():
     wired = {"val_loader": ("MedicalSegmentationLoader", None)}
     (finding,) = Trainer.check(cfg, wired)
     assert (finding.field, finding.code, finding.severity) == ("patience", "ambiguous_patience", "warning")
-    assert Trainer.check(TrainerConfig(lr_schedule="plateau", patience="10"), wired) == []  # seed's plateau example
+    # without early stopping `patience` can only be the plateau's
+    assert Trainer.check(TrainerConfig(lr_schedule="plateau", patience="10"), wired) == []
     assert Trainer.check(TrainerConfig(lr_schedule="plateau", early_stopping=True, patience=10, lr_patience=5), wired) == []
 
 

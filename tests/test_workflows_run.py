@@ -1,5 +1,5 @@
 """The shipped workflows run end to end from the command line on phantom data, with --set
-overrides for size and epochs (the seed guide's three configurations among them)."""
+overrides for size and epochs (the three seed_*.json examples among them)."""
 import json
 from pathlib import Path
 
@@ -32,7 +32,7 @@ def test_seed_2d_unet_configurations_train(tmp_path, monkeypatch, name):
                            "model.base_channels=8", "trainer.epochs=2")
     assert [row["epoch"] for row in history] == [1, 2]
     assert all(0.0 <= row["val_dice"] <= 1.0 for row in history)
-    # the seed's checkpoint_dir is relative, so it lives inside the run directory
+    # checkpoint_dir (seed_unet.json's, or the default) is relative, so it lives inside the run directory
     assert (run_dir / "checkpoints" / ("unet" if name == "seed_unet.json" else "") / "last.pt").is_file()
 
 

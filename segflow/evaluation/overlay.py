@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -19,6 +20,8 @@ from segflow.inference.records import PredictionRecord, PredictionSet
 
 # Class colours kept apart from the error map's green / red / blue / orange, so they never read as errors
 CLASS_COLOURS = ("#ffd700", "#00e5ee", "#ff69b4", "#9370db", "#a0522d", "#c0ff3e", "#f5f5f5", "#808000", "#008080")
+# The error map's colours when none are given; the SegmentationOverlay node passes its configured ones
+ERROR_COLOURS = {"tp": "#2ca02c", "fp": "#d62728", "fn": "#1f77b4", "wrong_class": "#ff7f0e"}
 ERROR_LABELS = {"tp": "correct (TP)", "fp": "false positive (FP)", "fn": "missed (FN)", "wrong_class": "wrong class"}
 
 
@@ -153,83 +156,127 @@ def render_overlays(pset: PredictionSet, output_dir: Path, *, alpha: float = 0.5
                     selection: str = "worst", slices_per_case: int = 3, slice_axis="auto",
                     colours: dict[str, str] | None = None, dpi: int = 100,
                     log: Callable[[str], None] = print) -> list[Path]:
-    """Write <case>.png per drawn case and grid.png; return their paths (grid last)."""
-    from segflow.nodes.evaluation import DEFAULT_COLOURS
+    """Write <case>.png per drawn case and grid.png; return their paths (grid last).
 
+    `colours` are the error map's (tp, fp, fn, wrong_class); any left out keep ERROR_COLOURS."""
     plt = _pyplot()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    painter = _Painter(pset.num_classes, tuple(pset.class_names), {**DEFAULT_COLOURS, **(colours or {})}, alpha)
+    painter = _Painter(pset.num_classes, tuple(pset.class_names), {**ERROR_COLOURS, **(colours or {})}, alpha)
     written: list[Path] = []
     tiles = []
     used_names: set[str] = set()
     for record, _ in _choose(pset, max_images, selection, log):
-        image, pred, label = PredictionSet.load(record)
-        if label is not None and label.shape != pred.shape:
-            raise ValueError(f"case {record.case!r}: prediction {record.prediction_path} has shape {pred.shape}, "
-                             f"label {record.label_path} has {label.shape}; they must match to be overlaid")
-        if image.shape[1:] != pred.shape:
-            raise ValueError(f"case {record.case!r}: image {record.image_paths[0]} has spatial shape "
-                             f"{image.shape[1:]}, prediction {record.prediction_path} has {pred.shape}")
-        nifti = str(record.prediction_path).lower().endswith((".nii", ".nii.gz"))
-        spacing = tuple(record.spacing or ()) + (1.0,) * pred.ndim
-        if pred.ndim == 3:
-            axis = _slice_axis(record, 3, slice_axis)
-            indices = pick_slices(pred, label, axis, slices_per_case)
-        else:
-            axis, indices = None, [None]
-        rest = [a for a in range(pred.ndim) if a != axis]
-        # aspect = height of a pixel / its width, in physical units, in the orientation shown
-        vertical, horizontal = (rest[1], rest[0]) if nifti else (rest[0], rest[1])
-        aspect = spacing[vertical] / spacing[horizontal]
-        score = foreground_dice(pred, label) if label is not None else None
-
-        def plane(a, i):
-            return a if i is None else np.take(a, i, axis=axis)
-
-        cols = 4 if label is not None else 2
-        fig, axes = plt.subplots(len(indices), cols, figsize=(3 * cols, 3.3 * len(indices) + 0.9), squeeze=False,
-                                 layout="constrained")
-        worst_tile = None
-        for row, i in enumerate(indices):
-            img = _display(plane(image, i) if i is None else np.take(image, i, axis=axis + 1))
-            p = plane(pred, i)
-            panels = [("image", None), ("prediction", _rgba(p, painter.class_rgba, alpha))]
-            if label is not None:
-                lab = plane(label, i)
-                errors = _rgba(error_codes(p, lab), painter.error_rgba, max(alpha, 0.75))
-                panels = [("image", None), ("ground truth", _rgba(lab, painter.class_rgba, alpha)),
-                          panels[1], ("errors", errors)]
-                wrong = int(np.count_nonzero(p != lab))
-                if worst_tile is None or wrong > worst_tile[0]:
-                    worst_tile = (wrong, img * 0.6, errors, i)
-            elif worst_tile is None:
-                worst_tile = (0, img, panels[1][1], i)
-            for col, (title, overlay) in enumerate(panels):
-                ax = axes[row][col]
-                # the error map goes over a dimmed image so its colours stay readable on bright tissue
-                base = img * 0.6 if title == "errors" else img
-                painter.show(ax, base, nifti=nifti, aspect=aspect, overlay=overlay)
-                where = "" if i is None else f" (axis {axis}, slice {i})"
-                ax.set_title(f"{title}{where}" if col == 0 else title, fontsize=8)
-        head = record.case + (f" - foreground Dice {score:.3f}" if score is not None else " - no ground truth")
-        fig.suptitle(head, fontsize=10)
-        fig.legend(handles=painter.legend_handles(True, label is not None), loc="outside lower center",
-                   ncol=4, fontsize=7, frameon=False)
-        name = _safe_name(record.case)
-        while name in used_names:
-            name += "_"
-        used_names.add(name)
-        path = output_dir / f"{name}.png"
+        fig, tile = _case_figure(plt, painter, record, slice_axis, slices_per_case)
+        path = output_dir / f"{_unique_name(record.case, used_names)}.png"
         fig.savefig(path, dpi=dpi)
         plt.close(fig)
         written.append(path)
-        tiles.append((record.case, score, nifti, aspect, *worst_tile[1:]))
-        del image, pred, label
+        tiles.append(tile)
     if tiles:
         written.append(_grid(tiles, painter, output_dir / "grid.png", dpi, plt))
     log(f"overlays: wrote {len(written)} PNG file(s) to {output_dir}")
     return written
+
+
+def _load_case(record: PredictionRecord) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(image (C, *S), prediction, label or None), checked to lie on one grid."""
+    image, pred, label = PredictionSet.load(record)
+    if label is not None and label.shape != pred.shape:
+        raise ValueError(f"case {record.case!r}: prediction {record.prediction_path} has shape {pred.shape}, "
+                         f"label {record.label_path} has {label.shape}; they must match to be overlaid")
+    if image.shape[1:] != pred.shape:
+        raise ValueError(f"case {record.case!r}: image {record.image_paths[0]} has spatial shape "
+                         f"{image.shape[1:]}, prediction {record.prediction_path} has {pred.shape}")
+    return image, pred, label
+
+
+@dataclass
+class _View:
+    """How one case is shown: the axis it is sliced along and the slices drawn (None for 2-D), the
+    orientation (NIfTI or not) and the pixel aspect ratio."""
+
+    axis: int | None
+    indices: list[int | None]
+    nifti: bool
+    aspect: float
+
+    def plane(self, array: np.ndarray, i: int | None) -> np.ndarray:
+        return array if i is None else np.take(array, i, axis=self.axis)
+
+    def image_plane(self, image: np.ndarray, i: int | None) -> np.ndarray:
+        return image if i is None else np.take(image, i, axis=self.axis + 1)  # channels come first
+
+
+def _view(record: PredictionRecord, pred: np.ndarray, label: np.ndarray | None, slice_axis,
+          slices_per_case: int) -> _View:
+    nifti = str(record.prediction_path).lower().endswith((".nii", ".nii.gz"))
+    spacing = tuple(record.spacing or ()) + (1.0,) * pred.ndim
+    if pred.ndim == 3:
+        axis = _slice_axis(record, 3, slice_axis)
+        indices = pick_slices(pred, label, axis, slices_per_case)
+    else:
+        axis, indices = None, [None]
+    rest = [a for a in range(pred.ndim) if a != axis]
+    # aspect = height of a pixel / its width, in physical units, in the orientation shown
+    vertical, horizontal = (rest[1], rest[0]) if nifti else (rest[0], rest[1])
+    return _View(axis, indices, nifti, spacing[vertical] / spacing[horizontal])
+
+
+def _panels(painter: _Painter, pred: np.ndarray, label: np.ndarray | None) -> list[tuple[str, np.ndarray | None]]:
+    """(title, overlay) of each picture in one slice's row: image, [ground truth,] prediction[, errors]."""
+    prediction = ("prediction", _rgba(pred, painter.class_rgba, painter.alpha))
+    if label is None:
+        return [("image", None), prediction]
+    errors = _rgba(error_codes(pred, label), painter.error_rgba, max(painter.alpha, 0.75))
+    return [("image", None), ("ground truth", _rgba(label, painter.class_rgba, painter.alpha)), prediction,
+            ("errors", errors)]
+
+
+def _under(img: np.ndarray, title: str) -> np.ndarray:
+    # the error map goes over a dimmed image so its colours stay readable on bright tissue
+    return img * 0.6 if title == "errors" else img
+
+
+def _case_figure(plt, painter: _Painter, record: PredictionRecord, slice_axis, slices_per_case: int):
+    """The case's figure, a row per drawn slice, and its grid tile: the slice with the most wrong
+    voxels (the first one without ground truth), showing its last panel. The case is loaded here,
+    so only the tile's 2-D planes outlive the call."""
+    image, pred, label = _load_case(record)
+    view = _view(record, pred, label, slice_axis, slices_per_case)
+    cols = 4 if label is not None else 2
+    fig, axes = plt.subplots(len(view.indices), cols, figsize=(3 * cols, 3.3 * len(view.indices) + 0.9),
+                             squeeze=False, layout="constrained")
+    worst = None  # (wrong voxels, tile image, tile overlay, slice)
+    for row, i in enumerate(view.indices):
+        img = _display(view.image_plane(image, i))
+        p = view.plane(pred, i)
+        lab = None if label is None else view.plane(label, i)
+        panels = _panels(painter, p, lab)
+        for col, (title, overlay) in enumerate(panels):
+            ax = axes[row][col]
+            painter.show(ax, _under(img, title), nifti=view.nifti, aspect=view.aspect, overlay=overlay)
+            where = "" if i is None else f" (axis {view.axis}, slice {i})"
+            ax.set_title(f"{title}{where}" if col == 0 else title, fontsize=8)
+        wrong = int(np.count_nonzero(p != lab)) if lab is not None else 0
+        if worst is None or wrong > worst[0]:
+            title, overlay = panels[-1]
+            worst = (wrong, _under(img, title), overlay, i)
+    score = foreground_dice(pred, label) if label is not None else None
+    head = record.case + (f" - foreground Dice {score:.3f}" if score is not None else " - no ground truth")
+    fig.suptitle(head, fontsize=10)
+    fig.legend(handles=painter.legend_handles(True, label is not None), loc="outside lower center",
+               ncol=4, fontsize=7, frameon=False)
+    return fig, (record.case, score, view.nifti, view.aspect, *worst[1:])
+
+
+def _unique_name(case: str, used: set[str]) -> str:
+    """A file name for the case, made distinct from those already used (the set is updated)."""
+    name = _safe_name(case)
+    while name in used:
+        name += "_"
+    used.add(name)
+    return name
 
 
 def _grid(tiles, painter: _Painter, path: Path, dpi: int, plt) -> Path:

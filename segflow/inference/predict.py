@@ -17,7 +17,7 @@ Back to the source geometry:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,8 +31,14 @@ from segflow.inference.writers import (
     write_probabilities,
 )
 
+if TYPE_CHECKING:
+    from segflow.data.info import DatasetInfo
+    from segflow.nodes.base import RunContext
+    from segflow.nodes.inference import PredictorConfig
 
-def predict(cfg: Any, ctx: Any, name: str, model: torch.nn.Module, loader: Any, info: Any = None) -> PredictionSet:
+
+def predict(cfg: PredictorConfig, ctx: RunContext, name: str, model: torch.nn.Module, loader: Any,
+            info: DatasetInfo | None = None) -> PredictionSet:
     from segflow.training.device import resolve_device, resolve_precision
 
     who = f"Predictor '{name}'"
@@ -111,8 +117,8 @@ def _progress(ctx, total, who):
     return tqdm(total=total, desc=who, unit="case", leave=False)
 
 
-def _write_case(cfg, who: str, out_dir: Path, case_id: str, case, probs: torch.Tensor, batch: dict, i: int,
-                dims: int, resampled: bool, batch_affine) -> PredictionRecord:
+def _write_case(cfg: PredictorConfig, who: str, out_dir: Path, case_id: str, case, probs: torch.Tensor,
+                batch: dict, i: int, dims: int, resampled: bool, batch_affine) -> PredictionRecord:
     if case is None:  # a loader of our own making not behind it: keep everything at the batch's size
         return _write_plain(cfg, out_dir, case_id, probs, batch, i, batch_affine)
     geometry = source_geometry(case.images[0])
@@ -153,7 +159,8 @@ def back_to_source(probs: torch.Tensor, geometry: Geometry, dims: int, resampled
     return probs
 
 
-def _write_plain(cfg, out_dir: Path, case_id: str, probs: torch.Tensor, batch: dict, i: int, affine) -> PredictionRecord:
+def _write_plain(cfg: PredictorConfig, out_dir: Path, case_id: str, probs: torch.Tensor, batch: dict, i: int,
+                 affine) -> PredictionRecord:
     fmt = "npy" if cfg.output_format == "auto" else cfg.output_format
     geometry = Geometry(tuple(probs.shape[1:]), affine)
     label = probs.argmax(0).to(torch.uint8).cpu().numpy()

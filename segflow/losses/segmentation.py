@@ -8,12 +8,15 @@ cross-entropy) and boundary (Kervadec et al. 2019, written here: MONAI has none)
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from segflow.nodes.losses import LossFunctionConfig
 
 TERMS = ("dice", "ce", "focal", "tversky", "boundary")
 
@@ -220,7 +223,7 @@ class SegmentationLoss(nn.Module):
         return ", ".join(f"{k}={w:g}" for k, w in self.weights.items())
 
 
-def build_loss(config: Any) -> SegmentationLoss:
+def build_loss(config: LossFunctionConfig) -> SegmentationLoss:
     """The loss for a validated LossFunction config."""
     return SegmentationLoss(
         config.term_weights(), smooth=config.smooth, class_weights=config.class_weights, alpha=config.alpha,

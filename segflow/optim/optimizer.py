@@ -7,10 +7,13 @@ state is created lazily on the first step, on the parameters' device by then.
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from segflow.nodes.optim import OptimizerConfig
 
 
 def matches(name: str, pattern: str) -> bool:
@@ -25,7 +28,7 @@ def _no_match(where: str, pattern: str, names: list[str]) -> ValueError:
                       f"{tops} and names look like {sample}")
 
 
-def build_optimizer(model: nn.Module, config: Any, node_name: str = "Optimizer") -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, config: OptimizerConfig, node_name: str = "Optimizer") -> torch.optim.Optimizer:
     """The optimizer for a validated OptimizerConfig over `model`'s trainable parameters."""
     named = list(model.named_parameters())
     names = [n for n, _ in named]

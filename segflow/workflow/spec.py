@@ -191,9 +191,18 @@ def _position_ok(value: Any) -> bool:
     return False
 
 
+def _node_list(doc: dict) -> list:
+    return doc["nodes"] if isinstance(doc.get("nodes"), list) else []
+
+
+def _node_indices(doc: dict) -> dict[Any, int]:
+    """Each node name's index in the file's node list (the last one where a name repeats)."""
+    return {n.get("name"): i for i, n in enumerate(_node_list(doc)) if isinstance(n, dict)}
+
+
 def _apply_sets(chk: _Checker, doc: dict, sets) -> None:
-    nodes = doc.get("nodes") if isinstance(doc.get("nodes"), list) else []
-    by_name = {n.get("name"): i for i, n in enumerate(nodes) if isinstance(n, dict)}
+    nodes = _node_list(doc)
+    by_name = _node_indices(doc)
     for item in sets:
         node, key, value = parse_set(item)
         if node not in by_name:
@@ -209,7 +218,26 @@ def _apply_sets(chk: _Checker, doc: dict, sets) -> None:
 
 
 def loads(text: str, file: str | None = None, sets=(), types: dict[str, type[Node]] | None = None) -> Workflow:
-    """Validate and wire a workflow given as text. `types` replaces the registry (tests, tools)."""
+    """Validate and wire a workflow given as text. `types` replaces the registry (tests, tools).
+
+    Each phase records its problems and carries on, so one `WorkflowError` lists every problem in
+    the file; only text that is not a JSON object stops at once."""
+    doc, chk = _parse(text, file, sets)
+    name, description, seed = _header(chk, doc, file)
+    found = _nodes(chk, doc, registry.all_types() if types is None else types)
+    explicit = _links(chk, doc, found.classes)
+    wires, graph = _wiring(chk, doc, found, explicit)
+    if not any(i.severity == "error" for i in chk.issues):
+        _node_checks(chk, found.specs, wires)  # they assume valid configs and complete wiring
+    chk.issues.sort(key=lambda i: (i.line or 0, i.column or 0))  # in file order, whichever phase found them
+    if any(i.severity == "error" for i in chk.issues):
+        raise WorkflowError(chk.issues)
+    warnings = [i for i in chk.issues if i.severity != "error"]
+    return Workflow(name, description, found.specs, wires, graph, warnings, file, doc, chk.positions, seed)
+
+
+def _parse(text: str, file: str | None, sets) -> tuple[dict, _Checker]:
+    """The JSON object with the --set overrides applied, and a checker holding its duplicate keys."""
     try:
         doc, positions = jsonpos.loads(text)
     except jsonpos.JSONSyntaxError as e:
@@ -223,7 +251,11 @@ def loads(text: str, file: str | None = None, sets=(), types: dict[str, type[Nod
         chk.add("bad_value", "a workflow file must hold a JSON object", ())
         raise WorkflowError(chk.issues)
     _apply_sets(chk, doc, sets)
+    return doc, chk
 
+
+def _header(chk: _Checker, doc: dict, file: str | None) -> tuple[str, str, int]:
+    """The top-level keys: (name, description, seed), each falling back to its default when bad."""
     for alias, canon in TOP_ALIASES.items():
         if alias in doc:
             if canon in doc:
@@ -238,71 +270,69 @@ def loads(text: str, file: str | None = None, sets=(), types: dict[str, type[Nod
     elif not isinstance(name, str) or not name.strip():
         chk.add("bad_value", "'workflow' must be a non-empty string", ("workflow",))
         name = "workflow"
-    description = doc.get("description") or ""
     seed = doc.get("seed", 0)
     if isinstance(seed, str) and seed.strip().isdigit():
         seed = int(seed)
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
         chk.add("bad_value", f"'seed' must be a whole number from 0 to 2**32 - 1, got {seed!r}", ("seed",))
         seed = 0
+    return name, doc.get("description") or "", seed
 
+
+@dataclass
+class _Nodes:
+    """What the node phase found."""
+
+    specs: dict[str, NodeSpec] = field(default_factory=dict)  # nodes whose config is valid, in file order
+    classes: dict[str, type[Node]] = field(default_factory=dict)  # every well-typed node, even if its config is bad
+    dropped: bool = False  # a node left out of wiring (unknown type, clashing name) may be a missing producer
+
+
+def _nodes(chk: _Checker, doc: dict, known_types: dict[str, type[Node]]) -> _Nodes:
+    """Every node's type, name, position and config, checked one node at a time."""
     raw_nodes = doc.get("nodes")
     if not isinstance(raw_nodes, list) or not raw_nodes:
         chk.add("missing_value" if raw_nodes is None else "bad_value", "'nodes' must be a non-empty list of nodes",
                 ("nodes",))
         raw_nodes = []
-    nodes: dict[str, NodeSpec] = {}
-    classes: dict[str, type[Node]] = {}  # every well-typed node, even if its config is bad
-    dropped = False  # a node left out of wiring (unknown type, clashing name) may be a missing producer
-    known_types = registry.all_types() if types is None else types
+    found = _Nodes()
     for i, raw in enumerate(raw_nodes):
-        path = ("nodes", i)
-        if not isinstance(raw, dict):
-            chk.add("bad_value", "each node must be an object with 'type', 'name' and 'config'", path)
-            continue
-        chk.unknown_keys(raw, NODE_KEYS, path, "a node", node=raw.get("name"))
-        node_name = chk.string_field(raw, "name", path)
-        type_name = chk.string_field(raw, "type", path, node=node_name)
-        if "position" in raw and not _position_ok(raw["position"]):
-            chk.add("bad_value", "'position' must be [x, y] or {\"x\": ..., \"y\": ...}", path + ("position",),
-                    node=node_name)
-        if node_name and node_name in classes:
-            chk.add("duplicate_node_name", f"two nodes are named {node_name!r}", path + ("name",), node=node_name,
-                    hint="node names must be unique; rename one")
-            dropped = True
-            continue
-        if type_name is None:
-            continue
-        cls = known_types.get(type_name)
-        if cls is None:
-            chk.add("unknown_node_type", f"unknown node type {type_name!r}", path + ("type",), node=node_name,
-                    hint=suggest(type_name, known_types) or "`segflow nodes` lists the node types")
-            dropped = True
-            continue
-        if node_name is None:
-            continue
-        classes[node_name] = cls
-        config = _node_config(chk, cls, raw.get("config"), path, node_name)
-        if config is not None:
-            nodes[node_name] = NodeSpec(i, node_name, type_name, cls, config)
+        _node(chk, i, raw, known_types, found)
+    return found
 
-    explicit = _links(chk, doc, classes)
-    wires, g, problems = wire(classes, explicit)
-    index = {n: i for i, n in enumerate(classes)}
-    node_index = {n.get("name"): i for i, n in enumerate(raw_nodes) if isinstance(n, dict)}
-    for p in problems:
-        if dropped and p.code == "missing_input":
-            continue  # the dropped node is the likely producer; its own error says what to fix
-        chk.add(p.code, p.message, ("nodes", node_index[p.node], "name"), node=p.node, hint=p.hint)
 
-    if not any(i.severity == "error" for i in chk.issues):
-        _node_checks(chk, nodes, wires)
-    chk.issues.sort(key=lambda i: (i.line or 0, i.column or 0))
-    if any(i.severity == "error" for i in chk.issues):
-        raise WorkflowError(chk.issues)
-    ordered = dict(sorted(nodes.items(), key=lambda kv: index[kv[0]]))
-    return Workflow(name, description, ordered, wires, g, [i for i in chk.issues if i.severity != "error"],
-                    file, doc, positions, seed)
+def _node(chk: _Checker, i: int, raw: Any, known_types: dict[str, type[Node]], found: _Nodes) -> None:
+    """Check nodes[i] and add it to `found` as far as it goes: its class once its type is known, its
+    spec once its config validates too."""
+    path = ("nodes", i)
+    if not isinstance(raw, dict):
+        chk.add("bad_value", "each node must be an object with 'type', 'name' and 'config'", path)
+        return
+    chk.unknown_keys(raw, NODE_KEYS, path, "a node", node=raw.get("name"))
+    node_name = chk.string_field(raw, "name", path)
+    type_name = chk.string_field(raw, "type", path, node=node_name)
+    if "position" in raw and not _position_ok(raw["position"]):
+        chk.add("bad_value", "'position' must be [x, y] or {\"x\": ..., \"y\": ...}", path + ("position",),
+                node=node_name)
+    if node_name and node_name in found.classes:
+        chk.add("duplicate_node_name", f"two nodes are named {node_name!r}", path + ("name",), node=node_name,
+                hint="node names must be unique; rename one")
+        found.dropped = True
+        return
+    if type_name is None:
+        return
+    cls = known_types.get(type_name)
+    if cls is None:
+        chk.add("unknown_node_type", f"unknown node type {type_name!r}", path + ("type",), node=node_name,
+                hint=suggest(type_name, known_types) or "`segflow nodes` lists the node types")
+        found.dropped = True
+        return
+    if node_name is None:
+        return
+    found.classes[node_name] = cls
+    config = _node_config(chk, cls, raw.get("config"), path, node_name)
+    if config is not None:
+        found.specs[node_name] = NodeSpec(i, node_name, type_name, cls, config)
 
 
 def _links(chk: _Checker, doc: dict, classes: dict[str, type[Node]]) -> list[Wire]:
@@ -354,6 +384,16 @@ def _links(chk: _Checker, doc: dict, classes: dict[str, type[Node]]) -> list[Wir
         targets[key] = i
         wires.append(Wire(ends["source_node"], src.name, ends["target_node"], dst.name, link_index=i))
     return wires
+
+def _wiring(chk: _Checker, doc: dict, found: _Nodes, explicit: list[Wire]) -> tuple[list[Wire], nx.DiGraph]:
+    """The explicit links completed by auto-wiring; an input it cannot settle is reported on its node."""
+    wires, graph, problems = wire(found.classes, explicit)
+    node_index = _node_indices(doc)
+    for p in problems:
+        if found.dropped and p.code == "missing_input":
+            continue  # the dropped node is the likely producer; its own error says what to fix
+        chk.add(p.code, p.message, ("nodes", node_index[p.node], "name"), node=p.node, hint=p.hint)
+    return wires, graph
 
 
 def _node_checks(chk: _Checker, nodes: dict[str, NodeSpec], wires: list[Wire]) -> None:
