@@ -70,25 +70,32 @@ def test_schema_rejects_what_validate_rejects():
         assert list(validator.iter_errors(json.loads((BROKEN / f"{name}.json").read_text()))), name
 
 
-# (node type, key, value, what `segflow validate` says): spellings its validators map onto a value,
-# and near misses they do not; the schema must agree either way
+# (node type, key, value, what `segflow validate` says): spellings the word rule maps onto a value,
+# and near misses it does not, through the command line; the schema must agree either way
+# (tests/test_words.py tries every word field the same way, through the config classes)
 SPELLINGS = [
     ("Optimizer", "optimizer_type", "adamw", True), ("Optimizer", "optimizer_type", " SGD ", True),
     ("Optimizer", "optimizer_type", "adamx", False), ("Optimizer", "fused", None, True),
     ("Optimizer", "fused", "null", True), ("Optimizer", "fused", "sometimes", False),
     ("LossFunction", "loss_type", "Dice-CE", True), ("LossFunction", "loss_type", "cross entropy", True),
     ("LossFunction", "loss_type", "dice+ce", False), ("Trainer", "lr_schedule", None, True),
-    ("Trainer", "lr_schedule", "Cosine", True), ("Trainer", "lr_schedule", "null", True), ("Trainer", "lr_schedule", "cosine-annealing", False),
+    ("Trainer", "lr_schedule", "Cosine", True), ("Trainer", "lr_schedule", "null", True), ("Trainer", "lr_schedule", "cosine-annealing", True),
     ("Trainer", "mixed_precision", "BFloat16", True), ("Trainer", "mixed_precision", "amp", True),
     ("Trainer", "mixed_precision", None, False), ("Trainer", "device", " CUDA:1 ", True),
     ("Trainer", "device", "gpu", False), ("UNet2D", "norm", "Instance", True),
     ("MedicalSegmentationLoader", "num_workers", "AUTO", True), ("MedicalSegmentationLoader", "size_mode", "Patches", True),
     ("ModelExport", "format", "PT2", True), ("ModelExport", "format", "torch-export", True),
-    ("ModelExport", "format", "torch export", False), ("ModelExport", "format", "JIT", True),
+    ("ModelExport", "format", "torch export", True), ("ModelExport", "format", "JIT", True),
     ("Evaluator", "metrics", "Dice, Jaccard,hd95", True), ("Evaluator", "metrics", ["DICE", "hd-95"], True),
     ("Evaluator", "metrics", "dice iou", False), ("Evaluator", "metrics", [], False),
     ("Evaluator", "metrics", ["dice", "volume"], False), ("Predictor", "tta", "Flips", True),
     ("Predictor", "tta", ["Scale", "flip"], True), ("Predictor", "tta", "rotate", False),
+    ("Trainer", "lr_schedule", "Cosine Annealing", True), ("ModelExport", "format", "Torch Export", True),
+    ("MedicalSegmentationLoader", "cache", "Memory", True),
+    ("MedicalSegmentationLoader", "augmentation_strength", "Medium", True),
+    ("MedicalSegmentationLoader", "normalization", "ZScore", True),
+    ("MedicalSegmentationLoader", "normalization", "CT", True),
+    ("Evaluator", "metrics", "dice, surface dice", True), ("Evaluator", "metrics", "dice,,iou", False),
 ]
 
 

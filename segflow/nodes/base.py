@@ -56,11 +56,21 @@ def _loose_value(value: Any, annotation: Any) -> Any:
     return value
 
 
+def _strip_lower(cls, v: Any) -> Any:
+    return v.strip().lower() if isinstance(v, str) else v
+
+
 def lowercase(*fields: str):
-    """A before-validator for a config class: these string fields are matched without regard to
-    case or surrounding space ("Instance", " CUDA:0 "), as hand-written and GUI-saved files vary."""
-    return field_validator(*fields, mode="before")(
-        classmethod(lambda cls, v: v.strip().lower() if isinstance(v, str) else v))
+    """A before-validator for a config class: these free-text fields (devices) are matched without
+    regard to case or surrounding space (" CUDA:0 "), as hand-written and GUI-saved files vary.
+    Word fields use `segflow.nodes.words.Choice` instead."""
+    return field_validator(*fields, mode="before")(classmethod(_strip_lower))
+
+
+def lowercased(config: type[BaseModel]) -> set[str]:
+    """The fields of `config` that a `lowercase` validator matches without regard to case."""
+    found = config.__pydantic_decorators__.field_validators.values()
+    return {f for d in found if getattr(d.func, "__func__", None) is _strip_lower for f in d.info.fields}
 
 
 def _allows_none(annotation: Any) -> bool:
@@ -77,9 +87,6 @@ class NodeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True, validate_assignment=True)
 
     aliases: ClassVar[dict[str, str]] = {}
-    # Other words a field's before-validator maps onto one of its values ("dice_ce" -> "combined"),
-    # by field. The validator does the mapping; the JSON schema reads this to accept the same words.
-    spellings: ClassVar[dict[str, dict[str, Any]]] = {}
 
     @model_validator(mode="before")
     @classmethod

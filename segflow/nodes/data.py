@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from segflow.nodes.base import Finding, Node, NodeConfig, Port, lowercase
+from segflow.nodes.base import Finding, Node, NodeConfig, Port
 from segflow.nodes.datashape import DataShape
 from segflow.nodes.registry import register
+from segflow.nodes.words import Choice
 
 # Dimensionality of each built-in phantom, and image_size when it is not set (by dimensionality).
 PHANTOM_DIMS = {"phantom2d": 2, "phantom3d": 3}
@@ -27,15 +28,15 @@ class MedicalSegmentationLoaderConfig(NodeConfig):
         "Dataset folder (relative to the working directory): MSD (dataset.json + imagesTr/labelsTr), "
         "nnU-Net v2 (dataset.json with channel_names/labels/file_ending), or images/ + masks/ folders, "
         "optionally under train/ and val/."))
-    subset: Literal["split", "test", "all"] = Field("split", description=(
+    subset: Annotated[Literal["split", "test", "all"], Choice()] = Field("split", description=(
         "Which cases to load. split: the labelled cases, split into train_loader and val_loader (training). "
         "test: the layout's test images (MSD dataset.json 'test' list or imagesTs/, nnU-Net imagesTs/, "
         "folder test/images/), labels optional (labelsTs/, test/masks/), all in val_loader, train_loader null; "
         "for prediction. all: every labelled case in val_loader, train_loader null; for scoring a model "
         "on a whole dataset."))
-    layout: Literal["auto", "msd", "nnunet", "folder"] = Field(
+    layout: Annotated[Literal["auto", "msd", "nnunet", "folder"], Choice()] = Field(
         "auto", description="Dataset layout; 'auto' detects it from the folder contents.")
-    synthetic: Literal["none", "phantom2d", "phantom3d"] = Field("none", description=(
+    synthetic: Annotated[Literal["none", "phantom2d", "phantom3d"], Choice()] = Field("none", description=(
         "Write a built-in phantom dataset (MSD layout; 2-D PNG or 3-D NIfTI) into data_dir if it is not "
         "there yet, then read it like any dataset. 'none' reads data_dir as it is."))
     synthetic_cases: int | None = Field(None, ge=2, description=(
@@ -48,23 +49,23 @@ class MedicalSegmentationLoaderConfig(NodeConfig):
     image_size: int | list[int] | None = Field(None, description=(
         "2-D: size every image is resized to, or the patch size with size_mode patches (int or [H, W]); "
         "3-D: training patch size (int for a cube or [X, Y, Z]). Default 256 for 2-D, 96 for 3-D."))
-    size_mode: Literal["auto", "resize", "patches"] = Field("auto", description=(
+    size_mode: Annotated[Literal["auto", "resize", "patches"], Choice()] = Field("auto", description=(
         "How samples meet image_size. resize (2-D only): every image is resized to image_size for training, "
         "validation and prediction (predictions are resized back). patches: training takes random patches of "
         "image_size at the image's own resolution (pos/neg foreground weighting, zero padding where the image is "
         "smaller); validation and prediction see whole images through sliding windows; keeps fine detail "
         "(nnU-Net's way). auto: resize for 2-D, patches for 3-D."))
-    spatial_dims: Literal["auto", 2, 3] = Field("auto", description="2 or 3; 'auto' takes it from the label files.")
+    spatial_dims: Annotated[Literal["auto", 2, 3], Choice()] = Field("auto", description="2 or 3; 'auto' takes it from the label files.")
     augmentation: bool = Field(True, description="Augment training samples (validation is never augmented).")
-    augmentation_strength: Literal["light", "medium", "strong"] = Field("medium", description=(
+    augmentation_strength: Annotated[Literal["light", "medium", "strong"], Choice()] = Field("medium", description=(
         "Augmentation preset: light (crop, flip, mild intensity), medium (+ rotate-90, affine, gamma), "
         "strong (+ elastic/grid distortion, noise; 3-D: affine, smoothing, contrast)."))
-    augmentation_on: Literal["workers", "device"] = Field("workers", description=(
+    augmentation_on: Annotated[Literal["workers", "device"], Choice()] = Field("workers", description=(
         "Where training augmentation runs. workers: per sample in the DataLoader workers (albumentations 2-D, "
         "MONAI 3-D). device: the random spatial and intensity transforms run batched on the Trainer's device "
         "(the GPU) after the copy; workers only read and cut patches (or resize 2-D images). For fast GPUs where "
         "CPU augmentation limits throughput. Same presets (augmentation_strength); see docs/data.md."))
-    normalization: Literal["zscore", "minmax", "ct", "none"] = Field("zscore", description=(
+    normalization: Annotated[Literal["zscore", "minmax", "ct", "none"], Choice()] = Field("zscore", description=(
         "Per-case intensity normalisation: z-score, min-max to [0, 1], CT window (ct_window) to [0, 1], or none."))
     ct_window: list[float] = Field([-175.0, 250.0], min_length=2, max_length=2, description=(
         "[low, high] intensity window used by normalization 'ct' (Hounsfield units)."))
@@ -86,15 +87,15 @@ class MedicalSegmentationLoaderConfig(NodeConfig):
         "splits_final.json). Null: data_dir/splits_final.json when it exists, else folds made here."))
     seed: int = Field(42, description="Seed for the split, shuffling, patch sampling and augmentation.")
     shuffle: bool = Field(True, description="Shuffle training samples every epoch.")
-    num_workers: int | Literal["auto"] = Field("auto", description=(
+    num_workers: Annotated[int | Literal["auto"], Choice()] = Field("auto", description=(
         "DataLoader worker processes (persistent); 0 loads in the main process, usually fastest for small 2-D data "
         "on CPU. auto: with CUDA, one per spare CPU core up to 8 (shared among the GPU processes of a torchrun "
         "job) so the GPU does not wait for data; without CUDA, 0."))
     prefetch_factor: int = Field(4, ge=1, description=(
         "Batches each worker prepares ahead (used when num_workers > 0); more smooths out slow batches at the "
         "cost of host memory."))
-    pin_memory: bool | Literal["auto"] = Field("auto", description="Pinned host memory for faster GPU copies; 'auto' = when CUDA is available.")
-    cache: Literal["none", "memory", "disk"] = Field("memory", description=(
+    pin_memory: Annotated[bool | Literal["auto"], Choice()] = Field("auto", description="Pinned host memory for faster GPU copies; 'auto' = when CUDA is available.")
+    cache: Annotated[Literal["none", "memory", "disk"], Choice()] = Field("memory", description=(
         "Keep decoded, normalised cases in memory, as .npy files on disk (memory-mapped; cache_dir), or re-read files every time."))
     cache_dir: str | None = Field(None, description="Folder for cache 'disk' (default: data_dir/.segflow_cache).")
     verify_data: bool = Field(True, description=(
@@ -103,17 +104,10 @@ class MedicalSegmentationLoaderConfig(NodeConfig):
     neg: float = Field(1.0, ge=0.0, description="Patch sampling: weight of patches centred anywhere.")
     samples_per_volume: int = Field(1, ge=1, description="Training samples drawn from each case per epoch (3-D patches; 2-D augmented copies).")
 
-    _lower_subset = lowercase("subset", "size_mode")
-
     @field_validator("spatial_dims", mode="before")
     @classmethod
     def _dims_from_text(cls, v):
         return int(v) if isinstance(v, str) and v.strip() in ("2", "3") else v  # GUI-saved "3"
-
-    @field_validator("num_workers", mode="before")
-    @classmethod
-    def _workers_spelling(cls, v):
-        return v.strip().lower() if isinstance(v, str) and v.strip().lower() == "auto" else v
 
     @field_validator("image_size")
     @classmethod

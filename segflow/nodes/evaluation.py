@@ -6,26 +6,26 @@ Both read a `Predictions` set one case at a time, so hundreds of volumes never s
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
 from segflow.nodes.base import Finding, Node, NodeConfig, Port
 from segflow.nodes.registry import register
+from segflow.nodes.words import Choice
 
 MetricName = Literal["dice", "iou", "precision", "recall", "hd95", "surface_dice"]
-_METRIC_SPELLINGS = {"jaccard": "iou", "hausdorff95": "hd95", "hausdorff_95": "hd95", "hd_95": "hd95",
-                     "nsd": "surface_dice", "surface dice": "surface_dice", "normalized_surface_dice": "surface_dice",
-                     "sensitivity": "recall", "ppv": "precision"}
+_METRIC_SYNONYMS = {"jaccard": "iou", "hausdorff95": "hd95", "hausdorff_95": "hd95", "hd_95": "hd95",
+                    "nsd": "surface_dice", "normalized_surface_dice": "surface_dice", "sensitivity": "recall",
+                    "ppv": "precision"}
 DEFAULT_COLOURS = {"tp": "#2ca02c", "fp": "#d62728", "fn": "#1f77b4", "wrong_class": "#ff7f0e"}
 
 
 class EvaluatorConfig(NodeConfig):
     aliases: ClassVar[dict[str, str]] = {"metric": "metrics", "tolerance": "surface_tolerance",
                                          "surface_dice_tolerance": "surface_tolerance"}
-    spellings: ClassVar[dict[str, dict[str, Any]]] = {"metrics": _METRIC_SPELLINGS}
 
-    metrics: list[MetricName] = Field(
+    metrics: Annotated[list[MetricName], Choice(_METRIC_SYNONYMS)] = Field(
         ["dice", "iou", "precision", "recall", "hd95", "surface_dice"], min_length=1,
         description="Metrics to compute per case and class: dice, iou, precision, recall, hd95 (95th-percentile "
                     "Hausdorff distance), surface_dice (normalised surface Dice at surface_tolerance).")
@@ -35,21 +35,6 @@ class EvaluatorConfig(NodeConfig):
     include_background: bool = Field(False, description="Also score class 0 (background).")
     output_dir: str = Field("evaluation", description="Folder for metrics.csv and metrics.json; a relative path "
                                                       "lives inside the run directory.")
-
-    @field_validator("metrics", mode="before")
-    @classmethod
-    def _metric_spelling(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            v = [p for p in re.split(r"[,\s]+", v) if p] if "," in v else [v]
-        if isinstance(v, list):
-            out = []
-            for item in v:
-                key = item.strip().lower().replace("-", "_") if isinstance(item, str) else item
-                key = _METRIC_SPELLINGS.get(key, key)
-                if key not in out:
-                    out.append(key)
-            return out
-        return v
 
 
 @register
@@ -80,12 +65,12 @@ class SegmentationOverlayConfig(NodeConfig):
     output_dir: str = Field("overlays", description="Folder for the PNGs; a relative path lives inside the run directory.")
     alpha: float = Field(0.5, ge=0, le=1, description="Opacity of the coloured masks over the image.")
     max_images: int = Field(16, ge=1, description="Most cases drawn (one PNG each, and one tile each in grid.png).")
-    selection: Literal["worst", "first"] = Field(
+    selection: Annotated[Literal["worst", "first"], Choice()] = Field(
         "worst", description="Which cases when there are more than max_images: worst = lowest foreground Dice first "
                              "(needs ground truth; cases without it come last), first = in order.")
     slices_per_case: int = Field(3, ge=1, le=12, description="3-D: slices drawn per case, those with the most "
                                                              "errors (then the most foreground).")
-    slice_axis: int | Literal["auto"] = Field(
+    slice_axis: Annotated[int | Literal["auto"], Choice()] = Field(
         "auto", description="3-D: the axis sliced along (0, 1, 2); auto = the axis of the coarsest spacing, else the last.")
     colours: dict[Literal["tp", "fp", "fn", "wrong_class"], str] = Field(
         dict(DEFAULT_COLOURS), description="Colours of the error map: tp (correct foreground), fp (foreground where "

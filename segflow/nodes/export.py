@@ -1,24 +1,25 @@
 """ModelExport: config and ports. The export itself lives in `segflow.export.formats` (imported in `run`)."""
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
 from segflow.nodes.base import Node, NodeConfig, Port
 from segflow.nodes.registry import register
+from segflow.nodes.words import Choice
 
 EXTENSIONS = {"torchscript": "pt", "onnx": "onnx", "torch_export": "pt2"}
-_FORMAT_SPELLINGS = {"jit": "torchscript", "ts": "torchscript", "script": "torchscript", "torchexport": "torch_export",
-                     "export": "torch_export", "pt2": "torch_export", "exportedprogram": "torch_export"}
+_FORMAT_SYNONYMS = {"jit": "torchscript", "ts": "torchscript", "script": "torchscript", "torch_script": "torchscript",
+                    "torchexport": "torch_export", "export": "torch_export", "pt2": "torch_export",
+                    "exportedprogram": "torch_export", "exported_program": "torch_export"}
 
 
 class ModelExportConfig(NodeConfig):
     aliases: ClassVar[dict[str, str]] = {"export_format": "format", "path": "output_path", "input_shape": "input_size",
                                          "opset_version": "opset", "atol": "tolerance"}
-    spellings: ClassVar[dict[str, dict[str, Any]]] = {"format": _FORMAT_SPELLINGS}
 
-    format: Literal["torchscript", "onnx", "torch_export"] = Field(
+    format: Annotated[Literal["torchscript", "onnx", "torch_export"], Choice(_FORMAT_SYNONYMS)] = Field(
         "onnx", description="onnx (onnxruntime, TensorRT, ...); torch_export: a torch.export ExportedProgram "
                             "(.pt2; torch.export.load(path).module() runs it, AOTInductor compiles it); torchscript "
                             "(torch.jit.trace; deprecated by PyTorch, kept for older runtimes).")
@@ -33,14 +34,6 @@ class ModelExportConfig(NodeConfig):
     parity_check: bool = Field(True, description="Run the exported file on a random input and compare it with "
                                                  "eager PyTorch.")
     tolerance: float = Field(1e-4, gt=0, description="Largest absolute difference of the logits the parity check allows.")
-
-    @field_validator("format", mode="before")
-    @classmethod
-    def _format_spelling(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            key = v.strip().lower().replace("_", "").replace("-", "")
-            return _FORMAT_SPELLINGS.get(key, key)
-        return v
 
     @field_validator("input_size", mode="before")
     @classmethod

@@ -6,7 +6,7 @@ Config and ports only; loading weights lives in `segflow.inference.weights`, pre
 from __future__ import annotations
 
 import os
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
@@ -20,6 +20,7 @@ from segflow.nodes.base import (
 )
 from segflow.nodes.datashape import DataShape
 from segflow.nodes.registry import register
+from segflow.nodes.words import Choice
 
 _DEVICE = r"^(auto|cpu|mps|cuda(:\d+)?)$"
 
@@ -98,38 +99,28 @@ class CheckpointLoader(Node):
 class PredictorConfig(NodeConfig):
     aliases: ClassVar[dict[str, str]] = {"mode": "blend_mode", "sw_overlap": "overlap", "val_roi_size": "roi_size",
                                          "save_probs": "save_probabilities", "amp": "mixed_precision"}
-    spellings: ClassVar[dict[str, dict[str, Any]]] = {"tta": {"flips": "flip", "scales": "scale"}}
 
     roi_size: int | list[int] | None = Field(None, description=(
         "Sliding-window size (int for a square/cube or one value per axis). Null: the loader's training patch size "
         "(dataset_info), else the whole image in one pass."))
     overlap: float = Field(0.5, ge=0.0, lt=1.0, description="Overlap of neighbouring windows (fraction of roi_size).")
-    blend_mode: Literal["gaussian", "constant"] = Field("gaussian", description=(
+    blend_mode: Annotated[Literal["gaussian", "constant"], Choice()] = Field("gaussian", description=(
         "How overlapping windows are blended: gaussian weights the window centres more; constant averages evenly."))
     sw_batch_size: int = Field(4, ge=1, description="Windows per forward pass.")
-    tta: bool | list[Literal["flip", "scale"]] = Field(False, description=(
-        "Test-time augmentation, probabilities averaged: false; true (= flips); or a list of 'flip' and/or "
-        "'scale' (every flip at every scale)."))
+    tta: Annotated[bool | list[Literal["flip", "scale"]], Choice({"flips": "flip", "scales": "scale"})] = Field(
+        False, description="Test-time augmentation, probabilities averaged: false; true (= flips); or a list of "
+                           "'flip' and/or 'scale' (every flip at every scale).")
     tta_flips: list[int] | None = Field(None, description=(
         "Spatial axes flipped one at a time by TTA 'flip' (0-based; null: every axis)."))
     tta_scales: list[float] = Field([0.75, 1.0, 1.25], min_length=1, description=(
         "Input scale factors for TTA 'scale'; probabilities are resized back before averaging."))
     output_dir: str = Field("predictions", description="Folder for the predictions; a relative path lives inside the run directory.")
-    output_format: Literal["auto", "nifti", "png", "npy"] = Field("auto", description=(
+    output_format: Annotated[Literal["auto", "nifti", "png", "npy"], Choice()] = Field("auto", description=(
         "auto: the input's own format and geometry (NIfTI with the source affine for NIfTI/DICOM, PNG at the "
         "source size for PNG/JPG, .npy otherwise); or nifti, png (2-D only), npy."))
     save_probabilities: bool = Field(False, description="Also write the class probabilities (C, *S) as <case>_probabilities.npy (float16).")
     device: str = Field("auto", pattern=_DEVICE, description="auto (CUDA if present), cpu, cuda or cuda:N. The --device command-line option wins.")
     mixed_precision: bool = Field(True, description="Autocast (bf16 where supported, else fp16) on a GPU; ignored on CPU.")
-
-    @field_validator("tta", mode="before")
-    @classmethod
-    def _tta_words(cls, v: Any) -> Any:
-        if isinstance(v, str) and v.strip().lower() in ("flip", "scale", "flips", "scales"):
-            return [v.strip().lower().rstrip("s")]  # "flip" alone, as a GUI may save it
-        if isinstance(v, list):
-            return [s.strip().lower().rstrip("s") if isinstance(s, str) else s for s in v]
-        return v
 
     _lower_strs = lowercase("device")
 

@@ -2,15 +2,16 @@
 boundary terms. Built in `segflow.losses.segmentation`; nothing heavy imported here."""
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from segflow.nodes.base import Finding, Node, NodeConfig, Port
 from segflow.nodes.registry import register
+from segflow.nodes.words import Choice
 
 LOSS_TYPES = ("dice", "cross_entropy", "focal", "combined", "boundary", "tversky")
-_SPELLINGS = {"ce": "cross_entropy", "crossentropy": "cross_entropy", "dice_ce": "combined", "dicece": "combined"}
+_SYNONYMS = {"ce": "cross_entropy", "crossentropy": "cross_entropy", "dice_ce": "combined", "dicece": "combined"}
 _TERM = {"dice": "dice", "cross_entropy": "ce", "focal": "focal", "boundary": "boundary", "tversky": "tversky"}
 WEIGHT_FIELDS = {"dice_weight": "dice", "ce_weight": "ce", "focal_weight": "focal", "boundary_weight": "boundary"}
 
@@ -22,9 +23,9 @@ def _weight(term: str) -> Any:
 
 class LossFunctionConfig(NodeConfig):
     aliases: ClassVar[dict[str, str]] = {"weights": "class_weights", "class_weight": "class_weights"}
-    spellings: ClassVar[dict[str, dict[str, Any]]] = {"loss_type": _SPELLINGS}
 
-    loss_type: Literal["dice", "cross_entropy", "focal", "combined", "boundary", "tversky"] = Field(
+    loss_type: Annotated[Literal["dice", "cross_entropy", "focal", "combined", "boundary", "tversky"],
+                         Choice(_SYNONYMS)] = Field(
         "combined", description="dice, cross_entropy (ce), focal, tversky, boundary (Kervadec's distance-map loss; "
         "best combined with dice), or combined (the weighted sum given by the *_weight fields)."
     )
@@ -50,14 +51,6 @@ class LossFunctionConfig(NodeConfig):
         "Voxel size, one value per spatial axis (e.g. the loader's target_spacing [0.7, 0.7, 5.0]): the boundary "
         "term's distances are then in those units (mm), so anisotropic voxels weigh as far as they are. Null: "
         "distances in voxels."))
-
-    @field_validator("loss_type", mode="before")
-    @classmethod
-    def _spelling(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            v = v.strip().lower().replace("-", "_").replace(" ", "_")
-            return _SPELLINGS.get(v, v)
-        return v
 
     @field_validator("boundary_spacing")
     @classmethod

@@ -9,13 +9,14 @@ No torch here: the models are built in `segflow.networks.factory`.
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from segflow.nodes.base import Finding, Node, NodeConfig, Port, lowercase
+from segflow.nodes.base import Finding, Node, NodeConfig, Port
 from segflow.nodes.datashape import DataShape
 from segflow.nodes.registry import register
+from segflow.nodes.words import Choice
 
 
 def _heads_divide_hidden(heads: int, info: ValidationInfo) -> int:
@@ -189,11 +190,9 @@ class _UNetBase(NetworkConfig):
     base_channels: int = Field(32, ge=1, description="Channels of the first level; each deeper level doubles them.")
     depth: int = Field(5, ge=2, le=8, description="Levels including the bottleneck (depth-1 downsamplings by 2).")
     num_res_units: int = Field(2, ge=0, description="Residual units per level (0 = plain convolutions).")
-    norm: Literal["instance", "batch"] = Field("instance", description="Normalisation: instance or batch.")
-    act: Literal["prelu", "relu", "leakyrelu"] = Field("prelu", description="Activation function.")
+    norm: Annotated[Literal["instance", "batch"], Choice()] = Field("instance", description="Normalisation: instance or batch.")
+    act: Annotated[Literal["prelu", "relu", "leakyrelu"], Choice()] = Field("prelu", description="Activation function.")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability in every block.")
-
-    _lower_strs = lowercase("norm", "act")
 
     def size_divisor(self) -> int:
         return 2 ** (self.depth - 1)
@@ -236,10 +235,9 @@ class AttentionUNetConfig(NetworkConfig):
 class VNetConfig(NetworkConfig):
     spatial_dims: int = _spatial_dims_field(3)
     dropout_prob: float = Field(0.5, ge=0.0, lt=1.0, description="Dropout in the deeper down and up blocks (MONAI's default 0.5).")
-    act: Literal["elu", "relu", "prelu"] = Field("elu", description="Activation function.")
+    act: Annotated[Literal["elu", "relu", "prelu"], Choice()] = Field("elu", description="Activation function.")
 
     _dims = field_validator("spatial_dims")(classmethod(lambda cls, v: _check_dims(v)))
-    _lower_strs = lowercase("act")
 
     @field_validator("in_channels")
     @classmethod
@@ -260,14 +258,13 @@ class SegResNetConfig(NetworkConfig):
     aliases: ClassVar[dict[str, str]] = {"num_classes": "out_channels", "init_filters": "base_channels"}
 
     spatial_dims: int = _spatial_dims_field(3)
-    norm: Literal["group", "instance", "batch"] = Field("group", description="Normalisation: group (8 groups), instance or batch.")
+    norm: Annotated[Literal["group", "instance", "batch"], Choice()] = Field("group", description="Normalisation: group (8 groups), instance or batch.")
     base_channels: int = Field(16, ge=1, description="Filters of the first level (MONAI's init_filters); doubled per level.")
     blocks_down: list[int] = Field([1, 2, 2, 4], min_length=2, description="Residual blocks per encoder level.")
     blocks_up: list[int] = Field([1, 1, 1], min_length=1, description="Residual blocks per decoder level: one fewer level than blocks_down.")
     dropout_prob: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout after the first convolution.")
 
     _dims = field_validator("spatial_dims")(classmethod(lambda cls, v: _check_dims(v)))
-    _lower_strs = lowercase("norm")
 
     @field_validator("blocks_up")
     @classmethod
@@ -305,10 +302,9 @@ class UNETRConfig(NetworkConfig):
     mlp_dim: int = Field(3072, ge=1, description="Hidden size of each transformer MLP.")
     num_heads: int = Field(12, ge=1, description="Attention heads.")
     dropout_rate: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout in the transformer.")
-    norm: Literal["instance", "batch"] = Field("instance", description="Normalisation in the decoder.")
+    norm: Annotated[Literal["instance", "batch"], Choice()] = Field("instance", description="Normalisation in the decoder.")
 
     _dims = field_validator("spatial_dims")(classmethod(lambda cls, v: _check_dims(v)))
-    _lower_strs = lowercase("norm")
 
     @field_validator("img_size")
     @classmethod
@@ -345,10 +341,9 @@ class SwinUNETRConfig(NetworkConfig):
     attn_drop_rate: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on attention weights.")
     dropout_path_rate: float = Field(0.0, ge=0.0, lt=1.0, description="Stochastic depth rate.")
     use_v2: bool = Field(False, description="SwinUNETR-v2 (a residual convolution block before each stage).")
-    norm: Literal["instance", "batch"] = Field("instance", description="Normalisation in the convolutional decoder.")
+    norm: Annotated[Literal["instance", "batch"], Choice()] = Field("instance", description="Normalisation in the convolutional decoder.")
 
     _dims = field_validator("spatial_dims")(classmethod(lambda cls, v: _check_dims(v)))
-    _lower_strs = lowercase("norm")
 
     @field_validator("feature_size")
     @classmethod
@@ -394,9 +389,8 @@ class TransUNetConfig(NetworkConfig):
     num_heads: int = Field(6, ge=1, description="Attention heads.")
     mlp_dim: int = Field(1536, ge=1, description="Hidden size of each transformer MLP.")
     dropout_rate: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout in the transformer.")
-    norm: Literal["batch", "instance"] = Field("batch", description="Normalisation in the CNN encoder and decoder.")
+    norm: Annotated[Literal["batch", "instance"], Choice()] = Field("batch", description="Normalisation in the CNN encoder and decoder.")
 
-    _lower_strs = lowercase("norm")
 
     @field_validator("img_size")
     @classmethod
@@ -417,14 +411,13 @@ class TransUNetConfig(NetworkConfig):
 
 @network("DeepLabV3Plus", "DeepLabV3+ (2-D): residual encoder, atrous spatial pyramid pooling, decoder; trained from scratch.")
 class DeepLabV3PlusConfig(NetworkConfig):
-    norm: Literal["batch", "instance", "group"] = Field("batch", description="Normalisation: batch, instance, or group (8 groups).")
+    norm: Annotated[Literal["batch", "instance", "group"], Choice()] = Field("batch", description="Normalisation: batch, instance, or group (8 groups).")
     base_channels: int = Field(32, ge=8, description="Channels of the encoder stem; stages have 1x, 2x, 4x, 8x this.")
     output_stride: int = Field(16, description="Encoder output stride: 16 (faster) or 8 (finer; more memory).")
     aspp_channels: int = Field(128, ge=8, description="Channels of each ASPP branch and of the decoder.")
     atrous_rates: list[int] = Field([6, 12, 18], min_length=1, description="Dilation rates of the ASPP's 3x3 branches.")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout after ASPP projection.")
 
-    _lower_strs = lowercase("norm")
 
     @field_validator("output_stride")
     @classmethod

@@ -2,7 +2,7 @@
 (parameter groups matched by name pattern) and frozen layers. Built in `segflow.optim.optimizer`."""
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AliasChoices,
@@ -15,8 +15,8 @@ from pydantic import (
 
 from segflow.nodes.base import Finding, Node, NodeConfig, Port
 from segflow.nodes.registry import register
+from segflow.nodes.words import Choice
 
-OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "rmsprop": "RMSprop"}
 _PATTERN_DOC = ("a glob over parameter names as model.named_parameters() gives them (e.g. 'encoder.*'); "
                 "a bare module path ('model.0') also matches everything under it")
 
@@ -35,7 +35,7 @@ class ParamGroup(BaseModel):
 class OptimizerConfig(NodeConfig):
     aliases: ClassVar[dict[str, str]] = {"lr": "learning_rate", "optimizer": "optimizer_type"}
 
-    optimizer_type: Literal["Adam", "AdamW", "SGD", "RMSprop"] = Field(
+    optimizer_type: Annotated[Literal["Adam", "AdamW", "SGD", "RMSprop"], Choice()] = Field(
         "Adam", description="Adam, AdamW, SGD or RMSprop (any case).")
     learning_rate: float = Field(1e-4, gt=0.0, description="Base learning rate (alias lr); the Trainer's lr_schedule "
                                  "scales it. Typical: 1e-4 for Adam/AdamW, 1e-2 for SGD.")
@@ -52,21 +52,11 @@ class OptimizerConfig(NodeConfig):
         [], description="Per-layer learning rates: a list of {pattern, learning_rate, weight_decay}; a parameter "
         "goes to the first group whose pattern matches it, the rest use the base settings.")
     freeze: list[str] = Field([], description=f"Parameters to freeze (not trained), each {_PATTERN_DOC}.")
-    fused: bool | Literal["auto"] = Field("auto", description=(
+    # null meant torch's own choice before "auto" existed (GUIs send it as the string "null")
+    fused: Annotated[bool | Literal["auto"], Choice(null=False)] = Field("auto", description=(
         "Fused kernels: the whole update in one kernel per parameter group (Adam/AdamW/SGD, on CPU and CUDA). "
         "auto: fused for Adam/AdamW/SGD, torch's own choice for RMSprop; false (or null): torch's multi-tensor "
         "'foreach' kernels on CUDA, a loop over parameters on CPU."))
-
-    @field_validator("optimizer_type", mode="before")
-    @classmethod
-    def _any_case(cls, v: Any) -> Any:
-        return OPTIMIZERS.get(v.strip().lower(), v) if isinstance(v, str) else v
-
-    @field_validator("fused", mode="before")
-    @classmethod
-    def _null_is_unfused(cls, v: Any) -> Any:
-        # null meant torch's own choice before "auto" existed (GUIs send it as the string "null")
-        return False if v is None or (isinstance(v, str) and v.strip().lower() == "null") else v
 
     @field_validator("betas")
     @classmethod

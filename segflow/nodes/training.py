@@ -7,9 +7,9 @@ and the plateau schedule on but no `lr_patience`, since the writer may have mean
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from segflow.nodes.base import (
     Finding,
@@ -20,10 +20,11 @@ from segflow.nodes.base import (
     lowercase,
 )
 from segflow.nodes.registry import register
+from segflow.nodes.words import Choice
 
-_SCHEDULE_SPELLINGS = {"polynomial": "poly", "cosine_annealing": "cosine", "reduce_on_plateau": "plateau",
-                       "reducelronplateau": "plateau", "steplr": "step", "exp": "exponential", "": "none", "null": "none"}
-_PRECISION_SPELLINGS = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "amp": True}
+_SCHEDULE_SYNONYMS = {"polynomial": "poly", "cosine_annealing": "cosine", "reduce_on_plateau": "plateau",
+                      "reducelronplateau": "plateau", "steplr": "step", "exp": "exponential", "": "none"}
+_PRECISION_SYNONYMS = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "amp": True}
 
 
 class TrainerConfig(NodeConfig):
@@ -32,23 +33,22 @@ class TrainerConfig(NodeConfig):
         "grad_clip": "gradient_clip", "accumulation_steps": "gradient_accumulation_steps",
         "early_stopping_patience": "patience", "scheduler": "lr_schedule",
     }
-    spellings: ClassVar[dict[str, dict[str, Any]]] = {"lr_schedule": _SCHEDULE_SPELLINGS,
-                                                      "mixed_precision": _PRECISION_SPELLINGS}
 
     epochs: int = Field(100, ge=1, description="Number of training epochs (alias num_epochs).")
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
                         description="auto (CUDA if present), cpu, cuda or cuda:N. The --device command-line option wins.")
-    mixed_precision: bool | Literal["auto", "bf16", "fp16"] = Field(
+    mixed_precision: Annotated[bool | Literal["auto", "bf16", "fp16"], Choice(_PRECISION_SYNONYMS)] = Field(
         "auto", description="Autocast: auto = bf16 on GPUs that support it, else fp32 (never fp16); true = bf16 where "
                             "the GPU supports it, else fp16 with a gradient scaler; 'bf16' / 'fp16' explicitly; "
                             "false = fp32. On CPU auto and true train in fp32.")
     gradient_clip: float | None = Field(None, ge=0, description="Clip gradients at this value (0 or null: off).")
-    gradient_clip_type: Literal["norm", "value"] = Field(
+    gradient_clip_type: Annotated[Literal["norm", "value"], Choice()] = Field(
         "norm", description="norm: scale all gradients so their total L2 norm is at most gradient_clip; "
                             "value: clamp each gradient element to ±gradient_clip.")
     gradient_accumulation_steps: int = Field(
         1, ge=1, description="Sum gradients over this many batches per optimizer step (effective batch = batch_size × this).")
-    lr_schedule: Literal["none", "step", "cosine", "plateau", "exponential", "poly"] = Field(
+    lr_schedule: Annotated[Literal["none", "step", "cosine", "plateau", "exponential", "poly"],
+                           Choice(_SCHEDULE_SYNONYMS, null="none")] = Field(
         "none", description="Learning-rate schedule, stepped once per epoch (see docs/training.md for the formulas).")
     step_size: int = Field(30, ge=1, description="step: multiply the lr by gamma every step_size epochs.")
     gamma: float | None = Field(None, gt=0, description="step/exponential decay factor (default 0.1 for step, 0.95 for exponential).")
@@ -60,7 +60,7 @@ class TrainerConfig(NodeConfig):
                                 "early stopping is off, else 10.")
     power: float = Field(0.9, gt=0, description="poly: lr = base × (1 - t/T)^power (DeepLab's 0.9).")
     warmup_epochs: int = Field(0, ge=0, description="Linear warmup: lr rises from base/(W+1) to base over this many epochs.")
-    warmup_type: Literal["linear"] = Field("linear", description="Warmup shape (linear).")
+    warmup_type: Annotated[Literal["linear"], Choice()] = Field("linear", description="Warmup shape (linear).")
     early_stopping: bool = Field(False, description="Stop when `monitor` has not improved for `patience` validated epochs.")
     patience: int = Field(10, ge=1, description="Early stopping: validated epochs without improvement before stopping.")
     min_delta: float = Field(0.0, ge=0, description="Smallest change of `monitor` that counts as an improvement.")
@@ -76,45 +76,27 @@ class TrainerConfig(NodeConfig):
     validate_every: int = Field(1, ge=1, description="Validate every N epochs (and always after the last).")
     seed: int | None = Field(42, description="Seed python/numpy/torch RNGs at the start (null: do not seed).")
     deterministic: bool = Field(False, description="Use deterministic algorithms (slower on GPU) for bit-exact reruns.")
-    compile: bool | Literal["default", "reduce-overhead", "max-autotune"] = Field(
+    compile: Annotated[bool | Literal["default", "reduce-overhead", "max-autotune"], Choice()] = Field(
         False, description="torch.compile the model (true = 'default' mode); 'reduce-overhead' also captures CUDA "
                            "graphs, which cuts the launch overhead that bounds small 2-D networks; 'max-autotune' "
                            "searches kernels (slow to start). Falls back to eager with a message if it fails.")
-    channels_last: bool | Literal["auto"] = Field(
+    channels_last: Annotated[bool | Literal["auto"], Choice()] = Field(
         "auto", description="Channels-last memory layout; auto = on for CUDA with mixed precision, where tensor cores gain.")
-    find_unused_parameters: bool | Literal["auto"] = Field(
+    find_unused_parameters: Annotated[bool | Literal["auto"], Choice()] = Field(
         "auto", description="Under DDP (torchrun): let DDP search for parameters that get no gradient each step "
                             "(UNETR has some). auto = probe the first batch once and search only if some do; "
                             "false = never (DDP fails if a parameter gets no gradient); true = always.")
-    sync_batchnorm: bool | Literal["auto"] = Field(
+    sync_batchnorm: Annotated[bool | Literal["auto"], Choice()] = Field(
         "auto", description="Under DDP: SyncBatchNorm, BatchNorm statistics over the whole batch of all processes. "
                             "auto = on for several CUDA processes when the model has BatchNorm; true = also with one "
                             "process; on CPU it stays off (torch's SyncBatchNorm needs a GPU), with a message if true.")
-    sliding_window: bool | Literal["auto"] = Field(
+    sliding_window: Annotated[bool | Literal["auto"], Choice()] = Field(
         "auto", description="Validate with MONAI sliding-window inference; auto = when validation images differ "
                             "in size from the training patches.")
     val_roi_size: list[int] | None = Field(None, description="Sliding-window size (default: the training patch size).")
     sw_batch_size: int = Field(4, ge=1, description="Windows per forward pass in sliding-window validation.")
     sw_overlap: float = Field(0.25, ge=0, lt=1, description="Overlap of neighbouring sliding windows.")
     log_images: bool = Field(True, description="Log an image | label | prediction picture to TensorBoard at each validation.")
-
-    @field_validator("lr_schedule", mode="before")
-    @classmethod
-    def _schedule_spelling(cls, v: Any) -> Any:
-        if v is None:
-            return "none"
-        if isinstance(v, str):
-            key = v.strip().lower()
-            return _SCHEDULE_SPELLINGS.get(key, key)
-        return v
-
-    @field_validator("mixed_precision", mode="before")
-    @classmethod
-    def _precision_spelling(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            key = v.strip().lower()
-            return _PRECISION_SPELLINGS.get(key, key)
-        return v
 
     _lower_strs = lowercase("device")
 

@@ -9,6 +9,7 @@ from pydantic_core import PydanticUndefined
 
 from segflow.nodes import registry
 from segflow.nodes.base import Node
+from segflow.nodes.words import choice_of
 
 
 def summary_line(cls: type[Node]) -> str:
@@ -29,11 +30,23 @@ def _default(field) -> str:
     return json.dumps(field.default, default=str)
 
 
+def _synonyms(field) -> str:
+    """A word field's synonyms, as the description's last sentence (the spelling rule is in
+    docs/workflow-format.md)."""
+    rule = choice_of(field)
+    if rule is None:
+        return ""
+    said = lambda v: v if isinstance(v, str) and v else json.dumps(v)  # noqa: E731 - "" and true, as JSON
+    pairs = [*([("null", rule.null)] if rule.takes_null else []), *rule.synonyms.items()]
+    return " Synonyms: " + ", ".join(f"{said(k)} = {said(v)}" for k, v in pairs) + "." if pairs else ""
+
+
 def fields(cls: type[Node]) -> list[tuple[str, str, str, str, list[str]]]:
     """(key, type, default, description, aliases) for each config field."""
     aliases = cls.Config.aliases
     return [
-        (key, _type_name(f.annotation), _default(f), f.description or "", [a for a, c in aliases.items() if c == key])
+        (key, _type_name(f.annotation), _default(f), (f.description or "") + _synonyms(f),
+         [a for a, c in aliases.items() if c == key])
         for key, f in cls.Config.model_fields.items()
     ]
 
@@ -62,7 +75,9 @@ def summary() -> str:
 def markdown() -> str:
     out = ["# Node reference", "",
            "Generated from the registry by `segflow nodes --format markdown > docs/nodes.md`; a test keeps it current.",
-           "Every value may also be given as a string (`\"8\"`, `\"1e-4\"`, `\"true\"`, `\"[0.9, 0.999]\"`).", ""]
+           "Every value may also be given as a string (`\"8\"`, `\"1e-4\"`, `\"true\"`, `\"[0.9, 0.999]\"`).",
+           "Words (`Literal[...]` values and synonyms) take any case, and `-` or a space for `_`; see "
+           "[workflow-format.md](workflow-format.md#values).", ""]
     by_family: dict[str, list[type[Node]]] = {}
     for cls in registry.all_types().values():
         by_family.setdefault(cls.family, []).append(cls)

@@ -2,19 +2,22 @@
 
 Editors use it for completion and hover docs (`"$schema": "../schemas/workflow.schema.json"`),
 and CI can check files with any JSON Schema validator. It mirrors what `segflow validate`
-accepts: GUI-saved strings for every scalar, the documented aliases, no unknown keys. Checks
+accepts: GUI-saved strings for every scalar, every spelling of a word value (read from each
+field's `Choice`, see segflow.nodes.words), the documented aliases, no unknown keys. Checks
 that need more than one node (wiring, shapes) are `segflow validate`'s alone.
 """
 from __future__ import annotations
 
 import copy
 import json
-import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from segflow.nodes import registry
-from segflow.nodes.base import NodeConfig
+from pydantic.fields import FieldInfo
+
+from segflow.nodes import registry, words
+from segflow.nodes.base import NodeConfig, lowercased
+from segflow.nodes.words import choice_of
 from segflow.workflow.catalogue import summary_line
 from segflow.workflow.spec import LINK_KEYS
 
@@ -59,96 +62,33 @@ def _json_types(schema: dict) -> set[str]:
     return found
 
 
-def _loosen(schema: dict) -> dict:
-    """Let `schema` also take the string spelling of each of its non-string types."""
+def _loose_branches(schema: dict) -> list[dict]:
+    """The string spellings of `schema`'s non-string types, as a schema (none when it has none)."""
     loose = [_LOOSE_STRING[t] for t in sorted(_json_types(schema)) if t in _LOOSE_STRING]
-    if not loose:
-        return schema
-    outer = {k: schema.pop(k) for k in ("description", "default") if k in schema}
-    pattern = r"^\s*(" + "|".join(loose) + r")\s*$"
-    return {**outer, "anyOf": [schema, {"type": "string", "pattern": pattern}]}
+    return [{"type": "string", "pattern": r"^\s*(" + "|".join(loose) + r")\s*$"}] if loose else []
 
 
-def _spelling_schemas(config: type[NodeConfig], key: str, schema: dict) -> list[dict]:
-    """Schemas for the other spellings of `key` that its before-validators accept ("adamw" for
-    "AdamW", "Dice-CE" for "combined", null for fused, "dice, iou" for a list of metrics), found
-    by running those validators on variants of the field's words, so that the schema takes what
-    `segflow validate` takes."""
-    from pydantic import TypeAdapter
-
-    before = [d.func for d in config.__pydantic_decorators__.field_validators.values()
-              if d.info.mode == "before" and key in d.info.fields]
-    if not before:
+def _word_branches(field: FieldInfo) -> list[dict]:
+    """What a word field (one declared with a `Choice`) takes beyond its canonical words: every
+    spelling the fold rule allows, read from the Choice's own data (see segflow.nodes.words)."""
+    rule = choice_of(field)
+    if rule is None:
         return []
-    adapter = TypeAdapter(config.model_fields[key].annotation)
-
-    def accepted(value: Any) -> bool:
-        try:
-            for validate in before:
-                value = validate(value)
-            adapter.validate_python(value, strict=True)
-        except Exception:  # noqa: BLE001 - any failure means "not this spelling"
-            return False
-        return True
-
-    enum = [v for v in _enum_values(schema) if isinstance(v, str)]
-    synonyms = list(config.spellings.get(key, {}))
-    out = [{"type": "null"}] if accepted(None) else []
-    pattern, default = schema.get("pattern"), schema.get("default")
-    if pattern and isinstance(default, str) and accepted(f" {default.upper()} "):  # free text, matched any case
-        return out + [{"type": "string", "pattern": r"^\s*" + _any_case_regex(pattern.strip("^$")) + r"\s*$"}]
-    if enum:
-        word = _words_regex(enum, synonyms, accepted)
-        return out + ([{"type": "string", "pattern": f"^{word}$"}] if word else [])
-    array = _array_schema(schema)
-    items = [v for v in _enum_values(array.get("items", {})) if isinstance(v, str)]
-    if not items:
-        return out
-    # a list of words: its items' spellings, and the list written as one string ("dice, iou")
-    word = _words_regex(items, synonyms, lambda w: accepted([w]))
-    if word:
-        out.append({"type": "array", "items": {"type": "string", "pattern": f"^{word}$"},
-                    **{k: array[k] for k in ("minItems", "maxItems") if k in array}})
-    word = word or f"({'|'.join(map(re.escape, items))})"
-    if accepted(f"{items[0]}, {items[-1]}"):
-        out.append({"type": "string", "pattern": rf"^\s*{word}(\s*,\s*{word})*\s*$"})
-    elif accepted(items[0]):
-        out.append({"type": "string", "pattern": rf"^\s*{word}\s*$"})
-    return out
+    word = words.spelling_pattern(rule.table(field.annotation))
+    out = [{"type": "null"}] if rule.takes_null else []
+    if not words.holds_list(field.annotation):
+        return out + [{"type": "string", "pattern": f"^{word}$"}]
+    sizes = {key: getattr(m, name) for m in field.metadata
+             for name, key in (("min_length", "minItems"), ("max_length", "maxItems")) if hasattr(m, name)}
+    return out + [{"type": "array", "items": {"type": "string", "pattern": f"^{word}$"}, **sizes},
+                  {"type": "string", "pattern": f"^{word}(?:,{word})*$"}]  # "dice, iou", as validate splits it
 
 
-def _words_regex(enum: list[str], synonyms: list[str], accepted: Callable[[str], bool]) -> str | None:
-    """A regex group for the spellings of `enum` (and the `synonyms`) that `accepted` takes: each
-    word in any case, padded, with - or space for _, as far as every word is accepted so; None when
-    nothing beyond the enum's own words is."""
-    words = [w for w in dict.fromkeys(enum + synonyms) if accepted(w)]
-    if not words:
-        return None
-    any_case = all(accepted(f(w)) for w in words for f in (str.lower, str.upper, str.title))
-    padded = all(accepted(f" {w} ") for w in words)
-    joined = [w for w in words if "_" in w]
-    seps = "".join(c for c in "- " if joined and all(accepted(w.replace("_", c)) for w in joined))
-    if not (any_case or padded or seps or len(words) > len(enum)):
-        return None
-
-    def spell(word: str) -> str:
-        parts = []
-        for ch in word:
-            if ch == "_" and seps:
-                parts.append("[" + "-" * ("-" in seps) + "_" + " " * (" " in seps) + "]")  # "-" first: not a range
-            elif any_case and ch.lower() != ch.upper():
-                parts.append(f"[{ch.lower()}{ch.upper()}]")
-            else:
-                parts.append(re.escape(ch))
-        return "".join(parts)
-
-    space = r"\s*" if padded else ""
-    return f"{space}({'|'.join(spell(w) for w in words)}){space}"
-
-
-def _any_case_regex(pattern: str) -> str:
-    """`pattern` with each literal letter as [xX] (escapes such as \\d and character classes kept)."""
+def _any_case_branch(pattern: str) -> dict:
+    """For a free-text field that a `lowercase` validator folds (devices): its pattern in any case,
+    padded. Letters become [xX]; escapes (\\d) and character classes stay as they are."""
     out, i, in_class = [], 0, False
+    pattern = pattern.removeprefix("^").removesuffix("$")
     while i < len(pattern):
         ch = pattern[i]
         if ch == "\\":
@@ -158,21 +98,18 @@ def _any_case_regex(pattern: str) -> str:
         in_class = (in_class or ch == "[") and ch != "]"
         out.append(f"[{ch.lower()}{ch.upper()}]" if not in_class and ch.lower() != ch.upper() else ch)
         i += 1
-    return "".join(out)
+    return {"type": "string", "pattern": r"^\s*" + "".join(out) + r"\s*$"}
 
 
-def _array_schema(schema: dict) -> dict:
-    """The (first) array type among `schema` and its unions, or {}."""
-    if schema.get("type") == "array":
-        return schema
-    return next((a for sub in schema.get("anyOf", []) if (a := _array_schema(sub))), {})
-
-
-def _enum_values(schema: dict) -> list:
-    values = list(schema.get("enum", [])) + ([schema["const"]] if "const" in schema else [])
-    for sub in schema.get("anyOf", []) + schema.get("oneOf", []):
-        values += _enum_values(sub)
-    return values
+def _property(config: type[NodeConfig], key: str, schema: dict) -> dict:
+    """A config key's schema: pydantic's, plus the string forms `segflow validate` also takes."""
+    field = config.model_fields[key]
+    outer = {k: schema.pop(k) for k in ("description", "default") if k in schema}
+    own = schema["anyOf"] if set(schema) == {"anyOf"} else [schema]  # a union's branches, side by side
+    branches = [*own, *_loose_branches(schema), *_word_branches(field)]
+    if key in lowercased(config) and "pattern" in schema:
+        branches.append(_any_case_branch(schema["pattern"]))
+    return {**outer, **(branches[0] if len(branches) == 1 else {"anyOf": branches})}
 
 
 def _rename_refs(node: Any, prefix: str) -> Any:
@@ -191,11 +128,7 @@ def config_schema(type_name: str, config: type[NodeConfig], defs: dict) -> dict:
     props = {}
     for key, sub in raw.get("properties", {}).items():
         sub.pop("title", None)
-        extra = _spelling_schemas(config, key, sub)
-        if extra:
-            outer = {k: sub.pop(k) for k in ("description", "default") if k in sub}
-            sub = {**outer, "anyOf": [sub, *extra]}
-        props[key] = _loosen(sub)  # files saved by the node-graph editor carry every value as a string
+        props[key] = _property(config, key, sub)
     for alias, canonical in config.aliases.items():
         if canonical in props:
             alias_schema = copy.deepcopy(props[canonical])
