@@ -19,7 +19,7 @@ from segflow.nodes.base import RunContext
 from segflow.nodes.data import MedicalSegmentationLoader
 from segflow.nodes.data import MedicalSegmentationLoaderConfig as Config
 
-SEED_GUIDE_LOADERS = [  # the loader blocks of workflows/seed_*.json, as written
+SEED_WORKFLOW_LOADERS = [  # the loader blocks of workflows/seed_*.json, as written
     {"data_dir": "data/medical", "batch_size": "8", "image_size": "256", "augmentation": "true"},
     {"data_dir": "data/3d_volumes", "batch_size": "2", "image_size": "96", "augmentation": "true"},
     {"data_dir": "data/small", "batch_size": "4", "image_size": "256", "augmentation": "true",
@@ -31,8 +31,8 @@ def build(**kw):
     return build_loaders(Config(**kw), log=lambda *_: None)
 
 
-@pytest.mark.parametrize("raw", SEED_GUIDE_LOADERS)
-def test_seed_guide_loader_configs_validate(raw):
+@pytest.mark.parametrize("raw", SEED_WORKFLOW_LOADERS)
+def test_seed_workflow_loader_configs_validate(raw):
     c = Config(**raw)
     assert isinstance(c.batch_size, int) and isinstance(c.image_size, int) and c.augmentation is True
 

@@ -166,7 +166,7 @@ def test_cuda_without_cuda_fails_up_front_and_device_override_wins(tmp_path):
     assert len(history) == 1
 
 
-def test_config_takes_the_seed_guides_strings():
+def test_config_takes_the_seed_workflows_strings():
     cfg = TrainerConfig(epochs="200", device="cuda", mixed_precision="true", gradient_clip="1.0",
                         warmup_epochs="10", lr_schedule="cosine", checkpoint_dir="checkpoints/swin_unetr",
                         save_frequency="10", save_best_only="true", monitor="val_dice", early_stopping="true",

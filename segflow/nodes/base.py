@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 class Port:
     """One input or output of a node.
 
-    `type` drives auto-wiring (DESIGN §1). For inputs, `accepts` lists further types in falling
+    `type` drives auto-wiring (docs/architecture.md, Auto-wiring). For inputs, `accepts` lists further types in falling
     preference (a Predictor takes a TrainedModel when there is one, else a Model). `prefer`
     breaks ties between several outputs of the fitting type by output port name (a Trainer's
     `train_loader` input picks a loader's `train_loader` over its `val_loader`). `passes` on an
