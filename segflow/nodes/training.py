@@ -1,7 +1,7 @@
 """The Trainer node: config and ports. The loop lives in `segflow.training.loop` (imported in `run`).
 
-A file may mean one `patience` for early stopping and the plateau schedule; the rule: `patience` belongs to early stopping. The plateau
-schedule waits `lr_patience` epochs; when `lr_patience` is not set it takes `patience` if early
+A file may mean one `patience` for early stopping and the plateau schedule; the rule: `patience`
+belongs to early stopping. The plateau schedule waits `lr_patience` epochs; when `lr_patience` is not set it takes `patience` if early
 stopping is off, else 10. `Trainer.check` warns when a file sets `patience` with both early stopping
 and the plateau schedule on but no `lr_patience`, since the writer may have meant either.
 """
