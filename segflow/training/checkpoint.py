@@ -47,16 +47,24 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
         return atomic_write(path, lambda f: torch.save(obj, f), durable=True)
 
 
+def read_file(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """What a checkpoint file holds (a Trainer checkpoint, a bare state_dict, another tool's dict),
+    read weights-only: tensors and plain containers, never code. The caller checks that the file exists
+    (each has its own advice when it does not) and what the contents are."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}. The file may be truncated, or "
+                         "hold pickled Python objects (only tensors and plain values load with weights_only=True)") from e
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A segflow Trainer checkpoint (last.pt, best.pt, epoch_NNNN.pt)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist; give the path of a last.pt/best.pt "
                                 f"written by a Trainer, or resume with 'auto'")
-    try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise ValueError(f"cannot read checkpoint {path}: {e}. The file may be truncated, or not a "
-                         f"segflow checkpoint (only tensors and plain values load with weights_only=True)") from e
+    data = read_file(path, map_location)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"{path} is not a segflow Trainer checkpoint (no 'format: {FORMAT}' entry); "
                          f"to load bare weights use a CheckpointLoader node instead of resuming")
