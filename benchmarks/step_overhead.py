@@ -59,15 +59,15 @@ def plain_epoch(model, opt, loader, loss_fn, device: str) -> None:
 
 
 def segflow_fit(model, opt, loader, loss_fn, device: str, run_dir: Path):
-    """A Trainer's loop (segflow.training.loop.Fit) at the plain loop's settings."""
+    """A Trainer's loop (segflow.training.loop.TrainingRun) at the plain loop's settings."""
     from segflow.nodes.base import RunContext
     from segflow.nodes.training import TrainerConfig
-    from segflow.training.loop import Fit
+    from segflow.training.loop import TrainingRun
 
     cfg = TrainerConfig(epochs=1000, device=device, mixed_precision=False, compile=False, channels_last=False,
                         seed=None)
     ctx = RunContext(run_dir=run_dir, workflow_name="overhead", device=device, progress=False, log=lambda m: None)
-    return Fit(cfg, ctx, "trainer", model, loader, None, loss_fn, opt)
+    return TrainingRun(cfg, ctx, "trainer", model, loader, None, loss_fn, opt)
 
 
 def count_ops(run) -> int:

@@ -57,7 +57,7 @@ RECORDER = textwrap.dedent("""
     from segflow.cli import main
 
     seen = {}
-    real_epoch, real_prepare = loop.Fit.train_epoch, loop.Fit._prepare
+    real_epoch, real_prepare = loop.TrainingRun.train_epoch, loop.TrainingRun._prepare
     def train_epoch(self, epoch):
         self.now = epoch
         return real_epoch(self, epoch)
@@ -65,11 +65,11 @@ RECORDER = textwrap.dedent("""
         if self.model.training:
             seen.setdefault(self.now, []).extend(batch["case"])
         return real_prepare(self, batch, *rest)
-    loop.Fit.train_epoch, loop.Fit._prepare = train_epoch, prepare
+    loop.TrainingRun.train_epoch, loop.TrainingRun._prepare = train_epoch, prepare
     if os.environ.get("FAIL_RANK") == os.environ["RANK"]:
         def validate(self, epoch):
             raise RuntimeError("boom on rank " + os.environ["RANK"])
-        loop.Fit.validate = validate
+        loop.TrainingRun.validate = validate
     code = main(sys.argv[1:])
     with open(f"seen_rank{os.environ['RANK']}.json", "w") as f:
         json.dump(seen, f)
@@ -158,7 +158,7 @@ def test_each_rank_seeds_the_trainer_with_a_seed_of_its_own(tmp_path, monkeypatc
         monkeypatch.setenv("RANK", rank)
         model = toy.tiny_net()
         ctx = RunContext(run_dir=tmp_path / rank, workflow_name="t", device="cpu", progress=False, log=lambda m: None)
-        loop.Fit(Trainer.Config(seed=7), ctx, "trainer", model, *toy.loaders(), toy.CrossEntropy(),
+        loop.TrainingRun(Trainer.Config(seed=7), ctx, "trainer", model, *toy.loaders(), toy.CrossEntropy(),
                  torch.optim.SGD(model.parameters(), lr=0.1))
         seeds.append(torch.initial_seed())
     assert seeds[0] == 7 and seeds[1] != 7

@@ -27,11 +27,7 @@ def read_weights(path: str | Path, map_location: str = "cpu") -> tuple[dict[str,
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint_path {path} does not exist (looked in {path.resolve()}); "
                                 "paths are relative to the folder segflow runs in")
-    try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}. The file may be truncated, or "
-                         "hold pickled Python objects (only tensors and plain values load with weights_only=True)") from e
+    data = ckpt.read_file(path, map_location)
     signature = None
     if isinstance(data, dict) and data.get("format") == ckpt.FORMAT:
         signature = data.get("model_signature")

@@ -1,4 +1,5 @@
-"""Checkpoint files: atomic writes, weights-only loads, RNG state, and the model's signature.
+"""Checkpoint files: atomic writes, weights-only loads, what a Trainer checkpoint holds and how a
+run is restored from it, RNG state, and the model's signature.
 
 A checkpoint is a dict of tensors and plain containers only, so that `torch.load(weights_only=True)`
 reads it: no pickled classes, nothing that runs code on load.
@@ -9,6 +10,7 @@ import contextlib
 import random
 import signal
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,20 +49,96 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
         return atomic_write(path, lambda f: torch.save(obj, f), durable=True)
 
 
+def read_file(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """What a checkpoint file holds (a Trainer checkpoint, a bare state_dict, another tool's dict),
+    read weights-only: tensors and plain containers, never code. The caller checks that the file exists
+    (each has its own advice when it does not) and what the contents are."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}. The file may be truncated, or "
+                         "hold pickled Python objects (only tensors and plain values load with weights_only=True)") from e
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A segflow Trainer checkpoint (last.pt, best.pt, epoch_NNNN.pt)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist; give the path of a last.pt/best.pt "
                                 f"written by a Trainer, or resume with 'auto'")
-    try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise ValueError(f"cannot read checkpoint {path}: {e}. The file may be truncated, or not a "
-                         f"segflow checkpoint (only tensors and plain values load with weights_only=True)") from e
+    data = read_file(path, map_location)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"{path} is not a segflow Trainer checkpoint (no 'format: {FORMAT}' entry); "
                          f"to load bare weights use a CheckpointLoader node instead of resuming")
     return data
+
+
+# ---- what a Trainer checkpoint holds --------------------------------------------------------
+
+@dataclass
+class Progress:
+    """Everything about a run's progress that a checkpoint carries besides the states of its parts."""
+
+    epoch: int = 0  # last finished epoch
+    global_step: int = 0  # optimizer steps so far
+    best: float | None = None
+    best_epoch: int | None = None
+    bad_epochs: int = 0  # validated epochs since the monitor last improved
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class TrainerParts:
+    """The live objects whose states a checkpoint saves and restores. `schedule` is the Trainer's
+    EpochSchedule; `loaders` are the ones whose own random generators are part of the RNG state."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Any
+    scaler: torch.amp.GradScaler
+    loaders: list[Any]
+
+
+def trainer_state_to_checkpoint(parts: TrainerParts, progress: Progress, rng_ranks: list[dict[str, Any]], *,
+                                workflow: str, node: str, monitor: str, mode: str,
+                                trainer_config: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint dict of a run; `rng_ranks` holds each process's RNG state (capture_rng), rank 0's first."""
+    return {
+        "format": FORMAT, "version": VERSION,
+        "workflow": workflow, "node": node,
+        "epoch": progress.epoch, "global_step": progress.global_step,
+        "model": parts.model.state_dict(), "model_signature": model_signature(parts.model),
+        "optimizer": parts.optimizer.state_dict(), "scheduler": parts.schedule.state_dict(),
+        "scaler": parts.scaler.state_dict(),
+        "rng": rng_ranks[0],  # what a different number of processes resumes from (and files before rng_ranks)
+        "monitor": {"name": monitor, "mode": mode, "best": progress.best, "best_epoch": progress.best_epoch},
+        "early_stopping": {"bad_epochs": progress.bad_epochs},
+        "history": progress.history,
+        "trainer_config": trainer_config,
+        "rng_ranks": rng_ranks,
+    }
+
+
+def processes_of(data: dict[str, Any]) -> int:
+    """How many processes' RNG streams a checkpoint holds; 0 for files written before it kept them."""
+    return len(data.get("rng_ranks") or [])
+
+
+def restore_trainer_state(data: dict[str, Any], parts: TrainerParts, rank: int, world_size: int) -> Progress:
+    """Load a checkpoint's states into `parts` and return its progress. Every rank resumes its own
+    random streams when as many processes wrote the checkpoint as run now; otherwise all take rank 0's
+    (the data order then continues from the epoch, not bit for bit)."""
+    parts.model.load_state_dict(data["model"])
+    parts.optimizer.load_state_dict(data["optimizer"])
+    parts.schedule.load_state_dict(data["scheduler"])
+    parts.scaler.load_state_dict(data["scaler"])
+    monitor = data["monitor"]
+    progress = Progress(epoch=data["epoch"], global_step=data["global_step"], best=monitor["best"],
+                        best_epoch=monitor["best_epoch"], bad_epochs=data["early_stopping"]["bad_epochs"],
+                        history=list(data["history"]))
+    rng = data["rng_ranks"][rank] if processes_of(data) == world_size else data["rng"]
+    restore_rng(rng, parts.loaders)
+    return progress
 
 
 # ---- random number generators -------------------------------------------------------------

@@ -6,34 +6,26 @@ import contextlib
 import math
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from segflow.training import artefacts, checkpoint, ddp
 from segflow.training.device import resolve_device, resolve_precision, seed_everything
+from segflow.training.epoch_statistics import EpochStatistics
 from segflow.training.metrics import ConfusionMeter
 from segflow.training.schedules import EpochSchedule, ScheduleSettings
 from segflow.workflow import distributed
+
+if TYPE_CHECKING:
+    from segflow.nodes.base import RunContext
+    from segflow.nodes.training import TrainerConfig
 
 
 def monitor_mode(monitor: str) -> str:
     """Losses go down, everything else (dice, iou, accuracy, ...) up."""
     return "min" if "loss" in monitor else "max"
-
-
-@dataclass
-class State:
-    """Everything about progress that a checkpoint carries besides model/optimizer/scheduler/scaler."""
-
-    epoch: int = 0  # last finished epoch
-    global_step: int = 0  # optimizer steps so far
-    best: float | None = None
-    best_epoch: int | None = None
-    bad_epochs: int = 0  # validated epochs since the monitor last improved
-    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 class _Forward:
@@ -73,7 +65,7 @@ class _Forward:
         return out
 
 
-def _schedule_settings(cfg, epochs: int) -> ScheduleSettings:
+def _schedule_settings(cfg: TrainerConfig, epochs: int) -> ScheduleSettings:
     lr_patience = cfg.lr_patience
     if lr_patience is None:  # the documented rule for the seed's shared `patience`
         lr_patience = 10 if cfg.early_stopping else cfg.patience
@@ -83,7 +75,8 @@ def _schedule_settings(cfg, epochs: int) -> ScheduleSettings:
                             mode=monitor_mode(cfg.monitor), threshold=cfg.min_delta)
 
 
-def _memory_format(cfg, device: torch.device, sample: torch.Tensor, amp_on: bool):
+def _memory_format(cfg: TrainerConfig, device: torch.device, sample: torch.Tensor,
+                   amp_on: bool) -> torch.memory_format | None:
     want = cfg.channels_last
     if want == "auto":  # pays off with tensor cores (CUDA + reduced precision) only
         want = device.type == "cuda" and amp_on
@@ -137,22 +130,59 @@ def _grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
 GRAD_NORM_EVERY = 10
 
 
-class Fit:
-    def __init__(self, cfg, ctx, name: str, model, train_loader, val_loader, loss_fn, optimizer):
-        self.cfg, self.ctx, self.name = cfg, ctx, name
+
+
+class _EpochBar:
+    """One training epoch's progress bar, on rank 0 with progress on. The running loss it shows is
+    read from the device every 20 batches: one host sync per 20 steps, for the display only."""
+
+    def __init__(self, show: bool, total: int, desc: str):
+        self.total = total
+        self.bar = None
+        if show:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, desc=desc, unit="batch", leave=False)
+
+    def update(self, index: int, stats: EpochStatistics, schedule: EpochSchedule, started: float,
+               data_wait: float) -> None:
+        if self.bar is None:
+            return
+        self.bar.update(1)
+        if (index + 1) % 20 == 0 or index + 1 == self.total:
+            spent = max(1e-9, time.perf_counter() - started)
+            self.bar.set_postfix(loss=f"{stats.running_loss(index):.4f}", lr=f"{schedule.lrs[0]:.2e}",
+                                 img_s=f"{stats.images / spent:.1f}", data_wait=f"{data_wait / spent:.0%}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _training_device(cfg: TrainerConfig, ctx: RunContext, who: str) -> torch.device:
+    """--device over the config's; under torchrun each process on its own GPU."""
+    device = resolve_device(ctx.device or cfg.device, "--device" if ctx.device else f"{who}: config field 'device'")
+    if distributed.initialized() and device.type == "cuda":
+        device = torch.device("cuda", distributed.local_rank())
+    return device
+
+
+class TrainingRun:
+    """One Trainer node's training: set up in __init__, `resume` from a checkpoint, then `run`."""
+
+    def __init__(self, cfg: TrainerConfig, ctx: RunContext, name: str, model: torch.nn.Module, train_loader: Any,
+                 val_loader: Any, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                 optimizer: torch.optim.Optimizer):
+        self.cfg, self.ctx, self.name, self.who = cfg, ctx, name, f"Trainer '{name}'"
         self.log = ctx.log
         self.model, self.train_loader, self.val_loader = model, train_loader, val_loader
         self.loss_fn, self.optimizer = loss_fn, optimizer
         # augmentation_on "device": the loader's random transforms, run here on whole training batches
         self.batch_augment = getattr(train_loader, "batch_augment", None)
         self.epochs = cfg.epochs
-        self.device = resolve_device(ctx.device or cfg.device,
-                                     "--device" if ctx.device else f"Trainer '{name}': config field 'device'")
+        self.device = _training_device(cfg, ctx, self.who)
         # Under torchrun: DDP across the process group; rank 0 alone writes files and shows progress.
         self.dist = distributed.initialized() and distributed.world_size() > 1
         self.main = distributed.is_main()
-        if distributed.initialized() and self.device.type == "cuda":
-            self.device = torch.device("cuda", distributed.local_rank())  # one GPU per process
         if cfg.seed is not None:
             # per rank: DDP ranks must not share dropout masks or augmentation_on "device" draws
             seed_everything(distributed.rank_seed(cfg.seed), cfg.deterministic)
@@ -162,32 +192,236 @@ class Fit:
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        self.monitor = cfg.monitor
-        self.mode = monitor_mode(cfg.monitor)
+        self.monitor, self.mode = cfg.monitor, monitor_mode(cfg.monitor)
         if val_loader is None and self.monitor.startswith("val_"):
-            self.monitor = "train_loss"
-            self.mode = "min"
-            self.log(f"Trainer '{name}': no val_loader wired; monitoring train_loss instead of {cfg.monitor}")
+            self.monitor, self.mode = "train_loss", "min"
+            self.log(f"{self.who}: no val_loader wired; monitoring train_loss instead of {cfg.monitor}")
         model.to(self.device)
         if isinstance(loss_fn, torch.nn.Module):
             loss_fn.to(self.device)
         self.schedule = EpochSchedule(optimizer, _schedule_settings(cfg, self.epochs))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaler)
-        self.state = State()
+        self.parts = checkpoint.TrainerParts(model, optimizer, self.schedule, self.scaler, [train_loader, val_loader])
+        self.progress = checkpoint.Progress()
+        # settled by the run's first training batch
+        self.first_batch_seen = False
         self.num_classes: int | None = None
-        self.memory_format = None
+        self.memory_format: torch.memory_format | None = None
+        self.patch_size: tuple[int, ...] | None = None  # the last training batch's spatial shape
         # The DDP wrapper is made at the first batch, once the memory format is settled; validation
         # calls the bare module, which runs no collectives, so ranks may see unequal shard sizes.
+        self.ddp: torch.nn.parallel.DistributedDataParallel | None = None
         self.forward = None if distributed.initialized() else _Forward(model, cfg.compile, self.log)
         self.eval_forward = self.forward
         self.batchnorm_swap: ddp.SyncBatchNormSwap | None = None
         self.tb = artefacts.TensorBoardLog(self.run_dir / "tensorboard") if self.main else _NoTensorBoard()
 
+    # ---- the run ----------------------------------------------------------------------------
+
+    def run(self) -> tuple[torch.nn.Module, list[dict[str, Any]]]:
+        self.log(f"{self.who}: {self.device}, {self.precision.describe()}, epochs {self.progress.epoch + 1}.."
+                 f"{self.epochs}, lr_schedule {self.cfg.lr_schedule}, checkpoints in {self.ckpt_dir}")
+        stopped_early = False
+        try:
+            for epoch in range(self.progress.epoch + 1, self.epochs + 1):
+                row, validated = self._train_and_validate(epoch)
+                improved = self._update_best(row, validated)
+                self.schedule.step(row.get(self.monitor))
+                self._record(row)
+                self._save(improved)
+                self._report(row, improved)
+                if self._early_stop(epoch):
+                    stopped_early = True
+                    break
+            self._finish(stopped_early)
+        finally:
+            self.tb.close()
+            self._unwrap()
+        return self.model, self.progress.history
+
+    def _train_and_validate(self, epoch: int) -> tuple[dict[str, Any], bool]:
+        """The epoch's history row, and whether it was validated."""
+        started = time.perf_counter()
+        lr = self.schedule.lrs[0]  # the lr this epoch trains with
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        row: dict[str, Any] = {"epoch": epoch}
+        try:
+            row.update(self.train_epoch(epoch))
+        except FloatingPointError:
+            if self.main:  # the history up to the last good epoch
+                self._write_files(final=False)
+            raise
+        validated = self.val_loader is not None and (epoch % self.cfg.validate_every == 0 or epoch == self.epochs)
+        if validated:
+            row.update(self.validate(epoch))
+        row["lr"] = lr
+        row["epoch_time"] = time.perf_counter() - started
+        if self.device.type == "cuda":
+            row["gpu_memory_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        return row, validated
+
+    def _improved(self, value: float | None) -> bool:
+        if value is None or not math.isfinite(value):
+            return False
+        best = self.progress.best
+        if best is None:
+            return True
+        d = self.cfg.min_delta
+        return value > best + d if self.mode == "max" else value < best - d
+
+    def _update_best(self, row: dict[str, Any], validated: bool) -> bool:
+        """Whether the monitored value improved; counts the epochs without improvement for early stopping."""
+        value, p = row.get(self.monitor), self.progress
+        improved = self._improved(value)
+        if improved:
+            p.best, p.best_epoch, p.bad_epochs = value, row["epoch"], 0
+        elif validated or self.monitor.startswith("train_"):
+            p.bad_epochs += 1
+        return improved
+
+    def _record(self, row: dict[str, Any]) -> None:
+        self.progress.epoch = row["epoch"]
+        self.progress.history.append(row)
+        self.tb.epoch(row)
+
+    def _report(self, row: dict[str, Any], improved: bool) -> None:
+        if self.main:
+            self._write_files(final=False)
+            self.log(self._summary(row, improved))
+
+    def _early_stop(self, epoch: int) -> bool:
+        p = self.progress
+        if not (self.cfg.early_stopping and p.bad_epochs >= self.cfg.patience):
+            return False
+        self.log(f"{self.who}: early stopping at epoch {epoch}: {self.monitor} has not improved by more than "
+                 f"{self.cfg.min_delta} for {p.bad_epochs} epochs (best {p.best:.4f} at epoch {p.best_epoch})")
+        return True
+
+    def _finish(self, stopped_early: bool) -> None:
+        """The best weights back in the model if asked, the final history, plots and metrics."""
+        cfg, p, best_file = self.cfg, self.progress, self.ckpt_dir / "best.pt"
+        distributed.barrier()  # rank 0 has finished writing best.pt before anyone reads it
+        if cfg.early_stopping and cfg.restore_best_weights and best_file.is_file():
+            best = checkpoint.load_checkpoint(best_file, map_location=self.device)
+            self.model.load_state_dict(best["model"])
+            self.log(f"{self.who}: restored the best weights (epoch {best['epoch']}, {self.monitor} {p.best})")
+        if self.main:
+            self._write_files(final=True, stopped_early=stopped_early)
+            if p.best is not None:
+                self.log(f"{self.who}: best {self.monitor} {p.best:.4f} at epoch {p.best_epoch}; "
+                         f"weights in {best_file}")
+
+    # ---- one epoch --------------------------------------------------------------------------
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """One pass over the training loader; the history's training columns."""
+        self.model.train()
+        sampler = getattr(self.train_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):  # DistributedSampler: a new shuffle of the shards each epoch
+            sampler.set_epoch(epoch)
+        stats = EpochStatistics(len(self.train_loader), self.device)
+        bar = _EpochBar(self.ctx.progress and self.main, stats.batches, f"{self.name} epoch {epoch}/{self.epochs}")
+        started = time.perf_counter()
+        batches = _TimedBatches(self.train_loader)
+        self.optimizer.zero_grad(set_to_none=True)
+        for i, batch in enumerate(batches):
+            self.train_step(batch, i, stats)
+            bar.update(i, stats, self.schedule, started, batches.wait)
+        bar.close()
+        numbers = stats.reduce(across_processes=self.dist)
+        if numbers.first_bad_step:
+            raise FloatingPointError(
+                f"{self.who}: the loss became NaN/Inf at epoch {epoch}, step {numbers.first_bad_step} of "
+                f"{numbers.batches}. Training stopped; the last good checkpoint is {self.ckpt_dir / 'last.pt'} "
+                f"(epoch {self.progress.epoch}). Try a lower learning_rate, gradient_clip (e.g. 1.0), "
+                f"mixed_precision false, and check the data for NaN/Inf values.")
+        self.progress.global_step += stats.steps
+        # after the reduction's sync, so the GPU's queued work is inside the clock; this rank's figures
+        return numbers.row(max(1e-9, time.perf_counter() - started), batches.wait)
+
+    def train_step(self, batch: dict[str, Any], index: int, stats: EpochStatistics) -> None:
+        """Forward and backward of the epoch's batch `index`; the optimizer steps once every
+        gradient_accumulation_steps batches, and after the epoch's last batch."""
+        image, label = self._prepare(batch, self.batch_augment)
+        if not self.first_batch_seen:
+            image = self._settle_on_first_batch(image, label)
+        self.patch_size = tuple(image.shape[2:])
+        accum, n = self.cfg.gradient_accumulation_steps, stats.batches
+        # the last group may be shorter: scale by its real size so it is a true mean
+        group = min(accum, n - (index // accum) * accum)
+        stepping = (index + 1) % accum == 0 or index + 1 == n
+        # DDP averages gradients across ranks in backward; between optimizer steps that is wasted
+        with self.ddp.no_sync() if self.dist and not stepping else contextlib.nullcontext():
+            with torch.autocast(self.device.type, dtype=self.precision.dtype, enabled=self.precision.enabled):
+                logits = self.forward(image)
+                loss = self.loss_fn(logits, label)
+            if self.num_classes is None:
+                self._check_labels(logits, label)
+            stats.add_batch(index, loss, image.shape[0])
+            self.scaler.scale(loss / group if group > 1 else loss).backward()
+        if stepping:
+            self._optimizer_step(stats)
+
+    def _optimizer_step(self, stats: EpochStatistics) -> None:
+        self.scaler.unscale_(self.optimizer)
+        norm = self._clip_gradients(measure=stats.steps % GRAD_NORM_EVERY == 0)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        stats.add_optimizer_step(norm)
+
+    def _clip_gradients(self, measure: bool) -> torch.Tensor | None:
+        """Clip as configured; the total gradient norm before clipping when `measure` (or when clipping
+        by norm, which computes it anyway), else None."""
+        clip = self.cfg.gradient_clip
+        if not (clip or measure):
+            return None
+        with_grad = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if clip and self.cfg.gradient_clip_type == "norm":
+            return torch.nn.utils.clip_grad_norm_(with_grad, clip)
+        norm = _grad_norm(with_grad) if measure else None
+        if clip:
+            torch.nn.utils.clip_grad_value_(with_grad, clip)
+        return norm
+
+    def _settle_on_first_batch(self, image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """The memory format (model and this batch converted) and, under torchrun, the DDP wrapper,
+        which need a real batch; `image` in the settled memory format."""
+        self.memory_format = _memory_format(self.cfg, self.device, image, self.precision.enabled)
+        if self.memory_format is not None:
+            self.model.to(memory_format=self.memory_format)
+            image = image.contiguous(memory_format=self.memory_format)
+        if self.forward is None:
+            self._wrap(image, label)
+        self.first_batch_seen = True
+        return image
+
+    def _prepare(self, batch: dict[str, Any], augment=None) -> tuple[torch.Tensor, torch.Tensor]:
+        image = batch["image"].to(self.device, non_blocking=True)
+        # loaders hand out uint8 labels (fewer bytes to copy); the losses and metrics take int64
+        label = batch["label"].to(self.device, non_blocking=True).long()
+        if augment is not None:  # first: its resampling hands back tensors in the default memory format
+            image, label = augment(image, label)
+        if self.memory_format is not None:
+            image = image.contiguous(memory_format=self.memory_format)
+        return image, label
+
+    def _check_labels(self, logits: torch.Tensor, label: torch.Tensor) -> None:
+        classes = max(2, logits.shape[1])
+        self.num_classes = classes
+        top = int(label.max())  # one host sync, once per run
+        if top >= classes:
+            raise ValueError(f"{self.who}: a training label has class {top} but the model outputs "
+                             f"{logits.shape[1]} channel(s); set the network's out_channels to at least {top + 1}")
+
+    # ---- DDP --------------------------------------------------------------------------------
+
     def _wrap(self, image: torch.Tensor, label: torch.Tensor) -> None:
         """Wrap the model in DDP at the first batch, which the unused-parameter probe runs on."""
         from torch.nn.parallel import DistributedDataParallel
 
-        cfg, who = self.cfg, f"Trainer '{self.name}'"
+        cfg, who = self.cfg, self.who
 
         def first_loss() -> torch.Tensor:
             with torch.autocast(self.device.type, dtype=self.precision.dtype, enabled=self.precision.enabled):
@@ -214,196 +448,11 @@ class Fit:
             self.batchnorm_swap.undo()
             self.batchnorm_swap = None
 
-    # ---- checkpoints ------------------------------------------------------------------------
-
-    def _checkpoint(self) -> dict[str, Any]:
-        s = self.state
-        return {
-            "format": checkpoint.FORMAT, "version": checkpoint.VERSION,
-            "workflow": self.ctx.workflow_name, "node": self.name,
-            "epoch": s.epoch, "global_step": s.global_step,
-            "model": self.model.state_dict(), "model_signature": checkpoint.model_signature(self.model),
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.schedule.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": checkpoint.capture_rng([self.train_loader, self.val_loader]),
-            "monitor": {"name": self.monitor, "mode": self.mode, "best": s.best, "best_epoch": s.best_epoch},
-            "early_stopping": {"bad_epochs": s.bad_epochs},
-            "history": s.history,
-            "trainer_config": self.cfg.model_dump(mode="json"),
-        }
-
-    def _save(self, improved: bool) -> None:
-        # every rank's RNG streams differ (own shard, own augmentation seed): keep them all, so each
-        # rank resumes its own; rank 0 alone writes the file
-        rng = distributed.gather_objects(checkpoint.capture_rng([self.train_loader, self.val_loader]))
-        if not self.main:
-            return
-        data = self._checkpoint()
-        data["rng"] = rng[0]
-        data["rng_ranks"] = rng
-        if improved:
-            checkpoint.atomic_save(data, self.ckpt_dir / "best.pt")
-        checkpoint.atomic_save(data, self.ckpt_dir / "last.pt")  # resume always needs the newest state
-        every = self.cfg.save_frequency
-        if not self.cfg.save_best_only and every and self.state.epoch % every == 0:
-            checkpoint.atomic_save(data, self.ckpt_dir / checkpoint.periodic_name(self.state.epoch))
-            checkpoint.prune_periodic(self.ckpt_dir, self.cfg.keep_last)
-
-    def resume(self, where: str | None) -> None:
-        if not where:
-            return
-        path = Path(where)  # the executor has already turned --resume auto into a path (or None)
-        data = checkpoint.load_checkpoint(path, map_location=self.device)
-        diff = checkpoint.signature_difference(data["model_signature"], checkpoint.model_signature(self.model))
-        if diff:
-            raise ValueError(f"cannot resume Trainer '{self.name}' from {path}: {diff}. Resume with the model "
-                             f"config the checkpoint was trained with, or start a fresh run without --resume")
-        self.model.load_state_dict(data["model"])
-        self.optimizer.load_state_dict(data["optimizer"])
-        self.schedule.load_state_dict(data["scheduler"])
-        self.scaler.load_state_dict(data["scaler"])
-        mon = data["monitor"]
-        self.state = State(epoch=data["epoch"], global_step=data["global_step"], best=mon["best"],
-                           best_epoch=mon["best_epoch"], bad_epochs=data["early_stopping"]["bad_epochs"],
-                           history=list(data["history"]))
-        ranks = data.get("rng_ranks") or []
-        same_world = len(ranks) == distributed.world_size()
-        if ranks and not same_world and self.main:
-            self.log(f"Trainer '{self.name}': the checkpoint was written by {len(ranks)} process(es), this run has "
-                     f"{distributed.world_size()}; data order continues from the epoch, not bit for bit")
-        rng = ranks[distributed.rank()] if same_world else data["rng"]
-        checkpoint.restore_rng(rng, [self.train_loader, self.val_loader])
-        best = path.parent / "best.pt"
-        if self.main and best.is_file() and best.resolve() != (self.ckpt_dir / "best.pt").resolve():
-            shutil.copy2(best, self.ckpt_dir / "best.pt")  # restore-best at the end needs it here
-        self.log(f"Trainer '{self.name}': resumed from {path} at epoch {self.state.epoch}/{self.epochs}")
-
-    # ---- one epoch --------------------------------------------------------------------------
-
-    def _prepare(self, batch: dict[str, Any], augment=None) -> tuple[torch.Tensor, torch.Tensor]:
-        image = batch["image"].to(self.device, non_blocking=True)
-        # loaders hand out uint8 labels (fewer bytes to copy); the losses and metrics take int64
-        label = batch["label"].to(self.device, non_blocking=True).long()
-        if augment is not None:  # first: its resampling hands back tensors in the default memory format
-            image, label = augment(image, label)
-        if self.memory_format is not None:
-            image = image.contiguous(memory_format=self.memory_format)
-        return image, label
-
-    def _check_labels(self, logits: torch.Tensor, label: torch.Tensor) -> None:
-        classes = max(2, logits.shape[1])
-        self.num_classes = classes
-        top = int(label.max())  # one host sync, once per run
-        if top >= classes:
-            raise ValueError(f"Trainer '{self.name}': a training label has class {top} but the model outputs "
-                             f"{logits.shape[1]} channel(s); set the network's out_channels to at least {top + 1}")
-
-    def train_epoch(self, epoch: int) -> dict[str, float]:
-        cfg, dev = self.cfg, self.device
-        model, opt, scaler = self.model, self.optimizer, self.scaler
-        model.train()
-        n_batches = len(self.train_loader)
-        accum = cfg.gradient_accumulation_steps
-        # each step's loss stays on the device (one copy per step, no sync); the epoch's mean and the
-        # first non-finite step are read from it once, at the end
-        losses = torch.zeros(max(1, n_batches), device=dev)
-        norm_sum = torch.zeros((), device=dev)
-        steps = images = norms = 0
-        params = [p for g in opt.param_groups for p in g["params"]]
-        bar = None
-        sampler = getattr(self.train_loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):  # DistributedSampler: a new shuffle of the shards each epoch
-            sampler.set_epoch(epoch)
-        if self.ctx.progress and self.main:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=n_batches, desc=f"{self.name} epoch {epoch}/{self.epochs}", unit="batch", leave=False)
-        started = time.perf_counter()
-        batches = _TimedBatches(self.train_loader)
-        opt.zero_grad(set_to_none=True)
-        for i, batch in enumerate(batches):
-            image, label = self._prepare(batch, self.batch_augment)
-            if self.memory_format is None and i == 0 and epoch == self.state.epoch + 1:
-                self.memory_format = _memory_format(cfg, dev, image, self.precision.enabled)
-                if self.memory_format is not None:
-                    model.to(memory_format=self.memory_format)
-                    image = image.contiguous(memory_format=self.memory_format)
-            if self.forward is None:
-                self._wrap(image, label)
-            self.patch_size = tuple(image.shape[2:])
-            # the last group may be shorter: scale by its real size so it is a true mean
-            group = min(accum, n_batches - (i // accum) * accum)
-            stepping = (i + 1) % accum == 0 or i + 1 == n_batches
-            # DDP averages gradients across ranks in backward; between optimizer steps that is wasted
-            with contextlib.ExitStack() as sync:
-                if self.dist and not stepping:
-                    sync.enter_context(self.ddp.no_sync())
-                with torch.autocast(dev.type, dtype=self.precision.dtype, enabled=self.precision.enabled):
-                    logits = self.forward(image)
-                    loss = self.loss_fn(logits, label)
-                if self.num_classes is None:
-                    self._check_labels(logits, label)
-                if i < len(losses):  # a loader may yield more batches than its len() said
-                    losses[i] = loss.detach()
-                scaler.scale(loss / group if group > 1 else loss).backward()
-            images += image.shape[0]
-            if stepping:
-                scaler.unscale_(opt)
-                norm = None
-                sampled = steps % GRAD_NORM_EVERY == 0
-                if cfg.gradient_clip or sampled:
-                    with_grad = [p for p in params if p.grad is not None]
-                    if cfg.gradient_clip and cfg.gradient_clip_type == "norm":
-                        norm = torch.nn.utils.clip_grad_norm_(with_grad, cfg.gradient_clip)  # norm before clipping
-                    else:
-                        if sampled:
-                            norm = _grad_norm(with_grad)
-                        if cfg.gradient_clip:
-                            torch.nn.utils.clip_grad_value_(with_grad, cfg.gradient_clip)
-                scaler.step(opt)
-                scaler.update()
-                opt.zero_grad(set_to_none=True)
-                if norm is not None:
-                    norm_sum += norm.detach().float()
-                    norms += 1
-                steps += 1
-            if bar is not None:
-                bar.update(1)
-                if (i + 1) % 20 == 0 or i + 1 == n_batches:  # one sync per 20 steps, for the display only
-                    spent = max(1e-9, time.perf_counter() - started)
-                    bar.set_postfix(loss=f"{float(losses[:i + 1].mean()):.4f}", lr=f"{self.schedule.lrs[0]:.2e}",
-                                    img_s=f"{images / spent:.1f}", data_wait=f"{batches.wait / spent:.0%}")
-        if bar is not None:
-            bar.close()
-        local_batches = n_batches
-        finite = torch.isfinite(losses)
-        loss_sum = losses.sum()
-        # 1-based index of the first non-finite step, 0 when every loss was finite
-        first_bad = torch.where(finite.all(), 0, (~finite).int().argmax() + 1).long()
-        if self.dist:  # the job's loss and image count, and a NaN on any rank stops every rank
-            totals = distributed.all_reduce_(torch.stack([loss_sum.float(), torch.tensor(float(n_batches), device=dev),
-                                                          torch.tensor(float(images), device=dev)]))
-            loss_sum, n_batches, images = totals[0], int(totals[1]), int(totals[2])
-            first_bad = distributed.all_reduce_(first_bad, "max")
-        bad = int(first_bad)  # the one sync per epoch
-        if bad > 0:
-            raise FloatingPointError(
-                f"Trainer '{self.name}': the loss became NaN/Inf at epoch {epoch}, step {bad} of {n_batches}. "
-                f"Training stopped; the last good checkpoint is {self.ckpt_dir / 'last.pt'} "
-                f"(epoch {self.state.epoch}). Try a lower learning_rate, gradient_clip (e.g. 1.0), "
-                f"mixed_precision false, and check the data for NaN/Inf values.")
-        self.state.global_step += steps
-        # after the sync above, so the GPU's queued work is inside the clock; this rank's figures
-        elapsed = max(1e-9, time.perf_counter() - started)
-        return {"train_loss": float(loss_sum) / max(1, n_batches), "grad_norm": float(norm_sum) / max(1, norms),
-                "throughput": images / elapsed, "train_time": elapsed,
-                "step_time_ms": 1000 * elapsed / max(1, local_batches),
-                "data_wait_fraction": min(1.0, batches.wait / elapsed)}
+    # ---- validation -------------------------------------------------------------------------
 
     @torch.no_grad()
     def validate(self, epoch: int) -> dict[str, float]:
-        from monai.inferers import sliding_window_inference
-
-        cfg, dev = self.cfg, self.device
+        dev = self.device
         if self.dist:  # validate with the statistics the checkpoint holds, on every rank
             distributed.broadcast_buffers_(self.model)
         self.model.eval()
@@ -415,24 +464,14 @@ class Fit:
         for batch in self.val_loader:
             image, label = self._prepare(batch)
             with torch.autocast(dev.type, dtype=self.precision.dtype, enabled=self.precision.enabled):
-                patch = getattr(self, "patch_size", None)
-                slide = cfg.sliding_window
-                if slide == "auto":
-                    slide = patch is not None and tuple(image.shape[2:]) != patch
-                if slide:
-                    roi = tuple(cfg.val_roi_size) if cfg.val_roi_size else patch
-                    logits = sliding_window_inference(image, roi_size=roi, sw_batch_size=cfg.sw_batch_size,
-                                                      predictor=forward, overlap=cfg.sw_overlap,
-                                                      mode="gaussian")
-                else:
-                    logits = forward(image)
+                logits = self._validation_logits(image, forward)
             logits = logits.float()
             # weighted by batch size: the mean over validation images, however they are batched or sharded
             loss_sum += self.loss_fn(logits, label).detach().float() * image.shape[0]
             if meter is None:
                 meter = ConfusionMeter(logits.shape[1], dev)
             meter.update(logits, label)
-            if sample is None and cfg.log_images and self.main:
+            if sample is None and self.cfg.log_images and self.main:
                 pred = (logits[0, 0] > 0).long() if logits.shape[1] == 1 else logits[0].argmax(0)
                 sample = (image[0].cpu(), label[0].cpu(), pred.cpu(), max(2, logits.shape[1]))
             n += image.shape[0]
@@ -449,76 +488,57 @@ class Fit:
             self.tb.image("val/sample_image_label_prediction", artefacts.sample_grid(*sample), epoch)
         return out
 
-    # ---- the run ----------------------------------------------------------------------------
+    def _validation_logits(self, image: torch.Tensor, forward: _Forward) -> torch.Tensor:
+        """Whole images, or a sliding window of the training patch size (or val_roi_size) over them."""
+        from monai.inferers import sliding_window_inference
 
-    def _improved(self, value: float | None) -> bool:
-        if value is None or not math.isfinite(value):
-            return False
-        best = self.state.best
-        if best is None:
-            return True
-        d = self.cfg.min_delta
-        return value > best + d if self.mode == "max" else value < best - d
+        cfg, patch = self.cfg, self.patch_size
+        slide = cfg.sliding_window
+        if slide == "auto":
+            slide = patch is not None and tuple(image.shape[2:]) != patch
+        if not slide:
+            return forward(image)
+        roi = tuple(cfg.val_roi_size) if cfg.val_roi_size else patch
+        return sliding_window_inference(image, roi_size=roi, sw_batch_size=cfg.sw_batch_size, predictor=forward,
+                                        overlap=cfg.sw_overlap, mode="gaussian")
 
-    def run(self) -> tuple[torch.nn.Module, list[dict[str, Any]]]:
-        cfg, s = self.cfg, self.state
-        self.log(f"Trainer '{self.name}': {self.device}, {self.precision.describe()}, epochs {s.epoch + 1}..{self.epochs}, "
-                 f"lr_schedule {cfg.lr_schedule}, checkpoints in {self.ckpt_dir}")
-        stopped_early = False
-        try:
-            for epoch in range(s.epoch + 1, self.epochs + 1):
-                started = time.perf_counter()
-                lr = self.schedule.lrs[0]  # the lr this epoch trains with
-                if self.device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(self.device)
-                row: dict[str, Any] = {"epoch": epoch}
-                try:
-                    row.update(self.train_epoch(epoch))
-                except FloatingPointError:
-                    if self.main:
-                        self._write_files(final=False)
-                    raise
-                validated = self.val_loader is not None and (epoch % cfg.validate_every == 0 or epoch == self.epochs)
-                if validated:
-                    row.update(self.validate(epoch))
-                row["lr"] = lr
-                row["epoch_time"] = time.perf_counter() - started
-                if self.device.type == "cuda":
-                    row["gpu_memory_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
-                value = row.get(self.monitor)
-                improved = self._improved(value)
-                if improved:
-                    s.best, s.best_epoch, s.bad_epochs = value, epoch, 0
-                elif validated or self.monitor.startswith("train_"):
-                    s.bad_epochs += 1
-                self.schedule.step(value)
-                s.epoch = epoch
-                s.history.append(row)
-                self.tb.epoch(row)
-                self._save(improved)
-                if self.main:
-                    self._write_files(final=False)
-                    self.log(self._summary(row, improved))
-                if cfg.early_stopping and s.bad_epochs >= cfg.patience:
-                    self.log(f"Trainer '{self.name}': early stopping at epoch {epoch}: {self.monitor} has not improved "
-                             f"by more than {cfg.min_delta} for {s.bad_epochs} epochs (best {s.best:.4f} at epoch {s.best_epoch})")
-                    stopped_early = True
-                    break
-            distributed.barrier()  # rank 0 has finished writing best.pt before anyone reads it
-            if cfg.early_stopping and cfg.restore_best_weights and (self.ckpt_dir / "best.pt").is_file():
-                best = checkpoint.load_checkpoint(self.ckpt_dir / "best.pt", map_location=self.device)
-                self.model.load_state_dict(best["model"])
-                self.log(f"Trainer '{self.name}': restored the best weights (epoch {best['epoch']}, "
-                         f"{self.monitor} {s.best})")
-            if self.main:
-                self._write_files(final=True, stopped_early=stopped_early)
-                if s.best is not None:
-                    self.log(f"Trainer '{self.name}': best {self.monitor} {s.best:.4f} at epoch {s.best_epoch}; "
-                             f"weights in {self.ckpt_dir / 'best.pt'}")
-        finally:
-            self.tb.close()
-            self._unwrap()
-        return self.model, s.history
+    # ---- checkpoints and files --------------------------------------------------------------
+
+    def _save(self, improved: bool) -> None:
+        # every rank's RNG streams differ (own shard, own augmentation seed): keep them all, so each
+        # rank resumes its own; rank 0 alone writes the file
+        rng_ranks = distributed.gather_objects(checkpoint.capture_rng(self.parts.loaders))
+        if not self.main:
+            return
+        data = checkpoint.trainer_state_to_checkpoint(
+            self.parts, self.progress, rng_ranks, workflow=self.ctx.workflow_name, node=self.name,
+            monitor=self.monitor, mode=self.mode, trainer_config=self.cfg.model_dump(mode="json"))
+        if improved:
+            checkpoint.atomic_save(data, self.ckpt_dir / "best.pt")
+        checkpoint.atomic_save(data, self.ckpt_dir / "last.pt")  # resume always needs the newest state
+        every, epoch = self.cfg.save_frequency, self.progress.epoch
+        if not self.cfg.save_best_only and every and epoch % every == 0:
+            checkpoint.atomic_save(data, self.ckpt_dir / checkpoint.periodic_name(epoch))
+            checkpoint.prune_periodic(self.ckpt_dir, self.cfg.keep_last)
+
+    def resume(self, where: str | None) -> None:
+        if not where:
+            return
+        path = Path(where)  # the executor has already turned --resume auto into a path (or None)
+        data = checkpoint.load_checkpoint(path, map_location=self.device)
+        diff = checkpoint.signature_difference(data["model_signature"], checkpoint.model_signature(self.model))
+        if diff:
+            raise ValueError(f"cannot resume {self.who} from {path}: {diff}. Resume with the model "
+                             f"config the checkpoint was trained with, or start a fresh run without --resume")
+        written_by, world = checkpoint.processes_of(data), distributed.world_size()
+        if written_by and written_by != world and self.main:
+            self.log(f"{self.who}: the checkpoint was written by {written_by} process(es), this run has "
+                     f"{world}; data order continues from the epoch, not bit for bit")
+        self.progress = checkpoint.restore_trainer_state(data, self.parts, distributed.rank(), world)
+        best = path.parent / "best.pt"
+        if self.main and best.is_file() and best.resolve() != (self.ckpt_dir / "best.pt").resolve():
+            shutil.copy2(best, self.ckpt_dir / "best.pt")  # restore-best at the end needs it here
+        self.log(f"{self.who}: resumed from {path} at epoch {self.progress.epoch}/{self.epochs}")
 
     def _summary(self, row: dict[str, Any], improved: bool) -> str:
         shown = [f"{k} {row[k]:.4f}" for k in ("train_loss", "val_loss", "val_dice") if k in row]
@@ -527,24 +547,26 @@ class Fit:
                 f"data wait {row['data_wait_fraction']:.0%})" + (" *best*" if improved else ""))
 
     def _write_files(self, final: bool, stopped_early: bool = False) -> None:
-        s = self.state
-        artefacts.write_history(self.run_dir, s.history)
+        p = self.progress
+        artefacts.write_history(self.run_dir, p.history)
         if not final:
             return
-        artefacts.plot_curves(self.run_dir, s.history)
-        best_row = next((r for r in s.history if r["epoch"] == s.best_epoch), None)
+        artefacts.plot_curves(self.run_dir, p.history)
+        best_row = next((r for r in p.history if r["epoch"] == p.best_epoch), None)
         artefacts.write_metrics(self.run_dir, {
-            "monitor": self.monitor, "mode": self.mode, "best_value": s.best, "best_epoch": s.best_epoch,
-            "epochs_run": s.epoch, "stopped_early": stopped_early, "global_step": s.global_step,
-            "final": s.history[-1] if s.history else None, "best": best_row,
+            "monitor": self.monitor, "mode": self.mode, "best_value": p.best, "best_epoch": p.best_epoch,
+            "epochs_run": p.epoch, "stopped_early": stopped_early, "global_step": p.global_step,
+            "final": p.history[-1] if p.history else None, "best": best_row,
             "checkpoints": {"last": str(self.ckpt_dir / "last.pt"),
                             "best": str(self.ckpt_dir / "best.pt") if (self.ckpt_dir / "best.pt").is_file() else None},
         })
 
 
-def fit(cfg, ctx, name: str, model, train_loader, val_loader, loss_fn, optimizer):
+def fit(cfg: TrainerConfig, ctx: RunContext, name: str, model: torch.nn.Module, train_loader: Any, val_loader: Any,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        optimizer: torch.optim.Optimizer) -> tuple[torch.nn.Module, list[dict[str, Any]]]:
     """Train `model`; returns (model, history). Resumes from `ctx.resume` when set."""
-    job = Fit(cfg, ctx, name, model, train_loader, val_loader, loss_fn, optimizer)
+    job = TrainingRun(cfg, ctx, name, model, train_loader, val_loader, loss_fn, optimizer)
     job.resume(ctx.resume)
     with ddp.explain_unused_parameter_errors(model, cfg.find_unused_parameters, f"Trainer '{name}'"):
         return job.run()
