@@ -1,10 +1,12 @@
 """Checkpoint files: atomic writes survive an interrupted save; loads are weights-only; RNG round trip."""
+import dataclasses
 import random
 
 import numpy as np
 import pytest
 import torch
 
+from segflow.networks.description import NetworkDescription, describe
 from segflow.training import checkpoint
 
 
@@ -90,8 +92,9 @@ def test_signature_difference_names_what_changed():
     b = torch.nn.Conv2d(1, 16, 3)
     diff = checkpoint.signature_difference(checkpoint.model_signature(a), checkpoint.model_signature(b))
     assert "weight" in diff and "(8, 1, 3, 3)" in diff and "(16, 1, 3, 3)" in diff
-    a.segflow_spec = {"type": "UNet2D", "config": {"base_channels": 8, "in_channels": 1}}
-    b.segflow_spec = {"type": "UNet2D", "config": {"base_channels": 16, "in_channels": 1}}
+    unet = NetworkDescription("UNet2D", spatial_dims=2, in_channels=1, out_channels=2)
+    describe(a, dataclasses.replace(unet, config={"base_channels": 8, "in_channels": 1}))
+    describe(b, dataclasses.replace(unet, config={"base_channels": 16, "in_channels": 1}))
     diff = checkpoint.signature_difference(checkpoint.model_signature(a), checkpoint.model_signature(b))
     assert diff == "the model config changed (base_channels: 8 in the checkpoint, 16 now)"
     assert checkpoint.signature_difference(checkpoint.model_signature(a), checkpoint.model_signature(a)) is None

@@ -6,11 +6,18 @@ import torch
 import toy
 from pydantic import ValidationError
 
+from segflow.networks.description import NetworkDescription, describe
 from segflow.nodes.base import RunContext
 from segflow.nodes.inference import CheckpointLoader, CheckpointLoaderConfig
 from segflow.nodes.training import Trainer
 from segflow.workflow import executor
 from segflow.workflow.errors import WorkflowError
+
+
+def tiny_description(out_channels: int) -> NetworkDescription:
+    """What a network node would attach to the toy network: resume compares its config."""
+    return NetworkDescription("Tiny", spatial_dims=2, in_channels=1, out_channels=out_channels,
+                              config={"out_channels": out_channels})
 
 
 def ctx(tmp_path, messages=None):
@@ -40,7 +47,7 @@ def trained(tmp_path_factory):
     run = tmp_path_factory.mktemp("train")
     torch.manual_seed(0)
     model = toy.tiny_net()
-    model.segflow_spec = {"type": "Tiny", "config": {"out_channels": 2}}
+    describe(model, tiny_description(out_channels=2))
     train, val = toy.loaders(n_train=8, n_val=4)
     out = Trainer("trainer", Trainer.Config(epochs=2, save_frequency=0), ctx(run)).run(
         model=model, train_loader=train, val_loader=val, loss_fn=toy.CrossEntropy(),
@@ -88,7 +95,7 @@ def test_loads_into_a_ddp_or_compiled_wrapper(tmp_path):
 def test_shape_mismatch_lists_keys_and_both_shapes(tmp_path, trained):
     _, ckdir = trained
     other = fresh(out_channels=3)
-    other.segflow_spec = {"type": "Tiny", "config": {"out_channels": 3}}
+    describe(other, tiny_description(out_channels=3))
     before = {k: v.clone() for k, v in other.state_dict().items()}
     with pytest.raises(ValueError) as e:
         load(tmp_path, other, ckdir / "best.pt")

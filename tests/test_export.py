@@ -7,6 +7,7 @@ import torch
 
 from segflow.data.info import DatasetInfo
 from segflow.export.formats import export_model
+from segflow.networks.description import description_of
 from segflow.networks.factory import build_network
 from segflow.nodes.base import RunContext
 from segflow.nodes.export import ModelExport, ModelExportConfig, sample_shape
@@ -89,7 +90,7 @@ def test_unexportable_network_names_network_and_format(tmp_path):
 
 
 def test_sample_shape_from_config_dataset_info_or_meta(unet):
-    meta = unet.segflow_meta
+    meta = description_of(unet)
     assert sample_shape(ModelExportConfig(input_size="[64, 48]"), meta) == (1, 64, 48)
     assert sample_shape(ModelExportConfig(input_size=64), meta) == (1, 64, 64)
     info = DatasetInfo(in_channels=1, num_classes=2, spatial_dims=2, spacing=None, patch_size=(96, 80))

@@ -10,6 +10,7 @@ import torch
 from pydantic import ValidationError
 
 from segflow.data.info import DatasetInfo
+from segflow.networks.description import description_of
 from segflow.nodes import networks as nets
 from segflow.nodes import registry
 from segflow.nodes.base import RunContext
@@ -76,7 +77,7 @@ def test_default_config_builds(type_name, tmp_path):
     config = registry.get(type_name).Config()
     model = run_node(type_name, config, tmp_path)
     assert sum(p.numel() for p in model.parameters()) > 10_000
-    assert model.segflow_meta["out_channels"] == 2 and model.segflow_meta["in_channels"] == 1
+    assert (description_of(model).out_channels, description_of(model).in_channels) == (2, 1)
 
 
 def _smallest_input(config: nets.NetworkConfig) -> tuple[int, ...]:
@@ -104,7 +105,7 @@ def test_output_shape_and_backward(type_name, raw, shape, tmp_path):
     config = make(type_name, {"in_channels": shape[1], **raw})
     assert config.size_problem(shape[2:]) is None
     model = run_node(type_name, config, tmp_path)
-    assert model.segflow_meta["spatial_dims"] == len(shape) - 2
+    assert description_of(model).spatial_dims == len(shape) - 2
     train_step(model, shape, config.out_channels)
 
 
@@ -249,7 +250,7 @@ def test_run_checks_data(type_name, raw, data, words, tmp_path):
 
 def test_run_accepts_matching_data(tmp_path):
     model = run_node("UNet2D", make("UNet2D", {"out_channels": 1, "depth": 3}), tmp_path, info())  # 1 sigmoid channel, 2 classes
-    assert model.segflow_meta["size_divisor"] == 4
+    assert description_of(model).size_divisor == 4
 
 
 def test_instance_norm_bottleneck_is_reported():

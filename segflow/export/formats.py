@@ -26,9 +26,12 @@ from typing import Callable
 import numpy as np
 import torch
 
+from segflow.networks.description import description_of
+
 
 def network_name(model: torch.nn.Module) -> str:
-    return getattr(model, "segflow_meta", {}).get("type") or type(model).__name__
+    described = description_of(model)
+    return described.type if described else type(model).__name__
 
 
 def _logits(out) -> torch.Tensor:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from segflow.inference.tta import to_probabilities
+from segflow.networks.description import describe, description_of
 
 _EPS = 1e-7  # probabilities are clamped here before the log, so a class no member predicts stays finite
 
@@ -21,13 +22,9 @@ class Ensemble(nn.Module):
         if not members:
             raise ValueError("an ensemble needs at least one member")
         self.members = nn.ModuleList(members)
-        first = members[0]
-        meta = dict(getattr(first, "segflow_meta", {}) or {})
-        if meta:  # sizes, dims and channels are the members' (they share one architecture)
-            meta["type"] = f"ensemble of {len(members)} {meta.get('type', type(first).__name__)}"
-            self.segflow_meta = meta
-        if hasattr(first, "segflow_spec"):
-            self.segflow_spec = first.segflow_spec
+        described = description_of(members[0])
+        if described:  # sizes, dims and channels are the members' (they share one architecture)
+            describe(self, described.renamed(f"ensemble of {len(members)} {described.type}"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         total = None

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from segflow.networks.description import NetworkDescription, describe
+
 if TYPE_CHECKING:  # the configs are the node declarations'; implementations only read them
     from segflow.nodes import networks as cfgs
 
@@ -115,12 +117,11 @@ def _deeplab(c: cfgs.DeepLabV3PlusConfig) -> nn.Module:
 
 
 def build_network(type_name: str, config: cfgs.NetworkConfig) -> nn.Module:
-    """The module for network node type `type_name` with `config` (a validated config of that type)."""
+    """The module for network node type `type_name` with `config` (a validated config of that type),
+    described (`description_of`) for inference, export and resume."""
     if type_name not in BUILDERS:
         raise ValueError(f"no network called {type_name!r}; known: {', '.join(BUILDERS)}")
-    model = BUILDERS[type_name](config)
-    model.segflow_meta = {
-        "type": type_name, "spatial_dims": config.dims(), "in_channels": config.in_channels,
-        "out_channels": config.out_channels, "size_divisor": config.size_divisor(), "fixed_size": config.fixed_size(),
-    }
-    return model
+    return describe(BUILDERS[type_name](config), NetworkDescription(
+        type=type_name, spatial_dims=config.dims(), in_channels=config.in_channels,
+        out_channels=config.out_channels, size_divisor=config.size_divisor(), fixed_size=config.fixed_size(),
+        config=config.model_dump(mode="json")))

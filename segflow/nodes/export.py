@@ -1,13 +1,16 @@
 """ModelExport: config and ports. The export itself lives in `segflow.export.formats` (imported in `run`)."""
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
 from segflow.nodes.base import Node, NodeConfig, Port
 from segflow.nodes.registry import register
 from segflow.nodes.words import Choice
+
+if TYPE_CHECKING:
+    from segflow.networks.description import NetworkDescription
 
 EXTENSIONS = {"torchscript": "pt", "onnx": "onnx", "torch_export": "pt2"}
 _FORMAT_SYNONYMS = {"jit": "torchscript", "ts": "torchscript", "script": "torchscript", "torch_script": "torchscript",
@@ -50,15 +53,16 @@ class ModelExportConfig(NodeConfig):
         return v
 
 
-def sample_shape(cfg: ModelExportConfig, meta: dict, dataset_info=None) -> tuple[int, ...]:
+def sample_shape(cfg: ModelExportConfig, network: NetworkDescription | None, dataset_info=None) -> tuple[int, ...]:
     """(in_channels, *spatial) of the sample input, from the config, the loader or the network."""
-    dims = meta.get("spatial_dims") or getattr(dataset_info, "spatial_dims", None)
-    channels = meta.get("in_channels") or getattr(dataset_info, "in_channels", None)
+    dims = (network and network.spatial_dims) or getattr(dataset_info, "spatial_dims", None)
+    channels = (network and network.in_channels) or getattr(dataset_info, "in_channels", None)
+    fixed = network.fixed_size if network else None
     size = cfg.input_size
     if size is None and dataset_info is not None and getattr(dataset_info, "patch_size", ()):
         size = list(dataset_info.patch_size)
-    if size is None and meta.get("fixed_size"):
-        size = list(meta["fixed_size"])
+    if size is None and fixed:
+        size = list(fixed)
     if size is None or channels is None or dims is None:
         raise ValueError("ModelExport needs the sample input's size: set input_size (e.g. [256, 256]), or wire a "
                          "loader's dataset_info to this node")
@@ -66,13 +70,13 @@ def sample_shape(cfg: ModelExportConfig, meta: dict, dataset_info=None) -> tuple
         size = size * dims
     if len(size) != dims:
         raise ValueError(f"ModelExport.input_size {size} has {len(size)} sizes; the network is {dims}-D")
-    divisor = meta.get("size_divisor") or 1
+    divisor = network.size_divisor if network else 1
+    name = network.type if network else "network"
     if any(s % divisor for s in size):
-        raise ValueError(f"ModelExport.input_size {size}: the {meta.get('type', 'network')} needs sizes divisible by "
+        raise ValueError(f"ModelExport.input_size {size}: the {name} needs sizes divisible by "
                          f"{divisor}; e.g. {[max(divisor, round(s / divisor) * divisor) for s in size]}")
-    fixed = meta.get("fixed_size")
     if fixed and list(fixed) != list(size):
-        raise ValueError(f"ModelExport.input_size {size}: the {meta.get('type')} takes exactly {list(fixed)}")
+        raise ValueError(f"ModelExport.input_size {size}: the {name} takes exactly {list(fixed)}")
     return (int(channels), *map(int, size))
 
 
@@ -91,10 +95,11 @@ class ModelExport(Node):
 
     def run(self, model, dataset_info=None) -> dict[str, Any]:
         from segflow.export.formats import export_model
+        from segflow.networks.description import description_of
 
         cfg: ModelExportConfig = self.config  # type: ignore[assignment]
         path = self.ctx.output_path(cfg.output_path or f"export/model.{EXTENSIONS[cfg.format]}")
-        shape = sample_shape(cfg, getattr(model, "segflow_meta", {}) or {}, dataset_info)
+        shape = sample_shape(cfg, description_of(model), dataset_info)
         report = export_model(model, cfg.format, path, shape, opset=cfg.opset, dynamic_batch=cfg.dynamic_batch,
                               parity_check=cfg.parity_check, tolerance=cfg.tolerance, log=self.ctx.log)
         self.ctx.extras.setdefault("exports", []).append(report)

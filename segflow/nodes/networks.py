@@ -170,10 +170,7 @@ class NetworkNode(Node):
                 raise ValueError("; ".join(f"{f.message}; {f.hint}" for f in errors))
         from segflow.networks.factory import build_network
 
-        model = build_network(self.type, self.config)
-        # Lets a resume with a changed network name the config field that changed.
-        model.segflow_spec = {"type": self.type, "config": self.config.model_dump(mode="json")}
-        return {"model": model}
+        return {"model": build_network(self.type, self.config)}
 
 
 def network(type_name: str, doc: str):

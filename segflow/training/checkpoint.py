@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from segflow.networks.description import description_of
 from segflow.workflow.files import atomic_write
 
 FORMAT = "segflow-checkpoint"
@@ -185,14 +186,14 @@ def restore_rng(state: dict[str, Any], loaders: list[Any] = ()) -> None:
 def model_signature(model: torch.nn.Module) -> dict[str, Any]:
     """What must not change between a checkpoint and the model it is resumed into.
 
-    Network nodes may set `model.segflow_spec = {"type": ..., "config": {...}}`; when present it is
-    compared key by key, so the error names the config field that changed.
+    A network segflow built carries its node config (`description_of`); it is compared key by key,
+    so the error names the config field that changed.
     """
-    spec = getattr(model, "segflow_spec", None)
+    described = description_of(model)
     return {
         "class": f"{type(model).__module__}.{type(model).__qualname__}",
         "shapes": {k: list(v.shape) for k, v in model.state_dict().items()},
-        "spec": spec if isinstance(spec, dict) else None,
+        "spec": {"type": described.type, "config": described.config} if described and described.config else None,
     }
 
 

@@ -67,7 +67,7 @@ class _Forward:
 
 def _schedule_settings(cfg: TrainerConfig, epochs: int) -> ScheduleSettings:
     lr_patience = cfg.lr_patience
-    if lr_patience is None:  # the documented rule for the seed's shared `patience`
+    if lr_patience is None:  # the patience rule (docs/training.md)
         lr_patience = 10 if cfg.early_stopping else cfg.patience
     return ScheduleSettings(kind=cfg.lr_schedule, epochs=epochs, warmup_epochs=cfg.warmup_epochs,
                             step_size=cfg.step_size, gamma=cfg.gamma, t_max=cfg.T_max, eta_min=cfg.eta_min,
