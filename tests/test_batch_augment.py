@@ -8,9 +8,11 @@ from dataclasses import fields
 import pytest
 import torch
 import toy
+from torch.utils.data import RandomSampler
 
 from segflow.data.batch_augment import AugmentSettings, BatchAugment
 from segflow.data.loader import build_loaders
+from segflow.data.segmentation_loader import SegmentationLoader, batch_augment_of
 from segflow.nodes.base import RunContext
 from segflow.nodes.data import MedicalSegmentationLoaderConfig as Config
 from segflow.nodes.training import Trainer
@@ -150,6 +152,7 @@ def _batches(loader):
 def test_2d_loader_on_device_resizes_only_and_hands_over_the_augmentation(phantom2d):
     kw = dict(data_dir=str(phantom2d), image_size=32, batch_size=4, shuffle=False, augmentation_strength="strong")
     train, val, _ = build(augmentation_on="device", **kw)
+    assert isinstance(train, SegmentationLoader) and isinstance(val, SegmentationLoader)
     aug = train.batch_augment
     assert isinstance(aug, BatchAugment) and (aug.dims, aug.strength, aug.zscore_after) == (2, "strong", True)
     assert val.batch_augment is None
@@ -228,10 +231,24 @@ def _train(tmp_path, train, val, model=None, resume=None, **cfg):
     return out["model"], out["history"]
 
 
+def augmented(loader, batch_augment) -> SegmentationLoader:
+    """The toy loader again (dataset, batch size, shuffling) as a SegmentationLoader declaring `batch_augment`."""
+    return SegmentationLoader(loader.dataset, batch_size=loader.batch_size,
+                              shuffle=isinstance(loader.sampler, RandomSampler), batch_augment=batch_augment)
+
+
+def test_only_a_segmentation_loader_declares_batch_augmentation():
+    train, _ = toy.loaders(n_train=4)
+    aug = BatchAugment(2, "light")
+    assert batch_augment_of(augmented(train, aug)) is aug
+    train.batch_augment = aug  # an attribute on a plain DataLoader declares nothing
+    assert batch_augment_of(train) is None and batch_augment_of(None) is None
+
+
 def test_trainer_augments_training_batches_only_and_feeds_them_to_the_model(tmp_path):
-    train, val = toy.loaders(n_train=8, n_val=4)
-    train.batch_augment = Recording(BatchAugment(2, "medium"))
-    val.batch_augment = Refusing()  # the Trainer reads the training loader's attribute only
+    plain_train, plain_val = toy.loaders(n_train=8, n_val=4)
+    train = augmented(plain_train, Recording(BatchAugment(2, "medium")))
+    val = augmented(plain_val, Refusing())  # the Trainer reads the training loader's only
     seen = []
     model = toy.tiny_net()
     model.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()) if m.training else None)
@@ -243,8 +260,7 @@ def test_trainer_augments_training_batches_only_and_feeds_them_to_the_model(tmp_
 def test_resume_draws_the_same_augmentation_as_a_straight_run(tmp_path):
     def loaders():
         train, val = toy.loaders(n_train=8, n_val=4)
-        train.batch_augment = BatchAugment(2, "strong")
-        return train, val
+        return augmented(train, BatchAugment(2, "strong")), val
 
     straight, _ = _train(tmp_path / "straight", *loaders(), epochs=2)
     _train(tmp_path / "split", *loaders(), epochs=1)

@@ -1,22 +1,25 @@
-"""Build the train/val DataLoaders and DatasetInfo from a MedicalSegmentationLoader config.
+"""Build the train/val loaders and DatasetInfo from a MedicalSegmentationLoader config.
 
-Order of work: (phantom written if asked) -> cases found -> every case decoded and checked
-up front (kept in memory or written to the disk cache) -> case-level split -> loaders.
+`build_loaders` runs the phases below in order, each a function: discover (phantom written if
+asked, cases found) -> split (case-level; before the reading, so a split that cannot work fails
+at once) -> prepare and check (every case decoded and checked up front, kept in memory or written
+to the disk cache) -> make loaders (datasets, samplers, DataLoader settings, workers) -> describe
+(the DatasetInfo).
 
 `subset` picks the cases: "split" (train/val), "test" (the layout's test images, labels optional)
 or "all" (every labelled case); the last two give no train_loader and hand every case to val_loader.
 """
 from __future__ import annotations
 
-import math
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from segflow.data.info import DatasetInfo
-from segflow.data.layouts import Case, find_cases, find_test_cases
+from segflow.data.layouts import Case, Layout, find_cases, find_test_cases
 from segflow.data.prepare import (
     Prepared,
     PrepSpec,
@@ -25,31 +28,82 @@ from segflow.data.prepare import (
     prepare_case,
     save_prepared,
 )
+from segflow.data.splits import Split, choose_split
+
+if TYPE_CHECKING:
+    from segflow.data.segmentation_loader import SegmentationLoader
+    from segflow.nodes.data import MedicalSegmentationLoaderConfig
 
 DEFAULT_SIZE = {2: 256, 3: 96}
 MAX_LISTED_ERRORS = 10
 
+Log = Callable[[str], None]
 
-def build_loaders(cfg: Any, log: Callable[[str], None] = print):
-    """`cfg` is a MedicalSegmentationLoaderConfig (or anything with the same attributes)."""
-    import torch
-    from torch.utils.data import DataLoader
 
+@dataclass
+class Found:
+    """What discovery hands on: the cases and what the dataset declares about them."""
+
+    data_dir: Path
+    layout: Layout
+    spec: PrepSpec  # how every case is read: num_classes as declared (or None), spatial_dims None for "auto"
+    unlabelled: list[str]  # ids of test cases without ground truth
+
+
+@dataclass
+class Checked:
+    """What reading every case established about the data."""
+
+    spec: PrepSpec  # spatial_dims resolved from the data
+    summaries: list[dict]  # one per case, in layout order (see _summary)
+    in_channels: int
+    num_classes: int
+    class_names: list[str]
+    spacing: tuple[float, ...] | None  # the median over the cases; None without a physical spacing
+
+    @property
+    def dims(self) -> int:
+        return self.spec.spatial_dims
+
+
+@dataclass
+class Sampling:
+    """How samples are made from the cases."""
+
+    size: tuple[int, ...]  # the training sample's spatial size
+    mode: str  # "resize" (2-D images resized to size) or "patches" (cut at the image's resolution)
+    strength: str | None  # the augmentation preset; None without augmentation
+    on_device: bool  # augmentation_on device: BatchAugment on the training device, not the workers
+
+
+def build_loaders(cfg: MedicalSegmentationLoaderConfig, log: Log = print
+                  ) -> tuple[SegmentationLoader | None, SegmentationLoader | None, DatasetInfo]:
+    """train_loader (None for subset test and all), val_loader (None without validation cases) and
+    the DatasetInfo."""
     from segflow.data.allocator import keep_freed_sample_memory
     from segflow.workflow import distributed
 
     keep_freed_sample_memory()  # this process makes the batches with 0 workers; workers inherit it
-    data_dir = Path(cfg.data_dir)
     distributed.wait_for_main()  # under torchrun rank 0 writes the phantom and disk cache; the others reuse them
+    found = discover(cfg)
+    split = choose_split(cfg, found.layout.cases, found.data_dir, log)
+    checked = prepare_and_check(cfg, found, log)
+    distributed.release_others()
+    sampling = _sampling(cfg, checked.dims)
+    train_loader, val_loader = make_loaders(cfg, checked, split, sampling, log)
+    return train_loader, val_loader, describe(cfg, found, checked, split, sampling, log)
+
+
+def discover(cfg: MedicalSegmentationLoaderConfig) -> Found:
+    """Write the phantom dataset if asked, find the cases of `cfg.subset`, and settle how to read them."""
+    data_dir = Path(cfg.data_dir)
     if cfg.synthetic != "none":
         from segflow.data.phantoms import write_phantom_dataset
 
         write_phantom_dataset(data_dir, kind=cfg.synthetic[-2:], num_cases=cfg.synthetic_cases,
                               num_classes=cfg.synthetic_classes, seed=0)
-    subset = getattr(cfg, "subset", "split")
-    layout = find_test_cases(data_dir, cfg.layout) if subset == "test" else find_cases(data_dir, cfg.layout)
+    layout = find_test_cases(data_dir, cfg.layout) if cfg.subset == "test" else find_cases(data_dir, cfg.layout)
     declared = cfg.num_classes or (len(layout.class_names) if layout.class_names else None)
-    source_note = "config num_classes" if cfg.num_classes else f"labels in {data_dir / 'dataset.json'}"
     unlabelled = [c.case_id for c in layout.cases if c.label is None]
     if unlabelled and declared is None:
         raise ValueError(
@@ -62,115 +116,138 @@ def build_loaders(cfg: Any, log: Callable[[str], None] = print):
         ct_window=tuple(cfg.ct_window),
         target_spacing=tuple(cfg.target_spacing) if cfg.target_spacing else None,
         num_classes=declared,
-        label_source=source_note,
+        label_source="config num_classes" if cfg.num_classes else f"labels in {data_dir / 'dataset.json'}",
     )
-    fold = getattr(cfg, "fold", None) if subset == "split" else None
-    if fold is not None:
-        train_cases, val_cases = fold_split(layout.cases, fold, cfg.num_folds, cfg.seed, data_dir,
-                                            getattr(cfg, "splits_file", None), log)
-    elif subset == "split":
-        train_cases, val_cases = split_cases(layout.cases, cfg.val_fraction, cfg.seed, data_dir)
-    else:  # predict / score every case; nothing to train on
-        train_cases, val_cases = [], list(layout.cases)
+    return Found(data_dir, layout, spec, unlabelled)
 
-    summaries = _prepare_all(layout.cases, spec, cfg, data_dir, log)
-    distributed.release_others()
-    by_id = {c.case_id: i for i, c in enumerate(layout.cases)}
-    dims = summaries[0]["dims"]
-    channels = {s["channels"] for s in summaries}
-    if len(channels) > 1:
-        odd = next(s for s in summaries if s["channels"] != summaries[0]["channels"])
-        raise ValueError(f"case {odd['case']}: {odd['channels']} image channels, but case {summaries[0]['case']} "
-                         f"has {summaries[0]['channels']}; all cases need the same channels")
-    in_channels = channels.pop()
+
+def prepare_and_check(cfg: MedicalSegmentationLoaderConfig, found: Found, log: Log) -> Checked:
+    """Read and check every case (see _prepare_all), then what they must agree on: the channels,
+    and the classes when the dataset declares none."""
+    data_dir, layout = found.data_dir, found.layout
+    summaries = _prepare_all(layout.cases, found.spec, cfg, data_dir, log)
+    first = summaries[0]
+    odd = next((s for s in summaries if s["channels"] != first["channels"]), None)
+    if odd is not None:
+        raise ValueError(f"case {odd['case']}: {odd['channels']} image channels, but case {first['case']} "
+                         f"has {first['channels']}; all cases need the same channels")
+    in_channels = first["channels"]
     if layout.num_channels and layout.num_channels != in_channels:
         raise ValueError(f"{data_dir}/dataset.json declares {layout.num_channels} channels, the images have {in_channels}")
-    num_classes = declared or max(2, max(s["max_label"] for s in summaries) + 1)
+    num_classes = found.spec.num_classes or max(2, max(s["max_label"] for s in summaries) + 1)
     class_names = list(layout.class_names or [])
     if len(class_names) != num_classes:
         class_names = ["background"] + [f"class_{i}" for i in range(1, num_classes)]
-    spec = PrepSpec(**{**spec.__dict__, "spatial_dims": dims})
+    spacings = [s["spacing"] for s in summaries if s["spacing"] is not None]
+    spacing = tuple(float(v) for v in np.median(np.asarray(spacings), axis=0)) if len(spacings) == len(summaries) else None
+    return Checked(replace(found.spec, spatial_dims=first["dims"]), summaries, in_channels, num_classes,
+                   class_names, spacing)
 
-    size = _size(cfg.image_size, dims)
-    mode = size_mode(cfg, dims)
+
+def _sampling(cfg: MedicalSegmentationLoaderConfig, dims: int) -> Sampling:
     strength = cfg.augmentation_strength if cfg.augmentation else None
-    on_device = strength is not None and getattr(cfg, "augmentation_on", "workers") == "device"
+    return Sampling(_size(cfg.image_size, dims), size_mode(cfg, dims), strength,
+                    on_device=strength is not None and cfg.augmentation_on == "device")
 
-    def source(cases: list[Case]):
-        from segflow.data.datasets import CaseSource
 
-        idx = [by_id[c.case_id] for c in cases]
-        memory = [summaries[i]["prepared"] for i in idx] if cfg.cache == "memory" else None
-        disk = [summaries[i]["cache_path"] for i in idx] if cfg.cache == "disk" else None
-        return CaseSource(cases, spec, memory, disk, num_classes)
+def make_loaders(cfg: MedicalSegmentationLoaderConfig, checked: Checked, split: Split, sampling: Sampling,
+                 log: Log) -> tuple[SegmentationLoader | None, SegmentationLoader | None]:
+    """The datasets and their loaders; the training loader declares the device-side augmentation
+    (`batch_augment`) with augmentation_on device, the validation loader never does."""
+    import torch
 
-    train_ds, val_ds = _datasets(source(train_cases) if train_cases else None,
-                                 source(val_cases) if val_cases else None, dims, mode, size, strength, cfg,
-                                 on_device)
+    train_ds, val_ds = _datasets(_source(cfg, checked, split.train), _source(cfg, checked, split.val),
+                                 checked.dims, sampling, cfg)
     workers = resolve_workers(cfg.num_workers, torch.cuda.is_available())
     pin = torch.cuda.is_available() if cfg.pin_memory == "auto" else bool(cfg.pin_memory)
-    common = dict(num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
-    if workers > 0:
-        from segflow.data.datasets import worker_init
-
-        common["worker_init_fn"] = worker_init
-        common["prefetch_factor"] = int(cfg.prefetch_factor)
-    rank, world = distributed.rank(), distributed.world_size()
-    # other ranks get their own augmentation and worker-seed streams instead of rank 0's copy
-    seed = distributed.rank_seed(cfg.seed)
-    if rank and train_ds is not None:
-        train_ds.reseed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    if train_ds is None:
-        train_loader = None
-    elif world > 1:
-        from torch.utils.data.distributed import DistributedSampler
-
-        # one shard per rank, reshuffled each epoch by Trainer's sampler.set_epoch(epoch)
-        sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=cfg.shuffle,
-                                     seed=int(cfg.seed), drop_last=False)
-        train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, generator=gen,
-                                  drop_last=False, **common)
-    else:
-        train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=cfg.shuffle, generator=gen,
-                                  drop_last=False, **common)
-    from segflow.data.datasets import collate
-
-    val_loader = None
-    if val_ds is not None:
-        val_workers = min(workers, len(val_ds))
-        # each validation sample on exactly one rank (no padding duplicates), so the all-reduced
-        # confusion matrix is the whole validation set's
-        val_sampler = ShardSampler(len(val_ds), rank, world) if world > 1 else None
-        whole = mode == "patches"  # whole cases, of any size: one at a time
-        val_loader = DataLoader(val_ds, batch_size=1 if whole else cfg.batch_size, shuffle=False,
-                                sampler=val_sampler, num_workers=val_workers, pin_memory=pin,
-                                persistent_workers=val_workers > 0, collate_fn=collate)
-    batch_augment = _batch_augment(cfg, dims, mode, strength) if on_device and train_loader is not None else None
-    for loader in (train_loader, val_loader):  # consumers read the attribute without checking for it
-        if loader is not None:
-            loader.batch_augment = batch_augment if loader is train_loader else None
-    if batch_augment is not None:
-        log(f"data: {strength} augmentation batched on the training device; workers only read, "
-            f"{'resize' if mode == 'resize' else 'cut patches'} and collate")
+    train_loader = _train_loader(cfg, train_ds, checked.dims, sampling, workers, pin, log) if train_ds is not None else None
+    val_loader = _val_loader(cfg, val_ds, sampling, workers, pin) if val_ds is not None else None
     if workers:
         log(f"data: {workers} loader worker(s), {int(cfg.prefetch_factor)} batches prefetched each, "
             f"pinned memory {'on' if pin else 'off'}")
-    spacings = [s["spacing"] for s in summaries if s["spacing"] is not None]
-    spacing = tuple(float(v) for v in np.median(np.asarray(spacings), axis=0)) if len(spacings) == len(summaries) else None
+    return train_loader, val_loader
+
+
+def _source(cfg: MedicalSegmentationLoaderConfig, checked: Checked, cases: list[Case]):
+    """The prepared cases `cases` as a dataset reads them: from memory, the disk cache or their files."""
+    if not cases:
+        return None
+    from segflow.data.datasets import CaseSource
+
+    by_id = {s["case"]: s for s in checked.summaries}
+    memory = [by_id[c.case_id]["prepared"] for c in cases] if cfg.cache == "memory" else None
+    disk = [by_id[c.case_id]["cache_path"] for c in cases] if cfg.cache == "disk" else None
+    return CaseSource(cases, checked.spec, memory, disk, checked.num_classes)
+
+
+def _train_loader(cfg: MedicalSegmentationLoaderConfig, dataset, dims: int, sampling: Sampling, workers: int,
+                  pin: bool, log: Log) -> SegmentationLoader:
+    import torch
+
+    from segflow.data.segmentation_loader import SegmentationLoader
+    from segflow.workflow import distributed
+
+    settings: dict[str, Any] = dict(batch_size=cfg.batch_size, drop_last=False, num_workers=workers,
+                                    pin_memory=pin, persistent_workers=workers > 0)
+    if workers > 0:
+        from segflow.data.datasets import worker_init
+
+        settings.update(worker_init_fn=worker_init, prefetch_factor=int(cfg.prefetch_factor))
+    rank, world = distributed.rank(), distributed.world_size()
+    # other ranks get their own augmentation and worker-seed streams instead of rank 0's copy
+    seed = distributed.rank_seed(cfg.seed)
+    if rank:
+        dataset.reseed(seed)
+    if world > 1:
+        from torch.utils.data.distributed import DistributedSampler
+
+        # one shard per rank, reshuffled each epoch by Trainer's sampler.set_epoch(epoch)
+        settings["sampler"] = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=cfg.shuffle,
+                                                 seed=int(cfg.seed), drop_last=False)
+    else:
+        settings["shuffle"] = cfg.shuffle
+    batch_augment = _batch_augment(cfg, dims, sampling) if sampling.on_device else None
+    if batch_augment is not None:
+        log(f"data: {sampling.strength} augmentation batched on the training device; workers only read, "
+            f"{'resize' if sampling.mode == 'resize' else 'cut patches'} and collate")
+    return SegmentationLoader(dataset, generator=torch.Generator().manual_seed(seed), batch_augment=batch_augment,
+                              **settings)
+
+
+def _val_loader(cfg: MedicalSegmentationLoaderConfig, dataset, sampling: Sampling, workers: int,
+                pin: bool) -> SegmentationLoader:
+    from segflow.data.datasets import collate
+    from segflow.data.segmentation_loader import SegmentationLoader
+    from segflow.workflow import distributed
+
+    val_workers = min(workers, len(dataset))
+    world = distributed.world_size()
+    # each validation sample on exactly one rank (no padding duplicates), so the all-reduced
+    # confusion matrix is the whole validation set's
+    sampler = ShardSampler(len(dataset), distributed.rank(), world) if world > 1 else None
+    whole = sampling.mode == "patches"  # whole cases, of any size: one at a time
+    return SegmentationLoader(dataset, batch_size=1 if whole else cfg.batch_size, shuffle=False, sampler=sampler,
+                              num_workers=val_workers, pin_memory=pin, persistent_workers=val_workers > 0,
+                              collate_fn=collate)
+
+
+def describe(cfg: MedicalSegmentationLoaderConfig, found: Found, checked: Checked, split: Split,
+             sampling: Sampling, log: Log) -> DatasetInfo:
+    """The DatasetInfo later nodes read, and the one-line summary of the data in the log."""
     info = DatasetInfo(
-        in_channels=in_channels, num_classes=num_classes, spatial_dims=dims, spacing=spacing,
-        class_names=class_names, patch_size=size, num_train=len(train_cases), num_val=len(val_cases),
-        data_dir=str(data_dir), layout=layout.name, fold=fold,
-        train_cases=[c.case_id for c in train_cases], val_cases=[c.case_id for c in val_cases],
+        in_channels=checked.in_channels, num_classes=checked.num_classes, spatial_dims=checked.dims,
+        spacing=checked.spacing, class_names=checked.class_names, patch_size=sampling.size,
+        num_train=len(split.train), num_val=len(split.val), data_dir=str(found.data_dir),
+        layout=found.layout.name, fold=split.fold,
+        train_cases=[c.case_id for c in split.train], val_cases=[c.case_id for c in split.val],
     )
-    what = (f"{info.num_train} train / {info.num_val} val cases" if subset == "split" else
-            f"{info.num_val} {'test' if subset == 'test' else 'labelled'} case(s), no training split"
-            + (f" ({len(unlabelled)} without label)" if unlabelled else ""))
-    log(f"data: {layout.name} layout, {what}, {dims}-D, "
-        f"{in_channels} channel(s), {num_classes} classes, "
-        f"{'patches of' if mode == 'patches' else 'resized to'} {size}, cache {cfg.cache}")
-    return train_loader, val_loader, info
+    what = (f"{info.num_train} train / {info.num_val} val cases" if cfg.subset == "split" else
+            f"{info.num_val} {'test' if cfg.subset == 'test' else 'labelled'} case(s), no training split"
+            + (f" ({len(found.unlabelled)} without label)" if found.unlabelled else ""))
+    log(f"data: {found.layout.name} layout, {what}, {info.spatial_dims}-D, "
+        f"{info.in_channels} channel(s), {info.num_classes} classes, "
+        f"{'patches of' if sampling.mode == 'patches' else 'resized to'} {sampling.size}, cache {cfg.cache}")
+    return info
 
 
 def resolve_workers(setting, cuda: bool, cpus: int | None = None, local_procs: int | None = None) -> int:
@@ -206,82 +283,8 @@ class ShardSampler:
         return len(range(self.rank, self.n, self.world))
 
 
-def split_cases(cases: list[Case], val_fraction: float, seed: int, data_dir: Path):
-    """The layout's own train/val split when it has one, else a seeded case-level split."""
-    if any(c.split for c in cases):
-        train = [c for c in cases if c.split == "train"]
-        val = [c for c in cases if c.split == "val"]
-        if not train:
-            raise ValueError(f"{data_dir}/train holds no cases; the training split is empty")
-        return train, val
-    n_val = math.ceil(len(cases) * val_fraction) if val_fraction > 0 else 0
-    if n_val >= len(cases):
-        raise ValueError(
-            f"{data_dir}: {len(cases)} case(s) with val_fraction {val_fraction} leaves the training split empty; "
-            "add cases or lower val_fraction"
-        )
-    order = np.random.default_rng(seed).permutation(len(cases))
-    val_idx = set(order[:n_val].tolist())
-    return ([c for i, c in enumerate(cases) if i not in val_idx], [c for i, c in enumerate(cases) if i in val_idx])
-
-
-def fold_split(cases: list[Case], fold: int, num_folds: int, seed: int, data_dir: Path,
-               splits_file: str | None, log=print) -> tuple[list[Case], list[Case]]:
-    """Cross-validation fold `fold`: its cases validate, the other folds' train. The folds come from
-    `splits_file` (nnU-Net's splits_final.json: a list of {"train": [...], "val": [...]}), or from
-    data_dir/splits_final.json when it exists, else from a seeded shuffle of the case ids cut into
-    `num_folds` near-equal parts (the same cases in the same folds for a given seed and dataset)."""
-    if any(c.split for c in cases):
-        raise ValueError(f"{data_dir}: fold {fold} needs one pool of training cases, but this folder has its own "
-                         "train/ and val/ split; remove fold (MedicalSegmentationLoader.fold) or merge the folders")
-    source = Path(splits_file) if splits_file else data_dir / "splits_final.json"
-    if splits_file or source.is_file():
-        return _listed_fold(cases, fold, source, log)
-    if num_folds > len(cases):
-        raise ValueError(f"{data_dir}: {len(cases)} case(s) cannot make {num_folds} folds (num_folds); "
-                         "lower num_folds or add cases")
-    if fold >= num_folds:
-        raise ValueError(f"fold {fold} does not exist with num_folds {num_folds}; folds are 0 to {num_folds - 1}")
-    ids = sorted(c.case_id for c in cases)
-    order = np.random.default_rng(seed).permutation(len(ids))
-    val_ids = {ids[i] for i in np.array_split(order, num_folds)[fold]}
-    log(f"data: fold {fold} of {num_folds} (seed {seed}): {len(cases) - len(val_ids)} train / {len(val_ids)} val cases")
-    return [c for c in cases if c.case_id not in val_ids], [c for c in cases if c.case_id in val_ids]
-
-
-def _listed_fold(cases: list[Case], fold: int, source: Path, log) -> tuple[list[Case], list[Case]]:
-    import json
-
-    try:
-        folds = json.loads(source.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"splits_file {str(source)!r} does not exist (MedicalSegmentationLoader.splits_file)") from None
-    except ValueError as e:
-        raise ValueError(f"{source}: not valid JSON ({e})") from None
-    if not isinstance(folds, list) or not all(isinstance(f, dict) and {"train", "val"} <= f.keys() for f in folds):
-        raise ValueError(f"{source}: expected a list of {{\"train\": [case ids], \"val\": [case ids]}}, one per fold, "
-                         "as nnU-Net's splits_final.json")
-    if fold >= len(folds):
-        raise ValueError(f"fold {fold} does not exist in {source}, which lists {len(folds)} fold(s) (0 to "
-                         f"{len(folds) - 1})")
-    by_id = {c.case_id: c for c in cases}
-    train_ids, val_ids = [str(i) for i in folds[fold]["train"]], [str(i) for i in folds[fold]["val"]]
-    unknown = [i for i in train_ids + val_ids if i not in by_id]
-    if unknown:
-        raise ValueError(f"{source}: fold {fold} names {len(unknown)} case(s) not in the dataset, e.g. "
-                         f"{unknown[:3]}; dataset case ids look like {sorted(by_id)[:3]}")
-    both = sorted(set(train_ids) & set(val_ids))
-    if both:
-        raise ValueError(f"{source}: fold {fold} lists {both[:3]} in both train and val")
-    if not train_ids:
-        raise ValueError(f"{source}: fold {fold} has no training cases")
-    left = len(cases) - len(set(train_ids) | set(val_ids))
-    log(f"data: fold {fold} of {len(folds)} from {source}: {len(train_ids)} train / {len(val_ids)} val cases"
-        + (f" ({left} case(s) in neither)" if left else ""))
-    return [by_id[i] for i in train_ids], [by_id[i] for i in val_ids]
-
-
-def _prepare_all(cases: list[Case], spec: PrepSpec, cfg: Any, data_dir: Path, log) -> list[dict]:
+def _prepare_all(cases: list[Case], spec: PrepSpec, cfg: MedicalSegmentationLoaderConfig, data_dir: Path,
+                 log: Log) -> list[dict]:
     """Decode and check every case once (threads: decoding releases the GIL in zlib/PIL).
     Errors from all cases are reported together."""
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else data_dir / ".segflow_cache"
@@ -337,9 +340,9 @@ def _size(image_size, dims: int) -> tuple[int, ...]:
     return tuple(int(s) for s in image_size)
 
 
-def size_mode(cfg: Any, dims: int) -> str:
+def size_mode(cfg: MedicalSegmentationLoaderConfig, dims: int) -> str:
     """"resize" or "patches": the config's size_mode with "auto" resolved for the data's dimension."""
-    mode = getattr(cfg, "size_mode", "auto")
+    mode = cfg.size_mode
     if mode == "auto":
         return "resize" if dims == 2 else "patches"
     if mode == "resize" and dims == 3:
@@ -348,7 +351,7 @@ def size_mode(cfg: Any, dims: int) -> str:
     return mode
 
 
-def _batch_augment(cfg: Any, dims: int, mode: str, strength: str):
+def _batch_augment(cfg: MedicalSegmentationLoaderConfig, dims: int, sampling: Sampling):
     """The device-side augmentation for `augmentation_on: device`, told what state the workers leave
     2-D samples in: resized images stay in [0, 1] and are z-scored after augmentation (zscore);
     patches are cut at full resolution (no random resized crop) and already z-scored with their whole
@@ -357,15 +360,15 @@ def _batch_augment(cfg: Any, dims: int, mode: str, strength: str):
     from segflow.data.batch_augment import BatchAugment
 
     if dims == 3:
-        return BatchAugment(dims, strength)
-    resize, norm = mode == "resize", cfg.normalization
-    return BatchAugment(dims, strength, zscore_after=resize and norm == "zscore",
+        return BatchAugment(dims, sampling.strength)
+    resize, norm = sampling.mode == "resize", cfg.normalization
+    return BatchAugment(dims, sampling.strength, zscore_after=resize and norm == "zscore",
                         unit_range=norm != "none" and (resize or norm != "zscore"),
                         **({} if resize else {"crop_p": 0.0}))
 
 
-def _datasets(train_src, val_src, dims: int, mode: str, size, strength, cfg, on_device: bool = False):
-    """With `on_device` the training workers get no random transforms: BatchAugment does them (and,
+def _datasets(train_src, val_src, dims: int, sampling: Sampling, cfg: MedicalSegmentationLoaderConfig):
+    """With `sampling.on_device` the training workers get no random transforms: BatchAugment does them (and,
     for resized 2-D images, the z-score that must follow them) on the training device."""
     from segflow.data.augment import albumentations_pipeline, monai_pipeline
     from segflow.data.datasets import Patches2D, Patches3D, Slices2D, WholeCases
@@ -373,8 +376,8 @@ def _datasets(train_src, val_src, dims: int, mode: str, size, strength, cfg, on_
     seed = int(cfg.seed)
     repeats = int(cfg.samples_per_volume)
     train = None
-    if on_device:
-        strength = None
+    size, mode, on_device = sampling.size, sampling.mode, sampling.on_device
+    strength = None if on_device else sampling.strength
     z = dims == 2 and cfg.normalization == "zscore"  # 2-D images stay in [0, 1] until after augmentation
     raw = dims == 2 and cfg.normalization == "none"  # mapped onto [0, 1] around the transforms, then back
     if mode == "resize":

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
+from segflow.data.segmentation_loader import batch_augment_of
 from segflow.training import artefacts, checkpoint, ddp
 from segflow.training.device import resolve_device, resolve_precision, seed_everything
 from segflow.training.epoch_statistics import EpochStatistics
@@ -177,7 +178,7 @@ class TrainingRun:
         self.model, self.train_loader, self.val_loader = model, train_loader, val_loader
         self.loss_fn, self.optimizer = loss_fn, optimizer
         # augmentation_on "device": the loader's random transforms, run here on whole training batches
-        self.batch_augment = getattr(train_loader, "batch_augment", None)
+        self.batch_augment = batch_augment_of(train_loader)
         self.epochs = cfg.epochs
         self.device = _training_device(cfg, ctx, self.who)
         # Under torchrun: DDP across the process group; rank 0 alone writes files and shows progress.
