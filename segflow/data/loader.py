@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     from segflow.data.segmentation_loader import SegmentationLoader
     from segflow.nodes.data import MedicalSegmentationLoaderConfig
 
-DEFAULT_SIZE = {2: 256, 3: 96}
 MAX_LISTED_ERRORS = 10
 
 Log = Callable[[str], None]
@@ -146,7 +145,7 @@ def prepare_and_check(cfg: MedicalSegmentationLoaderConfig, found: Found, log: L
 
 def _sampling(cfg: MedicalSegmentationLoaderConfig, dims: int) -> Sampling:
     strength = cfg.augmentation_strength if cfg.augmentation else None
-    return Sampling(_size(cfg.image_size, dims), size_mode(cfg, dims), strength,
+    return Sampling(cfg.patch_size(dims), size_mode(cfg, dims), strength,
                     on_device=strength is not None and cfg.augmentation_on == "device")
 
 
@@ -328,16 +327,6 @@ def _prepare_all(cases: list[Case], spec: PrepSpec, cfg: MedicalSegmentationLoad
 def _summary(case: Case, prep: Prepared, keep: Prepared | None, path: Path | None) -> dict:
     return {"case": case.case_id, "dims": prep.image.ndim - 1, "channels": prep.image.shape[0],
             "max_label": prep.max_label, "spacing": prep.spacing, "prepared": keep, "cache_path": path}
-
-
-def _size(image_size, dims: int) -> tuple[int, ...]:
-    if image_size is None:
-        return (DEFAULT_SIZE[dims],) * dims
-    if isinstance(image_size, int):
-        return (image_size,) * dims
-    if len(image_size) != dims:
-        raise ValueError(f"image_size {list(image_size)} has {len(image_size)} values but the data is {dims}-D")
-    return tuple(int(s) for s in image_size)
 
 
 def size_mode(cfg: MedicalSegmentationLoaderConfig, dims: int) -> str:
