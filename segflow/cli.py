@@ -143,6 +143,7 @@ def _how_to_resume(args, run_dir: Path | None) -> str:
 
 
 def cmd_schema(args) -> int:
+    from segflow.workflow.files import atomic_write_text
     from segflow.workflow.schema import DEFAULT_PATH, render
 
     text = render()
@@ -156,8 +157,7 @@ def cmd_schema(args) -> int:
             return 1
         print(f"{path} is current")
         return 0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    atomic_write_text(path, text)
     print(f"wrote {path}")
     return 0
 

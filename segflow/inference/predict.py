@@ -30,6 +30,7 @@ from segflow.inference.writers import (
     write_label,
     write_probabilities,
 )
+from segflow.workflow.files import atomic_write
 
 if TYPE_CHECKING:
     from segflow.data.info import DatasetInfo
@@ -168,11 +169,12 @@ def _write_plain(cfg: PredictorConfig, out_dir: Path, case_id: str, probs: torch
     image = batch["image"][i].cpu().numpy().astype(np.float32)
     image_paths = tuple(out_dir / f"{case_id}_image_{c:04d}.npy" for c in range(len(image)))
     for path_c, channel in zip(image_paths, image):  # one file per channel, as PredictionSet.load reads them
-        np.save(path_c, channel)
+        atomic_write(path_c, lambda f, channel=channel: np.save(f, channel))
     label_path = None
     if "label" in batch:
         label_path = out_dir / f"{case_id}_label.npy"
-        np.save(label_path, batch["label"][i, 0].cpu().numpy())
+        truth = batch["label"][i, 0].cpu().numpy()
+        atomic_write(label_path, lambda f: np.save(f, truth))
     prob_path = write_probabilities(out_dir / case_id, probs.cpu().numpy()) if cfg.save_probabilities else None
     return PredictionRecord(case=case_id, prediction_path=path, image_paths=image_paths, label_path=label_path,
                             probabilities_path=prob_path)

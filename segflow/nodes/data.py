@@ -5,7 +5,6 @@ and are imported inside `run`, so `segflow validate` stays free of torch.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -15,6 +14,7 @@ from segflow.nodes.base import Finding, Node, NodeConfig, Port
 from segflow.nodes.datashape import DataShape
 from segflow.nodes.registry import register
 from segflow.nodes.words import Choice
+from segflow.workflow.files import write_json
 
 # Dimensionality of each built-in phantom, and image_size when it is not set (by dimensionality).
 PHANTOM_DIMS = {"phantom2d": 2, "phantom3d": 3}
@@ -225,8 +225,6 @@ class MedicalSegmentationLoader(Node):
         train, val, info = build_loaders(self.config, log=self.ctx.log)
         if self.config.subset == "split" and distributed.is_main():
             # the cases each split holds, so a fold or a run can be reproduced or compared exactly
-            path = self.ctx.output_path("split.json")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"data_dir": info.data_dir, "fold": info.fold, "train": info.train_cases,
-                                        "val": info.val_cases}, indent=1) + "\n")
+            write_json(self.ctx.output_path("split.json"), {"data_dir": info.data_dir, "fold": info.fold,
+                                                            "train": info.train_cases, "val": info.val_cases}, indent=1)
         return {"train_loader": train, "val_loader": val, "dataset_info": info}

@@ -10,7 +10,12 @@ from typing import Any
 
 import torch
 
-from segflow.workflow.files import atomic_write_text, json_safe, write_json
+from segflow.workflow.files import (
+    atomic_write,
+    atomic_write_text,
+    json_safe,
+    write_json,
+)
 
 # history keys that are not "<phase>_<metric>" and their TensorBoard tags
 _TAGS = {"lr": "train/lr", "grad_norm": "train/grad_norm", "epoch_time": "time/epoch_seconds",
@@ -80,7 +85,7 @@ def plot_curves(run_dir: Path, history: list[dict[str, Any]]) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        fig.savefig(run_dir / filename)
+        atomic_write(run_dir / filename, lambda f, fig=fig: fig.savefig(f, format="png"))
         written.append(run_dir / filename)
     return written
 
