@@ -4,24 +4,13 @@ import json
 
 import numpy as np
 import pytest
-from data_helpers import (
-    case_2d,
-    case_3d,
-    folder_png,
-    msd_3d,
-    nnunet_2ch,
-    save_nifti,
-    save_png,
-)
+from data_helpers import case_2d, case_3d, folder_png, msd_3d, nnunet_2ch, save_nifti, save_png
 from pydantic import ValidationError
 
 from segflow.data.layouts import find_cases, find_test_cases
 from segflow.data.phantoms import write_phantom_dataset
 from segflow.nodes.base import RunContext
-from segflow.nodes.data import (
-    MedicalSegmentationLoader,
-    MedicalSegmentationLoaderConfig,
-)
+from segflow.nodes.data import MedicalSegmentationLoader, MedicalSegmentationLoaderConfig
 
 
 def build(tmp_path, root, **cfg):

@@ -16,10 +16,7 @@ from segflow.inference.predict import back_to_source
 from segflow.inference.writers import source_geometry
 from segflow.networks.factory import build_network
 from segflow.nodes.base import RunContext
-from segflow.nodes.data import (
-    MedicalSegmentationLoader,
-    MedicalSegmentationLoaderConfig,
-)
+from segflow.nodes.data import MedicalSegmentationLoader, MedicalSegmentationLoaderConfig
 from segflow.nodes.inference import Predictor, PredictorConfig
 from segflow.nodes.networks import UNet2DConfig
 from segflow.workflow import executor

@@ -20,14 +20,7 @@ import numpy as np
 
 from segflow.data.info import DatasetInfo
 from segflow.data.layouts import Case, Layout, find_cases, find_test_cases
-from segflow.data.prepare import (
-    Prepared,
-    PrepSpec,
-    cache_key,
-    load_prepared,
-    prepare_case,
-    save_prepared,
-)
+from segflow.data.prepare import Prepared, PrepSpec, cache_key, load_prepared, prepare_case, save_prepared
 from segflow.data.splits import Split, choose_split
 
 if TYPE_CHECKING:

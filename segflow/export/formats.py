@@ -130,9 +130,7 @@ def _run_onnx(path: Path, x: torch.Tensor) -> tuple[np.ndarray, str]:
     try:
         import onnxruntime as ort
     except ImportError:
-        from onnx.reference import (
-            ReferenceEvaluator,  # pure Python: slow, but needs nothing more
-        )
+        from onnx.reference import ReferenceEvaluator  # pure Python: slow, but needs nothing more
 
         return np.asarray(ReferenceEvaluator(str(path)).run(None, {"image": x.numpy()})[0]), "onnx.reference"
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -24,12 +24,7 @@ import torch
 
 from segflow.inference import tta as tta_mod
 from segflow.inference.records import PredictionRecord, PredictionSet
-from segflow.inference.writers import (
-    Geometry,
-    source_geometry,
-    write_label,
-    write_probabilities,
-)
+from segflow.inference.writers import Geometry, source_geometry, write_label, write_probabilities
 from segflow.workflow.files import atomic_write
 
 if TYPE_CHECKING:

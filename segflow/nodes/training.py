@@ -11,14 +11,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from segflow.nodes.base import (
-    Finding,
-    Node,
-    NodeConfig,
-    Port,
-    device_findings,
-    lowercase,
-)
+from segflow.nodes.base import Finding, Node, NodeConfig, Port, device_findings, lowercase
 from segflow.nodes.registry import register
 from segflow.nodes.words import Choice
 

@@ -10,12 +10,7 @@ from typing import Any
 
 import torch
 
-from segflow.workflow.files import (
-    atomic_write,
-    atomic_write_text,
-    json_safe,
-    write_json,
-)
+from segflow.workflow.files import atomic_write, atomic_write_text, json_safe, write_json
 
 # history keys that are not "<phase>_<metric>" and their TensorBoard tags
 _TAGS = {"lr": "train/lr", "grad_norm": "train/grad_norm", "epoch_time": "time/epoch_seconds",

@@ -14,13 +14,7 @@ from segflow.nodes.base import RunContext
 from segflow.workflow import distributed, spec
 from segflow.workflow.errors import Issue, NodeRunError, RunInterrupted, WorkflowError
 from segflow.workflow.files import write_json
-from segflow.workflow.rundir import (
-    environment_path,
-    new_run_dir,
-    prepare_run_dir,
-    resolve_resume,
-    run_dir_of,
-)
+from segflow.workflow.rundir import environment_path, new_run_dir, prepare_run_dir, resolve_resume, run_dir_of
 from segflow.workflow.runinfo import environment_record
 
 
