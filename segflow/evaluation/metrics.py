@@ -236,9 +236,9 @@ def summary_table(result: dict) -> str:
     """A small Markdown table under a line saying what is averaged: one row per class (mean ± std
     over cases) plus the macro mean over classes."""
     metrics = result["metrics"]
-    lines = [f"evaluation: mean ± std over cases ({result['num_evaluated']} evaluated; each case counts once, "
-             "not pooled over voxels); last row: mean over classes",
-             "| class | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    caption = (f"evaluation: mean ± std over cases ({result['num_evaluated']} evaluated; each case counts once, "
+               "not pooled over voxels); last row: mean over classes")
+    lines = [caption, "| class | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
 
     def cell(entry: dict) -> str:
         return "n/a" if math.isnan(entry["mean"]) else f"{entry['mean']:.4f} ± {entry['std']:.4f}"

@@ -74,7 +74,10 @@ class SegmentationOverlayConfig(NodeConfig):
     slices_per_case: int = Field(3, ge=1, le=12, description="3-D: slices drawn per case, those with the most "
                                                              "errors (then the most foreground).")
     slice_axis: Annotated[int | Literal["auto"], Choice()] = Field(
-        "auto", description="3-D: the axis sliced along (0, 1, 2); auto = the axis of the coarsest spacing, else the last.")
+        "auto", description="3-D: the axis sliced along. With an affine (NIfTI) the axes are the patient's, "
+                            "whatever the voxel order on disk: 0 = left-right (sagittal slices), 1 = posterior-anterior "
+                            "(coronal), 2 = inferior-superior (axial); without one (NumPy, TIFF) the stored array axes. "
+                            "auto = the axis of the coarsest spacing, else 2 (axial).")
     colours: dict[Literal["tp", "fp", "fn", "wrong_class"], str] = Field(
         dict(DEFAULT_COLOURS), description="Colours of the error map: tp (correct foreground), fp (foreground where "
                                            "the truth is background), fn (missed foreground), wrong_class; "
