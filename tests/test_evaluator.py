@@ -73,6 +73,74 @@ def test_hd95_is_the_95th_percentile_not_the_maximum():
     assert row["surface_dice"] == pytest.approx(50 / 51)
 
 
+# --- the two HD95 definitions, against distances computed here from scratch ---
+
+def boundary(mask: np.ndarray) -> np.ndarray:
+    """The mask minus its erosion (face-connected), as MONAI and medpy take a surface."""
+    from scipy import ndimage
+
+    return mask & ~ndimage.binary_erosion(mask)
+
+
+def directed_distances(a: np.ndarray, b: np.ndarray, spacing) -> np.ndarray:
+    """From each boundary point of `a` to the nearest boundary point of `b`, in mm: by brute force
+    over all point pairs, checked against scipy's distance transform."""
+    from scipy import ndimage
+
+    pa, pb = (np.argwhere(boundary(m)) * np.asarray(spacing) for m in (a, b))
+    brute = np.sqrt(((pa[:, None] - pb[None]) ** 2).sum(-1)).min(axis=1)
+    edt = ndimage.distance_transform_edt(~boundary(b), sampling=spacing)[boundary(a)]
+    np.testing.assert_allclose(brute, edt, rtol=1e-9)
+    return brute
+
+
+def protruding_pair(ndim: int) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """The truth a box; the prediction the box plus a long thin protrusion, whose far boundary
+    is more than 5 % of the predicted boundary but less than 5 % of both boundaries together."""
+    if ndim == 2:
+        gt = np.zeros((24, 20), bool)
+        gt[4:12, 4:16] = True
+        pred = gt.copy()
+        pred[12:20, 8:11] = True
+        return pred, gt, (2.0, 0.7)
+    gt = np.zeros((14, 16, 12), bool)
+    gt[3:9, 3:12, 3:8] = True
+    pred = gt.copy()
+    pred[9:13, 6:9, 4:7] = True
+    return pred, gt, (2.5, 0.8, 1.5)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # MONAI's notes on its own internal arguments
+@pytest.mark.parametrize("ndim, hd95, pooled", [(2, 15.1, 13.5), (3, 7.5, 5.0)])
+def test_hd95_is_monais_larger_directed_percentile_and_hd95_pooled_is_medpys(ndim, hd95, pooled):
+    import torch
+    from monai.metrics import compute_hausdorff_distance
+
+    pred, gt, spacing = protruding_pair(ndim)
+    to_gt, to_pred = directed_distances(pred, gt, spacing), directed_distances(gt, pred, spacing)
+    row = class_metrics(pred, gt, spacing, ["hd95", "hd95_pooled"], tolerance=1.0)
+    assert row["hd95"] == pytest.approx(max(np.percentile(to_gt, 95), np.percentile(to_pred, 95)))
+    assert row["hd95_pooled"] == pytest.approx(np.percentile(np.concatenate([to_gt, to_pred]), 95))
+    assert (row["hd95"], row["hd95_pooled"]) == (pytest.approx(hd95), pytest.approx(pooled))  # they differ here
+    monai = compute_hausdorff_distance(torch.from_numpy(pred)[None, None].float(),
+                                       torch.from_numpy(gt)[None, None].float(), include_background=True,
+                                       percentile=95, spacing=list(spacing))
+    assert row["hd95"] == pytest.approx(float(monai[0, 0]))
+
+
+def test_hd95_pooled_through_the_node_and_for_one_sided_classes(tmp_path):
+    pred, gt, spacing = protruding_pair(3)
+    rec = record3d(tmp_path, "p", pred.astype(np.uint8), gt.astype(np.uint8), spacing)
+    result = evaluate(PredictionSet([rec], spatial_dims=3), metrics=EvaluatorConfig(
+        metrics="HD95, hd95-pooled").metrics, output_dir=tmp_path / "out", log=lambda s: None)
+    assert result["metrics"] == ["hd95", "hd95_pooled"]
+    assert result["per_class"]["class_1"]["hd95_pooled"]["mean"] == pytest.approx(5.0)
+    with open(tmp_path / "out" / "metrics.csv") as f:
+        assert float(next(csv.DictReader(f))["hd95_pooled"]) == pytest.approx(5.0)
+    missed = class_metrics(np.zeros_like(gt), gt, spacing, ["hd95", "hd95_pooled"], 1.0)
+    assert missed["hd95_pooled"] == missed["hd95"] == pytest.approx(math.hypot(14 * 2.5, 16 * 0.8, 12 * 1.5))
+
+
 def test_overlap_metrics_on_known_counts():
     gt = np.zeros((10, 10), bool)
     gt[:, :4] = True  # 40 pixels
@@ -137,6 +205,19 @@ def test_evaluate_aggregates_skips_unlabelled_and_writes_csv_and_json(tmp_path):
     saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert saved["cases"][1]["dice"] is None  # NaN written as null, valid JSON
     assert saved["per_class"]["tumour"]["n_absent"] == 1 and saved["mean"]["dice"] == pytest.approx(0.75)
+
+
+def test_means_are_named_as_means_over_cases_in_the_files_and_the_log(tmp_path):
+    # the Trainer's validation Dice pools voxels over cases; these must say that they do not
+    lines: list[str] = []
+    result = evaluate(make_set(tmp_path), metrics=["dice"], output_dir=tmp_path / "out", log=lines.append)
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert saved["averaging"] == result["averaging"]
+    assert "over cases" in saved["averaging"]["per_class"] and "not pooled" in saved["averaging"]["per_class"]
+    assert "over classes" in saved["averaging"]["mean"]
+    table = lines[-1].splitlines()
+    assert "mean ± std over cases" in table[0] and "not pooled over voxels" in table[0]
+    assert table[-1].startswith("| **mean over classes** | 0.7500")
 
 
 def test_include_background_and_metric_subset(tmp_path):

@@ -1,15 +1,28 @@
 """Per-case, per-class segmentation metrics, streamed over a PredictionSet.
 
 Overlap metrics are counted here (they are one line each from TP/FP/FN); the surface metrics
-use MONAI's `compute_hausdorff_distance` (95th percentile) and `compute_surface_dice` with the
+use MONAI's boundary distances (`get_edge_surface_distance`) and `compute_surface_dice` with the
 case's voxel spacing, so distances are in physical units (mm for NIfTI, pixels for PNG).
+
+Two 95th-percentile Hausdorff distances, because libraries disagree on the definition and the
+two can differ by tens of mm on real labels:
+  * "hd95": MONAI's `compute_hausdorff_distance(percentile=95)`: the 95th percentile of the
+    distances from the predicted boundary to the true one, the same from the true boundary to
+    the predicted one, and the larger of the two.
+  * "hd95_pooled": medpy's `hd95` and seg-metrics': both directions' distances pooled into one
+    set and its 95th percentile; usually the smaller, as one direction's far-off distances are
+    diluted by the other direction's.
+Both use the same boundaries (a mask minus its erosion) and a linearly interpolated percentile.
+
+Every summary over cases (per_class mean/std/median) is a mean over cases: each case weighs
+the same, however many voxels it has. It is not the Dice of all voxels pooled over the cases.
 
 Rules for empty masks (docs/evaluation.md), decided per case and class:
   * status "absent": neither prediction nor ground truth has the class. Every metric is NaN,
     the row is still written (with the flag) and counted in `n_absent`, and left out of means.
   * status "missed" (only ground truth) / "spurious" (only prediction): Dice, IoU and surface
-    Dice are 0; the undefined one of precision/recall is 0 (sklearn's zero_division=0); HD95
-    is the image diagonal in physical units, the largest distance the image allows.
+    Dice are 0; the undefined one of precision/recall is 0 (sklearn's zero_division=0); both
+    HD95s are the image diagonal in physical units, the largest distance the image allows.
   * status "ok": both present, every metric as defined.
 """
 from __future__ import annotations
@@ -25,8 +38,15 @@ import numpy as np
 
 from segflow.workflow.files import atomic_write_text, write_json
 
-ALL_METRICS = ("dice", "iou", "precision", "recall", "hd95", "surface_dice")
-HIGHER_IS_BETTER = {"dice": True, "iou": True, "precision": True, "recall": True, "hd95": False, "surface_dice": True}
+ALL_METRICS = ("dice", "iou", "precision", "recall", "hd95", "surface_dice")  # the default set
+HIGHER_IS_BETTER = {"dice": True, "iou": True, "precision": True, "recall": True, "hd95": False,
+                    "hd95_pooled": False, "surface_dice": True}
+HAUSDORFF = ("hd95", "hd95_pooled")
+# Written into metrics.json: the Trainer's validation Dice pools voxels over cases, so its number
+# differs from these on the same data, and a reader must be able to tell which one they hold
+AVERAGING = {"per_class": "mean, std (population) and median over cases: each case counts once, however many "
+                          "voxels it has (not pooled over the voxels of all cases)",
+             "mean": "macro mean: the average over classes of the per-class means over cases"}
 
 
 def _ratio(num: float, den: float) -> float:
@@ -46,24 +66,35 @@ def _crop_pair(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return pred[box], gt[box]
 
 
+def hausdorff95(distances: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
+    """Both HD95 definitions (module doc) from the directed boundary distances
+    (predicted -> true, true -> predicted)."""
+    pred_to_gt, gt_to_pred = (np.asarray(d, dtype=np.float64) for d in distances)
+    return {"hd95": float(max(np.percentile(pred_to_gt, 95), np.percentile(gt_to_pred, 95))),
+            "hd95_pooled": float(np.percentile(np.concatenate([pred_to_gt, gt_to_pred]), 95))}
+
+
 def surface_metrics(pred: np.ndarray, gt: np.ndarray, spacing: tuple[float, ...],
                     tolerance: float, want: Iterable[str]) -> dict[str, float]:
-    """HD95 and surface Dice of two non-empty boolean masks, in the units of `spacing`."""
+    """HD95 (both definitions) and surface Dice of two non-empty boolean masks, in the units of `spacing`."""
     import torch
-    from monai.metrics import compute_hausdorff_distance, compute_surface_dice
+    from monai.metrics import compute_surface_dice
+    from monai.metrics.utils import get_edge_surface_distance
 
     want = set(want)
     p, g = _crop_pair(pred, gt)
-    tp = torch.from_numpy(np.ascontiguousarray(p))[None, None].float()
-    tg = torch.from_numpy(np.ascontiguousarray(g))[None, None].float()
+    tp = torch.from_numpy(np.ascontiguousarray(p)).float()  # as compute_hausdorff_distance hands them on
+    tg = torch.from_numpy(np.ascontiguousarray(g)).float()
     out: dict[str, float] = {}
     with warnings.catch_warnings():  # MONAI's deprecation notes on its own internal arguments
         warnings.simplefilter("ignore")
-        if "hd95" in want:
-            out["hd95"] = float(compute_hausdorff_distance(tp, tg, include_background=True, percentile=95,
-                                                           spacing=list(spacing))[0, 0])
+        if want & set(HAUSDORFF):
+            # the distances compute_hausdorff_distance takes its percentiles of, computed once for both
+            _, distances, _ = get_edge_surface_distance(tp, tg, spacing=list(spacing), symmetric=True)
+            out.update({k: v for k, v in hausdorff95(tuple(d.numpy() for d in distances)).items() if k in want})
         if "surface_dice" in want:
-            out["surface_dice"] = float(compute_surface_dice(tp, tg, [float(tolerance)], include_background=True,
+            out["surface_dice"] = float(compute_surface_dice(tp[None, None], tg[None, None],
+                                                             [float(tolerance)], include_background=True,
                                                              spacing=list(spacing))[0, 0])
     return out
 
@@ -91,7 +122,8 @@ def class_metrics(pred: np.ndarray, gt: np.ndarray, spacing: tuple[float, ...], 
     if row["status"] == "ok":
         values.update(surface_metrics(pred, gt, spacing, tolerance, metrics))
     else:
-        values["hd95"] = float(math.sqrt(sum((n * s) ** 2 for n, s in zip(pred.shape, spacing))))
+        diagonal = float(math.sqrt(sum((n * s) ** 2 for n, s in zip(pred.shape, spacing))))
+        values.update({m: diagonal for m in HAUSDORFF})
         values["surface_dice"] = 0.0
     row.update({m: values[m] for m in metrics})
     return row
@@ -174,6 +206,7 @@ def evaluate(pset, *, metrics: Iterable[str] = ALL_METRICS, include_background: 
         "cases": rows,
         "per_class": per_class,
         "mean": mean,
+        "averaging": AVERAGING,
     }
     if skipped:
         log(f"evaluation: {len(skipped)} of {len(pset)} case(s) had no ground truth and were skipped")
@@ -200,15 +233,18 @@ def write(result: dict, output_dir: Path) -> dict[str, str]:
 
 
 def summary_table(result: dict) -> str:
-    """A small Markdown table: one row per class plus the mean, mean ± std per metric."""
+    """A small Markdown table under a line saying what is averaged: one row per class (mean ± std
+    over cases) plus the macro mean over classes."""
     metrics = result["metrics"]
-    lines = ["| class | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    caption = (f"evaluation: mean ± std over cases ({result['num_evaluated']} evaluated; each case counts once, "
+               "not pooled over voxels); last row: mean over classes")
+    lines = [caption, "| class | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
 
     def cell(entry: dict) -> str:
         return "n/a" if math.isnan(entry["mean"]) else f"{entry['mean']:.4f} ± {entry['std']:.4f}"
 
     for name, entry in result["per_class"].items():
         lines.append(f"| {name} | " + " | ".join(cell(entry[m]) for m in metrics) + " |")
-    lines.append("| **mean** | " + " | ".join("n/a" if math.isnan(result["mean"][m]) else f"{result['mean'][m]:.4f}"
-                                             for m in metrics) + " |")
+    macro = ("n/a" if math.isnan(result["mean"][m]) else f"{result['mean'][m]:.4f}" for m in metrics)
+    lines.append("| **mean over classes** | " + " | ".join(macro) + " |")
     return "\n".join(lines)

@@ -5,6 +5,14 @@ colours) and an error map (TP / FP / FN / wrong class in the configured colours)
 3-D cases show the slices with the most wrong voxels, so the picture lands where the model
 fails. A grid.png shows one tile per case (its worst slice with the error map) for a glance
 over the whole set. Cases are loaded one at a time; only the grid's small 2-D tiles are kept.
+
+Orientation: a case whose prediction file has an affine (NIfTI) is turned into the RAS+
+frame first (axis 0 towards the patient's right, 1 anterior, 2 superior; the nearest axes for
+an oblique affine), whatever order and direction its voxels are stored in, and every plane is
+drawn in the radiological convention: axial with anterior at the top and the patient's right
+on the image's left, coronal with superior at the top and the right on the left, sagittal
+with superior at the top and anterior on the left. Cases without an affine (PNG, TIFF, NumPy)
+are drawn as stored, rows downwards. Pixels keep the voxels' physical aspect ratio.
 """
 from __future__ import annotations
 
@@ -66,13 +74,12 @@ def pick_slices(pred: np.ndarray, label: np.ndarray | None, axis: int, k: int) -
     return sorted(chosen) or [pred.shape[axis] // 2]
 
 
-def _slice_axis(record: PredictionRecord, ndim: int, slice_axis) -> int:
+def _slice_axis(case: str, spacing: tuple[float, ...] | None, ndim: int, slice_axis) -> int:
     if slice_axis != "auto":
         if not 0 <= int(slice_axis) < ndim:
             raise ValueError(f"SegmentationOverlay.slice_axis {slice_axis} does not exist for the {ndim}-D case "
-                             f"{record.case!r}; use 0..{ndim - 1} or auto")
+                             f"{case!r}; use 0..{ndim - 1} or auto")
         return int(slice_axis)
-    spacing = record.spacing
     if spacing and len(spacing) == ndim and max(spacing) > min(spacing):
         return int(np.argmax(spacing))  # the coarse axis: slices across it are the full-resolution planes
     return ndim - 1
@@ -108,16 +115,12 @@ class _Painter:
                            4: to_rgba(colours["wrong_class"])}
         self.colours = colours
 
-    def show(self, ax, plane: np.ndarray, *, nifti: bool, aspect: float, overlay: np.ndarray | None = None):
-        # NIfTI planes are (x, y): shown transposed with y upwards, the usual radiological view
-        def orient(a):
-            return np.swapaxes(a, 0, 1) if nifti else a
-
-        origin = "lower" if nifti else "upper"
+    def show(self, ax, plane: np.ndarray, *, aspect: float, overlay: np.ndarray | None = None):
+        """Draw a plane already in screen order (View.plane): row 0 at the top."""
         kw = {"cmap": "gray", "vmin": 0.0, "vmax": 1.0} if plane.ndim == 2 else {}
-        ax.imshow(orient(plane), origin=origin, aspect=aspect, interpolation="nearest", **kw)
+        ax.imshow(plane, origin="upper", aspect=aspect, interpolation="nearest", **kw)
         if overlay is not None:
-            ax.imshow(orient(overlay), origin=origin, aspect=aspect, interpolation="nearest")
+            ax.imshow(overlay, origin="upper", aspect=aspect, interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
 
@@ -179,7 +182,34 @@ def render_overlays(pset: PredictionSet, output_dir: Path, *, alpha: float = 0.5
     return written
 
 
-def _load_case(record: PredictionRecord) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+@dataclass
+class OrientedCase:
+    """One case's arrays in the frame they are drawn in: RAS+ when the prediction file has an
+    affine (`canonical`), else as stored. A 2-D NIfTI slice gets a third axis of length 1 first,
+    so that its affine places it as well; `flat_axis` is where that axis ends up."""
+
+    image: np.ndarray  # (C, *S)
+    pred: np.ndarray
+    label: np.ndarray | None
+    spacing: tuple[float, ...] | None  # along the axes above
+    canonical: bool
+    flat_axis: int | None = None
+
+    @property
+    def volume(self) -> bool:
+        return self.pred.ndim == 3 and self.flat_axis is None
+
+
+def _affine(record: PredictionRecord) -> np.ndarray | None:
+    """The prediction file's affine (its header only); None for formats without one."""
+    if not str(record.prediction_path).lower().endswith((".nii", ".nii.gz")):
+        return None
+    import nibabel as nib
+
+    return np.asarray(nib.load(str(record.prediction_path)).affine)
+
+
+def _load_checked(record: PredictionRecord) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(image (C, *S), prediction, label or None), checked to lie on one grid."""
     image, pred, label = PredictionSet.load(record)
     if label is not None and label.shape != pred.shape:
@@ -191,36 +221,78 @@ def _load_case(record: PredictionRecord) -> tuple[np.ndarray, np.ndarray, np.nda
     return image, pred, label
 
 
+def oriented_case(record: PredictionRecord) -> OrientedCase:
+    """The case's arrays in the frame they are drawn in (see OrientedCase)."""
+    image, pred, label = _load_checked(record)
+    affine = _affine(record)
+    from nibabel.affines import voxel_sizes
+    from nibabel.orientations import apply_orientation, io_orientation
+
+    # per stored axis: the RAS+ axis it runs along and whether it runs backwards; NaN where a
+    # degenerate affine says nothing about directions
+    ornt = None if affine is None else io_orientation(affine)
+    if ornt is None or np.isnan(ornt).any():
+        return OrientedCase(image, pred, label, record.spacing, False)
+    flat_axis = None if pred.ndim == 3 else int(ornt[2, 0])
+    if flat_axis is not None:
+        image, pred = image[..., None], pred[..., None]
+        label = None if label is None else label[..., None]
+    spacing = [0.0] * 3
+    for size, (axis, _) in zip(voxel_sizes(affine), ornt):
+        spacing[int(axis)] = float(size)
+    image = np.moveaxis(apply_orientation(np.moveaxis(image, 0, -1), ornt), -1, 0)  # channels ride along, last
+    label = None if label is None else apply_orientation(label, ornt)
+    return OrientedCase(image, apply_orientation(pred, ornt), label, tuple(spacing), True, flat_axis)
+
+
+PLANE_NAMES = ("sagittal", "coronal", "axial")  # the canonical (RAS+) axis a plane is perpendicular to
+
+
 @dataclass
-class _View:
-    """How one case is shown: the axis it is sliced along and the slices drawn (None for 2-D), the
-    orientation (NIfTI or not) and the pixel aspect ratio."""
+class View:
+    """How one case is shown: the axis it is sliced along (None for a 2-D case without an affine)
+    and the slices drawn, whether the arrays are canonical (RAS+), and the pixel aspect ratio."""
 
     axis: int | None
     indices: list[int | None]
-    nifti: bool
+    canonical: bool
     aspect: float
+    volume: bool
 
     def plane(self, array: np.ndarray, i: int | None) -> np.ndarray:
-        return array if i is None else np.take(array, i, axis=self.axis)
+        """The 2-D plane as on screen, row 0 at the top. A RAS+ plane (a, b) runs a towards the
+        right/anterior and b towards anterior/superior: both reversed and b made the rows puts
+        anterior or superior at the top and the patient's right (or anterior) on the left."""
+        p = array if self.axis is None else np.take(array, i, axis=self.axis)
+        return np.flip(p, (0, 1)).T if self.canonical else p
 
     def image_plane(self, image: np.ndarray, i: int | None) -> np.ndarray:
-        return image if i is None else np.take(image, i, axis=self.axis + 1)  # channels come first
+        """As `plane`, for a (C, *S) image: (C, rows, columns)."""
+        p = image if self.axis is None else np.take(image, i, axis=self.axis + 1)  # channels come first
+        return np.swapaxes(np.flip(p, (1, 2)), 1, 2) if self.canonical else p
+
+    def where(self, i: int | None) -> str:
+        """The slice, as titles name it."""
+        if not self.volume:
+            return ""
+        return f"{PLANE_NAMES[self.axis]} slice {i}" if self.canonical else f"axis {self.axis}, slice {i}"
 
 
-def _view(record: PredictionRecord, pred: np.ndarray, label: np.ndarray | None, slice_axis,
-          slices_per_case: int) -> _View:
-    nifti = str(record.prediction_path).lower().endswith((".nii", ".nii.gz"))
-    spacing = tuple(record.spacing or ()) + (1.0,) * pred.ndim
-    if pred.ndim == 3:
-        axis = _slice_axis(record, 3, slice_axis)
-        indices = pick_slices(pred, label, axis, slices_per_case)
+def choose_view(record: PredictionRecord, case: OrientedCase, slice_axis, slices_per_case: int) -> View:
+    """The axis (`slice_axis` counts the canonical axes when the case has an affine), the slices
+    and the aspect ratio the case is drawn with."""
+    spacing = tuple(case.spacing or ()) + (1.0,) * case.pred.ndim
+    if case.volume:
+        axis = _slice_axis(record.case, case.spacing, 3, slice_axis)
+        indices: list[int | None] = pick_slices(case.pred, case.label, axis, slices_per_case)
+    elif case.flat_axis is not None:  # a 2-D NIfTI slice: the plane its affine puts it in
+        axis, indices = case.flat_axis, [0]
     else:
         axis, indices = None, [None]
-    rest = [a for a in range(pred.ndim) if a != axis]
-    # aspect = height of a pixel / its width, in physical units, in the orientation shown
-    vertical, horizontal = (rest[1], rest[0]) if nifti else (rest[0], rest[1])
-    return _View(axis, indices, nifti, spacing[vertical] / spacing[horizontal])
+    rest = [a for a in range(case.pred.ndim) if a != axis]
+    # aspect = height of a pixel / its width, in physical units, as on screen (see View.plane)
+    vertical, horizontal = (rest[1], rest[0]) if case.canonical else (rest[0], rest[1])
+    return View(axis, indices, case.canonical, spacing[vertical] / spacing[horizontal], case.volume)
 
 
 def _panels(painter: _Painter, pred: np.ndarray, label: np.ndarray | None) -> list[tuple[str, np.ndarray | None]]:
@@ -242,12 +314,13 @@ def _case_figure(plt, painter: _Painter, record: PredictionRecord, slice_axis, s
     """The case's figure, a row per drawn slice, and its grid tile: the slice with the most wrong
     voxels (the first one without ground truth), showing its last panel. The case is loaded here,
     so only the tile's 2-D planes outlive the call."""
-    image, pred, label = _load_case(record)
-    view = _view(record, pred, label, slice_axis, slices_per_case)
+    case = oriented_case(record)
+    image, pred, label = case.image, case.pred, case.label
+    view = choose_view(record, case, slice_axis, slices_per_case)
     cols = 4 if label is not None else 2
     fig, axes = plt.subplots(len(view.indices), cols, figsize=(3 * cols, 3.3 * len(view.indices) + 0.9),
                              squeeze=False, layout="constrained")
-    worst = None  # (wrong voxels, tile image, tile overlay, slice)
+    worst = None  # (wrong voxels, tile image, tile overlay, the slice as titles name it)
     for row, i in enumerate(view.indices):
         img = _display(view.image_plane(image, i))
         p = view.plane(pred, i)
@@ -255,19 +328,19 @@ def _case_figure(plt, painter: _Painter, record: PredictionRecord, slice_axis, s
         panels = _panels(painter, p, lab)
         for col, (title, overlay) in enumerate(panels):
             ax = axes[row][col]
-            painter.show(ax, _under(img, title), nifti=view.nifti, aspect=view.aspect, overlay=overlay)
-            where = "" if i is None else f" (axis {view.axis}, slice {i})"
+            painter.show(ax, _under(img, title), aspect=view.aspect, overlay=overlay)
+            where = f" ({view.where(i)})" if view.volume else ""
             ax.set_title(f"{title}{where}" if col == 0 else title, fontsize=8)
         wrong = int(np.count_nonzero(p != lab)) if lab is not None else 0
         if worst is None or wrong > worst[0]:
             title, overlay = panels[-1]
-            worst = (wrong, _under(img, title), overlay, i)
+            worst = (wrong, _under(img, title), overlay, view.where(i))
     score = foreground_dice(pred, label) if label is not None else None
     head = record.case + (f" - foreground Dice {score:.3f}" if score is not None else " - no ground truth")
     fig.suptitle(head, fontsize=10)
     fig.legend(handles=painter.legend_handles(True, label is not None), loc="outside lower center",
                ncol=4, fontsize=7, frameon=False)
-    return fig, (record.case, score, view.nifti, view.aspect, *worst[1:])
+    return fig, (record.case, score, view.aspect, *worst[1:])
 
 
 def _unique_name(case: str, used: set[str]) -> str:
@@ -288,12 +361,12 @@ def _grid(tiles, painter: _Painter, path: Path, dpi: int, plt) -> Path:
     for ax in axes.flat:
         ax.axis("off")
     has_errors = False
-    for ax, (case, score, nifti, aspect, img, overlay, index) in zip(axes.flat, tiles):
+    for ax, (case, score, aspect, img, overlay, where) in zip(axes.flat, tiles):
         ax.axis("on")
-        painter.show(ax, img, nifti=nifti, aspect=aspect, overlay=overlay)
+        painter.show(ax, img, aspect=aspect, overlay=overlay)
         has_errors |= score is not None
         ax.set_title(f"{case}" + (f"\nDice {score:.3f}" if score is not None else "\nno ground truth")
-                     + ("" if index is None else f", slice {index}"), fontsize=8)
+                     + (f", {where}" if where else ""), fontsize=8)
     fig.legend(handles=painter.legend_handles(not has_errors, has_errors), loc="outside lower center", ncol=4,
                fontsize=7, frameon=False)
     fig.savefig(path, dpi=dpi)

@@ -14,7 +14,7 @@ from segflow.nodes.base import Finding, Node, NodeConfig, Port
 from segflow.nodes.registry import register
 from segflow.nodes.words import Choice
 
-MetricName = Literal["dice", "iou", "precision", "recall", "hd95", "surface_dice"]
+MetricName = Literal["dice", "iou", "precision", "recall", "hd95", "hd95_pooled", "surface_dice"]
 _METRIC_SYNONYMS = {"jaccard": "iou", "hausdorff95": "hd95", "hausdorff_95": "hd95", "hd_95": "hd95",
                     "nsd": "surface_dice", "normalized_surface_dice": "surface_dice", "sensitivity": "recall",
                     "ppv": "precision"}
@@ -28,7 +28,10 @@ class EvaluatorConfig(NodeConfig):
     metrics: Annotated[list[MetricName], Choice(_METRIC_SYNONYMS)] = Field(
         ["dice", "iou", "precision", "recall", "hd95", "surface_dice"], min_length=1,
         description="Metrics to compute per case and class: dice, iou, precision, recall, hd95 (95th-percentile "
-                    "Hausdorff distance), surface_dice (normalised surface Dice at surface_tolerance).")
+                    "Hausdorff distance as MONAI defines it: the larger of the two directed 95th percentiles), "
+                    "hd95_pooled (as medpy and seg-metrics define it: the 95th percentile of both directions' "
+                    "distances pooled), surface_dice (normalised surface Dice at surface_tolerance). Means in "
+                    "the summary are over cases (each case weighs the same).")
     surface_tolerance: float = Field(
         1.0, ge=0, description="Surface Dice: boundary distance counted as correct, in physical units (mm for "
                                "NIfTI; pixels where the data has no spacing).")
@@ -45,8 +48,8 @@ class Evaluator(Node):
     family = "evaluation"
     Config = EvaluatorConfig
     inputs = (Port("predictions", "Predictions", doc="prediction files with their ground truth"),)
-    outputs = (Port("metrics", "Metrics", doc="dict: cases (one row per case x class), per_class (mean/std/median/n, "
-                                              "n_absent), mean (macro over classes), files"),)
+    outputs = (Port("metrics", "Metrics", doc="dict: cases (one row per case x class), per_class (mean/std/median/n "
+                                              "over cases, n_absent), mean (macro over classes), files"),)
 
     def run(self, predictions) -> dict[str, Any]:
         from segflow.evaluation.metrics import evaluate
@@ -71,7 +74,10 @@ class SegmentationOverlayConfig(NodeConfig):
     slices_per_case: int = Field(3, ge=1, le=12, description="3-D: slices drawn per case, those with the most "
                                                              "errors (then the most foreground).")
     slice_axis: Annotated[int | Literal["auto"], Choice()] = Field(
-        "auto", description="3-D: the axis sliced along (0, 1, 2); auto = the axis of the coarsest spacing, else the last.")
+        "auto", description="3-D: the axis sliced along. With an affine (NIfTI) the axes are the patient's, "
+                            "whatever the voxel order on disk: 0 = left-right (sagittal slices), 1 = posterior-anterior "
+                            "(coronal), 2 = inferior-superior (axial); without one (NumPy, TIFF) the stored array axes. "
+                            "auto = the axis of the coarsest spacing, else 2 (axial).")
     colours: dict[Literal["tp", "fp", "fn", "wrong_class"], str] = Field(
         dict(DEFAULT_COLOURS), description="Colours of the error map: tp (correct foreground), fp (foreground where "
                                            "the truth is background), fn (missed foreground), wrong_class; "
