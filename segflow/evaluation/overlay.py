@@ -25,6 +25,7 @@ from typing import Callable
 import numpy as np
 
 from segflow.inference.records import PredictionRecord, PredictionSet
+from segflow.workflow.files import atomic_write
 
 # Class colours kept apart from the error map's green / red / blue / orange, so they never read as errors
 CLASS_COLOURS = ("#ffd700", "#00e5ee", "#ff69b4", "#9370db", "#a0522d", "#c0ff3e", "#f5f5f5", "#808000", "#008080")
@@ -172,7 +173,7 @@ def render_overlays(pset: PredictionSet, output_dir: Path, *, alpha: float = 0.5
     for record, _ in _choose(pset, max_images, selection, log):
         fig, tile = _case_figure(plt, painter, record, slice_axis, slices_per_case)
         path = output_dir / f"{_unique_name(record.case, used_names)}.png"
-        fig.savefig(path, dpi=dpi)
+        atomic_write(path, lambda f, fig=fig: fig.savefig(f, format="png", dpi=dpi))
         plt.close(fig)
         written.append(path)
         tiles.append(tile)
@@ -369,6 +370,6 @@ def _grid(tiles, painter: _Painter, path: Path, dpi: int, plt) -> Path:
                      + (f", {where}" if where else ""), fontsize=8)
     fig.legend(handles=painter.legend_handles(not has_errors, has_errors), loc="outside lower center", ncol=4,
                fontsize=7, frameon=False)
-    fig.savefig(path, dpi=dpi)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
     plt.close(fig)
     return path
