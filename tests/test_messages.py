@@ -1,5 +1,6 @@
 """What a person reads when a workflow is wrong: every problem in one pass (static, and the run's
 preflight), JSON syntax errors that name the mistake, devices worded for people."""
+import functools
 import json
 import re
 from pathlib import Path
@@ -173,6 +174,7 @@ def test_resolve_device_takes_gpu():
             resolve_device("gpu")
 
 
+@functools.cache
 def _schema_device_patterns() -> set[str]:
     found = set()
     for variant in build_schema()["$defs"]["node"]["allOf"]:
@@ -188,7 +190,7 @@ DEVICE_TEXT = st.text(st.sampled_from("autocpmsdgAUTOCPMSDG:019 \t\n\u00a0\u2003
 @settings(max_examples=400, derandomize=True, database=None)
 @given(DEVICE_TEXT)
 def test_the_schema_takes_exactly_the_devices_validate_takes(text):
-    (pattern,) = _schema_device_patterns()  # one rule for all three fields
+    (pattern,) = _schema_device_patterns()  # one rule for all three fields (the schema built once)
     try:
         canonical_device(text)
         valid = True
