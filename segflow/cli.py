@@ -208,6 +208,16 @@ def cmd_graph(args) -> int:
     return 0
 
 
+def _device_option(text: str) -> str:
+    """--device as torch names it (GPU:1 -> cuda:1), or argparse's usage error worded for people."""
+    from segflow.nodes.base import canonical_device
+
+    try:
+        return canonical_device(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"device {e}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segflow", description="Medical image segmentation from JSON workflows.")
     parser.add_argument("--version", action="version", version=f"segflow {__version__}")
@@ -216,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="validate and run a workflow")
     p.add_argument("workflow")
     p.add_argument("--set", action="append", metavar="NODE.KEY=VALUE", help="override a config value (repeatable)")
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N; overrides every node's device")
+    p.add_argument("--device", type=_device_option,
+                   help="auto, cpu, cuda or cuda:N (gpu, gpu:N), mps (Apple GPUs); overrides every node's device")
     p.add_argument("--run-dir", help="write the run here instead of runs/<workflow>/<timestamp>/")
     p.add_argument("--resume", metavar="auto|PATH",
                    help="continue from PATH (a checkpoint, or a run directory's newest last.pt), or with auto from "

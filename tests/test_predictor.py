@@ -241,7 +241,7 @@ def test_config_takes_gui_strings():
 
 
 @pytest.mark.parametrize("bad", [{"overlap": 1.0}, {"blend_mode": "mean"}, {"tta": ["rotate"]}, {"tta_scales": [0]},
-                                 {"output_format": "jpg"}, {"device": "gpu"}, {"roi_size": [8]}, {"tta_flips": [3]}])
+                                 {"output_format": "jpg"}, {"device": "tpu"}, {"roi_size": [8]}, {"tta_flips": [3]}])
 def test_bad_values_are_rejected(bad):
     with pytest.raises(ValidationError):
         PredictorConfig(**bad)

@@ -178,8 +178,9 @@ def test_config_takes_the_seed_workflows_strings():
     assert TrainerConfig(lr_schedule="polynomial").lr_schedule == "poly"
     assert TrainerConfig.aliases["num_epochs"] == "epochs"
     assert TrainerConfig.aliases["save_every_n_epochs"] == "save_frequency"
-    with pytest.raises(ValueError, match="device"):
-        TrainerConfig(device="gpu")
+    assert TrainerConfig(device="GPU").device == "cuda"
+    with pytest.raises(ValueError, match="device 'tpu' is not one of"):
+        TrainerConfig(device="tpu")
     with pytest.raises(ValueError, match="extra"):
         TrainerConfig(epoch=3)
 

@@ -7,12 +7,16 @@ node types to check a file, and must stay fast on a CI machine. Heavy work happe
 from __future__ import annotations
 
 import json
+import re
+import string
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Annotated, Any, Callable, ClassVar
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationInfo, WithJsonSchema, model_validator
+
+from segflow.nodes.words import SPACE
 
 
 @dataclass(frozen=True)
@@ -49,28 +53,44 @@ def _loose_value(value: Any, annotation: Any) -> Any:
     if text[:1] in "[{":
         try:
             return json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than Python recurses
             return value  # left for pydantic to report at this field's path
     if text in ("null", "None", "none") and _allows_none(annotation):
         return None
     return value
 
 
-def _strip_lower(cls, v: Any) -> Any:
-    return v.strip().lower() if isinstance(v, str) else v
+DEVICES = "auto, cpu, cuda, cuda:N, mps (Apple GPUs)"
+_DEVICE = re.compile(r"(auto|cpu|mps)|(?:cuda|gpu)(?::([0-9]+))?")
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+# What `canonical_device` takes, for the JSON schema: the same words in any ASCII case, padded
+# with ASCII white space (the spelling rule of segflow.nodes.words); valid ECMA-262 and Python.
+DEVICE_PATTERN = (r"^[\t\n\v\f\r ]*(?:[aA][uU][tT][oO]|[cC][pP][uU]|[mM][pP][sS]|(?:[cC][uU][dD][aA]|[gG][pP][uU])"
+                  r"(?::[0-9]+)?)[\t\n\v\f\r ]*$")
 
 
-def lowercase(*fields: str):
-    """A before-validator for a config class: these free-text fields (devices) are matched without
-    regard to case or surrounding space (" CUDA:0 "), as hand-written and GUI-saved files vary.
-    Word fields use `segflow.nodes.words.Choice` instead."""
-    return field_validator(*fields, mode="before")(classmethod(_strip_lower))
+def canonical_device(text: str) -> str:
+    """A device as torch names it: ' CUDA:1 ' -> 'cuda:1', 'gpu' -> 'cuda', 'GPU:01' -> 'cuda:1'
+    (torch refuses leading zeros). ValueError, worded for people, for anything else."""
+    found = _DEVICE.fullmatch(text.strip(SPACE).translate(_ASCII_LOWER))
+    if found is None:
+        raise ValueError(f"{text!r} is not one of {DEVICES}")
+    if found[1]:
+        return found[1]
+    return "cuda" if found[2] is None else "cuda:" + (found[2].lstrip("0") or "0")
 
 
-def lowercased(config: type[BaseModel]) -> set[str]:
-    """The fields of `config` that a `lowercase` validator matches without regard to case."""
-    found = config.__pydantic_decorators__.field_validators.values()
-    return {f for d in found if getattr(d.func, "__func__", None) is _strip_lower for f in d.info.fields}
+def _device_value(value: Any, info: ValidationInfo) -> Any:
+    if not isinstance(value, str):
+        return value  # pydantic says it must be a string
+    try:
+        return canonical_device(value)
+    except ValueError as e:
+        raise ValueError(f"{info.field_name} {e}") from None
+
+
+# A config field naming a device (Trainer and Predictor `device`, CheckpointLoader `map_location`).
+Device = Annotated[str, BeforeValidator(_device_value), WithJsonSchema({"type": "string", "pattern": DEVICE_PATTERN})]
 
 
 def _allows_none(annotation: Any) -> bool:
@@ -114,8 +134,12 @@ class Finding:
 
 def device_findings(requested: str) -> list[Finding]:
     """For `preflight`: a `device_unavailable` finding when `requested` (a node's device, or the
-    --device override) names a CUDA device this machine lacks. torch is imported only then."""
-    if not requested.startswith("cuda"):
+    --device override) names a CUDA or MPS device this machine lacks. torch is imported only then."""
+    try:
+        requested = canonical_device(requested)
+    except ValueError as e:  # an override given through the API; the command line checks its own
+        return [Finding("device", "bad_value", f"device {e}")]
+    if requested in ("auto", "cpu"):
         return []
     from segflow.training.device import resolve_device
 

@@ -10,12 +10,10 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from segflow.nodes.base import Finding, Node, NodeConfig, Port, device_findings, lowercase
+from segflow.nodes.base import Device, Finding, Node, NodeConfig, Port, device_findings
 from segflow.nodes.datashape import DataShape
 from segflow.nodes.registry import register
 from segflow.nodes.words import Choice
-
-_DEVICE = r"^(auto|cpu|mps|cuda(:\d+)?)$"
 
 
 class CheckpointLoaderConfig(NodeConfig):
@@ -30,10 +28,8 @@ class CheckpointLoaderConfig(NodeConfig):
     strict: bool = Field(True, description=(
         "Every entry of the model must be in the file with the same shape. false: load the entries that fit "
         "and list the rest (e.g. a new segmentation head)."))
-    map_location: str = Field("cpu", pattern=_DEVICE, description=(
+    map_location: Device = Field("cpu", description=(
         "Device the file's tensors are read onto before they are copied into the model (cpu is always safe)."))
-
-    _lower_strs = lowercase("map_location")
 
     @field_validator("checkpoint_path")
     @classmethod
@@ -60,14 +56,15 @@ class CheckpointLoader(Node):
     @classmethod
     def preflight(cls, config: NodeConfig, device: str | None) -> list[Finding]:
         listed = isinstance(config.checkpoint_path, list)
+        found = []  # every missing file of an ensemble, not just the first
         for i, path in enumerate(config.paths()):
             if not os.path.isfile(path):
                 where = f"checkpoint_path[{i}]" if listed else "checkpoint_path"
-                return [Finding(where, "path_not_found",
-                                f"{where} {path!r} is not a file (looked in {os.path.abspath(path)})",
-                                hint="paths are relative to the folder segflow runs in; a Trainer writes "
-                                     "runs/<workflow>/<time>/checkpoints/best.pt")]
-        return []
+                found.append(Finding(where, "path_not_found",
+                                     f"{where} {path!r} is not a file (looked in {os.path.abspath(path)})",
+                                     hint="paths are relative to the folder segflow runs in; a Trainer writes "
+                                          "runs/<workflow>/<time>/checkpoints/best.pt"))
+        return found
 
     def run(self, model) -> dict[str, Any]:
         import copy
@@ -112,10 +109,9 @@ class PredictorConfig(NodeConfig):
         "auto: the input's own format and geometry (NIfTI with the source affine for NIfTI/DICOM, PNG at the "
         "source size for PNG/JPG, .npy otherwise); or nifti, png (2-D only), npy."))
     save_probabilities: bool = Field(False, description="Also write the class probabilities (C, *S) as <case>_probabilities.npy (float16).")
-    device: str = Field("auto", pattern=_DEVICE, description="auto (CUDA if present), cpu, cuda or cuda:N. The --device command-line option wins.")
+    device: Device = Field("auto", description="auto (CUDA if present), cpu, cuda or cuda:N (gpu, gpu:N say the same), "
+                                               "mps (Apple GPUs). The --device command-line option wins.")
     mixed_precision: bool = Field(True, description="Autocast (bf16 where supported, else fp16) on a GPU; ignored on CPU.")
-
-    _lower_strs = lowercase("device")
 
     @field_validator("roi_size")
     @classmethod

@@ -11,7 +11,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from segflow.nodes.base import Finding, Node, NodeConfig, Port, device_findings, lowercase
+from segflow.nodes.base import Device, Finding, Node, NodeConfig, Port, device_findings
 from segflow.nodes.registry import register
 from segflow.nodes.words import Choice
 
@@ -28,8 +28,8 @@ class TrainerConfig(NodeConfig):
     }
 
     epochs: int = Field(100, ge=1, description="Number of training epochs (alias num_epochs).")
-    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
-                        description="auto (CUDA if present), cpu, cuda or cuda:N. The --device command-line option wins.")
+    device: Device = Field("auto", description="auto (CUDA if present), cpu, cuda or cuda:N (gpu, gpu:N say the same), "
+                                               "mps (Apple GPUs). The --device command-line option wins.")
     mixed_precision: Annotated[bool | Literal["auto", "bf16", "fp16"], Choice(_PRECISION_SYNONYMS)] = Field(
         "auto", description="Autocast: auto = bf16 on GPUs that support it, else fp32 (never fp16); true = bf16 where "
                             "the GPU supports it, else fp16 with a gradient scaler; 'bf16' / 'fp16' explicitly; "
@@ -90,8 +90,6 @@ class TrainerConfig(NodeConfig):
     sw_batch_size: int = Field(4, ge=1, description="Windows per forward pass in sliding-window validation.")
     sw_overlap: float = Field(0.25, ge=0, lt=1, description="Overlap of neighbouring sliding windows.")
     log_images: bool = Field(True, description="Log an image | label | prediction picture to TensorBoard at each validation.")
-
-    _lower_strs = lowercase("device")
 
 
 @register

@@ -13,6 +13,8 @@ def resolve_device(requested: str, field: str = "device") -> torch.device:
     """"auto" → the first GPU if there is one, else CPU. Asking for CUDA on a machine without it is
     an error up front rather than a crash at the first batch."""
     requested = (requested or "auto").strip().lower()
+    if requested.startswith("gpu"):  # configs and --device take gpu / gpu:N for cuda / cuda:N
+        requested = "cuda" + requested[3:]
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested.startswith("cuda"):
@@ -30,7 +32,7 @@ def resolve_device(requested: str, field: str = "device") -> torch.device:
         return torch.device("mps")
     if requested == "cpu":
         return torch.device("cpu")
-    raise ValueError(f"{field} {requested!r} is not one of auto, cpu, cuda, cuda:N, mps")
+    raise ValueError(f"{field} {requested!r} is not one of auto, cpu, cuda, cuda:N, mps (Apple GPUs)")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic.fields import FieldInfo
 
 from segflow.nodes import registry, words
-from segflow.nodes.base import NodeConfig, lowercased
+from segflow.nodes.base import NodeConfig
 from segflow.nodes.words import choice_of
 from segflow.workflow.catalogue import summary_line
 from segflow.workflow.spec import LINK_KEYS
@@ -84,31 +84,12 @@ def _word_branches(field: FieldInfo) -> list[dict]:
                   {"type": "string", "pattern": f"^{word}(?:,{word})*$"}]  # "dice, iou", as validate splits it
 
 
-def _any_case_branch(pattern: str) -> dict:
-    """For a free-text field that a `lowercase` validator folds (devices): its pattern in any case,
-    padded. Letters become [xX]; escapes (\\d) and character classes stay as they are."""
-    out, i, in_class = [], 0, False
-    pattern = pattern.removeprefix("^").removesuffix("$")
-    while i < len(pattern):
-        ch = pattern[i]
-        if ch == "\\":
-            out.append(pattern[i:i + 2])
-            i += 2
-            continue
-        in_class = (in_class or ch == "[") and ch != "]"
-        out.append(f"[{ch.lower()}{ch.upper()}]" if not in_class and ch.lower() != ch.upper() else ch)
-        i += 1
-    return {"type": "string", "pattern": r"^\s*" + "".join(out) + r"\s*$"}
-
-
 def _property(config: type[NodeConfig], key: str, schema: dict) -> dict:
     """A config key's schema: pydantic's, plus the string forms `segflow validate` also takes."""
     field = config.model_fields[key]
     outer = {k: schema.pop(k) for k in ("description", "default") if k in schema}
     own = schema["anyOf"] if set(schema) == {"anyOf"} else [schema]  # a union's branches, side by side
     branches = [*own, *_loose_branches(schema), *_word_branches(field)]
-    if key in lowercased(config) and "pattern" in schema:
-        branches.append(_any_case_branch(schema["pattern"]))
     return {**outer, **(branches[0] if len(branches) == 1 else {"anyOf": branches})}
 
 

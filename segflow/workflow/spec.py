@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import networkx as nx
 from pydantic import ValidationError
 
 from segflow.nodes import registry
-from segflow.nodes.base import Finding, Node, NodeConfig
+from segflow.nodes.base import Finding, Node, NodeConfig, Port
 from segflow.workflow import jsonpos
 from segflow.workflow.errors import Issue, WorkflowError
 from segflow.workflow.graph import Wire, execution_order, fits, wire
@@ -25,6 +26,9 @@ TOP_ALIASES = {"name": "workflow"}
 NODE_KEYS = ("type", "name", "config", "position", "is_composite", "collapsed")
 LINK_KEYS = ("source_node", "source_port", "target_node", "target_port")
 PORT_ALIASES = {"dataloader": "train_loader", "test_loader": "val_loader"}
+# A seed saved as a string ("42"), as the schema's pattern says: ASCII digits only ("²" passes
+# str.isdigit but int() refuses it); past ten significant digits it is out of range anyway.
+_DIGITS = re.compile(r"\s*0*([0-9]{1,10})\s*")
 
 
 @dataclass
@@ -51,7 +55,7 @@ class Workflow:
 
     def issue(self, finding: Finding, node: NodeSpec) -> Issue:
         """A node's finding as a located issue in this workflow's file."""
-        path = ("nodes", node.index, "config") + ((finding.field,) if finding.field else ())
+        path = finding_path(node.index, finding.field)
         line, column = self.positions.of(path, key=bool(finding.field)) or (None, None)
         return Issue(finding.code, finding.message, jsonpos.format_path(path), node.name, line, column,
                      finding.hint, finding.severity, self.file)
@@ -79,6 +83,15 @@ class Workflow:
         return out
 
 
+def finding_path(index: int, field: str) -> tuple:
+    """Where a node's finding points: "checkpoint_path[1]" -> (..., "config", "checkpoint_path", 1),
+    so its line and column are those of the item, not of the whole config."""
+    parts: list = []
+    for name, item in re.findall(r"([^.\[\]]+)|\[(\d+)\]", field):
+        parts.append(name or int(item))
+    return ("nodes", index, "config", *parts)
+
+
 def suggest(word: str, choices) -> str:
     close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)
     if not close:
@@ -96,7 +109,7 @@ def parse_set(item: str) -> tuple[str, str, Any]:
                                    hint="for example --set trainer.epochs=2")])
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON (or nested past Python's limit): the text itself
         value = text
     return node, key, value
 
@@ -176,7 +189,7 @@ def _node_config(chk: _Checker, cls: type[Node], raw: Any, path: tuple, name: st
             else:
                 msg = err["msg"].removeprefix("Value error, ")
                 shown = err.get("input")
-                if loc and not isinstance(shown, (dict, list)):
+                if loc and not isinstance(shown, (dict, list)) and repr(shown) not in msg:
                     msg += f" (got {shown!r})"
                 chk.add("bad_value", msg, here, node=name, hint=describe(loc[0]) if loc else "")
         return None
@@ -195,9 +208,11 @@ def _node_list(doc: dict) -> list:
     return doc["nodes"] if isinstance(doc.get("nodes"), list) else []
 
 
-def _node_indices(doc: dict) -> dict[Any, int]:
-    """Each node name's index in the file's node list (the last one where a name repeats)."""
-    return {n.get("name"): i for i, n in enumerate(_node_list(doc)) if isinstance(n, dict)}
+def _node_indices(doc: dict) -> dict[str, int]:
+    """Each node name's index in the file's node list (the last one where a name repeats); a name
+    that is not a string (a list, a number) names no node and has its own error."""
+    return {n["name"]: i for i, n in enumerate(_node_list(doc))
+            if isinstance(n, dict) and isinstance(n.get("name"), str)}
 
 
 def _apply_sets(chk: _Checker, doc: dict, sets) -> None:
@@ -207,7 +222,7 @@ def _apply_sets(chk: _Checker, doc: dict, sets) -> None:
         node, key, value = parse_set(item)
         if node not in by_name:
             chk.issues.append(Issue("unknown_node", f"--set {item!r}: no node named {node!r}", "--set", node,
-                                    hint=suggest(node, by_name) or f"nodes: {', '.join(map(str, by_name))}",
+                                    hint=suggest(node, by_name) or f"nodes: {', '.join(by_name)}",
                                     file=chk.file))
             continue
         i = by_name[node]
@@ -221,14 +236,13 @@ def loads(text: str, file: str | None = None, sets=(), types: dict[str, type[Nod
     """Validate and wire a workflow given as text. `types` replaces the registry (tests, tools).
 
     Each phase records its problems and carries on, so one `WorkflowError` lists every problem in
-    the file; only text that is not a JSON object stops at once."""
+    the file that does not follow from another one; only text that is not a JSON object stops at once."""
     doc, chk = _parse(text, file, sets)
     name, description, seed = _header(chk, doc, file)
     found = _nodes(chk, doc, registry.all_types() if types is None else types)
-    explicit = _links(chk, doc, found.classes)
-    wires, graph = _wiring(chk, doc, found, explicit)
-    if not any(i.severity == "error" for i in chk.issues):
-        _node_checks(chk, found.specs, wires)  # they assume valid configs and complete wiring
+    explicit = _links(chk, doc, found)
+    wires, graph = _wiring(chk, found, explicit)
+    _node_checks(chk, found, wires)
     chk.issues.sort(key=lambda i: (i.line or 0, i.column or 0))  # in file order, whichever phase found them
     if any(i.severity == "error" for i in chk.issues):
         raise WorkflowError(chk.issues)
@@ -271,12 +285,16 @@ def _header(chk: _Checker, doc: dict, file: str | None) -> tuple[str, str, int]:
         chk.add("bad_value", "'workflow' must be a non-empty string", ("workflow",))
         name = "workflow"
     seed = doc.get("seed", 0)
-    if isinstance(seed, str) and seed.strip().isdigit():
-        seed = int(seed)
+    if isinstance(seed, str) and (digits := _DIGITS.fullmatch(seed)):
+        seed = int(digits[1])
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
         chk.add("bad_value", f"'seed' must be a whole number from 0 to 2**32 - 1, got {seed!r}", ("seed",))
         seed = 0
-    return name, doc.get("description") or "", seed
+    description = doc.get("description") or ""
+    if not isinstance(description, str):
+        chk.add("bad_value", f"'description' must be a string, got {type(description).__name__}", ("description",))
+        description = ""
+    return name, description, seed
 
 
 @dataclass
@@ -285,7 +303,10 @@ class _Nodes:
 
     specs: dict[str, NodeSpec] = field(default_factory=dict)  # nodes whose config is valid, in file order
     classes: dict[str, type[Node]] = field(default_factory=dict)  # every well-typed node, even if its config is bad
+    named: dict[str, int] = field(default_factory=dict)  # every node name written, well-typed or not: its first index
     dropped: bool = False  # a node left out of wiring (unknown type, clashing name) may be a missing producer
+    unsure: set[str] = field(default_factory=set)  # nodes whose inputs are in doubt: a link into them was refused,
+    # or wiring could not settle one; their checks against what feeds them wait for the fix
 
 
 def _nodes(chk: _Checker, doc: dict, known_types: dict[str, type[Node]]) -> _Nodes:
@@ -308,17 +329,18 @@ def _node(chk: _Checker, i: int, raw: Any, known_types: dict[str, type[Node]], f
     if not isinstance(raw, dict):
         chk.add("bad_value", "each node must be an object with 'type', 'name' and 'config'", path)
         return
-    chk.unknown_keys(raw, NODE_KEYS, path, "a node", node=raw.get("name"))
     node_name = chk.string_field(raw, "name", path)
+    chk.unknown_keys(raw, NODE_KEYS, path, "a node", node=node_name)
     type_name = chk.string_field(raw, "type", path, node=node_name)
     if "position" in raw and not _position_ok(raw["position"]):
         chk.add("bad_value", "'position' must be [x, y] or {\"x\": ..., \"y\": ...}", path + ("position",),
                 node=node_name)
-    if node_name and node_name in found.classes:
+    clash = node_name in found.named
+    if clash:
         chk.add("duplicate_node_name", f"two nodes are named {node_name!r}", path + ("name",), node=node_name,
                 hint="node names must be unique; rename one")
-        found.dropped = True
-        return
+    if node_name is not None:
+        found.named.setdefault(node_name, i)
     if type_name is None:
         return
     cls = known_types.get(type_name)
@@ -327,89 +349,127 @@ def _node(chk: _Checker, i: int, raw: Any, known_types: dict[str, type[Node]], f
                 hint=suggest(type_name, known_types) or "`segflow nodes` lists the node types")
         found.dropped = True
         return
-    if node_name is None:
+    config = _node_config(chk, cls, raw.get("config"), path, node_name)  # its own mistakes, even when renamed
+    if clash or node_name is None:
+        found.dropped = True
         return
     found.classes[node_name] = cls
-    config = _node_config(chk, cls, raw.get("config"), path, node_name)
     if config is not None:
         found.specs[node_name] = NodeSpec(i, node_name, type_name, cls, config)
 
 
-def _links(chk: _Checker, doc: dict, classes: dict[str, type[Node]]) -> list[Wire]:
+def _links(chk: _Checker, doc: dict, found: _Nodes) -> list[Wire]:
+    """The explicit links that join existing ports of fitting types. The target of a link refused
+    is marked unsure: what feeds it is not known until the link is fixed."""
     raw_links = doc.get("links", [])
     if not isinstance(raw_links, list):
         chk.add("bad_value", "'links' must be a list", ("links",))
         return []
-    wires, targets = [], {}
+    wires: list[Wire] = []
+    targets: dict[tuple[str, str], int] = {}  # (node, input) -> the link feeding it
     for i, link in enumerate(raw_links):
-        path = ("links", i)
-        if not isinstance(link, dict):
-            chk.add("bad_value", "each link must be an object", path)
-            continue
-        chk.unknown_keys(link, LINK_KEYS, path, "a link")
-        ends = {k: chk.string_field(link, k, path) for k in LINK_KEYS}
-        if None in ends.values():
-            continue
-        ports = {}
-        for side, kind in (("source", "output"), ("target", "input")):
-            node = ends[f"{side}_node"]
-            cls = classes.get(node)
-            if cls is None:
-                chk.add("unknown_link_node", f"link {side} {node!r} is not a node in this workflow",
-                        path + (f"{side}_node",), hint=suggest(node, classes))
-                continue
-            port_name = ends[f"{side}_port"]
-            find = cls.output if kind == "output" else cls.input
-            port = find(port_name) or find(PORT_ALIASES.get(port_name, ""))
-            if port is None:
-                names = [p.name for p in (cls.outputs if kind == "output" else cls.inputs)]
-                chk.add("unknown_port", f"{cls.type} node {node!r} has no {kind} port {port_name!r}",
-                        path + (f"{side}_port",), node=node,
-                        hint=suggest(port_name, names) or f"its {kind}s: {', '.join(names) or 'none'}")
-                continue
-            ports[side] = port
-        if len(ports) != 2:
-            continue
-        src, dst = ports["source"], ports["target"]
-        if not fits(src.type, dst):
-            chk.add("port_type_mismatch",
-                    f"{ends['source_node']}.{src.name} gives a {src.type}, but {ends['target_node']}.{dst.name} "
-                    f"takes {' or '.join(dst.types)}", path, node=ends["target_node"])
-            continue
-        key = (ends["target_node"], dst.name)
-        if key in targets:
-            chk.add("input_linked_twice", f"input {key[0]}.{key[1]} is already fed by links[{targets[key]}]", path,
-                    node=key[0], hint="an input takes exactly one link")
-            continue
-        targets[key] = i
-        wires.append(Wire(ends["source_node"], src.name, ends["target_node"], dst.name, link_index=i))
+        wire = _link(chk, ("links", i), link, found, targets)
+        if wire is not None:
+            wires.append(wire)
+        elif isinstance(link, dict) and isinstance(link.get("target_node"), str):
+            found.unsure.add(link["target_node"])
     return wires
 
-def _wiring(chk: _Checker, doc: dict, found: _Nodes, explicit: list[Wire]) -> tuple[list[Wire], nx.DiGraph]:
+
+def _link(chk: _Checker, path: tuple, link: Any, found: _Nodes, targets: dict[tuple[str, str], int]) -> Wire | None:
+    """links[i] as a wire, or None with the reason recorded (none when an end's node has its own error)."""
+    if not isinstance(link, dict):
+        chk.add("bad_value", "each link must be an object", path)
+        return None
+    chk.unknown_keys(link, LINK_KEYS, path, "a link")
+    ends = {k: chk.string_field(link, k, path) for k in LINK_KEYS}
+    if None in ends.values():
+        return None
+    source, target = ends["source_node"], ends["target_node"]
+    if source == target:
+        chk.add("cycle", f"the link feeds {source!r} its own output", path, node=source,
+                hint="a node cannot depend on its own output; remove this link")
+        return None
+    src, dst = _link_port(chk, path, ends, "source", found), _link_port(chk, path, ends, "target", found)
+    if src is None or dst is None:
+        return None
+    if not fits(src.type, dst):
+        chk.add("port_type_mismatch", f"{source}.{src.name} gives a {src.type}, but {target}.{dst.name} "
+                f"takes {' or '.join(dst.types)}", path, node=target)
+        return None
+    key = (target, dst.name)
+    if key in targets:
+        chk.add("input_linked_twice", f"input {target}.{dst.name} is already fed by links[{targets[key]}]", path,
+                node=target, hint="an input takes exactly one link")
+        return None
+    targets[key] = path[1]
+    return Wire(source, src.name, target, dst.name, link_index=path[1])
+
+
+def _link_port(chk: _Checker, path: tuple, ends: dict[str, str], side: str, found: _Nodes) -> Port | None:
+    """The port one end of a link names, or None with the reason recorded. A node that is in the
+    file but was left out (unknown type, clashing name) has its own error; its links add none."""
+    node, port_name = ends[f"{side}_node"], ends[f"{side}_port"]
+    cls = found.classes.get(node)
+    if cls is None:
+        if node not in found.named:
+            chk.add("unknown_link_node", f"link {side} {node!r} is not a node in this workflow",
+                    path + (f"{side}_node",), hint=suggest(node, found.named))
+        return None
+    kind = "output" if side == "source" else "input"
+    find = cls.output if side == "source" else cls.input
+    port = find(port_name) or find(PORT_ALIASES.get(port_name, ""))
+    if port is None:
+        names = [p.name for p in (cls.outputs if side == "source" else cls.inputs)]
+        chk.add("unknown_port", f"{cls.type} node {node!r} has no {kind} port {port_name!r}",
+                path + (f"{side}_port",), node=node,
+                hint=suggest(port_name, names) or f"its {kind}s: {', '.join(names) or 'none'}")
+    return port
+
+
+def _wiring(chk: _Checker, found: _Nodes, explicit: list[Wire]) -> tuple[list[Wire], nx.DiGraph]:
     """The explicit links completed by auto-wiring; an input it cannot settle is reported on its node."""
     wires, graph, problems = wire(found.classes, explicit)
-    node_index = _node_indices(doc)
     for p in problems:
+        found.unsure.add(p.node)
         if found.dropped and p.code == "missing_input":
             continue  # the dropped node is the likely producer; its own error says what to fix
-        chk.add(p.code, p.message, ("nodes", node_index[p.node], "name"), node=p.node, hint=p.hint)
+        chk.add(p.code, p.message, ("nodes", found.named[p.node], "name"), node=p.node, hint=p.hint)
     return wires, graph
 
 
-def _node_checks(chk: _Checker, nodes: dict[str, NodeSpec], wires: list[Wire]) -> None:
-    for spec in nodes.values():
-        neighbours = {w.target_port: (nodes[w.source].type, nodes[w.source].config)
-                      for w in wires if w.target == spec.name and w.source in nodes}
+def _node_checks(chk: _Checker, found: _Nodes, wires: list[Wire]) -> None:
+    """Each node's own checks against what feeds it, for every node with a valid config whose inputs
+    are settled and come from nodes with valid configs, whatever is wrong elsewhere. The others
+    wait: a check would judge a missing or broken source as an unwired input (the Trainer warns
+    that no val_loader is wired) and report a mistake that fixing the source removes."""
+    into: dict[str, list[Wire]] = {}
+    for w in wires:
+        into.setdefault(w.target, []).append(w)
+    specs = found.specs
+    for spec in specs.values():
+        feeds = into.get(spec.name, [])
+        if spec.name in found.unsure or any(w.source not in specs for w in feeds):
+            continue
+        neighbours = {w.target_port: (specs[w.source].type, specs[w.source].config) for w in feeds}
         for f in spec.cls.check(spec.config, neighbours):
-            path = ("nodes", spec.index, "config") + ((f.field,) if f.field else ())
+            path = finding_path(spec.index, f.field)
             chk.add(f.code, f.message, path, node=spec.name, hint=f.hint, severity=f.severity, key=bool(f.field))
 
 
 def load(path: str | Path, sets=()) -> Workflow:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as e:
         raise WorkflowError([Issue("file_not_found", f"cannot read the workflow file: {e.strerror}",
                                    file=str(path))]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:  # JSON files are UTF-8; editors on Windows may save Latin-1 or UTF-16
+        before = data[:e.start].decode("utf-8")
+        line, column = before.count("\n") + 1, len(before) - before.rfind("\n")
+        raise WorkflowError([Issue("json_syntax", f"the file is not UTF-8 text: byte 0x{data[e.start]:02x} is not "
+                                   "valid UTF-8 here", "", None, line, column,
+                                   hint="save the file as UTF-8 (JSON files are UTF-8)", file=str(path))]) from None
     return loads(text, file=str(path), sets=sets)
