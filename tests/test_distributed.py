@@ -97,8 +97,8 @@ def _torchrun(cwd: Path, args: list[str], extra_env=None, timeout=150):
                           timeout=timeout)
 
 
-def _val_dice_single_process(cwd: Path, weights: dict) -> float:
-    """The validation Dice one process computes over the whole validation set with `weights`."""
+def _val_dice_single_process(cwd: Path, weights: dict) -> dict:
+    """The validation metrics one process computes over the whole validation set with `weights`."""
     from segflow.data.loader import build_loaders
     from segflow.training.metrics import ConfusionMeter
     from segflow.workflow import spec
@@ -120,9 +120,9 @@ def _val_dice_single_process(cwd: Path, weights: dict) -> float:
     meter = ConfusionMeter(2, torch.device("cpu"))
     with torch.no_grad():
         for batch in val_loader:
-            meter.update(model(batch["image"]), batch["label"])
+            meter.update(model(batch["image"]), batch["label"], batch["case"])
     assert int(meter.matrix.sum()) == 3 * 32 * 32  # each validation image once
-    return meter.compute()["dice"]
+    return meter.compute()
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +197,10 @@ def test_validation_dice_is_the_whole_validation_sets(job):
     last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert len(last["rng_ranks"]) == 2
     expected = _val_dice_single_process(cwd, last["model"])
-    assert last["history"][-1]["val_dice"] == pytest.approx(expected, abs=1e-6)
+    assert last["history"][-1]["val_dice"] == pytest.approx(expected["dice"], abs=1e-6)
+    # the per-case mean gathers each rank's cases
+    assert last["history"][-1]["val_dice_case_mean"] == pytest.approx(expected["dice_case_mean"], abs=1e-6)
+    assert expected["dice_case_mean"] != pytest.approx(expected["dice"], abs=1e-6)
 
 
 def test_resume_two_process_job_through_the_cli_launcher(job):

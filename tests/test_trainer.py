@@ -231,3 +231,88 @@ def test_compile_modes_reach_torch_compile(tmp_path, monkeypatch, setting, mode)
     assert seen and set(seen) == {mode}
     # CUDA graphs reuse output memory: every compiled call (train and validation) starts a new step
     assert (len(marks) > 0) == (mode == "reduce-overhead")
+
+
+# ---- which weights the model output holds (output_weights) ---------------------------------------
+
+def _worsening_run(tmp_path, val=True, **cfg):
+    """Four epochs whose monitored value is best early and worse at the end, no early stopping."""
+    train, real_val = toy.loaders()
+    loss = None
+    if val:  # inverted labels: val_dice falls as training learns the squares
+        real_val = [{"image": b["image"], "label": 1 - b["label"]} for b in real_val]
+    else:  # train_loss (the monitor without a val_loader) rises by 1 every epoch; the gradients are untouched
+        loss = RisingLoss(batches_per_epoch=len(train))
+        real_val = None
+    lines = []
+    model, history = run_trainer(tmp_path, loaders=(train, real_val), loss=loss, epochs=4, log=lines.append, **cfg)
+    ck = tmp_path / "checkpoints"
+    best, last = checkpoint.load_checkpoint(ck / "best.pt"), checkpoint.load_checkpoint(ck / "last.pt")
+    assert best["epoch"] < last["epoch"] == 4  # the last epoch is worse than the best
+    assert any(not torch.equal(best["model"][k], last["model"][k]) for k in best["model"])
+    return model, history, lines, best, last
+
+
+class RisingLoss(toy.CrossEntropy):
+    def __init__(self, batches_per_epoch):
+        super().__init__()
+        self.per_epoch, self.calls = batches_per_epoch, 0
+
+    def forward(self, logits, label):
+        self.calls += 1
+        return super().forward(logits, label) + (self.calls - 1) // self.per_epoch
+
+
+def _holds(model, weights):
+    return all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+
+
+def test_output_model_holds_the_best_weights_by_default(tmp_path):
+    model, history, lines, best, last = _worsening_run(tmp_path)
+    assert best["epoch"] == max(history, key=lambda r: r["val_dice"])["epoch"]
+    assert _holds(model, best["model"]) and not _holds(model, last["model"])
+    value = max(r["val_dice"] for r in history)
+    assert (f"Trainer 'trainer': the output model holds the best weights (epoch {best['epoch']}, val_dice "
+            f"{value:.4f}), as {tmp_path / 'checkpoints' / 'best.pt'}") in lines
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["output_model"] == {"weights": "best", "epoch": best["epoch"]}
+
+
+def test_output_weights_last_keeps_the_last_epoch(tmp_path):
+    model, _, lines, best, last = _worsening_run(tmp_path, output_weights="Last")
+    assert _holds(model, last["model"]) and not _holds(model, best["model"])
+    assert any("the output model holds the last epoch's weights (epoch 4)" in m and "output_weights: last" in m
+               for m in lines)
+    assert json.loads((tmp_path / "metrics.json").read_text())["output_model"] == {"weights": "last", "epoch": 4}
+
+
+def test_without_validation_the_best_weights_are_by_train_loss(tmp_path):
+    model, history, lines, best, last = _worsening_run(tmp_path, val=False)
+    assert best["epoch"] == 1 == min(history, key=lambda r: r["train_loss"])["epoch"]
+    assert _holds(model, best["model"]) and not _holds(model, last["model"])
+    assert any("the output model holds the best weights (epoch 1, train_loss" in m for m in lines)
+
+
+def test_restore_best_weights_is_a_deprecated_spelling_of_output_weights():
+    assert TrainerConfig().output_weights == "best"
+    assert TrainerConfig(restore_best_weights="false").output_weights == "last"
+    assert TrainerConfig(restore_best_weights=True, output_weights=" BEST ").output_weights == "best"
+    with pytest.raises(ValueError, match=r"restore_best_weights \(deprecated\) says output_weights 'best', "
+                                         r"output_weights says 'last': remove restore_best_weights"):
+        TrainerConfig(restore_best_weights=True, output_weights="last")
+    wired = {"val_loader": ("MedicalSegmentationLoader", None)}
+    (finding,) = Trainer.check(TrainerConfig(restore_best_weights=False), wired)
+    assert (finding.field, finding.code, finding.severity) == ("restore_best_weights", "deprecated_key", "warning")
+    assert finding.hint == "write output_weights: last instead"
+    assert Trainer.check(TrainerConfig(output_weights="last"), wired) == []
+
+
+def test_a_monitor_that_names_no_column_is_said_and_does_not_crash_early_stopping(tmp_path):
+    lines = []
+    _, history = run_trainer(tmp_path, epochs=3, monitor="val_dise", early_stopping=True, patience=2,
+                                 log=lines.append)
+    assert len(history) == 2  # stopped: no epoch improved the (missing) monitor
+    assert sum("monitor 'val_dise' is not a history column (train_loss, " in m and "val_dice_case_mean" in m for m in lines) == 1
+    assert any("early stopping at epoch 2" in m and "(no value yet)" in m for m in lines)
+    assert any("the output model holds the last epoch's weights (epoch 2)" in m and "no epoch had a finite val_dise"
+               in m for m in lines)

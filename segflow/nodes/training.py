@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
 from segflow.nodes.base import Device, Finding, Node, NodeConfig, Port, device_findings
 from segflow.nodes.registry import register
-from segflow.nodes.words import Choice
+from segflow.nodes.words import Choice, fold
 
 _SCHEDULE_SYNONYMS = {"polynomial": "poly", "cosine_annealing": "cosine", "reduce_on_plateau": "plateau",
                       "reducelronplateau": "plateau", "steplr": "step", "exp": "exponential", "": "none"}
@@ -58,9 +58,16 @@ class TrainerConfig(NodeConfig):
     patience: int = Field(10, ge=1, description="Early stopping: validated epochs without improvement before stopping.")
     min_delta: float = Field(0.0, ge=0, description="Smallest change of `monitor` that counts as an improvement.")
     monitor: str = Field("val_dice", pattern=r"^(train|val)_[a-z0-9_]+$",
-                         description="History column that decides best.pt, early stopping and the plateau schedule: "
-                                     "val_dice, val_loss, val_iou, val_dice_1, train_loss, ... Mode: min for *loss*, else max.")
-    restore_best_weights: bool = Field(True, description="With early stopping, hand on the best epoch's weights, not the last.")
+                         description="History column that decides best.pt (and so the output model), early stopping "
+                                     "and the plateau schedule: val_dice (pooled over all validation voxels), "
+                                     "val_dice_case_mean (mean over validation cases), val_loss, val_iou, val_dice_1, "
+                                     "train_loss, ... Mode: min for *loss*, else max.")
+    output_weights: Annotated[Literal["best", "last"], Choice()] = Field(
+        "best", description="The weights the `model` output holds: best = best.pt's (the epoch with the best "
+                            "`monitor`, train_loss without a val_loader), last = the last epoch's (last.pt's).")
+    restore_best_weights: bool | None = Field(
+        None, description="Deprecated: the older spelling of output_weights (true = best, false = last), now with "
+                          "or without early stopping.")
     checkpoint_dir: str = Field("checkpoints", description="Checkpoint folder; a relative path lives inside the run directory.")
     save_frequency: int = Field(10, ge=0, description="Also keep epoch_NNNN.pt every this many epochs (0: never). "
                                                       "last.pt is written every epoch, best.pt on improvement.")
@@ -91,6 +98,25 @@ class TrainerConfig(NodeConfig):
     sw_overlap: float = Field(0.25, ge=0, lt=1, description="Overlap of neighbouring sliding windows.")
     log_images: bool = Field(True, description="Log an image | label | prediction picture to TensorBoard at each validation.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _restore_best_weights_is_output_weights(cls, data: Any) -> Any:
+        """One rule for which weights are handed on: `output_weights`. The deprecated
+        `restore_best_weights` sets it, and may not contradict it."""
+        if not isinstance(data, dict) or data.get("restore_best_weights") is None:
+            return data
+        try:
+            meant = "best" if TypeAdapter(bool).validate_python(data["restore_best_weights"]) else "last"
+        except ValidationError:
+            return data  # reported at the field
+        given = data.get("output_weights")
+        if given is None:
+            return {**data, "output_weights": meant}
+        if not isinstance(given, str) or fold(given) != meant:
+            raise ValueError(f"restore_best_weights (deprecated) says output_weights {meant!r}, output_weights says "
+                             f"{given!r}: remove restore_best_weights")
+        return data
+
 
 @register
 class Trainer(Node):
@@ -108,8 +134,11 @@ class Trainer(Node):
         Port("optimizer", "Optimizer", doc="optimizer over the model's parameters"),
     )
     outputs = (
-        Port("model", "TrainedModel", passes="model", doc="the trained model (best weights with early stopping)"),
-        Port("history", "History", doc="one dict per epoch: losses, metrics, lr"),
+        Port("model", "TrainedModel", passes="model",
+             doc="the trained model with best.pt's weights (best `monitor`), or the last epoch's with "
+                 "output_weights: last"),
+        Port("history", "History", doc="one dict per epoch: losses, metrics (val_dice pooled over voxels, "
+                                       "val_dice_case_mean per case), lr"),
     )
 
     def run(self, model, train_loader, loss_fn, optimizer, val_loader=None) -> dict[str, Any]:
@@ -149,6 +178,12 @@ class Trainer(Node):
                 "monitor", "no_validation",
                 f"monitor {cfg.monitor!r} needs a val_loader, and none is wired; train_loss is monitored instead",
                 hint="wire a loader's val_loader output to this Trainer, or set monitor: train_loss",
+                severity="warning"))
+        if "restore_best_weights" in given:
+            found.append(Finding(
+                "restore_best_weights", "deprecated_key",
+                f"restore_best_weights is deprecated: it now means output_weights: {cfg.output_weights}, with or "
+                "without early stopping", hint=f"write output_weights: {cfg.output_weights} instead",
                 severity="warning"))
         if cfg.warmup_epochs >= cfg.epochs and cfg.warmup_epochs:
             found.append(Finding("warmup_epochs", "bad_value",

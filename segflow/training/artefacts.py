@@ -18,6 +18,8 @@ _TAGS = {"lr": "train/lr", "grad_norm": "train/grad_norm", "epoch_time": "time/e
          "train_time": "time/train_seconds", "step_time_ms": "time/step_ms",
          "data_wait_fraction": "time/data_wait_fraction"}
 NOT_LOGGED = ("epoch",)
+# the two Dice figures side by side in metrics.png, named for what they are
+_LEGEND = {"val_dice": "val_dice (pooled voxels)", "val_dice_case_mean": "val_dice_case_mean (per case)"}
 # values that differ between two otherwise identical runs (wall-clock, memory)
 TIMING_KEYS = ("epoch_time", "throughput", "gpu_memory_mb", "train_time", "step_time_ms", "data_wait_fraction")
 
@@ -59,7 +61,7 @@ def plot_curves(run_dir: Path, history: list[dict[str, Any]]) -> list[Path]:
     panels = {
         "loss.png": ("loss", ["train_loss", "val_loss"]),
         "metrics.png": ("validation metric (foreground mean)",
-                        ["val_dice", "val_iou", "val_accuracy", "val_precision", "val_recall"]),
+                        ["val_dice", "val_dice_case_mean", "val_iou", "val_accuracy", "val_precision", "val_recall"]),
         "lr.png": ("learning rate", ["lr"]),
     }
     written = []
@@ -71,7 +73,7 @@ def plot_curves(run_dir: Path, history: list[dict[str, Any]]) -> list[Path]:
         for key in keys:
             xs, ys = series(key)
             if xs:
-                ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, label=key)
+                ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, label=_LEGEND.get(key, key))
                 drawn = True
         if not drawn:
             continue

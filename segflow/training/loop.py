@@ -15,7 +15,7 @@ from segflow.data.segmentation_loader import batch_augment_of
 from segflow.training import artefacts, checkpoint, ddp
 from segflow.training.device import resolve_device, resolve_precision, seed_everything
 from segflow.training.epoch_statistics import EpochStatistics
-from segflow.training.metrics import ConfusionMeter
+from segflow.training.metrics import METRIC_DEFINITIONS, ConfusionMeter
 from segflow.training.schedules import EpochSchedule, ScheduleSettings
 from segflow.workflow import distributed
 
@@ -130,6 +130,9 @@ def _grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
 # and small 2-D networks are bound by launches, not arithmetic.
 GRAD_NORM_EVERY = 10
 
+# the epoch log line's columns, named for what they are
+_SUMMARY_COLUMNS = (("train_loss", "train_loss"), ("val_loss", "val_loss"), ("val_dice", "val_dice (pooled)"),
+                    ("val_dice_case_mean", "val_dice_case_mean"))
 
 
 
@@ -279,6 +282,10 @@ class TrainingRun:
             p.best, p.best_epoch, p.bad_epochs = value, row["epoch"], 0
         elif validated or self.monitor.startswith("train_"):
             p.bad_epochs += 1
+            if self.monitor not in row and p.bad_epochs == 1:  # a misspelt monitor, said once
+                columns = ", ".join(k for k in row if k.startswith(("train_", "val_")))
+                self.log(f"{self.who}: monitor {self.monitor!r} is not a history column ({columns}); no best.pt "
+                         f"is written and the plateau schedule does not step")
         return improved
 
     def _record(self, row: dict[str, Any]) -> None:
@@ -296,22 +303,36 @@ class TrainingRun:
         if not (self.cfg.early_stopping and p.bad_epochs >= self.cfg.patience):
             return False
         self.log(f"{self.who}: early stopping at epoch {epoch}: {self.monitor} has not improved by more than "
-                 f"{self.cfg.min_delta} for {p.bad_epochs} epochs (best {p.best:.4f} at epoch {p.best_epoch})")
+                 f"{self.cfg.min_delta} for {p.bad_epochs} epochs " +
+                 (f"(best {p.best:.4f} at epoch {p.best_epoch})" if p.best is not None else "(no value yet)"))
         return True
 
     def _finish(self, stopped_early: bool) -> None:
-        """The best weights back in the model if asked, the final history, plots and metrics."""
-        cfg, p, best_file = self.cfg, self.progress, self.ckpt_dir / "best.pt"
+        """The chosen weights (output_weights) in the model handed on, the final history, plots and metrics."""
         distributed.barrier()  # rank 0 has finished writing best.pt before anyone reads it
-        if cfg.early_stopping and cfg.restore_best_weights and best_file.is_file():
-            best = checkpoint.load_checkpoint(best_file, map_location=self.device)
-            self.model.load_state_dict(best["model"])
-            self.log(f"{self.who}: restored the best weights (epoch {best['epoch']}, {self.monitor} {p.best})")
+        weights, epoch = self._load_output_weights()
         if self.main:
-            self._write_files(final=True, stopped_early=stopped_early)
-            if p.best is not None:
-                self.log(f"{self.who}: best {self.monitor} {p.best:.4f} at epoch {p.best_epoch}; "
-                         f"weights in {best_file}")
+            self._write_files(final=True, stopped_early=stopped_early,
+                              output_model={"weights": weights, "epoch": epoch})
+
+    def _load_output_weights(self) -> tuple[str, int]:
+        """Put best.pt's weights in the model unless output_weights is last (or there is no best.pt);
+        says which weights the output model holds. Returns which ("best" or "last") and their epoch."""
+        p, best_file = self.progress, self.ckpt_dir / "best.pt"
+        last = f"the last epoch's weights (epoch {p.epoch}), as {self.ckpt_dir / 'last.pt'}"
+        if self.cfg.output_weights == "last":
+            best = f"; the best {self.monitor} was epoch {p.best_epoch}, in {best_file}" if p.best is not None else ""
+            self.log(f"{self.who}: the output model holds {last} (output_weights: last){best}")
+            return "last", p.epoch
+        if p.best is None or not best_file.is_file():
+            why = f"{best_file} is missing" if p.best is not None else f"no epoch had a finite {self.monitor}"
+            self.log(f"{self.who}: the output model holds {last}, not the best: {why}")
+            return "last", p.epoch
+        if p.best_epoch != p.epoch:  # else the model holds them already
+            self.model.load_state_dict(checkpoint.load_checkpoint(best_file, map_location=self.device)["model"])
+        self.log(f"{self.who}: the output model holds the best weights (epoch {p.best_epoch}, {self.monitor} "
+                 f"{p.best:.4f}), as {best_file}")
+        return "best", p.best_epoch
 
     # ---- one epoch --------------------------------------------------------------------------
 
@@ -471,7 +492,7 @@ class TrainingRun:
             loss_sum += self.loss_fn(logits, label).detach().float() * image.shape[0]
             if meter is None:
                 meter = ConfusionMeter(logits.shape[1], dev)
-            meter.update(logits, label)
+            meter.update(logits, label, batch.get("case"))
             if sample is None and self.cfg.log_images and self.main:
                 pred = (logits[0, 0] > 0).long() if logits.shape[1] == 1 else logits[0].argmax(0)
                 sample = (image[0].cpu(), label[0].cpu(), pred.cpu(), max(2, logits.shape[1]))
@@ -481,10 +502,9 @@ class TrainingRun:
                 meter = ConfusionMeter(self.num_classes or 2, dev)
             totals = distributed.all_reduce_(torch.stack([loss_sum, torch.tensor(float(n), device=dev)]))
             loss_sum, n = totals[0], int(totals[1])
-            distributed.all_reduce_(meter.matrix)
         out = {"val_loss": float(loss_sum) / max(1, n)}
         if meter is not None:
-            out.update({f"val_{k}": v for k, v in meter.compute().items()})
+            out.update({f"val_{k}": v for k, v in meter.compute(across_processes=self.dist).items()})
         if sample is not None:
             self.tb.image("val/sample_image_label_prediction", artefacts.sample_grid(*sample), epoch)
         return out
@@ -542,12 +562,13 @@ class TrainingRun:
         self.log(f"{self.who}: resumed from {path} at epoch {self.progress.epoch}/{self.epochs}")
 
     def _summary(self, row: dict[str, Any], improved: bool) -> str:
-        shown = [f"{k} {row[k]:.4f}" for k in ("train_loss", "val_loss", "val_dice") if k in row]
+        # val_dice is pooled over all validation voxels; the per-case mean is what the Evaluator reports
+        shown = [f"{label} {row[k]:.4f}" for k, label in _SUMMARY_COLUMNS if k in row]
         return (f"epoch {row['epoch']}/{self.epochs}: " + ", ".join(shown) +
                 f", lr {row['lr']:.2e}, {row['epoch_time']:.1f}s ({row['step_time_ms']:.0f} ms/step, "
                 f"data wait {row['data_wait_fraction']:.0%})" + (" *best*" if improved else ""))
 
-    def _write_files(self, final: bool, stopped_early: bool = False) -> None:
+    def _write_files(self, final: bool, stopped_early: bool = False, output_model: dict | None = None) -> None:
         p = self.progress
         artefacts.write_history(self.run_dir, p.history)
         if not final:
@@ -558,8 +579,10 @@ class TrainingRun:
             "monitor": self.monitor, "mode": self.mode, "best_value": p.best, "best_epoch": p.best_epoch,
             "epochs_run": p.epoch, "stopped_early": stopped_early, "global_step": p.global_step,
             "final": p.history[-1] if p.history else None, "best": best_row,
+            "output_model": output_model,
             "checkpoints": {"last": str(self.ckpt_dir / "last.pt"),
                             "best": str(self.ckpt_dir / "best.pt") if (self.ckpt_dir / "best.pt").is_file() else None},
+            "definitions": METRIC_DEFINITIONS,
         })
 
 
