@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from segflow.data.label_coding import CLASS_INDICES, LabelCoding
+
 
 @dataclass
 class DatasetInfo:
@@ -31,3 +33,4 @@ class DatasetInfo:
     fold: int | None = None  # the cross-validation fold the split is, when the loader has one
     train_cases: list[str] = field(default_factory=list)  # case ids, as split.json records them
     val_cases: list[str] = field(default_factory=list)
+    label_coding: LabelCoding = CLASS_INDICES  # how the label files store the classes

@@ -32,9 +32,10 @@ class Layout:
     name: str
     root: Path
     cases: list[Case]
-    class_names: list[str] | None = None  # declared classes, index = class value
+    class_names: list[str] | None = None  # declared classes, index = class index
     num_channels: int | None = None  # declared channels (dataset.json), checked against the data
     notes: list[str] = field(default_factory=list)
+    label_values: tuple[int, ...] | None = None  # declared stored value of each class, when not 0, 1, 2, ...
 
 
 def find_cases(root: str | Path, layout: str = "auto") -> Layout:
@@ -86,8 +87,9 @@ def _nnunet(root: Path, meta: dict | None, img_sub: str = "imagesTr", lab_sub: s
     n_ch = len(meta["channel_names"])
     pattern = re.compile(r"^(.+)_(\d{4})" + re.escape(ending) + "$")
     by_case: dict[str, dict[int, Path]] = {}
+    class_names, values = _declared_classes(names, root)
     if not need_labels and not (root / img_sub).is_dir():
-        return Layout("nnunet", root, [], _class_list(names, root), n_ch)
+        return Layout("nnunet", root, [], class_names, n_ch, label_values=values)
     for p in _files(root / img_sub):
         m = pattern.match(p.name)
         if not m:
@@ -113,7 +115,7 @@ def _nnunet(root: Path, meta: dict | None, img_sub: str = "imagesTr", lab_sub: s
     for case_id, p in labels.items():
         if case_id not in by_case:
             raise ValueError(f"{p} has no image: expected {root / img_sub / (case_id + '_0000' + ending)}")
-    return Layout("nnunet", root, cases, _class_list(names, root), n_ch)
+    return Layout("nnunet", root, cases, class_names, n_ch, label_values=values)
 
 
 def _msd(root: Path, meta: dict | None) -> Layout:
@@ -130,11 +132,9 @@ def _msd(root: Path, meta: dict | None) -> Layout:
             if not p.exists():
                 raise FileNotFoundError(f"case {case_id}: {what} file {p} listed in {root}/dataset.json does not exist")
         cases.append(Case(case_id, [image], label))
-    class_names = None
-    if isinstance(meta.get("labels"), dict):
-        class_names = _class_list({int(k): v for k, v in meta["labels"].items()}, root)
-    modality = meta.get("modality") or meta.get("channel_names")
-    return Layout("msd", root, cases, class_names, len(modality) if isinstance(modality, dict) else None)
+    declared = _msd_meta(root, meta)
+    declared.cases = cases
+    return declared
 
 
 def _folder(root: Path) -> Layout:
@@ -238,11 +238,12 @@ def _msd_test(root: Path, meta: dict | None) -> Layout:
 
 def _msd_meta(root: Path, meta: dict | None) -> Layout:
     """An MSD Layout with the declared classes and channels, and no cases yet."""
-    class_names = None
+    class_names, values = None, None
     if meta is not None and isinstance(meta.get("labels"), dict):
-        class_names = _class_list({int(k): v for k, v in meta["labels"].items()}, root)
+        class_names, values = _declared_classes({int(k): v for k, v in meta["labels"].items()}, root)
     modality = (meta or {}).get("modality") or (meta or {}).get("channel_names")
-    return Layout("msd", root, [], class_names, len(modality) if isinstance(modality, dict) else None)
+    return Layout("msd", root, [], class_names, len(modality) if isinstance(modality, dict) else None,
+                  label_values=values)
 
 
 def _nnunet_test(root: Path, meta: dict | None) -> Layout:
@@ -286,10 +287,14 @@ def _masks_by_case(images: dict[str, Path], mask_dir: Path) -> dict[str, Path]:
     return masks
 
 
-def _class_list(names: dict[int, str], root: Path) -> list[str]:
+def _declared_classes(names: dict[int, str], root: Path) -> tuple[list[str], tuple[int, ...] | None]:
+    """The class names in class order and, when the declared values are not 0, 1, 2, ... (e.g.
+    {"background": 0, "tumour": 255}), the values the label files store them as: class c is the c-th
+    value in ascending order (segflow.data.label_coding)."""
     if not names:
-        return []
-    n = max(names) + 1
-    if sorted(names) != list(range(n)):
-        raise ValueError(f"{root}/dataset.json: label values {sorted(names)} must be 0, 1, 2, ... without gaps")
-    return [str(names[i]) for i in range(n)]
+        return [], None
+    values = sorted(names)
+    if values[0] != 0:
+        raise ValueError(f"{root}/dataset.json: label values {values} must include 0 (the background)")
+    contiguous = values == list(range(len(values)))
+    return [str(names[v]) for v in values], None if contiguous else tuple(values)

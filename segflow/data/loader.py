@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from segflow.data.info import DatasetInfo
+from segflow.data.label_coding import decide
 from segflow.data.layouts import Case, Layout, find_cases, find_test_cases
-from segflow.data.prepare import Prepared, PrepSpec, cache_key, load_prepared, prepare_case, save_prepared
+from segflow.data.prepare import Prepared, PrepSpec, cache_key, load_prepared, mask_values, prepare_case, save_prepared
 from segflow.data.splits import Split, choose_split
 
 if TYPE_CHECKING:
@@ -102,13 +103,16 @@ def discover(cfg: MedicalSegmentationLoaderConfig) -> Found:
             f"{data_dir}: test case(s) {unlabelled[:3]} have no label, so the number of classes cannot be read from "
             "the data and the dataset declares none (no dataset.json 'labels'); set the loader's num_classes "
             "(background included) to the model's out_channels")
+    json_labels = f"labels in {data_dir / 'dataset.json'}"
+    coding = decide(layout.label_values, json_labels, mask_values(layout.cases, _threads(cfg)), declared)
     spec = PrepSpec(
         spatial_dims=None if cfg.spatial_dims == "auto" else int(cfg.spatial_dims),
         normalization=cfg.normalization,
         ct_window=tuple(cfg.ct_window),
         target_spacing=tuple(cfg.target_spacing) if cfg.target_spacing else None,
         num_classes=declared,
-        label_source="config num_classes" if cfg.num_classes else f"labels in {data_dir / 'dataset.json'}",
+        label_source="config num_classes" if cfg.num_classes else json_labels,
+        label_coding=coding,
     )
     return Found(data_dir, layout, spec, unlabelled)
 
@@ -232,6 +236,7 @@ def describe(cfg: MedicalSegmentationLoaderConfig, found: Found, checked: Checke
         num_train=len(split.train), num_val=len(split.val), data_dir=str(found.data_dir),
         layout=found.layout.name, fold=split.fold,
         train_cases=[c.case_id for c in split.train], val_cases=[c.case_id for c in split.val],
+        label_coding=checked.spec.label_coding,
     )
     what = (f"{info.num_train} train / {info.num_val} val cases" if cfg.subset == "split" else
             f"{info.num_val} {'test' if cfg.subset == 'test' else 'labelled'} case(s), no training split"
@@ -239,6 +244,8 @@ def describe(cfg: MedicalSegmentationLoaderConfig, found: Found, checked: Checke
     log(f"data: {found.layout.name} layout, {what}, {info.spatial_dims}-D, "
         f"{info.in_channels} channel(s), {info.num_classes} classes, "
         f"{'patches of' if sampling.mode == 'patches' else 'resized to'} {sampling.size}, cache {cfg.cache}")
+    if not info.label_coding.identity:
+        log(f"data: label files store {info.label_coding.describe()}")
     return info
 
 
@@ -295,11 +302,8 @@ def _prepare_all(cases: list[Case], spec: PrepSpec, cfg: MedicalSegmentationLoad
             save_prepared(path, prep)
         return _summary(case, prep, prep if cfg.cache == "memory" else None, path)
 
-    import torch
-
-    threads = max(1, min(4, resolve_workers(cfg.num_workers, torch.cuda.is_available()) or 1))
     results, errors = [], []
-    with ThreadPoolExecutor(threads) as pool:
+    with ThreadPoolExecutor(_threads(cfg)) as pool:
         futures = [pool.submit(one, c) for c in cases]
         for case, f in zip(cases, futures):
             try:
@@ -315,6 +319,13 @@ def _prepare_all(cases: list[Case], spec: PrepSpec, cfg: MedicalSegmentationLoad
         base = _summary(cases[0], first, None, None)
         results = [{**base, "case": r["case"], "prepared": None} for r in results]
     return results
+
+
+def _threads(cfg: MedicalSegmentationLoaderConfig) -> int:
+    """Threads for decoding the cases (decoding releases the GIL in zlib/PIL)."""
+    import torch
+
+    return max(1, min(4, resolve_workers(cfg.num_workers, torch.cuda.is_available()) or 1))
 
 
 def _summary(case: Case, prep: Prepared, keep: Prepared | None, path: Path | None) -> dict:

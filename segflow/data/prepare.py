@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from segflow.data.label_coding import CLASS_INDICES, IMAGE_MASKS, LabelCoding
 from segflow.data.layouts import Case
-from segflow.data.readers import RASTER, read, split_name
+from segflow.data.readers import read, split_name
 
 MAX_FG_INDICES = 200_000  # enough foreground centres to sample patches from; bounds memory
 
@@ -31,6 +32,7 @@ class PrepSpec:
     target_spacing: tuple[float, ...] | None = None
     num_classes: int | None = None  # declared classes incl. background; None: infer
     label_source: str = "labels"  # what declared the classes, for messages
+    label_coding: LabelCoding = CLASS_INDICES  # how the label files store the classes, decided per dataset
 
 
 @dataclass
@@ -123,23 +125,39 @@ def _prepare_unlabelled(case: Case, spec: PrepSpec) -> Prepared:
 
 
 def _label_values(label: np.ndarray, case: Case, spec: PrepSpec) -> np.ndarray:
+    label = spec.label_coding.decode(label, case.label)
     values = np.unique(label)
-    ext = split_name(case.label.name)[1]
-    if ext in RASTER + (".tif", ".tiff") and values.max(initial=0) == 255 and set(values.tolist()) <= {0, 255}:
-        if spec.num_classes is None or spec.num_classes <= 255:
-            label = label // 255  # binary masks saved as 0/255 images
-            values = np.unique(label)
     if values.size and values.min() < 0:
         raise ValueError(f"case {case.case_id}: label {case.label} has negative values {values[values < 0][:5].tolist()}")
     if spec.num_classes is not None:
         bad = values[values >= spec.num_classes]
         if bad.size:
+            read_as = "" if spec.label_coding.identity else f", read as {spec.label_coding.describe()}"
             raise ValueError(
                 f"case {case.case_id}: label {case.label} has values {bad[:5].tolist()} outside the declared "
-                f"classes 0..{spec.num_classes - 1} ({spec.label_source}); fix the label file or the class list"
+                f"classes 0..{spec.num_classes - 1} ({spec.label_source}{read_as}); fix the label file or the class list"
             )
     top = int(values.max(initial=0))
     return label.astype(np.uint8 if top < 256 else np.int16, copy=False)
+
+
+def mask_values(cases: list[Case], threads: int = 1) -> set[int] | None:
+    """The values found in the cases' label files when they are image masks (PNG/JPG/TIFF), for
+    label_coding.decide to tell grey levels from class indices; None for other label files."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = [c.label for c in cases if c.label is not None]
+    if not paths or not all(split_name(p.name)[1] in IMAGE_MASKS for p in paths):
+        return None
+
+    def values(path: Path) -> set[int]:
+        try:
+            return set(np.unique(read(path, is_label=True).array).tolist())
+        except (ValueError, FileNotFoundError):
+            return set()  # the case's own check reports the unreadable file, beside every other failure
+
+    with ThreadPoolExecutor(threads) as pool:
+        return set().union(*pool.map(values, paths))
 
 
 def _resample(image, label, affine, spacing, target):

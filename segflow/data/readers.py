@@ -72,7 +72,7 @@ def _read(path: Path, is_label: bool) -> Loaded:
         return read_dicom_series(path)
     ext = split_name(path.name)[1]
     if ext in (".nii", ".nii.gz"):
-        return _read_nifti(path)
+        return _read_nifti(path, is_label)
     if ext in RASTER:
         return _read_raster(path, is_label)
     if ext in (".tif", ".tiff"):
@@ -89,11 +89,13 @@ def _read(path: Path, is_label: bool) -> Loaded:
     raise ValueError(f"{path}: unknown file type; use NIfTI, PNG/JPG/TIFF, .npy/.npz or a DICOM folder")
 
 
-def _read_nifti(path: Path) -> Loaded:
+def _read_nifti(path: Path, is_label: bool) -> Loaded:
     import nibabel as nib
 
     img = nib.load(str(path))
     arr = np.asanyarray(img.dataobj)  # keeps integer label dtypes; reads the whole file now
+    if is_label:
+        arr = _unscaled_label(img, arr, path)
     zooms = tuple(round(float(z), 6) for z in img.header.get_zooms())  # float32 header values
     while arr.ndim > 2 and arr.shape[-1] == 1:  # 2-D slices saved as (x, y, 1)
         arr = arr[..., 0]
@@ -102,6 +104,28 @@ def _read_nifti(path: Path) -> Loaded:
     if arr.ndim not in (2, 3):
         raise ValueError(f"{path}: NIfTI with shape {arr.shape} is neither 2-D nor 3-D")
     return Loaded(arr, False, np.asarray(img.affine), zooms[: arr.ndim])
+
+
+def _unscaled_label(img, scaled: np.ndarray, path: Path) -> np.ndarray:
+    """A label's class indices when the header's scl_slope/scl_inter is what makes them fractional.
+
+    Some tools store integer masks with an arbitrary scaling (DeepMedic's brainmask.nii.gz: int32 0/1
+    with slope 2.3e-10 and intercept 0.5, i.e. 0.5 everywhere once scaled); the stored integers are the
+    classes then. Images always get the scaling: only labels come here.
+    """
+    if _whole(scaled):
+        return scaled
+    slope, inter = getattr(img.dataobj, "slope", 1.0), getattr(img.dataobj, "inter", 0.0)
+    stored = img.dataobj.get_unscaled() if hasattr(img.dataobj, "get_unscaled") else scaled
+    if (slope, inter) != (1.0, 0.0) and _whole(stored):
+        return stored
+    raise ValueError(f"{path}: label values must be whole class indices, found fractional values"
+                     + (f" (the header scales the stored values: scl_slope {slope:g}, scl_inter {inter:g})"
+                        if (slope, inter) != (1.0, 0.0) else ""))
+
+
+def _whole(arr: np.ndarray) -> bool:
+    return arr.dtype.kind in "iub" or bool(np.all(np.isfinite(arr)) and np.array_equal(arr, np.round(arr)))
 
 
 def _read_raster(path: Path, is_label: bool) -> Loaded:
@@ -144,7 +168,7 @@ def _as_label(loaded: Loaded, path: Path) -> Loaded:
                 "(0 = background, 1, 2, ...) in a single-channel image"
             )
     if arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.round(arr)):
+        if not _whole(arr):
             raise ValueError(f"{path}: label values must be whole class indices, found fractional values")
     elif arr.dtype.kind not in "iub":
         raise ValueError(f"{path}: label dtype {arr.dtype} is not numeric")

@@ -13,6 +13,11 @@ Back to the source geometry:
   back onto the source grid (source affine and shape) with MONAI's SpatialResample before argmax.
 * A loader not built by MedicalSegmentationLoader (no source files known): the prediction, image
   and label are written as .npy at the batch's own size.
+
+Label values: every record carries the coding the loader decided for its label files
+(segflow.data.label_coding), so the Evaluator and overlays read 0/255 ground truth as classes 0/1;
+PNG predictions are written in that coding too (a 0/255 dataset gets 0/255 masks), NIfTI and .npy
+ones as class indices.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from segflow.data.label_coding import CLASS_INDICES, LabelCoding
 from segflow.inference import tta as tta_mod
 from segflow.inference.records import PredictionRecord, PredictionSet
 from segflow.inference.writers import Geometry, source_geometry, write_label, write_probabilities
@@ -51,6 +57,7 @@ def predict(cfg: PredictorConfig, ctx: RunContext, name: str, model: torch.nn.Mo
     source = getattr(dataset, "source", None)  # segflow.data.datasets.CaseSource
     cases = {c.case_id: c for c in source.cases} if source is not None else {}
     resampled = source is not None and getattr(source.spec, "target_spacing", None) is not None
+    coding = label_coding(source, info)
 
     model = model.to(device).eval()
     dims = info.spatial_dims if info is not None else None
@@ -71,7 +78,8 @@ def predict(cfg: PredictorConfig, ctx: RunContext, name: str, model: torch.nn.Mo
             for i, case_id in enumerate(ids):
                 case = cases.get(case_id)
                 affine = batch["affine"][i].numpy() if "affine" in batch else None
-                record = _write_case(cfg, who, out_dir, case_id, case, probs[i], batch, i, dims, resampled, affine)
+                record = _write_case(cfg, who, out_dir, case_id, case, probs[i], batch, i, dims, resampled, affine,
+                                     coding)
                 records.append(record)
                 if bar is not None:
                     bar.update(1)
@@ -96,6 +104,14 @@ def roi_size(setting, info, dims: int) -> tuple[int, ...] | None:
     return size
 
 
+def label_coding(source, info) -> LabelCoding:
+    """The coding of the label files of the loader being predicted (its own cases'), else the DatasetInfo's."""
+    coding = getattr(getattr(source, "spec", None), "label_coding", None)
+    if coding is None:
+        coding = getattr(info, "label_coding", None)
+    return coding if coding is not None else CLASS_INDICES
+
+
 def _case_ids(batch: dict, n: int, done: int) -> list[str]:
     ids = batch.get("case")
     if ids is None:
@@ -114,7 +130,7 @@ def _progress(ctx, total, who):
 
 
 def _write_case(cfg: PredictorConfig, who: str, out_dir: Path, case_id: str, case, probs: torch.Tensor,
-                batch: dict, i: int, dims: int, resampled: bool, batch_affine) -> PredictionRecord:
+                batch: dict, i: int, dims: int, resampled: bool, batch_affine, coding: LabelCoding) -> PredictionRecord:
     if case is None:  # a loader of our own making not behind it: keep everything at the batch's size
         return _write_plain(cfg, out_dir, case_id, probs, batch, i, batch_affine)
     geometry = source_geometry(case.images[0])
@@ -124,10 +140,11 @@ def _write_case(cfg: PredictorConfig, who: str, out_dir: Path, case_id: str, cas
     if fmt == "png" and label.ndim != 2:
         raise ValueError(f"{who}: case {case_id} is {label.ndim}-D; output_format png is for 2-D data only "
                          "(set output_format to auto, nifti or npy)")
-    path = write_label(out_dir / case_id, label, fmt, geometry)
+    path = write_label(out_dir / case_id, label, fmt, geometry, coding)
     prob_path = write_probabilities(out_dir / case_id, probs.cpu().numpy()) if cfg.save_probabilities else None
     return PredictionRecord(case=case_id, prediction_path=path, image_paths=tuple(case.images),
-                            label_path=case.label, probabilities_path=prob_path, spacing=geometry.spacing)
+                            label_path=case.label, probabilities_path=prob_path, spacing=geometry.spacing,
+                            label_coding=coding)
 
 
 def back_to_source(probs: torch.Tensor, geometry: Geometry, dims: int, resampled: bool, batch_affine,

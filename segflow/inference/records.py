@@ -4,12 +4,17 @@ The Predictor writes each case's prediction as soon as it is made and keeps only
 so evaluating hundreds of volumes never holds them all in memory; every consumer (Evaluator,
 SegmentationOverlay, ...) loads one case at a time with `PredictionSet.load`. The set can be
 iterated any number of times, by any number of consumers.
+
+Each record carries the dataset's `LabelCoding` (segflow.data.label_coding), so `load` reads ground
+truth saved as 0/255 masks (or any values the dataset declares) as the class indices training used.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
+
+from segflow.data.label_coding import CLASS_INDICES, LabelCoding
 
 
 @dataclass(frozen=True)
@@ -20,6 +25,7 @@ class PredictionRecord:
     label_path: Path | None = None  # ground truth, when the data has it
     probabilities_path: Path | None = None  # optional .npy / .nii.gz of class probabilities (C, *S)
     spacing: tuple[float, ...] | None = None  # physical voxel size, for HD95 and surface Dice
+    label_coding: LabelCoding = CLASS_INDICES  # how the label file (and an image-format prediction) store classes
 
 
 @dataclass
@@ -39,13 +45,18 @@ class PredictionSet:
     @staticmethod
     def load(record: PredictionRecord):
         """(image (C, *S) float32, prediction (*S) int64, label (*S) int64 or None) as numpy arrays, for one case,
-        read through segflow.data.readers, in the file's own geometry."""
+        read through segflow.data.readers, in the file's own geometry; prediction and label are class
+        indices, decoded with the record's label coding."""
         import numpy as np
 
         from segflow.data.readers import read
 
         images = [read(p, is_label=False) for p in record.image_paths]
         image = np.concatenate([im.array if im.channels else im.array[None] for im in images]).astype(np.float32)
-        prediction = read(record.prediction_path, is_label=True).array.astype(np.int64)
-        label = read(record.label_path, is_label=True).array.astype(np.int64) if record.label_path else None
-        return image, prediction, label
+        coding = record.label_coding
+        stored = read(record.prediction_path, is_label=True).array
+        prediction = coding.for_prediction(record.prediction_path).decode(stored, record.prediction_path)
+        label = None
+        if record.label_path:
+            label = coding.decode(read(record.label_path, is_label=True).array, record.label_path).astype(np.int64)
+        return image, prediction.astype(np.int64), label

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from segflow.data.label_coding import CLASS_INDICES, LabelCoding
 from segflow.data.readers import RASTER, read, split_name
 from segflow.workflow.files import atomic_write
 
@@ -60,12 +61,17 @@ def source_geometry(path: str | Path) -> Geometry:
     return Geometry(tuple(shape), loaded.affine, loaded.spacing, "npy")
 
 
-def write_label(path: Path, label: np.ndarray, fmt: str, geometry: Geometry | None) -> Path:
+def write_label(path: Path, label: np.ndarray, fmt: str, geometry: Geometry | None,
+                coding: LabelCoding = CLASS_INDICES) -> Path:
     """Write a class-index map; `path` has no suffix yet. Returns the written file's path (written
-    atomically: a crash never leaves a half-written prediction)."""
+    atomically: a crash never leaves a half-written prediction). Image formats (PNG) store the classes
+    in the dataset's `coding` (0/255 masks stay viewable), the others as class indices."""
+    if fmt not in SUFFIX:
+        raise ValueError(f"output_format {fmt!r} is not one of nifti, png, npy")
+    out = path.with_name(path.name + SUFFIX[fmt])
+    label = coding.for_prediction(out).encode(label)
     dtype = np.uint8 if label.max(initial=0) < 256 else np.uint16
     label = label.astype(dtype)
-    out = path.with_name(path.name + SUFFIX[fmt])
     if fmt == "png":
         if label.ndim != 2:
             raise ValueError(f"{out.name}: output_format png is for 2-D data, this prediction is {label.ndim}-D; "
@@ -76,9 +82,7 @@ def write_label(path: Path, label: np.ndarray, fmt: str, geometry: Geometry | No
     if fmt == "nifti":
         data = _nifti_bytes(label, dtype, geometry)
         return atomic_write(out, lambda f: f.write(data))
-    if fmt == "npy":
-        return atomic_write(out, lambda f: np.save(f, label))
-    raise ValueError(f"output_format {fmt!r} is not one of nifti, png, npy")
+    return atomic_write(out, lambda f: np.save(f, label))
 
 
 def _nifti_bytes(label: np.ndarray, dtype: type, geometry: Geometry | None) -> bytes:
