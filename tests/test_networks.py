@@ -33,7 +33,13 @@ SMALL = {
     "TransUNet": [({"img_size": 32, "base_channels": 8, "hidden_size": 64, "depth": 2, "num_heads": 4, "mlp_dim": 128}, (2, 1, 32, 32)),
                   ({"img_size": 32, "base_channels": 8, "hidden_size": 64, "depth": 2, "num_heads": 4, "mlp_dim": 128, "out_channels": 3}, (2, 2, 48, 32))],
     "DeepLabV3Plus": [({}, (2, 1, 32, 32)), ({"output_stride": 8, "norm": "group", "in_channels": 3, "out_channels": 5}, (2, 3, 40, 56))],
+    "DynUNet": [({"spatial_dims": 2, "kernel_size": [3, 3, 3], "strides": [1, 2, 2], "filters": [4, 8, 16], "act": "relu"}, (2, 1, 16, 24)),
+                ({"kernel_size": [[1, 3, 3], [3, 3, 3], [3, 3, 3]], "strides": [[1, 1, 1], [1, 2, 2], [2, 2, 2]],
+                  "filters": [4, 8, 16], "res_block": True, "out_channels": 3}, (1, 1, 6, 16, 20))],
 }
+
+# DynUNet with pooling only in-plane at first (nnU-Net's plan for thick slices): per-axis size rules
+ANISOTROPIC = {"kernel_size": [[1, 3, 3], [3, 3, 3], [3, 3, 3]], "strides": [[1, 1, 1], [1, 2, 2], [2, 2, 2]]}
 
 # The networks of workflows/seed_*.json, as a GUI saves them (strings, aliases).
 SEED = [
@@ -157,6 +163,19 @@ def test_transunet_takes_other_sizes_than_img_size(tmp_path):
     ("AttentionUNet", {"spatial_dims": "4"}, "spatial_dims", "2 or 3"),
     ("UNet2D", {"norm": "layer"}, "norm", "instance"),
     ("DeepLabV3Plus", {"output_stride": 32}, "output_stride", "8 or 16"),
+    ("DynUNet", {"kernel_size": [3, 3, 3], "strides": [1, 2]}, "strides", "strides has 2 stages but kernel_size has 3"),
+    ("DynUNet", {"kernel_size": [[3, 3], 3], "strides": [1, 2]}, "kernel_size", "kernel_size[0] is [3, 3]: give 3 sizes"),
+    ("DynUNet", {"spatial_dims": 2, "kernel_size": [3, 3], "strides": [1, [2, 2, 2]]}, "strides",
+     "strides[1] is [2, 2, 2]: give 2 sizes"),
+    ("DynUNet", {"strides": [1, 2, [2, 0, 2], 2, 2]}, "strides", "strides[2] is [2, 0, 2]: sizes must be positive"),
+    ("DynUNet", {"kernel_size": [3, [1, 2, 3], 3, 3, 3]}, "kernel_size", "kernel_size[1] is [1, 2, 3]: kernel sizes must be odd"),
+    ("DynUNet", {"kernel_size": [3, 1], "strides": [1, 3]}, "strides", "at most its kernel size + 1"),
+    ("DynUNet", {"kernel_size": [3], "strides": [1]}, "kernel_size", "at least 2"),
+    ("DynUNet", {"filters": [8, 16]}, "filters", "filters has 2 values but there are 5 stages"),
+    ("DynUNet", {"deep_supervision": True, "deep_supr_num": 4}, "deep_supr_num", "at most stages - 2 = 3"),
+    ("DynUNet", {"kernel_size": [3, 3], "strides": [1, 2], "deep_supervision": True, "deep_supr_num": 1},
+     "deep_supr_num", "at least 3 stages"),
+    ("DynUNet", {"act": "elu"}, "act", "leakyrelu"),
 ])
 def test_config_errors_name_field(type_name, raw, field, words):
     with pytest.raises(ValidationError) as e:
@@ -256,6 +275,44 @@ def test_run_accepts_matching_data(tmp_path):
 def test_instance_norm_bottleneck_is_reported():
     assert "single voxel" in make("SwinUNETR", {}).size_problem((32, 32, 32))
     assert make("SwinUNETR", {}).size_problem((64, 32, 32)) is None
+
+
+def test_dynunet_defaults_follow_nnunet():
+    config = make("DynUNet", {})
+    assert (config.spatial_dims, len(config.kernel_size), config.size_divisors()) == (3, 5, (16, 16, 16))
+    assert config.stage_filters() == [32, 64, 128, 256, 320]
+    assert make("DynUNet", {"spatial_dims": 2, "kernel_size": [3] * 7, "strides": [1] + [2] * 6}).stage_filters() == \
+        [32, 64, 128, 256, 512, 512, 512]
+    assert (config.norm, config.act, config.deep_supervision, config.deep_supr_num) == ("instance", "leakyrelu", False, 2)
+    assert make("DynUNet", {"deep_supr_num": 9}).deep_supr_num == 9  # only checked with deep_supervision on
+    strings = make("DynUNet", {"kernel_size": "[[1, 3, 3], 3, 3]", "strides": "[[1, 1, 1], [1, 2, 2], 2]",
+                               "filters": "null", "deep_supervision": "true", "deep_supr_num": "1"})
+    assert strings.stage_strides() == [(1, 1, 1), (1, 2, 2), (2, 2, 2)] and strings.filters is None
+
+
+def test_dynunet_size_rule_is_per_axis():
+    config = make("DynUNet", ANISOTROPIC)
+    assert (config.size_divisors(), config.size_divisor()) == ((2, 4, 4), 4)
+    assert config.size_problem((6, 16, 20)) is None  # 6 is not a multiple of the largest divisor, 4: fine on z
+    assert config.size_problem((6, 16, 18)) == ("needs input sizes divisible by [2, 4, 4] per axis (the product "
+                                                "of each axis's strides), not [6, 16, 18]")
+    assert "larger than [2, 4, 4] along some axis" in config.size_problem((2, 4, 4))
+    [f] = check("DynUNet", ANISOTROPIC, {"image_size": [10, 16, 18], "spatial_dims": 3})
+    assert f.code == "input_size" and f.hint == "set the loader's image_size to a multiple of [2, 4, 4] per axis"
+    assert check("DynUNet", ANISOTROPIC, {"image_size": [10, 16, 20], "spatial_dims": 3}) == []
+    # every other network keeps one divisor for every axis, and its messages
+    assert make("UNet2D", {}).size_divisors() == (16, 16)
+
+
+def test_dynunet_description_carries_per_axis_divisors(tmp_path):
+    from segflow.nodes.export import ModelExportConfig, sample_shape
+
+    model = run_node("DynUNet", make("DynUNet", {**ANISOTROPIC, "filters": [4, 8, 16]}), tmp_path)
+    described = description_of(model)
+    assert (described.size_divisors, described.size_divisor) == ((2, 4, 4), 4)
+    assert sample_shape(ModelExportConfig(input_size=[6, 16, 20]), described) == (1, 6, 16, 20)
+    with pytest.raises(ValueError, match=r"divisible by \[2, 4, 4\] per axis; e.g. \[6, 16, 20\]"):
+        sample_shape(ModelExportConfig(input_size=[6, 16, 19]), described)
 
 
 def test_fields_documented_and_no_torch_at_import():

@@ -83,9 +83,17 @@ class BoundaryLoss(nn.Module):
         self.on_device = on_device  # None: torch's transform off the CPU, scipy's on it
         self.spacing = tuple(float(v) for v in spacing) if spacing else None
 
-    def forward(self, probs: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    def forward(self, probs: torch.Tensor, label: torch.Tensor, distances: torch.Tensor | None = None) -> torch.Tensor:
+        """`distances`: `distance_maps(label, probs)` when the caller has them (deep supervision's heads
+        share one label)."""
         classes = [0] if probs.shape[1] == 1 else list(range(1, probs.shape[1]))
-        targets = [1] if probs.shape[1] == 1 else classes
+        if distances is None:
+            distances = self.distance_maps(label, probs)
+        return (probs[:, classes] * distances).mean()
+
+    def distance_maps(self, label: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        """(B, K, *S) signed distance maps of the foreground classes of `label`, for `probs` (B, C, *S)."""
+        targets = [1] if probs.shape[1] == 1 else list(range(1, probs.shape[1]))
         on_device = probs.device.type != "cpu" if self.on_device is None else self.on_device
         if on_device:
             lab = label[:, 0].detach()
@@ -98,12 +106,24 @@ class BoundaryLoss(nn.Module):
             dist = np.stack([np.stack([signed_distance(lab[b] == c, self.spacing) for c in targets])
                              for b in range(lab.shape[0])])
             dist_t = torch.from_numpy(dist).to(dtype=probs.dtype)
-        return (probs[:, classes] * dist_t).mean()
+        return dist_t
 
     def _check_spacing(self, dims: int) -> None:
         if self.spacing is not None and len(self.spacing) != dims:
             raise ValueError(f"LossFunction.boundary_spacing has {len(self.spacing)} values, the labels have {dims} "
                              "spatial axes")
+
+
+def deep_supervision_weights(outputs: int) -> list[float]:
+    """The weights of deep supervision's outputs, full resolution first, by nnU-Net v2's rule
+    (nnUNetTrainer._build_loss): halving per level (1, 1/2, 1/4, ...) so that finer outputs count
+    more, the last (lowest-resolution) output 0, normalised to sum 1. So [full, head] trains the
+    full-resolution output alone, and a DynUNet with deep_supr_num = stages - 2 (a head on every
+    decoder level) is weighted exactly as nnU-Net's network. A single output weighs 1."""
+    if outputs == 1:
+        return [1.0]
+    weights = [0.5**level for level in range(outputs - 1)] + [0.0]
+    return [w / sum(weights) for w in weights]
 
 
 class SegmentationLoss(nn.Module):
@@ -130,6 +150,7 @@ class SegmentationLoss(nn.Module):
         self._monai: dict[tuple[str, bool, int], nn.Module] = {}
         self._checked = False
         self.last_terms: dict[str, torch.Tensor] = {}
+        self._distances: torch.Tensor | None = None  # the boundary term's distance maps, within one call
 
     # --- input checks (first call only: reading label.max() waits for the GPU) -----------------
 
@@ -196,7 +217,9 @@ class SegmentationLoss(nn.Module):
             return self._ce(logits, label, binary)
         if name == "boundary":
             probs = torch.sigmoid(logits) if binary else torch.softmax(logits, 1)
-            return self.boundary(probs, label)
+            if self._distances is None:  # once per call: every deep supervision head has the same label
+                self._distances = self.boundary.distance_maps(label, probs)
+            return self.boundary(probs, label, self._distances)
         term = self._monai_term(name, binary, logits.shape[1])
         value = term(logits, label)
         if name == "focal" and logits.shape[1] == 1:
@@ -204,19 +227,29 @@ class SegmentationLoss(nn.Module):
             value = value.mean() if w is None else (value * w).sum() / w.sum()
         return value
 
-    def forward(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        if label.ndim == logits.ndim - 1:
+    def forward(self, logits: torch.Tensor | Sequence[torch.Tensor], label: torch.Tensor) -> torch.Tensor:
+        """`logits` (B, C, *S), or deep supervision's outputs [full resolution, head 1, head 2, ...], each
+        (B, C, *S) (the network upsampled its heads): their losses against the same label, weighted by
+        `deep_supervision_weights`."""
+        heads = list(logits) if isinstance(logits, (list, tuple)) else [logits]
+        if label.ndim == heads[0].ndim - 1:
             label = label.unsqueeze(1)
         label = label.long()
         if not self._checked:
-            self._check(logits, label)
-        binary = self.sigmoid if self.sigmoid is not None else logits.shape[1] == 1
+            self._check(heads[0], label)
+        binary = self.sigmoid if self.sigmoid is not None else heads[0].shape[1] == 1
         total: Any = 0.0
         self.last_terms = {}
-        for name, w in self.weights.items():
-            value = self._term(name, logits, label, binary)
-            self.last_terms[name] = value.detach()
-            total = total + w * value
+        self._distances = None
+        for head, head_weight in zip(heads, deep_supervision_weights(len(heads))):
+            if not head_weight:  # kept in the graph at no cost, so that DDP finds every parameter used
+                total = total + 0.0 * head.sum()
+                continue
+            for name, w in self.weights.items():
+                value = self._term(name, head, label, binary)
+                self.last_terms[name] = self.last_terms.get(name, 0.0) + head_weight * value.detach()
+                total = total + head_weight * w * value
+        self._distances = None
         return total
 
     def extra_repr(self) -> str:

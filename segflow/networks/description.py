@@ -16,7 +16,8 @@ class NetworkDescription:
     spatial_dims: int
     in_channels: int
     out_channels: int
-    size_divisor: int = 1  # every input size must be a multiple of this
+    size_divisor: int = 1  # every input size must be a multiple of this (the largest of size_divisors)
+    size_divisors: tuple[int, ...] | None = None  # per axis (DynUNet's differ); None: size_divisor on every axis
     fixed_size: tuple[int, ...] | None = None  # the only input size it takes (UNETR)
     config: dict[str, Any] | None = None  # the node's config as JSON
 

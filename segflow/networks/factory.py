@@ -2,7 +2,7 @@
 
 Every builder returns a module mapping (B, in_channels, *spatial) to logits
 (B, out_channels, *spatial). `build_network` also attaches `segflow_meta`, a plain dict that
-inference and export read: type, spatial_dims, in/out channels, size_divisor, fixed_size.
+inference and export read: type, spatial_dims, in/out channels, size_divisor(s), fixed_size.
 """
 from __future__ import annotations
 
@@ -115,6 +115,14 @@ def _deeplab(c: cfgs.DeepLabV3PlusConfig) -> nn.Module:
 
 
 
+@builds("DynUNet")
+def _dynunet(c: cfgs.DynUNetConfig) -> nn.Module:
+    from segflow.networks.dynunet import DynUNet
+
+    return DynUNet(c.spatial_dims, c.in_channels, c.out_channels, kernel_size=c.stage_kernels(),
+                   strides=c.stage_strides(), filters=c.stage_filters(), norm=c.norm, act=c.act, dropout=c.dropout,
+                   res_block=c.res_block, deep_supervision=c.deep_supervision, deep_supr_num=c.deep_supr_num)
+
 
 def build_network(type_name: str, config: cfgs.NetworkConfig) -> nn.Module:
     """The module for network node type `type_name` with `config` (a validated config of that type),
@@ -123,5 +131,6 @@ def build_network(type_name: str, config: cfgs.NetworkConfig) -> nn.Module:
         raise ValueError(f"no network called {type_name!r}; known: {', '.join(BUILDERS)}")
     return describe(BUILDERS[type_name](config), NetworkDescription(
         type=type_name, spatial_dims=config.dims(), in_channels=config.in_channels,
-        out_channels=config.out_channels, size_divisor=config.size_divisor(), fixed_size=config.fixed_size(),
+        out_channels=config.out_channels, size_divisor=config.size_divisor(),
+        size_divisors=config.size_divisors(), fixed_size=config.fixed_size(),
         config=config.model_dump(mode="json")))

@@ -58,8 +58,14 @@ class NetworkConfig(NodeConfig):
         return int(getattr(self, "spatial_dims", 2))
 
     def size_divisor(self) -> int:
-        """Every spatial size of the input must be a multiple of this."""
+        """Every spatial size of the input must be a multiple of this (the largest of
+        `size_divisors` when the axes differ)."""
         return 1
+
+    def size_divisors(self) -> tuple[int, ...]:
+        """Per spatial axis, the multiple its input size must be: networks that pool every axis alike
+        repeat `size_divisor`; one with per-axis strides (DynUNet) differs per axis."""
+        return (self.size_divisor(),) * self.dims()
 
     def fixed_size(self) -> tuple[int, ...] | None:
         """The only input size the network accepts, when it has one (UNETR)."""
@@ -79,17 +85,37 @@ class NetworkConfig(NodeConfig):
         fixed = self.fixed_size()
         if fixed is not None and tuple(size) != fixed:
             return f"takes inputs of exactly img_size {list(fixed)}, not {list(size)}"
-        d = self.size_divisor()
-        if d > 1 and any(s % d for s in size):
-            return f"needs every input size divisible by {d}{self._divisor_reason()}, not {list(size)}"
-        if getattr(self, "norm", None) == "instance" and d > 1 and math.prod(s // d for s in size) < 2:
+        divisors = self._divisors_for(size)
+        if any(s % d for s, d in zip(size, divisors)):
+            return f"needs {_divisible_by(divisors)}{self._divisor_reason()}, not {list(size)}"
+        bottleneck = math.prod(s // d for s, d in zip(size, divisors))
+        if getattr(self, "norm", None) == "instance" and max(divisors, default=1) > 1 and bottleneck < 2:
             # instance norm cannot normalise a single value: training fails at the bottleneck
-            return (f"with norm 'instance' needs an input larger than {d} along some axis (its bottleneck would be a "
-                    f"single voxel), not {list(size)}")
+            return (f"with norm 'instance' needs an input larger than {_divisor_text(divisors, '')} along some axis (its "
+                    f"bottleneck would be a single voxel), not {list(size)}")
         return None
+
+    def _divisors_for(self, size: tuple[int, ...]) -> tuple[int, ...]:
+        """`size_divisors` for an input of `size`'s length (the uniform divisor when the lengths differ,
+        as a size of the wrong dimensionality is reported elsewhere)."""
+        divisors = self.size_divisors()
+        return divisors if len(divisors) == len(size) else (self.size_divisor(),) * len(size)
 
     def _divisor_reason(self) -> str:
         return ""
+
+
+def _divisor_text(divisors: tuple[int, ...], per_axis: str = " per axis") -> str:
+    """One divisor as a number ("16"), per-axis divisors as a list ("[1, 16, 16] per axis")."""
+    if len(set(divisors)) <= 1:
+        return str(divisors[0] if divisors else 1)
+    return f"{list(divisors)}{per_axis}"
+
+
+def _divisible_by(divisors: tuple[int, ...]) -> str:
+    if len(set(divisors)) <= 1:
+        return f"every input size divisible by {_divisor_text(divisors)}"
+    return f"input sizes divisible by {_divisor_text(divisors)}"
 
 
 def _spatial_dims_field(default: int) -> Any:
@@ -138,7 +164,7 @@ def _size_findings(who: str, config: NetworkConfig, data: DataShape) -> list[Fin
         fixed = config.fixed_size() is not None
         return [Finding("img_size" if fixed else "", "img_size_mismatch" if fixed else "input_size",
                         f"{who} {problem}; {data.where} comes in patches of {size}",
-                        f"set the loader's image_size to a multiple of {config.size_divisor()}"
+                        f"set the loader's image_size to a multiple of {_divisor_text(config._divisors_for(tuple(size)))}"
                         + (" and img_size to match" if fixed else ""))]
     return [Finding("img_size", "img_size_mismatch", f"{who}: {doubt}", "set img_size to the loader's image_size or "
                     "remove it", severity="warning") for doubt in config.size_warnings(tuple(size))]
@@ -434,3 +460,117 @@ class DeepLabV3PlusConfig(NetworkConfig):
         return 1  # the decoder resizes to the input, so any size of at least 32 goes through
 
 
+
+
+def _per_axis(entries: list[int | list[int]], dims: int) -> list[tuple[int, ...]]:
+    """Per-stage sizes, one int for every axis or one per axis, as tuples of `dims` sizes."""
+    return [(e,) * dims if isinstance(e, int) else tuple(e) for e in entries]
+
+
+def _strides_fit_kernels(strides: list[int | list[int]], kernels: list[int | list[int]] | None, dims: int) -> None:
+    if kernels is None:
+        return
+    if len(strides) != len(kernels):
+        raise ValueError(f"strides has {len(strides)} stages but kernel_size has {len(kernels)}: give one stride per "
+                         "stage")
+    for i, (stride, kernel) in enumerate(zip(_per_axis(strides, dims), _per_axis(kernels, dims))):
+        if any(s > k + 1 for s, k in zip(stride, kernel)):
+            # MONAI pads by (kernel - stride + 1) / 2, which would be negative
+            raise ValueError(f"strides[{i}] is {strides[i]}: a stride may be at most its kernel size + 1 "
+                             f"(kernel_size[{i}] is {kernels[i]})")
+
+
+@network("DynUNet", "nnU-Net's U-Net (MONAI DynUNet), 2-D or 3-D: a kernel size and a stride per stage (anisotropic "
+         "where the data is), instance norm, leaky ReLU, optional residual blocks and deep supervision.")
+class DynUNetConfig(NetworkConfig):
+    spatial_dims: int = _spatial_dims_field(3)
+    kernel_size: list[int | list[int]] = Field(
+        [3, 3, 3, 3, 3], min_length=2,
+        description="Convolution kernel of each stage, from full resolution down to the bottleneck: one odd size per "
+        "axis ([1, 3, 3]) or one int for every axis. Its length is the number of stages.")
+    strides: list[int | list[int]] = Field(
+        [1, 2, 2, 2, 2], min_length=2,
+        description="Stride of each stage's first convolution (its downsampling), one per stage like kernel_size: "
+        "one per axis ([1, 2, 2]) or one int for every axis; the first stage is usually 1. Each input size must be a "
+        "multiple of the product of its axis's strides. The decoder upsamples with the same strides.")
+    filters: list[int] | None = Field(
+        None, description="Channels of each stage (one per stage); null: 32 doubling per stage, capped at 320 in 3-D "
+        "and 512 in 2-D, as nnU-Net.")
+    norm: Annotated[Literal["instance", "batch"], Choice()] = Field(
+        "instance", description="Normalisation: instance (with affine parameters, as nnU-Net) or batch.")
+    act: Annotated[Literal["leakyrelu", "relu", "prelu"], Choice()] = Field(
+        "leakyrelu", description="Activation: leakyrelu (negative slope 0.01, as nnU-Net), relu or prelu.")
+    res_block: bool = Field(False, description="Residual blocks (two convolutions around a skip) in every stage "
+                            "instead of two plain convolutions.")
+    deep_supervision: bool = Field(
+        False, description="Extra output heads on decoder levels below full resolution, trained with the loss "
+        "(weights halving per level, the lowest-resolution head weighted 0 as nnU-Net); validation, prediction and "
+        "export use the full-resolution output only.")
+    deep_supr_num: int = Field(
+        2, ge=1, description="Deep supervision heads below full resolution (at most stages - 2; "
+        "stages - 2 gives nnU-Net's heads, one on every decoder level). Used only with deep_supervision.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability in every block.")
+
+    _dims = field_validator("spatial_dims")(classmethod(lambda cls, v: _check_dims(v)))
+
+    @field_validator("kernel_size", "strides")
+    @classmethod
+    def _stage_sizes(cls, v: list[int | list[int]], info: ValidationInfo) -> list[int | list[int]]:
+        name, dims = info.field_name, info.data.get("spatial_dims")
+        for i, entry in enumerate(v):
+            sizes = [entry] if isinstance(entry, int) else entry
+            if dims is not None and not isinstance(entry, int) and len(entry) != dims:
+                raise ValueError(f"{name}[{i}] is {entry}: give {dims} sizes (one per axis, spatial_dims {dims}) "
+                                 "or one int for every axis")
+            if any(s < 1 for s in sizes):
+                raise ValueError(f"{name}[{i}] is {entry}: sizes must be positive")
+            if name == "kernel_size" and any(s % 2 == 0 for s in sizes):
+                raise ValueError(f"kernel_size[{i}] is {entry}: kernel sizes must be odd (1, 3, 5, ...) so that "
+                                 "the convolutions keep the size")
+        if name == "strides" and dims is not None:
+            _strides_fit_kernels(v, info.data.get("kernel_size"), dims)
+        return v
+
+    @field_validator("filters")
+    @classmethod
+    def _one_per_stage(cls, v: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        stages = len(info.data.get("kernel_size") or [])
+        if v is not None and stages and len(v) != stages:
+            raise ValueError(f"filters has {len(v)} values but there are {stages} stages (kernel_size): give one per "
+                             "stage, or null for 32 doubling per stage")
+        if v is not None and any(f < 1 for f in v):
+            raise ValueError(f"filters {v}: channels must be positive")
+        return v
+
+    @field_validator("deep_supr_num")
+    @classmethod
+    def _heads_fit(cls, v: int, info: ValidationInfo) -> int:
+        stages = len(info.data.get("kernel_size") or [])
+        if info.data.get("deep_supervision") and stages == 2:
+            raise ValueError("deep supervision needs at least 3 stages (kernel_size has 2): its heads sit on decoder "
+                             "levels below full resolution")
+        if info.data.get("deep_supervision") and stages and v >= stages - 1:
+            raise ValueError(f"deep_supr_num {v} is too many for {stages} stages: the heads sit on decoder levels "
+                             f"below full resolution, at most stages - 2 = {stages - 2}")
+        return v
+
+    def stage_kernels(self) -> list[tuple[int, ...]]:
+        return _per_axis(self.kernel_size, self.spatial_dims)
+
+    def stage_strides(self) -> list[tuple[int, ...]]:
+        return _per_axis(self.strides, self.spatial_dims)
+
+    def stage_filters(self) -> list[int]:
+        """`filters`, or nnU-Net's rule: 32 doubling per stage, capped at 320 (3-D) / 512 (2-D)."""
+        cap = 320 if self.spatial_dims == 3 else 512
+        return list(self.filters) if self.filters else [min(32 * 2**i, cap) for i in range(len(self.kernel_size))]
+
+    def size_divisors(self) -> tuple[int, ...]:
+        strides = self.stage_strides()
+        return tuple(math.prod(s[axis] for s in strides) for axis in range(self.spatial_dims))
+
+    def size_divisor(self) -> int:
+        return max(self.size_divisors())
+
+    def _divisor_reason(self) -> str:
+        return " (the product of each axis's strides)"

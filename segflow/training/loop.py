@@ -378,8 +378,8 @@ class TrainingRun:
             with torch.autocast(self.device.type, dtype=self.precision.dtype, enabled=self.precision.enabled):
                 logits = self.forward(image)
                 loss = self.loss_fn(logits, label)
-            if self.num_classes is None:
-                self._check_labels(logits, label)
+            if self.num_classes is None:  # deep supervision's outputs: the full-resolution one first
+                self._check_labels(logits[0] if isinstance(logits, (list, tuple)) else logits, label)
             stats.add_batch(index, loss, image.shape[0])
             self.scaler.scale(loss / group if group > 1 else loss).backward()
         if stepping:
