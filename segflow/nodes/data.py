@@ -65,10 +65,17 @@ class MedicalSegmentationLoaderConfig(NodeConfig):
         "MONAI 3-D). device: the random spatial and intensity transforms run batched on the Trainer's device "
         "(the GPU) after the copy; workers only read and cut patches (or resize 2-D images). For fast GPUs where "
         "CPU augmentation limits throughput. Same presets (augmentation_strength); see docs/data.md."))
-    normalization: Annotated[Literal["zscore", "minmax", "ct", "none"], Choice()] = Field("zscore", description=(
-        "Per-case intensity normalisation: z-score, min-max to [0, 1], CT window (ct_window) to [0, 1], or none."))
+    normalization: Annotated[Literal["zscore", "minmax", "ct", "ct_zscore", "none"], Choice()] = Field(
+        "zscore", description=(
+            "Intensity normalisation: per-case z-score, per-case min-max to [0, 1], CT window (ct_window) to [0, 1], "
+            "ct_zscore (3-D: clip to ct_window, then z-score with the dataset's intensity_mean and intensity_std, "
+            "nnU-Net's CT normalisation; `segflow plan` writes the numbers), or none."))
     ct_window: list[float] = Field([-175.0, 250.0], min_length=2, max_length=2, description=(
-        "[low, high] intensity window used by normalization 'ct' (Hounsfield units)."))
+        "[low, high] intensity window used by normalization 'ct' and 'ct_zscore' (Hounsfield units)."))
+    intensity_mean: float | None = Field(None, description=(
+        "normalization ct_zscore: the mean subtracted after clipping (the dataset's foreground mean)."))
+    intensity_std: float | None = Field(None, gt=0, description=(
+        "normalization ct_zscore: the standard deviation divided by (the dataset's foreground std)."))
     target_spacing: list[float] | None = Field(None, description=(
         "Resample every case to this voxel spacing (one value per spatial axis) before sampling; null keeps the file's spacing."))
     num_classes: int | None = Field(None, ge=2, description=(
@@ -138,6 +145,7 @@ class MedicalSegmentationLoaderConfig(NodeConfig):
                 raise ValueError(f"{key} has {len(v)} values but the data is {want}-D")
         if self.ct_window[0] >= self.ct_window[1]:
             raise ValueError("ct_window must be [low, high] with low < high")
+        self._check_ct_zscore(want)
         if self.fold is not None and self.splits_file is None and "num_folds" in self.model_fields_set \
                 and self.fold >= self.num_folds:
             raise ValueError(f"fold {self.fold} does not exist with num_folds {self.num_folds}; folds are 0 to "
@@ -148,6 +156,16 @@ class MedicalSegmentationLoaderConfig(NodeConfig):
         if self.pos + self.neg <= 0:
             raise ValueError("pos and neg cannot both be 0")
         return self
+
+    def _check_ct_zscore(self, dims: int | None) -> None:
+        if self.normalization != "ct_zscore":
+            return
+        if self.intensity_mean is None or self.intensity_std is None:
+            raise ValueError("normalization ct_zscore needs intensity_mean and intensity_std (the dataset's "
+                             "foreground mean and std; `segflow plan` writes them)")
+        if dims == 2:
+            raise ValueError("normalization ct_zscore is for 3-D data: 2-D images stay in [0, 1] for augmentation; "
+                             "use ct with the same ct_window")
 
     def declared_dims(self) -> int | None:
         """2 or 3 when the config says (a phantom's kind, or spatial_dims), None for 'auto'."""
