@@ -66,9 +66,9 @@ def size_patch_and_batch(spacing, median_shape, num_classes: int, budget_gib: fl
                 f"{gib_needed(topo, num_classes, MIN_BATCH):.2g} GiB by nnU-Net's estimate; give more memory")
         topo = topology(spacing, patch)
         shrunk.append(axis)
-    fitting = int(round(budget_gib / gib_needed(topo, num_classes, 1)))
+    fitting = round(budget_gib / gib_needed(topo, num_classes, 1))
     dataset_voxels = float(np.prod(median_shape, dtype=np.float64)) * num_cases
-    cap = int(round(dataset_voxels * MAX_DATASET_FRACTION / np.prod(topo.patch, dtype=np.float64)))
+    cap = round(dataset_voxels * MAX_DATASET_FRACTION / float(np.prod(topo.patch, dtype=np.float64)))
     batch = max(min(fitting, cap), MIN_BATCH)
     return Sizing(topo, batch, gib_needed(topo, num_classes, batch),
                   _reasons(dims, start, topo, shrunk, budget_gib, num_classes, fitting, cap, batch))
