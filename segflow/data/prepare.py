@@ -183,6 +183,8 @@ def normalize(image: np.ndarray, method: str, ct_window=(-175.0, 250.0), for_2d:
         if for_2d:
             raise ValueError("normalization ct_zscore is for 3-D data (2-D images stay in [0, 1] for augmentation); "
                              "use ct with the same ct_window")
+        if intensity is None:
+            raise ValueError("normalization ct_zscore needs intensity_mean and intensity_std")
         mean, std = intensity
         return ((np.clip(image, *ct_window) - mean) / max(std, 1e-8)).astype(np.float32, copy=False)
     if method == "minmax" or for_2d:

@@ -145,7 +145,6 @@ class MedicalSegmentationLoaderConfig(NodeConfig):
                 raise ValueError(f"{key} has {len(v)} values but the data is {want}-D")
         if self.ct_window[0] >= self.ct_window[1]:
             raise ValueError("ct_window must be [low, high] with low < high")
-        self._check_ct_zscore(want)
         if self.fold is not None and self.splits_file is None and "num_folds" in self.model_fields_set \
                 and self.fold >= self.num_folds:
             raise ValueError(f"fold {self.fold} does not exist with num_folds {self.num_folds}; folds are 0 to "
@@ -156,16 +155,6 @@ class MedicalSegmentationLoaderConfig(NodeConfig):
         if self.pos + self.neg <= 0:
             raise ValueError("pos and neg cannot both be 0")
         return self
-
-    def _check_ct_zscore(self, dims: int | None) -> None:
-        if self.normalization != "ct_zscore":
-            return
-        if self.intensity_mean is None or self.intensity_std is None:
-            raise ValueError("normalization ct_zscore needs intensity_mean and intensity_std (the dataset's "
-                             "foreground mean and std; `segflow plan` writes them)")
-        if dims == 2:
-            raise ValueError("normalization ct_zscore is for 3-D data: 2-D images stay in [0, 1] for augmentation; "
-                             "use ct with the same ct_window")
 
     def declared_dims(self) -> int | None:
         """2 or 3 when the config says (a phantom's kind, or spatial_dims), None for 'auto'."""
@@ -190,6 +179,20 @@ class MedicalSegmentationLoaderConfig(NodeConfig):
                          patch_size=self.patch_size(dims) if dims else None)
 
 
+def _ct_zscore_findings(config: MedicalSegmentationLoaderConfig) -> list[Finding]:
+    """ct_zscore needs the dataset's numbers, and 3-D data (a finding, not a config error, so the word
+    itself is accepted however it is spelled and the missing field is what the message points at)."""
+    missing = [k for k in ("intensity_mean", "intensity_std") if getattr(config, k) is None]
+    if missing:
+        return [Finding(missing[0], "missing_value", f"normalization ct_zscore needs {' and '.join(missing)} "
+                        "(the dataset's foreground mean and std after clipping to ct_window)",
+                        hint="`segflow plan DATA_DIR` writes them; or use normalization zscore")]
+    if config.declared_dims() == 2:
+        return [Finding("normalization", "bad_value", "normalization ct_zscore is for 3-D data: 2-D images stay "
+                        "in [0, 1] for augmentation", hint="use normalization ct with the same ct_window")]
+    return []
+
+
 @register
 class MedicalSegmentationLoader(Node):
     """Reads a segmentation dataset (MSD, nnU-Net v2, folders; NIfTI, PNG/JPG/TIFF, NumPy, DICOM),
@@ -211,6 +214,10 @@ class MedicalSegmentationLoader(Node):
     @classmethod
     def check(cls, config: NodeConfig, neighbours: dict[str, tuple[str, NodeConfig]]) -> list[Finding]:
         given = config.model_fields_set
+        if config.normalization == "ct_zscore":
+            found = _ct_zscore_findings(config)
+            if found:
+                return found
         if config.subset != "split" and "val_fraction" in given:
             return [Finding("val_fraction", "bad_value", f"val_fraction is ignored with subset "
                             f"{config.subset}: every case goes to val_loader and there is no train_loader",
