@@ -1,6 +1,6 @@
-"""`segflow run | validate | schema | nodes | graph`.
+"""`segflow run | validate | plan | schema | nodes | graph`.
 
-`validate`, `schema`, `nodes` and `graph` never import torch or monai (a test checks), so
+`validate`, `plan`, `schema`, `nodes` and `graph` never import torch or monai (a test checks), so
 checking workflows in CI is fast. Only `run` loads the heavy stack.
 """
 from __future__ import annotations
@@ -142,6 +142,12 @@ def _how_to_resume(args, run_dir: Path | None) -> str:
     return f"continue with `{shlex.join(words)}`"
 
 
+def cmd_plan(args) -> int:
+    from segflow.planning.command import run
+
+    return run(args)
+
+
 def cmd_schema(args) -> int:
     from segflow.workflow.files import atomic_write_text
     from segflow.workflow.schema import DEFAULT_PATH, render
@@ -249,6 +255,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("text", "json", "github"), default="text")
     p.add_argument("--check-paths", action="store_true", help="also check that input files and folders exist")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("plan", help="derive a training workflow from a dataset with nnU-Net's rules (no torch needed)")
+    p.add_argument("data_dir", help="dataset folder (MSD, nnU-Net v2 or images/ + masks/ layout)")
+    p.add_argument("--config", choices=("3d_fullres", "2d"), help="default: 3d_fullres for volumes, 2d for images")
+    p.add_argument("-o", "--output", help="workflow file to write (default: workflows/<dataset>_<config>.json)")
+    p.add_argument("--force", action="store_true", help="replace an existing workflow file")
+    p.add_argument("--gpu-memory", type=float, metavar="GIB",
+                   help="GPU memory the patch and batch must fit (default: the visible GPU's, else 24)")
+    p.add_argument("--epochs", type=int, default=1000, help="training epochs (default 1000, as nnU-Net)")
+    p.add_argument("--layout", choices=("auto", "msd", "nnunet", "folder"), default="auto")
+    p.add_argument("--fingerprint", metavar="FILE",
+                   help="where the fingerprint is kept (default: DATA_DIR/.segflow_plan/fingerprint.json)")
+    p.add_argument("--explain", action="store_true", help="print why each value was chosen")
+    p.add_argument("--dry-run", action="store_true", help="plan and print, but write no workflow")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("schema", help="write the workflow JSON Schema")
     p.add_argument("-o", "--output", help="path, or - for stdout (default: schemas/workflow.schema.json)")

@@ -109,6 +109,7 @@ def discover(cfg: MedicalSegmentationLoaderConfig) -> Found:
         spatial_dims=None if cfg.spatial_dims == "auto" else int(cfg.spatial_dims),
         normalization=cfg.normalization,
         ct_window=tuple(cfg.ct_window),
+        intensity=(cfg.intensity_mean, cfg.intensity_std) if cfg.normalization == "ct_zscore" else None,
         target_spacing=tuple(cfg.target_spacing) if cfg.target_spacing else None,
         num_classes=declared,
         label_source="config num_classes" if cfg.num_classes else json_labels,

@@ -27,8 +27,9 @@ MAX_FG_INDICES = 200_000  # enough foreground centres to sample patches from; bo
 @dataclass(frozen=True)
 class PrepSpec:
     spatial_dims: int | None  # None: take it from the data
-    normalization: str = "zscore"  # zscore | minmax | ct | none
+    normalization: str = "zscore"  # zscore | minmax | ct | ct_zscore | none
     ct_window: tuple[float, float] = (-175.0, 250.0)
+    intensity: tuple[float, float] | None = None  # ct_zscore: the dataset's (mean, std) after clipping
     target_spacing: tuple[float, ...] | None = None
     num_classes: int | None = None  # declared classes incl. background; None: infer
     label_source: str = "labels"  # what declared the classes, for messages
@@ -81,7 +82,7 @@ def prepare_case(case: Case, spec: PrepSpec) -> Prepared:
     if spec.target_spacing is not None and spacing is not None:
         image, label, affine = _resample(image, label, affine, spacing, spec.target_spacing)
         spacing = tuple(float(s) for s in spec.target_spacing)
-    image = normalize(image, spec.normalization, spec.ct_window, for_2d=dims == 2)
+    image = normalize(image, spec.normalization, spec.ct_window, for_2d=dims == 2, intensity=spec.intensity)
     fg = _foreground_indices(label, case.case_id)  # for foreground-weighted patches (3-D, and 2-D patches)
     return Prepared(case.case_id, image, label, spacing, affine, fg, int(label.max(initial=0)))
 
@@ -120,7 +121,7 @@ def _prepare_unlabelled(case: Case, spec: PrepSpec) -> Prepared:
     if spec.target_spacing is not None and spacing is not None:
         image, _, affine = _resample(image, None, affine, spacing, spec.target_spacing)
         spacing = tuple(float(s) for s in spec.target_spacing)
-    image = normalize(image, spec.normalization, spec.ct_window, for_2d=dims == 2)
+    image = normalize(image, spec.normalization, spec.ct_window, for_2d=dims == 2, intensity=spec.intensity)
     return Prepared(case.case_id, image, None, spacing, affine, None, 0)
 
 
@@ -181,11 +182,14 @@ def _resample(image, label, affine, spacing, target):
     )
 
 
-def normalize(image: np.ndarray, method: str, ct_window=(-175.0, 250.0), for_2d: bool = False) -> np.ndarray:
+def normalize(image: np.ndarray, method: str, ct_window=(-175.0, 250.0), for_2d: bool = False,
+              intensity: tuple[float, float] | None = None) -> np.ndarray:
     """Per-case, per-channel intensity normalisation.
 
     2-D images are kept in [0, 1] here (z-score is applied after augmentation, see
     `zscore`), because albumentations' brightness/contrast/gamma expect that range.
+    ct_zscore (3-D only, for that reason) clips to `ct_window` and z-scores with the dataset-wide
+    `intensity` (mean, std), as nnU-Net normalises CT: the same mapping for every case.
     """
     image = image.astype(np.float32, copy=True)
     if method == "none":
@@ -193,13 +197,21 @@ def normalize(image: np.ndarray, method: str, ct_window=(-175.0, 250.0), for_2d:
     if method == "ct":
         lo, hi = ct_window
         return np.clip((image - lo) / (hi - lo), 0.0, 1.0)
+    if method == "ct_zscore":
+        if for_2d:
+            raise ValueError("normalization ct_zscore is for 3-D data (2-D images stay in [0, 1] for augmentation); "
+                             "use ct with the same ct_window")
+        if intensity is None:
+            raise ValueError("normalization ct_zscore needs intensity_mean and intensity_std")
+        mean, std = intensity
+        return ((np.clip(image, *ct_window) - mean) / max(std, 1e-8)).astype(np.float32, copy=False)
     if method == "minmax" or for_2d:
         lo = image.min(axis=tuple(range(1, image.ndim)), keepdims=True)
         hi = image.max(axis=tuple(range(1, image.ndim)), keepdims=True)
         return (image - lo) / np.maximum(hi - lo, 1e-8)
     if method == "zscore":
         return zscore(image)
-    raise ValueError(f"normalization must be zscore, minmax, ct or none; got {method!r}")
+    raise ValueError(f"normalization must be zscore, minmax, ct, ct_zscore or none; got {method!r}")
 
 
 def zscore(image: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:

@@ -65,10 +65,17 @@ class MedicalSegmentationLoaderConfig(NodeConfig):
         "MONAI 3-D). device: the random spatial and intensity transforms run batched on the Trainer's device "
         "(the GPU) after the copy; workers only read and cut patches (or resize 2-D images). For fast GPUs where "
         "CPU augmentation limits throughput. Same presets (augmentation_strength); see docs/data.md."))
-    normalization: Annotated[Literal["zscore", "minmax", "ct", "none"], Choice()] = Field("zscore", description=(
-        "Per-case intensity normalisation: z-score, min-max to [0, 1], CT window (ct_window) to [0, 1], or none."))
+    normalization: Annotated[Literal["zscore", "minmax", "ct", "ct_zscore", "none"], Choice()] = Field(
+        "zscore", description=(
+            "Intensity normalisation: per-case z-score, per-case min-max to [0, 1], CT window (ct_window) to [0, 1], "
+            "ct_zscore (3-D: clip to ct_window, then z-score with the dataset's intensity_mean and intensity_std, "
+            "nnU-Net's CT normalisation; `segflow plan` writes the numbers), or none."))
     ct_window: list[float] = Field([-175.0, 250.0], min_length=2, max_length=2, description=(
-        "[low, high] intensity window used by normalization 'ct' (Hounsfield units)."))
+        "[low, high] intensity window used by normalization 'ct' and 'ct_zscore' (Hounsfield units)."))
+    intensity_mean: float | None = Field(None, description=(
+        "normalization ct_zscore: the mean subtracted after clipping (the dataset's foreground mean)."))
+    intensity_std: float | None = Field(None, gt=0, description=(
+        "normalization ct_zscore: the standard deviation divided by (the dataset's foreground std)."))
     target_spacing: list[float] | None = Field(None, description=(
         "Resample every case to this voxel spacing (one value per spatial axis) before sampling; null keeps the file's spacing."))
     num_classes: int | None = Field(None, ge=2, description=(
@@ -172,6 +179,20 @@ class MedicalSegmentationLoaderConfig(NodeConfig):
                          patch_size=self.patch_size(dims) if dims else None)
 
 
+def _ct_zscore_findings(config: MedicalSegmentationLoaderConfig) -> list[Finding]:
+    """ct_zscore needs the dataset's numbers, and 3-D data (a finding, not a config error, so the word
+    itself is accepted however it is spelled and the missing field is what the message points at)."""
+    missing = [k for k in ("intensity_mean", "intensity_std") if getattr(config, k) is None]
+    if missing:
+        return [Finding(missing[0], "missing_value", f"normalization ct_zscore needs {' and '.join(missing)} "
+                        "(the dataset's foreground mean and std after clipping to ct_window)",
+                        hint="`segflow plan DATA_DIR` writes them; or use normalization zscore")]
+    if config.declared_dims() == 2:
+        return [Finding("normalization", "bad_value", "normalization ct_zscore is for 3-D data: 2-D images stay "
+                        "in [0, 1] for augmentation", hint="use normalization ct with the same ct_window")]
+    return []
+
+
 @register
 class MedicalSegmentationLoader(Node):
     """Reads a segmentation dataset (MSD, nnU-Net v2, folders; NIfTI, PNG/JPG/TIFF, NumPy, DICOM),
@@ -193,6 +214,10 @@ class MedicalSegmentationLoader(Node):
     @classmethod
     def check(cls, config: NodeConfig, neighbours: dict[str, tuple[str, NodeConfig]]) -> list[Finding]:
         given = config.model_fields_set
+        if config.normalization == "ct_zscore":
+            found = _ct_zscore_findings(config)
+            if found:
+                return found
         if config.subset != "split" and "val_fraction" in given:
             return [Finding("val_fraction", "bad_value", f"val_fraction is ignored with subset "
                             f"{config.subset}: every case goes to val_loader and there is no train_loader",
