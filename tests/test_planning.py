@@ -170,20 +170,6 @@ def test_patch_shrinks_to_the_budget_and_batch_is_capped():
 
 # --- the command and the workflow it writes --------------------------------------------------------
 
-def swapped_network(workflow: dict) -> dict:
-    """The planned workflow with DynUNet replaced by a UNet3D/UNet2D of as many levels, so it validates
-    with the node types this tree registers (DynUNet is a node of its own, validated where it is defined)."""
-    nodes = []
-    for node in workflow["nodes"]:
-        if node["type"] == "DynUNet":
-            c = node["config"]
-            node = {"type": f"UNet{c['spatial_dims']}D", "name": node["name"],
-                    "config": {"in_channels": c["in_channels"], "out_channels": c["out_channels"],
-                               "depth": min(len(c["strides"]), 8)}}
-        nodes.append(node)
-    return {**workflow, "nodes": nodes}
-
-
 def test_plan_writes_a_valid_workflow(tmp_path, capsys, monkeypatch):
     from segflow.data.phantoms import write_phantom_dataset
     from segflow.workflow import spec
@@ -202,11 +188,23 @@ def test_plan_writes_a_valid_workflow(tmp_path, capsys, monkeypatch):
     assert "target spacing" in out and "batch size" in out and "target spacing" in workflow["description"]
     assert (tmp_path / "data/phantom3d/.segflow_plan/fingerprint.json").is_file()
     assert json.loads((tmp_path / "data/phantom3d/.segflow_plan/plan_3d_fullres.json").read_text())["patch"] == [32, 32, 24]
-    checked = tmp_path / "checked.json"
-    checked.write_text(json.dumps(swapped_network(workflow)))
-    loaded = spec.load(checked, sets=["trainer.epochs=1"])
+    loaded = spec.load(path, sets=["trainer.epochs=1"])  # validates as written, DynUNet included
     assert loaded.nodes["trainer"].config.epochs == 1
     assert [w.code for w in loaded.warnings] == []
+
+
+def test_a_planned_workflow_trains(tmp_path, capsys, monkeypatch):
+    """`segflow plan` then `segflow run` on what it wrote: the DynUNet with deep supervision trains a step."""
+    from segflow.data.phantoms import write_phantom_dataset
+    from segflow.workflow.executor import run_workflow
+
+    monkeypatch.chdir(tmp_path)
+    write_phantom_dataset("data/phantom3d", kind="3d", num_cases=4, size=32, num_test=0)
+    assert run_cli(capsys, "data/phantom3d", "--gpu-memory", "8", "-o", "wf.json")[0] == 0
+    sets = ["trainer.epochs=1", "data_loader.samples_per_volume=1", "data_loader.num_workers=0", "trainer.device=cpu"]
+    result = run_workflow("wf.json", sets=sets, until="trainer", progress=False, log=lambda line: None)
+    [row] = result.outputs["trainer"]["history"]
+    assert row["train_loss"] > 0 and row["val_dice"] >= 0
 
 
 def test_existing_workflow_is_kept_without_force(tmp_path, capsys):
