@@ -12,7 +12,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "segflow"
 ENGINE = ("segflow.workflow", "segflow.nodes")
 IMPLEMENTATIONS = ("segflow.data", "segflow.networks", "segflow.losses", "segflow.optim", "segflow.training",
-                   "segflow.inference", "segflow.evaluation", "segflow.export")
+                   "segflow.inference", "segflow.evaluation", "segflow.export", "segflow.planning")
 HEAVY = ("torch", "monai", "albumentations", "nibabel")
 
 
