@@ -319,7 +319,10 @@ class TrainingRun:
         """One pass over the training loader; the history's training columns."""
         self.model.train()
         sampler = getattr(self.train_loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):  # DistributedSampler: a new shuffle of the shards each epoch
+        # segflow's loader (EpochSampler) and DistributedSampler: the epoch's order, and with segflow's
+        # loader every random draw of its samples, follow from the epoch number, so a resumed run's
+        # epochs are those of an uninterrupted one
+        if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         stats = EpochStatistics(len(self.train_loader), self.device)
         bar = _EpochBar(self.ctx.progress and self.main, stats.batches, f"{self.name} epoch {epoch}/{self.epochs}")
