@@ -4,8 +4,9 @@ checkpoint, M more, bit for bit (history without timings, and the final weights)
 The runs use MedicalSegmentationLoader's loaders (build_loaders on a small phantom) with patch
 sampling, worker augmentation (albumentations 2-D, MONAI 3-D), device augmentation, 0 workers and
 2 persistent workers, and a network with dropout. The stopped run ends by an exception right after
-the checkpoint of epoch N is written; the resumed run builds new loaders, model and optimizer, as a
-new process would. One CPU thread, so the arithmetic itself is deterministic.
+the checkpoints of epoch N are written; the resumed run builds new loaders, model and optimizer, as
+a new process would, and resumes from the stopped run's `epoch_000N.pt`. One CPU thread, so the
+arithmetic itself is deterministic.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def _train(run_dir: Path, loader: dict, resume: Path | None = None, stop_after: 
 
         def save_then_stop(obj, path):
             real_save(obj, path)
-            if Path(path).name == "last.pt" and obj["epoch"] == stop_after:
+            if Path(path).name == checkpoint.periodic_name(stop_after):  # the last file of the epoch
                 raise Stopped
 
         monkeypatch.setattr(checkpoint, "atomic_save", save_then_stop)
@@ -102,9 +103,9 @@ def test_resumed_run_matches_a_straight_run_bit_for_bit(case, request, tmp_path,
     loader = dict(data_dir=str(request.getfixturevalue(data)), batch_size=2, seed=3, **settings)
     straight = _train(tmp_path / "straight", loader)
     _train(tmp_path / "resumed", loader, stop_after=N, monkeypatch=monkeypatch)
-    last = tmp_path / "resumed" / "checkpoints" / "last.pt"
-    assert torch.load(last, weights_only=True)["epoch"] == N
-    resumed = _train(tmp_path / "resumed", loader, resume=last)
+    periodic = tmp_path / "resumed" / "checkpoints" / checkpoint.periodic_name(N)
+    assert torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)["epoch"] == N
+    resumed = _train(tmp_path / "resumed", loader, resume=periodic)
 
     assert len(_history(straight)) == N + M
     assert _history(resumed) == _history(straight)
