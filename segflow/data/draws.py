@@ -15,7 +15,6 @@ import random
 import numpy as np
 from torch.utils.data import Sampler
 
-
 # Keys are hashed (blake2b) rather than combined by arithmetic: any integer seed works, negative ones
 # too, and no two keys give related streams.
 

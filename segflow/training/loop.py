@@ -16,7 +16,7 @@ from segflow.training import artefacts, checkpoint, ddp
 from segflow.training.device import resolve_device, resolve_precision, seed_everything
 from segflow.training.epoch_statistics import EpochStatistics
 from segflow.training.metrics import ConfusionMeter
-from segflow.training.schedules import EpochSchedule, ScheduleSettings
+from segflow.training.schedules import EpochSchedule, ScheduleSettings, describe_change
 from segflow.workflow import distributed
 
 if TYPE_CHECKING:
@@ -543,6 +543,10 @@ class TrainingRun:
         if self.main and best.is_file() and best.resolve() != (self.ckpt_dir / "best.pt").resolve():
             shutil.copy2(best, self.ckpt_dir / "best.pt")  # restore-best at the end needs it here
         self.log(f"{self.who}: resumed from {path} at epoch {self.progress.epoch}/{self.epochs}")
+        # e.g. --set trainer.epochs=... on resume: the schedule follows the new settings; say how
+        change = describe_change(checkpoint.schedule_settings_of(data), self.schedule)
+        if change and self.main:
+            self.log(f"{self.who}: {change}")
 
     def _summary(self, row: dict[str, Any], improved: bool) -> str:
         shown = [f"{k} {row[k]:.4f}" for k in ("train_loss", "val_loss", "val_dice") if k in row]
