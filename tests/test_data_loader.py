@@ -281,19 +281,42 @@ def test_node_run_writes_phantom_and_returns_ports(tmp_path):
     assert "msd layout" in messages[0]
 
 
-def test_each_worker_gets_its_own_random_stream(phantom2d, monkeypatch):
-    from types import SimpleNamespace
+@pytest.mark.parametrize("data, settings", [
+    ("phantom2d", dict(image_size=32, augmentation_strength="strong")),  # albumentations, random resized crop
+    ("phantom2d", dict(image_size=24, size_mode="patches", augmentation_strength="strong")),  # + patch sampling
+    ("phantom3d", dict(image_size=8, augmentation_strength="strong")),  # MONAI, patch sampling
+])
+def test_a_training_sample_is_a_function_of_seed_epoch_and_index(data, settings, request):
+    """Whatever was drawn before and whatever the global generators hold (the state of a worker
+    process), the sample of key (epoch, index) is the same, also in a pickled copy (as workers
+    get it when they are spawned); another key or seed gives another."""
+    import pickle
+    import random
 
-    from segflow.data import datasets
+    kw = dict(data_dir=str(request.getfixturevalue(data)), batch_size=2, **settings)
+    ds = build(seed=3, **kw)[0].dataset
+    first = ds[(2, 1)]
+    for key in [(1, 0), (2, 0), 1, (5, 3)]:  # other samples in between
+        ds[key]
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    again, copied = build(seed=3, **kw)[0].dataset, pickle.loads(pickle.dumps(ds))
+    for sample in (ds[(2, 1)], again[(2, 1)], copied[(2, 1)]):
+        assert torch.equal(sample["image"], first["image"]) and torch.equal(sample["label"], first["label"])
+    for other in (ds[(3, 1)], ds[(2, 0)], build(seed=4, **kw)[0].dataset[(2, 1)]):
+        assert not torch.equal(other["image"], first["image"])
 
-    train, _, _ = build(data_dir=str(phantom2d), image_size=32, augmentation_strength="strong", shuffle=False)
-    ds = train.dataset
-    draws = []
-    for worker_seed in (1000, 1001):  # what torch gives workers 0 and 1: base seed + worker id
-        monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: SimpleNamespace(dataset=ds, seed=worker_seed))
-        datasets.worker_init(0)
-        draws.append((ds.rng.random(), ds[0]["image"].clone()))
-    assert draws[0][0] != draws[1][0] and not torch.equal(draws[0][1], draws[1][1])
-    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: SimpleNamespace(dataset=ds, seed=1000))
-    datasets.worker_init(0)
-    assert ds.rng.random() == draws[0][0] and torch.equal(ds[0]["image"], draws[0][1])
+
+def test_the_training_order_is_a_function_of_seed_and_epoch(phantom2d):
+    """The training loader hands the dataset keys (epoch, index): a new order each epoch (set by the
+    Trainer with set_epoch, or the next epoch when nobody sets it), the same for the same seed."""
+    sampler = build(data_dir=str(phantom2d), image_size=32, seed=3)[0].sampler
+    first = list(sampler)
+    assert sorted(i for _, i in first) == list(range(len(first))) and {e for e, _ in first} == {1}
+    second = list(sampler)
+    assert {e for e, _ in second} == {2} and [i for _, i in second] != [i for _, i in first]
+    sampler.set_epoch(1)
+    assert list(sampler) == first
+    assert list(build(data_dir=str(phantom2d), image_size=32, seed=3)[0].sampler) == first
+    assert list(build(data_dir=str(phantom2d), image_size=32, seed=4)[0].sampler) != first
+    unshuffled = build(data_dir=str(phantom2d), image_size=32, seed=3, shuffle=False)[0].sampler
+    assert [i for _, i in unshuffled] == list(range(len(first)))

@@ -5,10 +5,36 @@ nearest-neighbour interpolation, and see images scaled to [0, 1]. With size_mode
 end at `image_size` (random resized crop when augmenting, a plain resize otherwise); with
 "patches" they get patches already cut to `image_size` at the image's own resolution and keep
 that size. 3-D pipelines work on patches already cut (see `datasets.sample_patch`).
+
+Training datasets point a pipeline's random draws at their per-sample generators (`draw_from`),
+so its transforms draw nothing from generators of their own or global ones.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from segflow.data.draws import SampleRandom
+
 STRENGTHS = ("light", "medium", "strong")
+
+
+def draw_from(pipeline, draws: SampleRandom) -> None:
+    """Make every transform of `pipeline` (albumentations Compose, MONAI Compose, or None) draw from
+    `draws`' generators, the same objects for all of them, so restarting those restarts the pipeline."""
+    if pipeline is None:
+        return
+    if hasattr(pipeline, "py_random"):  # albumentations: handed on to every transform, nested ones too
+        pipeline.set_random_state(draws.numpy, draws.python)
+        return
+    from monai.transforms import Randomizable
+
+    # MONAI's Compose.set_random_state gives each transform a RandomState of its own, seeded once:
+    # the transforms are pointed at the shared one each (RandAffined hands it on to its parts)
+    pipeline.set_random_state(state=draws.legacy)
+    for transform in pipeline.transforms:
+        if isinstance(transform, Randomizable):
+            transform.set_random_state(state=draws.legacy)
 
 
 def albumentations_pipeline(size: tuple[int, int], strength: str | None, seed: int, resize: bool = True):

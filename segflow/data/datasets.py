@@ -1,8 +1,9 @@
 """torch Datasets over prepared cases: 2-D resized samples, 2-D and 3-D patches, whole cases.
 
-Each dataset owns its random state (a NumPy generator plus the albumentations/MONAI
-pipeline's own) and `reseed`s it per worker process from torch's worker seed, so a run is
-reproducible for a given `seed` and `num_workers`.
+The training datasets make every random draw of a sample (patch position, augmentation) from
+generators restarted for that sample's key (epoch, index), which the loader's `EpochSampler` hands
+them (see `segflow.data.draws`): a sample is a function of (seed, epoch, index), whichever process
+makes it, so a run is reproducible for a given `seed` and resumes exactly from its epoch number.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from segflow.data.augment import draw_from
+from segflow.data.draws import SampleRandom, sample_key
 from segflow.data.layouts import Case
 from segflow.data.prepare import Prepared, PrepSpec, load_prepared, prepare_case, zscore
 
@@ -40,13 +43,17 @@ class CaseSource:
 
 
 class _Seeded(Dataset):
-    def reseed(self, seed: int) -> None:
-        self.rng = np.random.default_rng(seed)
-        tf = getattr(self, "transform", None)
-        if hasattr(tf, "set_random_seed"):  # albumentations
-            tf.set_random_seed(seed)
-        elif hasattr(tf, "set_random_state"):  # MONAI
-            tf.set_random_state(seed=seed)
+    """A dataset whose samples draw from `self.draws`, restarted per sample by `_start`."""
+
+    def _seed(self, seed: int) -> None:
+        self.draws = SampleRandom(seed)
+        draw_from(self.transform, self.draws)
+
+    def _start(self, key) -> int:
+        """Restart the random draws for the sample `key` (see `draws.sample_key`); its index."""
+        epoch, index = sample_key(key)
+        self.draws.start(epoch, index)
+        return index
 
 
 class Slices2D(_Seeded):
@@ -60,7 +67,7 @@ class Slices2D(_Seeded):
         # image's per-channel range, and are mapped back afterwards
         self.raw_range = raw_range
         self._stats: dict[int, dict[str, np.ndarray]] = {}  # per case, filled lazily in each process
-        self.reseed(seed)
+        self._seed(seed)
 
     def __len__(self) -> int:
         return len(self.source) * self.repeats
@@ -86,8 +93,8 @@ class Slices2D(_Seeded):
             self._stats[case] = stats
         return stats
 
-    def __getitem__(self, index: int) -> dict:
-        case = index // self.repeats
+    def __getitem__(self, key) -> dict:
+        case = self._start(key) // self.repeats
         prep = self.source.get(case)
         image, label = self._sample(prep)
         span = None
@@ -129,7 +136,7 @@ class Patches2D(Slices2D):
         super().__init__(source, transform, zscore_after, repeats, seed, raw_range)
 
     def _sample(self, prep: Prepared) -> tuple[np.ndarray, np.ndarray | None]:
-        return sample_patch(prep, self.patch, self.p_fg, self.rng)
+        return sample_patch(prep, self.patch, self.p_fg, self.draws.numpy)
 
 
 class Patches3D(_Seeded):
@@ -140,14 +147,14 @@ class Patches3D(_Seeded):
                  repeats: int = 1, seed: int = 0):
         self.source, self.patch, self.transform, self.repeats = source, tuple(patch), transform, repeats
         self.p_fg = pos / (pos + neg) if pos + neg > 0 else 0.0
-        self.reseed(seed)
+        self._seed(seed)
 
     def __len__(self) -> int:
         return len(self.source) * self.repeats
 
-    def __getitem__(self, index: int) -> dict:
-        prep = self.source.get(index // self.repeats)
-        image, label = sample_patch(prep, self.patch, self.p_fg, self.rng)
+    def __getitem__(self, key) -> dict:
+        prep = self.source.get(self._start(key) // self.repeats)
+        image, label = sample_patch(prep, self.patch, self.p_fg, self.draws.numpy)
         sample = {"image": image, "label": label[None]}
         if self.transform is not None:
             sample = self.transform(sample)
@@ -223,6 +230,3 @@ def worker_init(worker_id: int) -> None:
     from segflow.data.allocator import keep_freed_sample_memory
 
     keep_freed_sample_memory()  # inherited when workers are forked; needed when they are spawned
-    info = torch.utils.data.get_worker_info()
-    if hasattr(info.dataset, "reseed"):
-        info.dataset.reseed(info.seed % 2**32)

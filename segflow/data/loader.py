@@ -179,36 +179,48 @@ def _source(cfg: MedicalSegmentationLoaderConfig, checked: Checked, cases: list[
 
 def _train_loader(cfg: MedicalSegmentationLoaderConfig, dataset, dims: int, sampling: Sampling, workers: int,
                   pin: bool, log: Log) -> SegmentationLoader:
-    import torch
-
     from segflow.data.segmentation_loader import SegmentationLoader
-    from segflow.workflow import distributed
 
     settings: dict[str, Any] = dict(batch_size=cfg.batch_size, drop_last=False, num_workers=workers,
-                                    pin_memory=pin, persistent_workers=workers > 0)
+                                    pin_memory=pin, persistent_workers=workers > 0,
+                                    sampler=_epoch_sampler(cfg, dataset))
     if workers > 0:
         from segflow.data.datasets import worker_init
 
         settings.update(worker_init_fn=worker_init, prefetch_factor=int(cfg.prefetch_factor))
-    rank, world = distributed.rank(), distributed.world_size()
-    # other ranks get their own augmentation and worker-seed streams instead of rank 0's copy
-    seed = distributed.rank_seed(cfg.seed)
-    if rank:
-        dataset.reseed(seed)
-    if world > 1:
-        from torch.utils.data.distributed import DistributedSampler
-
-        # one shard per rank, reshuffled each epoch by Trainer's sampler.set_epoch(epoch)
-        settings["sampler"] = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=cfg.shuffle,
-                                                 seed=int(cfg.seed), drop_last=False)
-    else:
-        settings["shuffle"] = cfg.shuffle
     batch_augment = _batch_augment(cfg, dims, sampling) if sampling.on_device else None
     if batch_augment is not None:
         log(f"data: {sampling.strength} augmentation batched on the training device; workers only read, "
             f"{'resize' if sampling.mode == 'resize' else 'cut patches'} and collate")
-    return SegmentationLoader(dataset, generator=torch.Generator().manual_seed(seed), batch_augment=batch_augment,
-                              **settings)
+    return SegmentationLoader(dataset, generator=_own_generator(cfg), batch_augment=batch_augment, **settings)
+
+
+def _epoch_sampler(cfg: MedicalSegmentationLoaderConfig, dataset):
+    """The training order as keys (epoch, index) (see `segflow.data.draws`); under torchrun one shard
+    per rank, reshuffled each epoch by the Trainer's sampler.set_epoch(epoch). Every rank draws with
+    the same seed: a sample's draws depend on its index, not on the rank that makes it."""
+    from segflow.data.draws import EpochSampler
+    from segflow.workflow import distributed
+
+    shards = None
+    if distributed.world_size() > 1:
+        from torch.utils.data.distributed import DistributedSampler
+
+        shards = DistributedSampler(dataset, num_replicas=distributed.world_size(), rank=distributed.rank(),
+                                    shuffle=cfg.shuffle, seed=int(cfg.seed), drop_last=False)
+    return EpochSampler(len(dataset), int(cfg.seed), cfg.shuffle, shards)
+
+
+def _own_generator(cfg: MedicalSegmentationLoaderConfig):
+    """A generator of the loader's own for the worker seeds torch draws at each new iterator (every
+    epoch, or once with persistent workers): without one torch draws them from the training process's
+    global generator, whose stream (dropout, device augmentation) would then depend on when iterators
+    were made, and a resumed run makes them at other times than an uninterrupted one."""
+    import torch
+
+    from segflow.workflow import distributed
+
+    return torch.Generator().manual_seed(distributed.rank_seed(cfg.seed))
 
 
 def _val_loader(cfg: MedicalSegmentationLoaderConfig, dataset, sampling: Sampling, workers: int,
@@ -225,7 +237,7 @@ def _val_loader(cfg: MedicalSegmentationLoaderConfig, dataset, sampling: Samplin
     whole = sampling.mode == "patches"  # whole cases, of any size: one at a time
     return SegmentationLoader(dataset, batch_size=1 if whole else cfg.batch_size, shuffle=False, sampler=sampler,
                               num_workers=val_workers, pin_memory=pin, persistent_workers=val_workers > 0,
-                              collate_fn=collate)
+                              collate_fn=collate, generator=_own_generator(cfg))
 
 
 def describe(cfg: MedicalSegmentationLoaderConfig, found: Found, checked: Checked, split: Split,

@@ -142,6 +142,12 @@ def restore_trainer_state(data: dict[str, Any], parts: TrainerParts, rank: int, 
     return progress
 
 
+def schedule_settings_of(data: dict[str, Any]) -> dict[str, Any]:
+    """The lr schedule's settings a checkpoint was trained with; of files written before the schedule
+    recorded them, the number of epochs (from the Trainer config)."""
+    return data["scheduler"].get("settings") or {"epochs": data["trainer_config"]["epochs"]}
+
+
 # ---- random number generators -------------------------------------------------------------
 
 def _generators_of(loader: Any) -> list[torch.Generator]:

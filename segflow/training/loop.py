@@ -16,7 +16,7 @@ from segflow.training import artefacts, checkpoint, ddp
 from segflow.training.device import resolve_device, resolve_precision, seed_everything
 from segflow.training.epoch_statistics import EpochStatistics
 from segflow.training.metrics import METRIC_DEFINITIONS, ConfusionMeter
-from segflow.training.schedules import EpochSchedule, ScheduleSettings
+from segflow.training.schedules import EpochSchedule, ScheduleSettings, describe_change
 from segflow.workflow import distributed
 
 if TYPE_CHECKING:
@@ -340,7 +340,10 @@ class TrainingRun:
         """One pass over the training loader; the history's training columns."""
         self.model.train()
         sampler = getattr(self.train_loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):  # DistributedSampler: a new shuffle of the shards each epoch
+        # segflow's loader (EpochSampler) and DistributedSampler: the epoch's order, and with segflow's
+        # loader every random draw of its samples, follow from the epoch number, so a resumed run's
+        # epochs are those of an uninterrupted one
+        if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         stats = EpochStatistics(len(self.train_loader), self.device)
         bar = _EpochBar(self.ctx.progress and self.main, stats.batches, f"{self.name} epoch {epoch}/{self.epochs}")
@@ -560,6 +563,10 @@ class TrainingRun:
         if self.main and best.is_file() and best.resolve() != (self.ckpt_dir / "best.pt").resolve():
             shutil.copy2(best, self.ckpt_dir / "best.pt")  # restore-best at the end needs it here
         self.log(f"{self.who}: resumed from {path} at epoch {self.progress.epoch}/{self.epochs}")
+        # e.g. --set trainer.epochs=... on resume: the schedule follows the new settings; say how
+        change = describe_change(checkpoint.schedule_settings_of(data), self.schedule)
+        if change and self.main:
+            self.log(f"{self.who}: {change}")
 
     def _summary(self, row: dict[str, Any], improved: bool) -> str:
         # val_dice is pooled over all validation voxels; the per-case mean is what the Evaluator reports

@@ -14,11 +14,15 @@ The formulas (epoch `e` counted from 0, `W` = warmup_epochs, `t = e - W`, `base`
     poly:            lr = base * (1 - min(t, T) / T) ** power,  T = epochs - W  (power default 0.9)
     plateau:         warmup as above, then torch's ReduceLROnPlateau on the Trainer's `monitor`
                      (factor, patience = lr_patience, mode from the monitor's name)
+
+A resumed run follows the formula of its own settings, which may differ from the checkpoint's (more
+epochs, say): the closed-form schedules set the lr of the next epoch from it; plateau keeps its state
+(its reductions so far). `describe_change` words the difference for the log.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -126,7 +130,8 @@ class EpochSchedule:
     def state_dict(self) -> dict[str, Any]:
         inner = self.lambda_lr.state_dict() if self.lambda_lr is not None else self.plateau.state_dict()
         inner.pop("lr_lambdas", None)  # rebuilt from the config; functions cannot go in a weights-only file
-        return {"kind": self.s.kind, "epoch": self.epoch, "base_lrs": list(self.base_lrs), "inner": inner}
+        return {"kind": self.s.kind, "epoch": self.epoch, "base_lrs": list(self.base_lrs), "inner": inner,
+                "settings": asdict(self.s)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("kind") != self.s.kind:
@@ -138,5 +143,43 @@ class EpochSchedule:
             inner = dict(state["inner"])
             inner["lr_lambdas"] = [None] * len(self.base_lrs)
             self.lambda_lr.load_state_dict(inner)
+            self._set_closed_form_lr()
         else:
             self.plateau.load_state_dict(state["inner"])
+
+    def _set_closed_form_lr(self) -> None:
+        """The lr of the epoch to come by this schedule's own settings, computed as LambdaLR computes it,
+        so that it is the checkpoint's lr, bit for bit, when the settings are the checkpoint's; the
+        optimizer's state holds the lr of the settings the checkpoint was trained with."""
+        for group, base, factor in zip(self.optimizer.param_groups, self.lambda_lr.base_lrs, self.lambda_lr.lr_lambdas):
+            group["lr"] = base * factor(self.epoch)
+
+
+# the config fields behind ScheduleSettings, where their names differ
+CONFIG_NAMES = {"kind": "lr_schedule", "t_max": "T_max", "patience": "lr_patience", "threshold": "min_delta",
+                "mode": "monitor mode"}
+
+
+def describe_change(saved: dict[str, Any], schedule: EpochSchedule) -> str | None:
+    """How `schedule`'s settings differ from those a checkpoint was trained with, and what that does
+    to the lr; None when they do not differ. `saved`: the checkpoint's ScheduleSettings as a dict, or
+    the part of them it records."""
+    now = schedule.s
+    known = {f.name: saved[f.name] for f in fields(ScheduleSettings) if f.name in saved}
+    changed = [name for name, value in known.items() if value != getattr(now, name)]
+    if not changed:
+        return None
+    what = ", ".join(f"{CONFIG_NAMES.get(name, name)} {known[name]} -> {getattr(now, name)}" for name in changed)
+    done = schedule.epoch
+    if done >= now.epochs:
+        return f"{what}: {done} epochs are done, none is left to train"
+    before = replace(now, **known)
+    if now.kind == "plateau":
+        how = "the plateau schedule keeps its state"
+    elif any(lr_at(before, e, base) != lr_at(now, e, base)
+             for e in range(done, now.epochs) for base in schedule.base_lrs):
+        how = f"the {now.kind} schedule is recomputed for {now.epochs} epochs"
+    else:
+        them = "the number of epochs" if changed == ["epochs"] else "them"
+        how = f"the {now.kind} schedule does not depend on {them}"
+    return f"{what}: {how}; epoch {done + 1} lr {schedule.lrs[0]:.2e}"
