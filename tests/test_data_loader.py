@@ -256,8 +256,8 @@ def test_cache_none_reads_files_each_time(phantom2d):
 def test_resampling_to_target_spacing(phantom3d):
     _, val, info = build(data_dir=str(phantom3d), image_size=8, target_spacing=[2.4, 2.4, 2.0], augmentation=False)
     batch = next(iter(val))
-    # MONAI's Spacing keeps the extent between first and last voxel centre: (24 - 1) * 1.2 / 2.4 + 1 -> 13
-    assert batch["image"].shape[2:] == (13, 11, 16) and info.spacing == (2.4, 2.4, 2.0)
+    # nnU-Net's new shape: round(24 * 1.2 / 2.4) = 12, round(20 * 1.2 / 2.4) = 10, z unchanged
+    assert batch["image"].shape[2:] == (12, 10, 16) and info.spacing == (2.4, 2.4, 2.0)
     assert set(batch["label"].unique().tolist()) <= {0, 1, 2}
     assert np.allclose(np.abs(np.diag(batch["affine"][0].numpy()))[:3], (2.4, 2.4, 2.0))
 

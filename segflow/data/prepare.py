@@ -162,8 +162,9 @@ def mask_values(cases: list[Case], threads: int = 1) -> set[int] | None:
 
 
 def _resample(image, label, affine, spacing, target):
-    from monai.data import MetaTensor
-    from monai.transforms import Spacing
+    """To `target` spacing by nnU-Net's rules (segflow.data.resample): cubic images, one-hot linear
+    labels, nearest along a coarse slice axis; the affine describes the new grid."""
+    from segflow.data.resample import to_spacing
 
     if len(target) != len(spacing):
         raise ValueError(f"target_spacing {tuple(target)} has {len(target)} values but the data is {len(spacing)}-D")
@@ -171,15 +172,7 @@ def _resample(image, label, affine, spacing, target):
         affine = np.diag([*spacing, 1.0])
     if affine.shape[0] != len(spacing) + 1:  # 2-D NIfTI slice: keep the in-plane part
         affine = np.delete(np.delete(affine, 2, 0), 2, 1)
-    img = Spacing(pixdim=target, mode="bilinear")(MetaTensor(image, affine=affine))
-    if label is None:  # a test image without ground truth
-        return np.asarray(img.array, dtype=np.float32), None, np.asarray(img.affine)
-    lab = Spacing(pixdim=target, mode="nearest")(MetaTensor(label[None].astype(np.float32), affine=affine))
-    return (
-        np.asarray(img.array, dtype=np.float32),
-        np.asarray(lab.array[0]).round().astype(label.dtype),
-        np.asarray(img.affine),
-    )
+    return to_spacing(image, label, affine, spacing, target)
 
 
 def normalize(image: np.ndarray, method: str, ct_window=(-175.0, 250.0), for_2d: bool = False,
@@ -232,8 +225,9 @@ def _foreground_indices(label: np.ndarray, case_id: str) -> np.ndarray:
     return fg
 
 
-# Raised when what a cached case holds changes (2: foreground indices for 2-D cases too).
-CACHE_VERSION = 2
+# Raised when what a cached case holds changes (2: foreground indices for 2-D cases too;
+# 3: nnU-Net's resampling rules for target_spacing).
+CACHE_VERSION = 3
 
 
 def cache_key(case: Case, spec: PrepSpec) -> str:

@@ -10,7 +10,8 @@ Back to the source geometry:
   the patch size), so that resize changes nothing unless target_spacing resampled them.
 * 3-D: validation volumes come whole, in the file's own voxel grid, so the prediction keeps the
   file's affine. When the loader resampled to `target_spacing`, the probabilities are resampled
-  back onto the source grid (source affine and shape) with MONAI's SpatialResample before argmax.
+  back onto the source grid (source affine and shape) by nnU-Net's rule (segflow.data.resample:
+  linear, nearest along a coarse slice axis) before argmax.
 * A loader not built by MedicalSegmentationLoader (no source files known): the prediction, image
   and label are written as .npy at the batch's own size.
 
@@ -159,17 +160,28 @@ def back_to_source(probs: torch.Tensor, geometry: Geometry, dims: int, resampled
         if batch_affine is None or geometry.affine is None:
             raise ValueError(f"{who}: case {case_id} was resampled to target_spacing but its affine is unknown, so "
                              "the prediction cannot be mapped back; predict with target_spacing null")
-        from monai.data import MetaTensor
-        from monai.transforms import SpatialResample
-
-        moved = SpatialResample(mode="bilinear", padding_mode="border")(
-            MetaTensor(probs.float().cpu(), affine=torch.as_tensor(batch_affine, dtype=torch.float64)),
-            dst_affine=torch.as_tensor(geometry.affine, dtype=torch.float64), spatial_size=shape)
-        return torch.as_tensor(moved.as_tensor() if hasattr(moved, "as_tensor") else moved)
+        return _resample_back(probs, np.asarray(batch_affine, dtype=float), np.asarray(geometry.affine, dtype=float),
+                              shape, who, case_id)
     if tuple(probs.shape[1:]) != shape:
         raise ValueError(f"{who}: case {case_id}: the loader gave a volume of shape {list(probs.shape[1:])} but its "
                          f"file {list(shape)}; the Predictor needs whole volumes (a validation loader), not patches")
     return probs
+
+
+def _resample_back(probs: torch.Tensor, loader_affine: np.ndarray, source_affine: np.ndarray, shape: tuple,
+                   who: str, case_id: str) -> torch.Tensor:
+    """nnU-Net's rule for predictions: the probabilities resampled with order 1, nearest along a coarse
+    slice axis (separate z), onto the source grid; the caller takes the argmax."""
+    from segflow.data import resample as rs
+
+    mapping = rs.axis_aligned_map(loader_affine, source_affine)
+    if mapping is None:
+        raise ValueError(f"{who}: case {case_id}: the loader's voxel grid is rotated against its file's, so the "
+                         "prediction cannot be resampled back axis by axis; predict with target_spacing null")
+    scale, offset = mapping
+    axis = rs.coarse_axis(rs.spacing_of(loader_affine), rs.spacing_of(source_affine))
+    moved = rs.resample(probs.float().cpu().numpy(), scale, offset, shape, 1, axis)
+    return torch.from_numpy(moved)
 
 
 def _write_plain(cfg: PredictorConfig, out_dir: Path, case_id: str, probs: torch.Tensor, batch: dict, i: int,
