@@ -188,8 +188,9 @@ def markdown(rows: list[dict], args) -> str:
     def x(values):
         return "×".join(f"{v:g}" for v in values)
 
-    def norm(side):
-        return ", ".join(f"{s}{' (mask)' if m else ''}" for s, m in zip(side["normalisation"], side["mask_for_norm"]))
+    def norm(side):  # "4 × zscore (mask)" when every channel has the same scheme
+        named = [f"{s}{' (mask)' if m else ''}" for s, m in zip(side["normalisation"], side["mask_for_norm"])]
+        return named[0] if len(named) == 1 else f"{len(named)} × {named[0]}" if len(set(named)) == 1 else ", ".join(named)
 
     lines = [f"budget {args.gpu_memory:g} GiB, nnU-Net -np {args.processes}, best of {args.repeats}; "
              "per-axis values in the files' voxel order (segflow | nnU-Net)", "",
