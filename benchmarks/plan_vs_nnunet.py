@@ -133,7 +133,7 @@ def best_time(repeats: int, command: list[str], env: dict, fresh: Path | None = 
         if fresh is not None:
             fresh.unlink(missing_ok=True)
         t0 = time.perf_counter()
-        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
         times.append(time.perf_counter() - t0)
         if done.returncode != 0:
             raise SystemExit(f"plan_vs_nnunet: {' '.join(command)} failed ({done.returncode}):\n"
@@ -192,10 +192,10 @@ def markdown(rows: list[dict], args) -> str:
         named = [f"{s}{' (mask)' if m else ''}" for s, m in zip(side["normalisation"], side["mask_for_norm"])]
         return named[0] if len(named) == 1 else f"{len(named)} × {named[0]}" if len(set(named)) == 1 else ", ".join(named)
 
-    lines = [f"budget {args.gpu_memory:g} GiB, nnU-Net -np {args.processes}, best of {args.repeats}; "
-             "per-axis values in the files' voxel order (segflow | nnU-Net)", "",
-             "| dataset | target spacing (mm) | normalisation | patch | batch | pooling per axis | stages "
-             "| wall time (s) | nnU-Net / segflow |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [(f"budget {args.gpu_memory:g} GiB, nnU-Net -np {args.processes}, best of {args.repeats}; "
+              "per-axis values in the files' voxel order (segflow | nnU-Net)"), "",
+             ("| dataset | target spacing (mm) | normalisation | patch | batch | pooling per axis | stages "
+              "| wall time (s) | nnU-Net / segflow |"), "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s, n = r["segflow"], r["nnunet"]
         lines.append(f"| {r['dataset']} | {x(s['spacing'])} \\| {x(n['spacing'])} | {norm(s)} \\| {norm(n)} "
