@@ -45,5 +45,7 @@ def test_samples_reuse_freed_memory(tmp_path):
         assert out.returncode == 0, out.stderr[-2000:]
         applied, faults[mode] = json.loads(out.stdout.strip().splitlines()[-1])
         assert applied is (mode == "on")
-    # measured: 0.02 faults per sample with the settings, 53 without (every temporary array in fresh pages)
-    assert faults["on"] < 1 and faults["off"] > 10 * max(faults["on"], 0.5), faults
+    # measured: 0.02 faults per sample with the settings. Without them it was 53 (every temporary array in
+    # fresh pages) until samples drew from one generator reseeded per sample; since then glibc's own dynamic
+    # mmap threshold mostly keeps up (0.04 on the 2-core VM), so only the settings' promise is asserted.
+    assert faults["on"] < 1, faults

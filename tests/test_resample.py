@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 from scipy import ndimage
+from test_predictor import Threshold, dice, loaders, predict
 
 from segflow.data import resample as rs
 from segflow.data.phantoms import write_phantom_dataset
 from segflow.data.prepare import _resample
 from segflow.inference.predict import back_to_source
 from segflow.inference.writers import Geometry
-from test_predictor import Threshold, dice, loaders, predict
 
 
 def oblique_affine(spacing, origin=(-40.0, 12.5, 7.0)):
