@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import string
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Annotated, Any, Callable, ClassVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationInfo, WithJsonSchema, model_validator
 
-from segflow.nodes.words import SPACE
+from segflow.nodes.words import PAD, lowered, spelt
 
 
 @dataclass(frozen=True)
@@ -62,17 +61,16 @@ def _loose_value(value: Any, annotation: Any) -> Any:
 
 DEVICES = "auto, cpu, cuda, cuda:N, mps (Apple GPUs)"
 _DEVICE = re.compile(r"(auto|cpu|mps)|(?:cuda|gpu)(?::([0-9]+))?")
-_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
-# What `canonical_device` takes, for the JSON schema: the same words in any ASCII case, padded
-# with ASCII white space (the spelling rule of segflow.nodes.words); valid ECMA-262 and Python.
-DEVICE_PATTERN = (r"^[\t\n\v\f\r ]*(?:[aA][uU][tT][oO]|[cC][pP][uU]|[mM][pP][sS]|(?:[cC][uU][dD][aA]|[gG][pP][uU])"
-                  r"(?::[0-9]+)?)[\t\n\v\f\r ]*$")
+# What `canonical_device` takes, for the JSON schema: the same words by the spelling rule of
+# segflow.nodes.words (any ASCII case, padded with white space); valid ECMA-262 and Python.
+DEVICE_PATTERN = (f"^{PAD}(?:{spelt('auto')}|{spelt('cpu')}|{spelt('mps')}|(?:{spelt('cuda')}|{spelt('gpu')})"
+                  f"(?::[0-9]+)?){PAD}$")
 
 
 def canonical_device(text: str) -> str:
     """A device as torch names it: ' CUDA:1 ' -> 'cuda:1', 'gpu' -> 'cuda', 'GPU:01' -> 'cuda:1'
     (torch refuses leading zeros). ValueError, worded for people, for anything else."""
-    found = _DEVICE.fullmatch(text.strip(SPACE).translate(_ASCII_LOWER))
+    found = _DEVICE.fullmatch(lowered(text))
     if found is None:
         raise ValueError(f"{text!r} is not one of {DEVICES}")
     if found[1]:

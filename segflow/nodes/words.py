@@ -29,14 +29,20 @@ _SEPARATORS = re.compile(r"[-\s]+", re.ASCII)
 _UNSET = object()
 
 # The same characters as regex classes; both are valid ECMA-262 ("u" flag) and Python syntax.
-_PAD = r"[\t\n\v\f\r ]*"
+PAD = r"[\t\n\v\f\r ]*"
 _SEPARATOR = r"(?:_|[\t\n\v\f\r -]+)"
 _SYNTAX = set("^$\\.*+?()[]{}|/")
 
 
+def lowered(text: str) -> str:
+    """`text` without surrounding white space, in ASCII lower case: the part of `fold` that keeps
+    separators (device names such as 'cuda:1')."""
+    return text.strip(SPACE).translate(_LOWER)
+
+
 def fold(text: str) -> str:
     """The form two spellings of one word share: ' Dice-CE ' and 'dice_ce' both fold to 'dice_ce'."""
-    return _SEPARATORS.sub("_", text.strip(SPACE).translate(_LOWER))
+    return _SEPARATORS.sub("_", lowered(text))
 
 
 def literal_words(annotation: Any) -> tuple[str, ...]:
@@ -128,7 +134,8 @@ def choice_of(field: Any) -> Choice | None:
     return next((m for m in field.metadata if isinstance(m, Choice)), None)
 
 
-def _spelt(folded: str) -> str:
+def spelt(folded: str) -> str:
+    """A regex for every spelling of the folded word `folded` (any ASCII case, separators for _)."""
     out = []
     for ch in folded:
         if ch == "_":
@@ -142,4 +149,4 @@ def _spelt(folded: str) -> str:
 
 def spelling_pattern(table: Mapping[str, Any]) -> str:
     """An unanchored regex matching exactly the strings whose fold is a key of `table`."""
-    return f"{_PAD}(?:{'|'.join(_spelt(key) for key in table)}){_PAD}"
+    return f"{PAD}(?:{'|'.join(spelt(key) for key in table)}){PAD}"
