@@ -10,6 +10,7 @@ import pytest
 from data_helpers import blob, msd_3d, save_nifti, save_png
 
 from segflow.cli import main
+from segflow.data.label_coding import LabelCoding
 from segflow.data.layouts import find_cases
 from segflow.planning.case_stats import analyse_case
 from segflow.planning.errors import PlanError
@@ -78,10 +79,11 @@ def test_fingerprint_statistics_equal_numpy(tmp_path):
 
 def test_foreground_is_sampled_at_most_n_per_case_and_seeded(tmp_path):
     case = find_cases(cropped_msd(tmp_path / "ds", n=2)).cases[0]
-    first, again = analyse_case(case, samples=50), analyse_case(case, samples=50)
+    as_stored = LabelCoding()  # the files hold class indices
+    first, again = analyse_case(case, as_stored, samples=50), analyse_case(case, as_stored, samples=50)
     assert first.foreground[0].size == 50
     np.testing.assert_array_equal(first.foreground[0], again.foreground[0])
-    assert set(first.foreground[0]) <= set(analyse_case(case, samples=10**6).foreground[0])
+    assert set(first.foreground[0]) <= set(analyse_case(case, as_stored, samples=10**6).foreground[0])
 
 
 def test_fingerprint_is_reused_until_a_file_changes(tmp_path, monkeypatch):

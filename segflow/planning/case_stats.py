@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from segflow.data.label_coding import LabelCoding
 from segflow.data.layouts import Case
-from segflow.data.readers import RASTER, read, split_name
+from segflow.data.readers import read
 from segflow.planning.errors import PlanError
 
 # nnU-Net samples foreground intensities rather than keeping them all (fingerprint_extractor.py:
@@ -42,9 +43,9 @@ class CaseStats:
         return out
 
 
-def analyse_case(case: Case, samples: int = FOREGROUND_SAMPLES) -> CaseStats:
+def analyse_case(case: Case, coding: LabelCoding, samples: int = FOREGROUND_SAMPLES) -> CaseStats:
     label_file = read(case.label, is_label=True)
-    label = _class_indices(label_file.array, case)
+    label = _class_indices(label_file.array, case, coding)
     image, spacing = _channels(case, label.shape)
     if spacing is None:
         spacing = label_file.spacing
@@ -63,15 +64,13 @@ def analyse_case(case: Case, samples: int = FOREGROUND_SAMPLES) -> CaseStats:
                      {str(k): int(v) for k, v in enumerate(counts) if v}, foreground)
 
 
-def _class_indices(label: np.ndarray, case: Case) -> np.ndarray:
-    """Integer class indices as the loader reads them: 0/255 binary raster masks mean classes 0/1."""
+def _class_indices(label: np.ndarray, case: Case, coding: LabelCoding) -> np.ndarray:
+    """Integer class indices as the loader reads them: through the dataset's label coding (0/255 masks
+    are classes 0/1, see segflow.data.label_coding)."""
     values = np.unique(label)
     if values.size and values.min() < 0:
         raise PlanError(f"case {case.case_id}: label {case.label} has negative values {values[values < 0][:5].tolist()}")
-    ext = split_name(case.label.name)[1]
-    if ext in RASTER + (".tif", ".tiff") and values.max(initial=0) == 255 and set(values.tolist()) <= {0, 255}:
-        label = label // 255
-    return label.astype(np.int64, copy=False)
+    return coding.decode(label, case.label).astype(np.int64, copy=False)
 
 
 def _channels(case: Case, shape: tuple[int, ...]) -> tuple[np.ndarray, tuple[float, ...] | None]:

@@ -15,12 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
+from segflow.data.label_coding import decide
 from segflow.data.layouts import Layout, find_cases
+from segflow.data.prepare import mask_values
 from segflow.planning.case_stats import FOREGROUND_SAMPLES, CaseStats, analyse_case
 from segflow.planning.errors import PlanError
 from segflow.workflow.files import write_json
 
-VERSION = 1  # raised when what the fingerprint holds changes, so an older one is recomputed
+VERSION = 2  # raised when what the fingerprint holds changes, so an older one is recomputed
 PERCENTILES = (0.5, 50.0, 99.5)
 
 
@@ -65,16 +67,20 @@ def _cached(path: Path, key: str) -> dict | None:
 def _analyse_all(found: Layout, progress: bool) -> list[CaseStats]:
     from tqdm.auto import tqdm
 
+    workers = min(8, os.cpu_count() or 1)
+    # the loader's rule for what the label files' values mean, decided once for the dataset
+    coding = decide(found.label_values, f"labels in {found.root / 'dataset.json'}", mask_values(found.cases, workers),
+                    None)
+
     def one(case):
         try:
-            return analyse_case(case)
+            return analyse_case(case, coding)
         except PlanError:
             raise
         except (ValueError, FileNotFoundError) as e:
             text = str(e)
             raise PlanError(text if text.startswith("case ") else f"case {case.case_id}: {text}") from e
 
-    workers = min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool, \
             tqdm(total=len(found.cases), desc="fingerprint", unit="case", disable=not progress) as bar:
         futures = [pool.submit(one, case) for case in found.cases]
