@@ -185,6 +185,7 @@ def test_plan_writes_a_valid_workflow(tmp_path, capsys, monkeypatch):
     loader, net = workflow["nodes"][0]["config"], workflow["nodes"][1]["config"]
     assert loader["normalization"] == "ct_zscore" and loader["image_size"] == [32, 32, 24]
     assert loader["pos"] == 1 and loader["neg"] == 2 and loader["augmentation_strength"] == "strong"
+    assert loader["foreground_sampling"] == "by_class"
     assert net["strides"][0] == [1, 1, 1] and len(net["kernel_size"]) == len(net["strides"]) == len(net["filters"])
     assert workflow["nodes"][4]["config"]["epochs"] == 3
     assert "target spacing" in out and "batch size" in out and "target spacing" in workflow["description"]

@@ -7,6 +7,7 @@ makes it, so a run is reproducible for a given `seed` and resumes exactly from i
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -129,24 +130,22 @@ class Patches2D(Slices2D):
 
     whole_image_zscore = True
 
-    def __init__(self, source: CaseSource, patch: tuple[int, int], pos: float, neg: float, transform,
+    def __init__(self, source: CaseSource, patch: tuple[int, int], centres: Centres, transform,
                  zscore_after: bool, repeats: int = 1, seed: int = 0, raw_range: bool = False):
-        self.patch = tuple(patch)
-        self.p_fg = pos / (pos + neg) if pos + neg > 0 else 0.0
+        self.patch, self.centres = tuple(patch), centres
         super().__init__(source, transform, zscore_after, repeats, seed, raw_range)
 
     def _sample(self, prep: Prepared) -> tuple[np.ndarray, np.ndarray | None]:
-        return sample_patch(prep, self.patch, self.p_fg, self.draws.numpy)
+        return sample_patch(prep, self.patch, self.centres, self.draws.numpy)
 
 
 class Patches3D(_Seeded):
-    """Random patches, `repeats` per volume per epoch; a fraction pos/(pos+neg) centred on a
-    foreground voxel, the rest anywhere in the volume (nnU-Net's oversampling scheme)."""
+    """Random patches, `repeats` per volume per epoch, centred as `centres` says (see `Centres`)."""
 
-    def __init__(self, source: CaseSource, patch: tuple[int, ...], pos: float, neg: float, transform,
+    def __init__(self, source: CaseSource, patch: tuple[int, ...], centres: Centres, transform,
                  repeats: int = 1, seed: int = 0):
         self.source, self.patch, self.transform, self.repeats = source, tuple(patch), transform, repeats
-        self.p_fg = pos / (pos + neg) if pos + neg > 0 else 0.0
+        self.centres = centres
         self._seed(seed)
 
     def __len__(self) -> int:
@@ -154,7 +153,7 @@ class Patches3D(_Seeded):
 
     def __getitem__(self, key) -> dict:
         prep = self.source.get(self._start(key) // self.repeats)
-        image, label = sample_patch(prep, self.patch, self.p_fg, self.draws.numpy)
+        image, label = sample_patch(prep, self.patch, self.centres, self.draws.numpy)
         sample = {"image": image, "label": label[None]}
         if self.transform is not None:
             sample = self.transform(sample)
@@ -184,13 +183,48 @@ class WholeCases(Dataset):
         return item
 
 
-def sample_patch(prep: Prepared, patch: tuple[int, ...], p_fg: float, rng: np.random.Generator):
+@dataclass(frozen=True)
+class Centres:
+    """Where training patches are centred: a fraction `p_fg` (the loader's pos / (pos + neg)) on a
+    foreground voxel, the rest anywhere. `by_class`: the foreground voxel's class is drawn first,
+    uniformly among the classes the case contains, then a voxel of it (nnU-Net's oversampling, so
+    small classes are seen as often as large ones); otherwise any foreground voxel, uniformly."""
+
+    p_fg: float
+    by_class: bool = False
+
+    @classmethod
+    def of(cls, pos: float, neg: float, by_class: bool = False) -> Centres:
+        return cls(pos / (pos + neg) if pos + neg > 0 else 0.0, by_class)
+
+    def foreground(self, prep: Prepared, rng: np.random.Generator) -> int | None:
+        """A flat index of a foreground voxel, or None for a patch centred anywhere."""
+        fg, table = prep.fg, prep.fg_classes
+        if self.p_fg <= 0 or fg is None or not fg.size or rng.random() >= self.p_fg:
+            return None
+        if table is None or not (self.by_class or _sampled(table)):
+            return int(fg[rng.integers(fg.size)])  # every voxel kept: uniform over the foreground
+        if self.by_class:
+            row = int(rng.integers(len(table)))
+        else:  # runs were thinned: weigh each class's run by its true voxel count
+            row = int(rng.choice(len(table), p=table[:, 2] / table[:, 2].sum()))
+        start = int(table[row - 1, 1]) if row else 0
+        return int(fg[start + rng.integers(int(table[row, 1]) - start)])
+
+
+def _sampled(table: np.ndarray) -> bool:
+    """Whether some class's run holds fewer indices than the class has voxels."""
+    return bool(np.any(np.diff(table[:, 1], prepend=0) < table[:, 2]))
+
+
+def sample_patch(prep: Prepared, patch: tuple[int, ...], centres: Centres, rng: np.random.Generator):
     """Cut one patch by slicing the (possibly memory-mapped) arrays, zero-padding volumes smaller
     than the patch. Slicing rather than MONAI's crop transforms avoids converting the whole
     volume to a tensor for every sample."""
     shape = prep.label.shape
-    if p_fg > 0 and prep.fg is not None and prep.fg.size and rng.random() < p_fg:
-        centre = np.unravel_index(int(prep.fg[rng.integers(prep.fg.size)]), shape)
+    fg = centres.foreground(prep, rng)
+    if fg is not None:
+        centre = np.unravel_index(fg, shape)
     else:
         centre = tuple(int(rng.integers(s)) for s in shape)
     starts = [min(max(c - p // 2, 0), max(s - p, 0)) for c, p, s in zip(centre, patch, shape)]

@@ -377,7 +377,7 @@ def _datasets(train_src, val_src, dims: int, sampling: Sampling, cfg: MedicalSeg
     """With `sampling.on_device` the training workers get no random transforms: BatchAugment does them (and,
     for resized 2-D images, the z-score that must follow them) on the training device."""
     from segflow.data.augment import albumentations_pipeline, monai_pipeline
-    from segflow.data.datasets import Patches2D, Patches3D, Slices2D, WholeCases
+    from segflow.data.datasets import Centres, Patches2D, Patches3D, Slices2D, WholeCases
 
     seed = int(cfg.seed)
     repeats = int(cfg.samples_per_volume)
@@ -392,11 +392,12 @@ def _datasets(train_src, val_src, dims: int, sampling: Sampling, cfg: MedicalSeg
                              repeats, seed, raw_range=raw)
         val = Slices2D(val_src, albumentations_pipeline(size, None, seed), z) if val_src else None
         return train, val
+    centres = Centres.of(cfg.pos, cfg.neg, by_class=cfg.foreground_sampling == "by_class")
     if train_src and dims == 2:
         # patches are z-scored here with their whole image's statistics, even with on_device, since
         # BatchAugment only knows the patch
-        train = Patches2D(train_src, size, cfg.pos, cfg.neg, albumentations_pipeline(size, strength, seed, resize=False),
+        train = Patches2D(train_src, size, centres, albumentations_pipeline(size, strength, seed, resize=False),
                           z, repeats, seed, raw_range=raw)
     elif train_src:
-        train = Patches3D(train_src, size, cfg.pos, cfg.neg, monai_pipeline(size, strength, seed), repeats, seed)
+        train = Patches3D(train_src, size, centres, monai_pipeline(size, strength, seed), repeats, seed)
     return train, (WholeCases(val_src, z) if val_src else None)

@@ -22,6 +22,7 @@ from segflow.data.layouts import Case
 from segflow.data.readers import read, split_name
 
 MAX_FG_INDICES = 200_000  # enough foreground centres to sample patches from; bounds memory
+MIN_FG_PER_CLASS = 10_000  # each class keeps at least this many (nnU-Net samples 10,000 per class and case)
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,10 @@ class Prepared:
     label: np.ndarray | None  # uint8 / int16 (*spatial), class indices; None for a test image without one
     spacing: tuple[float, ...] | None
     affine: np.ndarray | None
-    fg: np.ndarray | None  # flat indices of (a sample of) foreground pixels/voxels; None without a label
+    fg: np.ndarray | None  # flat indices of (a sample of) each foreground class's voxels, in class order
     max_label: int
+    # one row per foreground class present: (class, end of its run in fg, its voxel count); None without a label
+    fg_classes: np.ndarray | None = None
 
 
 def prepare_case(case: Case, spec: PrepSpec) -> Prepared:
@@ -83,8 +86,8 @@ def prepare_case(case: Case, spec: PrepSpec) -> Prepared:
         image, label, affine = _resample(image, label, affine, spacing, spec.target_spacing)
         spacing = tuple(float(s) for s in spec.target_spacing)
     image = normalize(image, spec.normalization, spec.ct_window, for_2d=dims == 2, intensity=spec.intensity)
-    fg = _foreground_indices(label, case.case_id)  # for foreground-weighted patches (3-D, and 2-D patches)
-    return Prepared(case.case_id, image, label, spacing, affine, fg, int(label.max(initial=0)))
+    fg, fg_classes = foreground_index(label, case.case_id)  # for foreground-centred patches (3-D, 2-D patches)
+    return Prepared(case.case_id, image, label, spacing, affine, fg, int(label.max(initial=0)), fg_classes)
 
 
 def _prepare_unlabelled(case: Case, spec: PrepSpec) -> Prepared:
@@ -217,17 +220,33 @@ def zscore(image: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray
     return ((image - mean) / np.maximum(std, 1e-8)).astype(np.float32, copy=False)
 
 
-def _foreground_indices(label: np.ndarray, case_id: str) -> np.ndarray:
-    fg = np.flatnonzero(label > 0)
-    if fg.size > MAX_FG_INDICES:
-        rng = np.random.default_rng(zlib.crc32(case_id.encode()))
-        fg = np.sort(rng.choice(fg, MAX_FG_INDICES, replace=False))
-    return fg
+def foreground_index(label: np.ndarray, case_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """Where each foreground class lies, for patch centres: the flat indices of its voxels (a seeded
+    sample when there are many; every class keeps at least MIN_FG_PER_CLASS so small ones stay
+    drawable), runs concatenated in class order, and a table of (class, end of its run, voxel count)."""
+    flat = np.asarray(label).reshape(-1)
+    where = np.flatnonzero(flat)
+    classes = flat[where]
+    order = np.argsort(classes, kind="stable")  # by class, ascending index within a class
+    where, classes = where[order], classes[order]
+    values, starts, counts = np.unique(classes, return_index=True, return_counts=True)
+    cap = max(MIN_FG_PER_CLASS, MAX_FG_INDICES // max(len(values), 1))
+    rng = np.random.default_rng(zlib.crc32(case_id.encode()))
+    runs, table, end = [], [], 0
+    for value, start, count in zip(values, starts, counts):
+        run = where[start:start + count]
+        if count > cap:
+            run = np.sort(rng.choice(run, cap, replace=False))
+        end += run.size
+        runs.append(run)
+        table.append((int(value), end, int(count)))
+    fg = np.concatenate(runs) if runs else np.zeros(0, np.int64)
+    return fg.astype(np.int64, copy=False), np.asarray(table, np.int64).reshape(-1, 3)
 
 
 # Raised when what a cached case holds changes (2: foreground indices for 2-D cases too;
-# 3: nnU-Net's resampling rules for target_spacing).
-CACHE_VERSION = 3
+# 3: nnU-Net's resampling rules for target_spacing; 4: foreground indices per class).
+CACHE_VERSION = 4
 
 
 def cache_key(case: Case, spec: PrepSpec) -> str:
@@ -246,6 +265,7 @@ def save_prepared(folder: Path, prep: Prepared) -> None:
     if prep.label is not None:
         np.save(tmp / "label.npy", prep.label)
     np.save(tmp / "fg.npy", prep.fg if prep.fg is not None else np.zeros(0, np.int64))
+    np.save(tmp / "fg_classes.npy", prep.fg_classes if prep.fg_classes is not None else np.zeros((0, 3), np.int64))
     meta = {"case_id": prep.case_id, "spacing": prep.spacing, "max_label": prep.max_label,
             "affine": None if prep.affine is None else np.asarray(prep.affine).tolist(), "has_fg": prep.fg is not None}
     (tmp / "meta.json").write_text(json.dumps(meta))
@@ -266,4 +286,5 @@ def load_prepared(folder: Path) -> Prepared:
         None if meta["affine"] is None else np.asarray(meta["affine"]),
         np.load(folder / "fg.npy") if meta["has_fg"] else None,
         meta["max_label"],
+        np.load(folder / "fg_classes.npy") if meta["has_fg"] else None,
     )

@@ -109,6 +109,13 @@ class MedicalSegmentationLoaderConfig(NodeConfig):
         "Read every case before training to check files, shapes and label values (always done for cache memory/disk)."))
     pos: float = Field(1.0, ge=0.0, description="Patch sampling: weight of patches centred on foreground.")
     neg: float = Field(1.0, ge=0.0, description="Patch sampling: weight of patches centred anywhere.")
+    foreground_sampling: Annotated[Literal["any", "by_class"], Choice(
+        {"voxel": "any", "class": "by_class", "per_class": "by_class", "class_balanced": "by_class"})] = Field(
+        "any", description=(
+            "Patch sampling: how a foreground-centred patch (weight pos) picks its centre. any: a voxel drawn "
+            "uniformly from all foreground, so small classes are rarely centred. by_class: first a class, uniformly "
+            "among the foreground classes the case contains, then a voxel of that class (nnU-Net's oversampling; "
+            "`segflow plan` writes it). Patches only (3-D, or 2-D with size_mode patches)."))
     samples_per_volume: int = Field(1, ge=1, description="Training samples drawn from each case per epoch (3-D patches; 2-D augmented copies).")
 
     @field_validator("spatial_dims", mode="before")
@@ -193,6 +200,10 @@ def _ct_zscore_findings(config: MedicalSegmentationLoaderConfig) -> list[Finding
     return []
 
 
+def _resized_2d(config: MedicalSegmentationLoaderConfig) -> bool:
+    return config.size_mode == "resize" or (config.size_mode == "auto" and config.declared_dims() == 2)
+
+
 @register
 class MedicalSegmentationLoader(Node):
     """Reads a segmentation dataset (MSD, nnU-Net v2, folders; NIfTI, PNG/JPG/TIFF, NumPy, DICOM),
@@ -228,6 +239,10 @@ class MedicalSegmentationLoader(Node):
         if config.fold is not None and "val_fraction" in given:
             return [Finding("val_fraction", "unused_value", f"val_fraction is ignored: fold {config.fold} "
                             "validates on its fold", hint="remove val_fraction", severity="warning")]
+        if "foreground_sampling" in given and _resized_2d(config):
+            return [Finding("foreground_sampling", "unused_value", "foreground_sampling is ignored: 2-D images are "
+                            "resized whole (size_mode resize), no patch is centred",
+                            hint="set size_mode patches to train on foreground-centred patches", severity="warning")]
         if config.fold is None and ({"num_folds", "splits_file"} & given):
             name = sorted({"num_folds", "splits_file"} & given)[0]
             return [Finding(name, "unused_value", f"{name} is ignored without fold",

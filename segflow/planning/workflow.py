@@ -65,6 +65,7 @@ def _loader(plan: Plan, data_dir: str, training: dict) -> dict:
     config = {"data_dir": data_dir, "spatial_dims": plan.dims, "image_size": plan.patch, "size_mode": "patches",
               "batch_size": plan.batch_size, "target_spacing": plan.target_spacing, **plan.loader_normalisation,
               "augmentation": True, "augmentation_strength": "strong", "pos": 1.0, "neg": 2.0,
+              "foreground_sampling": "by_class",
               "samples_per_volume": training["samples_per_volume"], "val_fraction": VAL_FRACTION}
     if not plan.classes_declared:  # a folder layout: the data alone says how many classes
         config["num_classes"] = plan.num_classes
@@ -77,8 +78,10 @@ def _training_reasons(plan: Plan, epochs: int) -> dict:
     validate_every = max(1, min(50, epochs // 20))
     reasons = {
         "sampling": (f"augmentation strong; a third of the patches centred on foreground (pos 1, neg 2, nnU-Net's "
-                     f"oversample_foreground_percent 0.33); {per_volume} patches per training case per epoch, so an "
-                     f"epoch is about {ITERATIONS_PER_EPOCH} iterations of batch {plan.batch_size} as in nnU-Net"),
+                     "oversample_foreground_percent 0.33), each on a class drawn uniformly among the case's "
+                     "foreground classes, then a voxel of it (foreground_sampling by_class, nnU-Net's rule, so small "
+                     f"classes are not starved); {per_volume} patches per training case per epoch, so an epoch is about "
+                     f"{ITERATIONS_PER_EPOCH} iterations of batch {plan.batch_size} as in nnU-Net"),
         "training": (f"SGD with Nesterov momentum 0.99, lr 0.01, weight decay 3e-5, poly decay (power 0.9) over "
                      f"{epochs} epochs, gradient norm clipped at {GRADIENT_CLIP:g}, mixed precision, Dice + "
                      "cross-entropy (1:1, Dice without background): nnU-Net's recipe; validation every "
