@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from segflow.data.info import DatasetInfo
+from segflow.data.intensity import ChannelCountError, per_channel, two_d_word
 from segflow.data.label_coding import decide
 from segflow.data.layouts import Case, Layout, find_cases, find_test_cases
 from segflow.data.prepare import Prepared, PrepSpec, cache_key, load_prepared, mask_values, prepare_case, save_prepared
@@ -107,15 +108,29 @@ def discover(cfg: MedicalSegmentationLoaderConfig) -> Found:
     coding = decide(layout.label_values, json_labels, mask_values(layout.cases, _threads(cfg)), declared)
     spec = PrepSpec(
         spatial_dims=None if cfg.spatial_dims == "auto" else int(cfg.spatial_dims),
-        normalization=cfg.normalization,
-        ct_window=tuple(cfg.ct_window),
-        intensity=(cfg.intensity_mean, cfg.intensity_std) if cfg.normalization == "ct_zscore" else None,
+        **_normalisation(cfg),
         target_spacing=tuple(cfg.target_spacing) if cfg.target_spacing else None,
         num_classes=declared,
         label_source="config num_classes" if cfg.num_classes else json_labels,
         label_coding=coding,
     )
     return Found(data_dir, layout, spec, unlabelled)
+
+
+def _normalisation(cfg: MedicalSegmentationLoaderConfig) -> dict[str, Any]:
+    """The PrepSpec fields of the intensity normalisation: one way for every channel, or (when
+    channel_normalization, or a window or number, is given per channel) each channel its own way."""
+    channels = per_channel(cfg.channel_normalization or cfg.normalization, cfg.ct_window, cfg.intensity_mean,
+                           cfg.intensity_std)
+    if channels is not None:
+        return {"normalization": cfg.normalization, "channels": channels}
+    return {"normalization": cfg.normalization, "ct_window": tuple(cfg.ct_window),
+            "intensity": (cfg.intensity_mean, cfg.intensity_std) if cfg.normalization == "ct_zscore" else None}
+
+
+def two_d_normalization(cfg: MedicalSegmentationLoaderConfig) -> str:
+    """The word 2-D datasets treat every channel by (see intensity.two_d_word)."""
+    return two_d_word(cfg.channel_normalization) if cfg.channel_normalization else cfg.normalization
 
 
 def prepare_and_check(cfg: MedicalSegmentationLoaderConfig, found: Found, log: Log) -> Checked:
@@ -321,6 +336,8 @@ def _prepare_all(cases: list[Case], spec: PrepSpec, cfg: MedicalSegmentationLoad
         for case, f in zip(cases, futures):
             try:
                 results.append(f.result())
+            except ChannelCountError as e:  # the config's, not the case's: said once
+                raise ValueError(f"{data_dir}: {e}") from None
             except (ValueError, FileNotFoundError, ImportError) as e:
                 errors.append(str(e) if str(e).startswith("case ") else f"case {case.case_id}: {e}")
     if errors:
@@ -367,7 +384,7 @@ def _batch_augment(cfg: MedicalSegmentationLoaderConfig, dims: int, sampling: Sa
 
     if dims == 3:
         return BatchAugment(dims, sampling.strength)
-    resize, norm = sampling.mode == "resize", cfg.normalization
+    resize, norm = sampling.mode == "resize", two_d_normalization(cfg)
     return BatchAugment(dims, sampling.strength, zscore_after=resize and norm == "zscore",
                         unit_range=norm != "none" and (resize or norm != "zscore"),
                         **({} if resize else {"crop_p": 0.0}))
@@ -384,8 +401,9 @@ def _datasets(train_src, val_src, dims: int, sampling: Sampling, cfg: MedicalSeg
     train = None
     size, mode, on_device = sampling.size, sampling.mode, sampling.on_device
     strength = None if on_device else sampling.strength
-    z = dims == 2 and cfg.normalization == "zscore"  # 2-D images stay in [0, 1] until after augmentation
-    raw = dims == 2 and cfg.normalization == "none"  # mapped onto [0, 1] around the transforms, then back
+    norm = two_d_normalization(cfg) if dims == 2 else None
+    z = norm == "zscore"  # 2-D images stay in [0, 1] until after augmentation
+    raw = norm == "none"  # mapped onto [0, 1] around the transforms, then back
     if mode == "resize":
         if train_src:
             train = Slices2D(train_src, albumentations_pipeline(size, strength, seed), z and not on_device,
