@@ -215,3 +215,26 @@ def test_3d_oblique_anisotropic_two_channels(tmp_path):
             ours, theirs = nib.load(written), nib.load(tmp_path / "run" / "predictions" / f"{case}.nii.gz")
             assert ours.shape == (24, 20, 10) and np.allclose(ours.affine, oblique_affine())
             assert np.array_equal(np.asarray(ours.dataobj), np.asarray(theirs.dataobj))
+
+
+def test_a_plain_folder_groups_channels_by_nnunet_names(tmp_path):
+    from segflow.data.layouts import find_images
+
+    for name in ("b_0000.nii.gz", "b_0001.nii.gz", "a_0000.nii.gz", "a_0001.nii.gz", "c_0001.nii.gz"):
+        (tmp_path / name).write_bytes(b"")
+    layout, problems = find_images(tmp_path)
+    assert [(c.case_id, [p.name for p in c.images]) for c in layout.cases] == [
+        ("a", ["a_0000.nii.gz", "a_0001.nii.gz"]), ("b", ["b_0000.nii.gz", "b_0001.nii.gz"])]
+    assert problems == [("c", "channel file(s) c_0000 missing (found c_0001.nii.gz)")]
+    (tmp_path / "scan.png").write_bytes(b"")  # one name without _XXXX: every file is its own case
+    layout, problems = find_images(tmp_path)
+    assert len(layout.cases) == 6 and problems == []
+
+
+def test_layout_images_is_for_prediction_only():
+    from segflow.nodes.data import MedicalSegmentationLoader
+    from segflow.nodes.data import MedicalSegmentationLoaderConfig as Config
+
+    findings = MedicalSegmentationLoader.check(Config(layout="images"), {})
+    assert [(f.field, f.code) for f in findings] == [("layout", "bad_value")]
+    assert MedicalSegmentationLoader.check(Config(layout="images", subset="test"), {}) == []
