@@ -1,4 +1,4 @@
-"""`segflow run | validate | plan | schema | nodes | graph`.
+"""`segflow run | validate | plan | package | predict | schema | nodes | graph`.
 
 `validate`, `plan`, `schema`, `nodes` and `graph` never import torch or monai (a test checks), so
 checking workflows in CI is fast. Only `run` loads the heavy stack.
@@ -271,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="plan and print, but write no workflow")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_plan)
+
+    from segflow.packaging.command import add_parsers
+
+    add_parsers(sub, _device_option)
 
     p = sub.add_parser("schema", help="write the workflow JSON Schema")
     p.add_argument("-o", "--output", help="path, or - for stdout (default: schemas/workflow.schema.json)")

@@ -70,16 +70,17 @@ class Sampling:
     on_device: bool  # augmentation_on device: BatchAugment on the training device, not the workers
 
 
-def build_loaders(cfg: MedicalSegmentationLoaderConfig, log: Log = print
+def build_loaders(cfg: MedicalSegmentationLoaderConfig, log: Log = print, layout: Layout | None = None
                   ) -> tuple[SegmentationLoader | None, SegmentationLoader | None, DatasetInfo]:
     """train_loader (None for subset test and all), val_loader (None without validation cases) and
-    the DatasetInfo."""
+    the DatasetInfo. `layout`: these cases instead of those found in data_dir (`segflow predict`
+    hands them one at a time, so one unreadable case does not stop the rest)."""
     from segflow.data.allocator import keep_freed_sample_memory
     from segflow.workflow import distributed
 
     keep_freed_sample_memory()  # this process makes the batches with 0 workers; workers inherit it
     distributed.wait_for_main()  # under torchrun rank 0 writes the phantom and disk cache; the others reuse them
-    found = discover(cfg)
+    found = discover(cfg, layout)
     split = choose_split(cfg, found.layout.cases, found.data_dir, log)
     checked = prepare_and_check(cfg, found, log)
     distributed.release_others()
@@ -88,15 +89,19 @@ def build_loaders(cfg: MedicalSegmentationLoaderConfig, log: Log = print
     return train_loader, val_loader, describe(cfg, found, checked, split, sampling, log)
 
 
-def discover(cfg: MedicalSegmentationLoaderConfig) -> Found:
-    """Write the phantom dataset if asked, find the cases of `cfg.subset`, and settle how to read them."""
+def discover(cfg: MedicalSegmentationLoaderConfig, given: Layout | None = None) -> Found:
+    """Write the phantom dataset if asked, find the cases of `cfg.subset` (or take `given`), and settle
+    how to read them."""
     data_dir = Path(cfg.data_dir)
     if cfg.synthetic != "none":
         from segflow.data.phantoms import write_phantom_dataset
 
         write_phantom_dataset(data_dir, kind=cfg.synthetic[-2:], num_cases=cfg.synthetic_cases,
                               num_classes=cfg.synthetic_classes, seed=0)
-    layout = find_test_cases(data_dir, cfg.layout) if cfg.subset == "test" else find_cases(data_dir, cfg.layout)
+    if given is not None:
+        layout = given
+    else:
+        layout = find_test_cases(data_dir, cfg.layout) if cfg.subset == "test" else find_cases(data_dir, cfg.layout)
     declared = cfg.num_classes or (len(layout.class_names) if layout.class_names else None)
     unlabelled = [c.case_id for c in layout.cases if c.label is None]
     if unlabelled and declared is None:

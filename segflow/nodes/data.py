@@ -39,8 +39,10 @@ class MedicalSegmentationLoaderConfig(NodeConfig):
         "folder test/images/), labels optional (labelsTs/, test/masks/), all in val_loader, train_loader null; "
         "for prediction. all: every labelled case in val_loader, train_loader null; for scoring a model "
         "on a whole dataset."))
-    layout: Annotated[Literal["auto", "msd", "nnunet", "folder"], Choice()] = Field(
-        "auto", description="Dataset layout; 'auto' detects it from the folder contents.")
+    layout: Annotated[Literal["auto", "msd", "nnunet", "folder", "images"], Choice()] = Field(
+        "auto", description="Dataset layout; 'auto' detects it from the folder contents. images: a plain folder of "
+                            "images without labels, for subset test (every file a case; <case>_0000, <case>_0001, ... "
+                            "the channels of one case, as nnU-Net names them).")
     synthetic: Annotated[Literal["none", "phantom2d", "phantom3d"], Choice()] = Field("none", description=(
         "Write a built-in phantom dataset (MSD layout; 2-D PNG or 3-D NIfTI) into data_dir if it is not "
         "there yet, then read it like any dataset. 'none' reads data_dir as it is."))
@@ -231,6 +233,10 @@ class MedicalSegmentationLoader(Node):
     @classmethod
     def check(cls, config: NodeConfig, neighbours: dict[str, tuple[str, NodeConfig]]) -> list[Finding]:
         given = config.model_fields_set
+        if config.layout == "images" and config.subset != "test":
+            return [Finding("layout", "bad_value", f"layout images is a folder of images without labels; subset "
+                            f"{config.subset} needs labelled cases", hint="use subset test (prediction), or a "
+                            "layout with labels (msd, nnunet, folder)")]
         found = normalisation_findings(config)
         if found:
             return found
@@ -272,4 +278,11 @@ class MedicalSegmentationLoader(Node):
             # the cases each split holds, so a fold or a run can be reproduced or compared exactly
             write_json(self.ctx.output_path("split.json"), {"data_dir": info.data_dir, "fold": info.fold,
                                                             "train": info.train_cases, "val": info.val_cases}, indent=1)
+            # what the data looked like to the network, for `segflow package` (channels, classes, coding)
+            write_json(self.ctx.output_path("dataset_info.json"), {
+                "loader": self.name, "in_channels": info.in_channels, "num_classes": info.num_classes,
+                "spatial_dims": info.spatial_dims, "spacing": info.spacing, "class_names": info.class_names,
+                "patch_size": list(info.patch_size), "layout": info.layout, "data_dir": info.data_dir,
+                "num_train": info.num_train, "num_val": info.num_val,
+                "label_values": list(info.label_coding.values)}, indent=1)
         return {"train_loader": train, "val_loader": val, "dataset_info": info}
