@@ -387,12 +387,23 @@ def _batch_augment(cfg: MedicalSegmentationLoaderConfig, dims: int, sampling: Sa
     gamma rescales each sample as for 3-D."""
     from segflow.data.batch_augment import BatchAugment
 
+    erasing = _erasing(cfg)
+    erase = {} if erasing is None else {"erase_p": erasing[0], "erase_size": erasing[1]}
     if dims == 3:
-        return BatchAugment(dims, sampling.strength)
+        return BatchAugment(dims, sampling.strength, **erase)
     resize, norm = sampling.mode == "resize", two_d_normalization(cfg)
     return BatchAugment(dims, sampling.strength, zscore_after=resize and norm == "zscore",
                         unit_range=norm != "none" and (resize or norm != "zscore"),
-                        **({} if resize else {"crop_p": 0.0}))
+                        **({} if resize else {"crop_p": 0.0}), **erase)
+
+
+def _erasing(cfg: MedicalSegmentationLoaderConfig) -> tuple[float, tuple[float, float]] | None:
+    """(probability, (min, max) side fraction) of random erasing, None when off; the pipelines add it
+    to a preset only, so it never reaches validation or a loader with augmentation false."""
+    if not cfg.random_erasing:
+        return None
+    low, high = cfg.random_erasing_size
+    return float(cfg.random_erasing), (float(low), float(high))
 
 
 def _datasets(train_src, val_src, dims: int, sampling: Sampling, cfg: MedicalSegmentationLoaderConfig):
@@ -406,21 +417,23 @@ def _datasets(train_src, val_src, dims: int, sampling: Sampling, cfg: MedicalSeg
     train = None
     size, mode, on_device = sampling.size, sampling.mode, sampling.on_device
     strength = None if on_device else sampling.strength
+    erasing = _erasing(cfg)
     norm = two_d_normalization(cfg) if dims == 2 else None
     z = norm == "zscore"  # 2-D images stay in [0, 1] until after augmentation
     raw = norm == "none"  # mapped onto [0, 1] around the transforms, then back
     if mode == "resize":
         if train_src:
-            train = Slices2D(train_src, albumentations_pipeline(size, strength, seed), z and not on_device,
-                             repeats, seed, raw_range=raw)
+            train = Slices2D(train_src, albumentations_pipeline(size, strength, seed, erasing=erasing),
+                             z and not on_device, repeats, seed, raw_range=raw)
         val = Slices2D(val_src, albumentations_pipeline(size, None, seed), z) if val_src else None
         return train, val
     centres = Centres.of(cfg.pos, cfg.neg, by_class=cfg.foreground_sampling == "by_class")
     if train_src and dims == 2:
         # patches are z-scored here with their whole image's statistics, even with on_device, since
         # BatchAugment only knows the patch
-        train = Patches2D(train_src, size, centres, albumentations_pipeline(size, strength, seed, resize=False),
+        train = Patches2D(train_src, size, centres,
+                          albumentations_pipeline(size, strength, seed, resize=False, erasing=erasing),
                           z, repeats, seed, raw_range=raw)
     elif train_src:
-        train = Patches3D(train_src, size, centres, monai_pipeline(size, strength, seed), repeats, seed)
+        train = Patches3D(train_src, size, centres, monai_pipeline(size, strength, seed, erasing), repeats, seed)
     return train, (WholeCases(val_src, z) if val_src else None)

@@ -67,6 +67,12 @@ class MedicalSegmentationLoaderConfig(NodeConfig):
     augmentation_strength: Annotated[Literal["light", "medium", "strong"], Choice()] = Field("medium", description=(
         "Augmentation preset: light (crop, flip, mild intensity), medium (+ rotate-90, affine, gamma), "
         "strong (+ elastic/grid distortion, noise; 3-D: affine, smoothing, contrast)."))
+    random_erasing: float = Field(0.0, ge=0.0, le=1.0, description=(
+        "Random erasing (cutout): the probability that a training sample gets one box (2-D) or cuboid (3-D) of its "
+        "image set to 0, after the preset's transforms; the label is left as it is. 0: off. Works with "
+        "augmentation true, on the workers and with augmentation_on device."))
+    random_erasing_size: list[float] = Field([0.1, 0.4], min_length=2, max_length=2, description=(
+        "[min, max] side of the erased box as a fraction of the sample's extent, drawn per axis."))
     augmentation_on: Annotated[Literal["workers", "device"], Choice()] = Field("workers", description=(
         "Where training augmentation runs. workers: per sample in the DataLoader workers (albumentations 2-D, "
         "MONAI 3-D). device: the random spatial and intensity transforms run batched on the Trainer's device "
@@ -183,6 +189,9 @@ class MedicalSegmentationLoaderConfig(NodeConfig):
                              "or auto)")
         if self.pos + self.neg <= 0:
             raise ValueError("pos and neg cannot both be 0")
+        low, high = self.random_erasing_size
+        if not 0 < low <= high <= 1:
+            raise ValueError(f"random_erasing_size must be [min, max] with 0 < min <= max <= 1, got {[low, high]}")
         return self
 
     def declared_dims(self) -> int | None:
@@ -212,6 +221,18 @@ def _resized_2d(config: MedicalSegmentationLoaderConfig) -> bool:
     return config.size_mode == "resize" or (config.size_mode == "auto" and config.declared_dims() == 2)
 
 
+def _erasing_findings(config: MedicalSegmentationLoaderConfig) -> list[Finding]:
+    """Erasing settings that do nothing, said once."""
+    if config.random_erasing and not config.augmentation:
+        return [Finding("random_erasing", "unused_value", "random_erasing is ignored: augmentation is false",
+                        hint="set augmentation true to erase boxes of the training images", severity="warning")]
+    if "random_erasing_size" in config.model_fields_set and not config.random_erasing:
+        return [Finding("random_erasing_size", "unused_value", "random_erasing_size is ignored: random_erasing is 0",
+                        hint="set random_erasing to the probability of erasing a sample (e.g. 0.5)",
+                        severity="warning")]
+    return []
+
+
 @register
 class MedicalSegmentationLoader(Node):
     """Reads a segmentation dataset (MSD, nnU-Net v2, folders; NIfTI, PNG/JPG/TIFF, NumPy, DICOM),
@@ -232,6 +253,10 @@ class MedicalSegmentationLoader(Node):
 
     @classmethod
     def check(cls, config: NodeConfig, neighbours: dict[str, tuple[str, NodeConfig]]) -> list[Finding]:
+        return _erasing_findings(config) + cls._data_findings(config)
+
+    @classmethod
+    def _data_findings(cls, config: NodeConfig) -> list[Finding]:
         given = config.model_fields_set
         if config.layout == "images" and config.subset != "test":
             return [Finding("layout", "bad_value", f"layout images is a folder of images without labels; subset "

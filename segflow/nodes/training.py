@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, TypeAdapter, ValidationError, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from segflow.nodes.base import Device, Finding, Node, NodeConfig, Port, device_findings
 from segflow.nodes.registry import register
@@ -25,6 +25,7 @@ class TrainerConfig(NodeConfig):
         "num_epochs": "epochs", "save_every_n_epochs": "save_frequency", "max_epochs": "epochs",
         "grad_clip": "gradient_clip", "accumulation_steps": "gradient_accumulation_steps",
         "early_stopping_patience": "patience", "scheduler": "lr_schedule",
+        "cutmix": "cutmix_alpha",
     }
 
     epochs: int = Field(100, ge=1, description="Number of training epochs (alias num_epochs).")
@@ -106,6 +107,25 @@ class TrainerConfig(NodeConfig):
         "tracking mlflow: the experiment's name (default: the workflow's name)."))
     mlflow_log_checkpoint: bool = Field(False, description=(
         "tracking mlflow: also upload the best checkpoint as an artefact at the end (off: checkpoints are large)."))
+    mixup_alpha: float = Field(0.0, ge=0, description=(
+        "Mixup of training batches on the device, after augmentation: images lam x + (1 - lam) x[perm] with a "
+        "permutation of the batch, labels the same blend of their one-hot targets (soft targets for the loss), "
+        "lam ~ Beta(alpha, alpha) per batch. 0: off; 0.2 is usual. Needs a loss that takes soft targets "
+        "(LossFunction without the boundary term). See docs/training.md."))
+    cutmix_alpha: Annotated[float, Field(ge=0)] | bool = Field(0.0, description=(
+        "CutMix of training batches: a box (2-D) or cuboid (3-D) of a permutation of the batch "
+        "pasted into the images and the same region of their labels, side (1 - lam)^(1/d) of each axis, "
+        "lam ~ Beta(alpha, alpha), lam then set to the fraction not pasted over. Labels stay hard, so every loss "
+        "works. 0 or false: off; true: 1.0 (the CutMix paper's alpha)."))
+    mixup_prob: float = Field(1.0, ge=0, le=1, description=(
+        "Probability that a training batch is mixed when mixup_alpha or cutmix_alpha is on; with both on, each "
+        "mixed batch gets one of the two, with even odds."))
+
+    @field_validator("cutmix_alpha")
+    @classmethod
+    def _cutmix_on_means_one(cls, v: float | bool) -> float:
+        """`cutmix: true` switches it on with the paper's alpha, 1.0; the config then holds a number."""
+        return (1.0 if v else 0.0) if isinstance(v, bool) else v
 
     @model_validator(mode="before")
     @classmethod
@@ -202,7 +222,7 @@ class Trainer(Node):
         if cfg.lr_schedule == "cosine" and cfg.T_max and cfg.T_max > cfg.epochs:
             found.append(Finding("T_max", "bad_value", f"T_max ({cfg.T_max}) is larger than epochs ({cfg.epochs}): "
                                  "the cosine never reaches eta_min", severity="warning"))
-        return found
+        return found + _mixing_findings(cfg, neighbours.get("loss_fn"))
 
 
 def _tracking_findings(cfg: TrainerConfig) -> list[Finding]:
@@ -223,4 +243,23 @@ def _tracking_findings(cfg: TrainerConfig) -> list[Finding]:
     if missing:
         return [Finding("tracking", "missing_package", f"tracking mlflow needs the package(s) {', '.join(missing)}, "
                         "which are not installed", hint="pip install 'segflow[mlflow]'")]
+    return []
+
+
+def _mixing_findings(cfg: TrainerConfig, loss: tuple[str, NodeConfig] | None) -> list[Finding]:
+    """Mixup's soft targets need a loss that takes them: the boundary term measures distances from a
+    hard mask. A loss node of another type is checked when the run starts (`takes_soft_targets`)."""
+    given = cfg.model_fields_set
+    if "mixup_prob" in given and not (cfg.mixup_alpha or cfg.cutmix_alpha):
+        return [Finding("mixup_prob", "unused_value", "mixup_prob is ignored: mixup_alpha and cutmix_alpha are 0 "
+                        "(off)", hint="set mixup_alpha (e.g. 0.2) or cutmix_alpha (e.g. 1.0)", severity="warning")]
+    loss_type, loss_cfg = loss or (None, None)
+    if not (cfg.mixup_alpha and cfg.mixup_prob) or loss_type != "LossFunction":
+        return []
+    if "boundary" in loss_cfg.term_weights():  # type: ignore[union-attr]
+        return [Finding("mixup_alpha", "soft_targets_unsupported",
+                        "mixup makes soft (blended) targets, and the wired LossFunction has a boundary term, which "
+                        "needs hard labels to measure distances from",
+                        hint="drop the boundary term (boundary_weight 0, or another loss_type), or use cutmix_alpha "
+                             "instead: CutMix keeps the labels hard")]
     return []

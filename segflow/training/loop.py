@@ -16,6 +16,7 @@ from segflow.training import artefacts, checkpoint, ddp, tracking
 from segflow.training.device import resolve_device, resolve_precision, seed_everything
 from segflow.training.epoch_statistics import EpochStatistics
 from segflow.training.metrics import METRIC_DEFINITIONS, ConfusionMeter
+from segflow.training.mixing import BatchMix
 from segflow.training.schedules import EpochSchedule, ScheduleSettings, describe_change
 from segflow.workflow import distributed
 
@@ -170,6 +171,24 @@ def _training_device(cfg: TrainerConfig, ctx: RunContext, who: str) -> torch.dev
     return device
 
 
+def _batch_mix(cfg: TrainerConfig, loss_fn: Any, who: str, log: Callable[[str], None]) -> BatchMix | None:
+    """Mixup / CutMix as configured, or None; mixup's soft targets need a loss that says it takes them."""
+    if not (cfg.mixup_alpha or cfg.cutmix_alpha) or not cfg.mixup_prob:
+        return None
+    mixer = BatchMix(cfg.mixup_alpha, cfg.cutmix_alpha, cfg.mixup_prob)
+    if mixer.soft and not getattr(loss_fn, "takes_soft_targets", False):
+        raise ValueError(f"{who}: mixup_alpha makes soft targets, and the loss ({type(loss_fn).__name__}) does not "
+                         "take them (a LossFunction with a boundary term, or a loss without `takes_soft_targets`); "
+                         "drop the boundary term, or use cutmix_alpha, whose labels stay hard")
+    kinds = [f"{k} alpha {a:g}" for k, a in (("mixup", cfg.mixup_alpha), ("cutmix", cfg.cutmix_alpha)) if a]
+    log(f"{who}: {' and '.join(kinds)} on {cfg.mixup_prob:.0%} of the training batches")
+    return mixer
+
+
+def _channels(logits: torch.Tensor | list[torch.Tensor]) -> int:
+    return (logits[0] if isinstance(logits, (list, tuple)) else logits).shape[1]
+
+
 class TrainingRun:
     """One Trainer node's training: set up in __init__, `resume` from a checkpoint, then `run`."""
 
@@ -182,6 +201,7 @@ class TrainingRun:
         self.loss_fn, self.optimizer = loss_fn, optimizer
         # augmentation_on "device": the loader's random transforms, run here on whole training batches
         self.batch_augment = batch_augment_of(train_loader)
+        self.mixer = _batch_mix(cfg, loss_fn, self.who, self.log)
         self.epochs = cfg.epochs
         self.device = _training_device(cfg, ctx, self.who)
         # Under torchrun: DDP across the process group; rank 0 alone writes files and shows progress.
@@ -380,6 +400,11 @@ class TrainingRun:
         """Forward and backward of the epoch's batch `index`; the optimizer steps once every
         gradient_accumulation_steps batches, and after the epoch's last batch."""
         image, label = self._prepare(batch, self.batch_augment)
+        mixed = self.mixer.draw(image) if self.mixer is not None else None
+        if mixed is not None:
+            image = mixed.images(image)
+            if self.memory_format is not None:
+                image = image.contiguous(memory_format=self.memory_format)
         if not self.first_batch_seen:
             image = self._settle_on_first_batch(image, label)
         self.patch_size = tuple(image.shape[2:])
@@ -391,7 +416,8 @@ class TrainingRun:
         with self.ddp.no_sync() if self.dist and not stepping else contextlib.nullcontext():
             with torch.autocast(self.device.type, dtype=self.precision.dtype, enabled=self.precision.enabled):
                 logits = self.forward(image)
-                loss = self.loss_fn(logits, label)
+                target = label if mixed is None else mixed.labels(label, _channels(logits))
+                loss = self.loss_fn(logits, target)
             if self.num_classes is None:  # deep supervision's outputs: the full-resolution one first
                 self._check_labels(logits[0] if isinstance(logits, (list, tuple)) else logits, label)
             stats.add_batch(index, loss, image.shape[0])
