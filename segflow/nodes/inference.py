@@ -151,6 +151,10 @@ class Predictor(Node):
         Port("dataset_info", "DatasetInfo", required=False, doc="patch size (default roi_size), classes, class names"),
     )
     outputs = (Port("predictions", "Predictions", doc="PredictionSet: one record per case pointing at its files"),)
+    # the node editor's BatchPredictor gave the images, labels and predictions apart: one prediction set here
+    type_aliases = ("BatchPredictor",)
+    port_aliases = {"dataloader": "loader", "all_predictions": "predictions", "all_labels": "predictions",
+                    "all_images": "predictions"}
 
     @classmethod
     def check(cls, config: NodeConfig, neighbours: dict[str, tuple[str, NodeConfig]]) -> list[Finding]:
