@@ -309,6 +309,14 @@ def test_trainer_builds_adam_and_its_loss_from_its_keys(tmp_path):
     assert any("no Optimizer wired; Adam with learning_rate 0.02" in m for m in said)
     assert any("no LossFunction wired; loss_type cross_entropy" in m for m in said)
 
+    # the editor's CheckpointLoader also said what it loaded: checkpoint_info
+    loader = registry.get("CheckpointLoader")
+    out = loader("ck", loader.Config(checkpoint_path=str(tmp_path / "checkpoints" / "last.pt")), ctx).run(
+        model=toy.tiny_net())
+    assert out["checkpoint_info"] == {"checkpoint_path": str(tmp_path / "checkpoints" / "last.pt"), "epoch": 4,
+                                      "monitor": "val_dice", "best": max(r["val_dice"] for r in history),
+                                      "best_epoch": max(history, key=lambda r: r["val_dice"])["epoch"]}
+
 
 # --- the editor's evaluation and viewer nodes ---------------------------------------------------
 
