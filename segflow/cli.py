@@ -178,7 +178,7 @@ def cmd_nodes(args) -> int:
     if args.type is None:
         print(catalogue.summary())
         return 0
-    cls = registry.get(args.type)
+    cls = registry.resolve(args.type)
     if cls is None:
         from segflow.workflow.spec import suggest
 

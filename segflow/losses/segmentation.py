@@ -316,6 +316,7 @@ def build_loss(config: LossFunctionConfig) -> SegmentationLoss:
     return SegmentationLoss(
         config.term_weights(), smooth=config.smooth, class_weights=config.class_weights, alpha=config.alpha,
         gamma=config.gamma, tversky_alpha=config.tversky_alpha, tversky_beta=config.tversky_beta,
-        label_smoothing=config.label_smoothing, include_background=config.include_background, sigmoid=config.sigmoid,
+        label_smoothing=config.label_smoothing, include_background=config.include_background,
+        sigmoid=config.uses_sigmoid(),
         boundary_spacing=config.boundary_spacing,
     )

@@ -250,6 +250,8 @@ class MedicalSegmentationLoader(Node):
              "batches of test images without labels have no 'label' key."),
         Port("dataset_info", "DatasetInfo", doc="Channels, classes, spatial dims, spacing, patch size of the data."),
     )
+    # the node editor's loader: its test_loader is val_loader (a global alias), its counts are in dataset_info
+    port_aliases = {"num_train": "dataset_info", "num_test": "dataset_info"}
 
     @classmethod
     def check(cls, config: NodeConfig, neighbours: dict[str, tuple[str, NodeConfig]]) -> list[Finding]:

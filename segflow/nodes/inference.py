@@ -51,7 +51,9 @@ class CheckpointLoader(Node):
     Config = CheckpointLoaderConfig
     inputs = (Port("model", "Model", doc="the network to load the weights into (built with its training config)"),)
     outputs = (Port("model", "Model", passes="model", doc="the same model with the checkpoint's weights; for a "
-                    "list of files, an ensemble of copies of it averaging their probabilities"),)
+                    "list of files, an ensemble of copies of it averaging their probabilities"),
+               Port("checkpoint_info", "CheckpointInfo", doc="dict: checkpoint_path, and for a Trainer checkpoint its "
+                    "epoch, monitor, best and best_epoch (a list of such dicts for an ensemble)"))
 
     @classmethod
     def preflight(cls, config: NodeConfig, device: str | None) -> list[Finding]:
@@ -69,21 +71,22 @@ class CheckpointLoader(Node):
     def run(self, model) -> dict[str, Any]:
         import copy
 
-        from segflow.inference.weights import load_weights
+        from segflow.inference.weights import checkpoint_info, load_weights
 
         cfg, paths = self.config, self.config.paths()
         members = [model] + [copy.deepcopy(model) for _ in paths[1:]]  # before any weights are loaded
         for i, (member, path) in enumerate(zip(members, paths)):
             who = f"CheckpointLoader '{self.name}'" + (f" (checkpoint_path[{i}])" if len(paths) > 1 else "")
             load_weights(member, path, strict=cfg.strict, map_location=cfg.map_location, log=self.ctx.log, who=who)
+        info = [checkpoint_info(path) for path in paths]
         if len(paths) == 1:
             self.ctx.log(f"CheckpointLoader '{self.name}': loaded {paths[0]}")
-            return {"model": model}
+            return {"model": model, "checkpoint_info": info[0]}
         from segflow.inference.ensemble import Ensemble
 
         self.ctx.log(f"CheckpointLoader '{self.name}': an ensemble of {len(paths)} models ({', '.join(paths)}), "
                      "class probabilities averaged")
-        return {"model": Ensemble(members)}
+        return {"model": Ensemble(members), "checkpoint_info": info}
 
 
 class PredictorConfig(NodeConfig):
@@ -151,6 +154,10 @@ class Predictor(Node):
         Port("dataset_info", "DatasetInfo", required=False, doc="patch size (default roi_size), classes, class names"),
     )
     outputs = (Port("predictions", "Predictions", doc="PredictionSet: one record per case pointing at its files"),)
+    # the node editor's BatchPredictor gave the images, labels and predictions apart: one prediction set here
+    type_aliases = ("BatchPredictor",)
+    port_aliases = {"dataloader": "loader", "all_predictions": "predictions", "all_labels": "predictions",
+                    "all_images": "predictions"}
 
     @classmethod
     def check(cls, config: NodeConfig, neighbours: dict[str, tuple[str, NodeConfig]]) -> list[Finding]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import BeforeValidator, Field, ValidationInfo, WithJsonSchema, field_validator
 
 from segflow.nodes.base import Finding, Node, NodeConfig, Port
 from segflow.nodes.datashape import DataShape
@@ -119,7 +119,18 @@ def _divisible_by(divisors: tuple[int, ...]) -> str:
 
 
 def _spatial_dims_field(default: int) -> Any:
-    return Field(default, description="2 for images, 3 for volumes.")
+    return Field(default, description="2 for images, 3 for volumes (also \"2d\", \"3d\", as the node editor saves them).")
+
+
+def _dims_word(value: Any) -> Any:
+    """"2d" / "3D" (the node editor's `dimension`) as 2 / 3; anything else as written."""
+    if isinstance(value, str) and value.strip().lower() in ("2d", "3d"):
+        return int(value.strip()[0])
+    return value
+
+
+SpatialDims = Annotated[int, BeforeValidator(_dims_word), WithJsonSchema({"anyOf": [
+    {"type": "integer"}, {"type": "string", "pattern": "^\\s*[23][dD]\\s*$"}]})]
 
 
 def _check_dims(v: Any) -> int:
@@ -199,12 +210,12 @@ class NetworkNode(Node):
         return {"model": build_network(self.type, self.config)}
 
 
-def network(type_name: str, doc: str):
-    """Class decorator on a network's config class: registers the node type `type_name`. Its builder
-    is registered beside the module code (`segflow.networks.factory.builds`)."""
+def network(type_name: str, doc: str, aliases: tuple[str, ...] = ()):
+    """Class decorator on a network's config class: registers the node type `type_name` (also called
+    `aliases`). Its builder is registered beside the module code (`segflow.networks.factory.builds`)."""
     def register_node(config: type[NetworkConfig]) -> type[NetworkConfig]:
         register(type(type_name, (NetworkNode,), {"type": type_name, "Config": config, "__doc__": doc,
-                                                  "__module__": __name__}))
+                                                  "type_aliases": aliases, "__module__": __name__}))
         return config
     return register_node
 
@@ -216,6 +227,9 @@ class _UNetBase(NetworkConfig):
     norm: Annotated[Literal["instance", "batch"], Choice()] = Field("instance", description="Normalisation: instance or batch.")
     act: Annotated[Literal["prelu", "relu", "leakyrelu"], Choice()] = Field("prelu", description="Activation function.")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability in every block.")
+    bilinear: bool = Field(False, description="Decoder upsampling: false = transposed convolutions (learned); true = "
+                           "bilinear (trilinear in 3-D) interpolation followed by a convolution, as the node "
+                           "editor's bilinear option.")
 
     def size_divisor(self) -> int:
         return 2 ** (self.depth - 1)
@@ -238,9 +252,10 @@ class UNet3DConfig(_UNetBase):
         return 3
 
 
-@network("AttentionUNet", "U-Net with attention gates on the skips (MONAI AttentionUnet), 2-D or 3-D.")
+@network("AttentionUNet", "U-Net with attention gates on the skips (MONAI AttentionUnet), 2-D or 3-D.",
+         aliases=("AttentionUNet2D",))
 class AttentionUNetConfig(NetworkConfig):
-    spatial_dims: int = _spatial_dims_field(2)
+    spatial_dims: SpatialDims = _spatial_dims_field(2)
     base_channels: int = Field(32, ge=1, description="Channels of the first level; each deeper level doubles them.")
     depth: int = Field(5, ge=2, le=8, description="Levels including the bottleneck (depth-1 downsamplings by 2).")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability in every block.")
@@ -256,17 +271,21 @@ class AttentionUNetConfig(NetworkConfig):
 
 @network("VNet", "V-Net (MONAI VNet), 3-D or 2-D; inputs divisible by 16.")
 class VNetConfig(NetworkConfig):
-    spatial_dims: int = _spatial_dims_field(3)
+    spatial_dims: SpatialDims = _spatial_dims_field(3)
     dropout_prob: float = Field(0.5, ge=0.0, lt=1.0, description="Dropout in the deeper down and up blocks (MONAI's default 0.5).")
     act: Annotated[Literal["elu", "relu", "prelu"], Choice()] = Field("elu", description="Activation function.")
+    base_channels: int = Field(16, ge=1, description="Channels of the first level (16 in the V-Net paper and MONAI); "
+                               "each of the 4 downsamplings doubles them. in_channels must divide it.")
 
     _dims = field_validator("spatial_dims")(classmethod(lambda cls, v: _check_dims(v)))
 
-    @field_validator("in_channels")
+    @field_validator("base_channels")
     @classmethod
-    def _in_divides_16(cls, v: int) -> int:
-        if 16 % v:
-            raise ValueError(f"VNet's first block has 16 channels, so in_channels must divide 16 (1, 2, 4, 8 or 16), not {v}")
+    def _in_divides_base(cls, v: int, info: ValidationInfo) -> int:
+        given = info.data.get("in_channels")
+        if given and v % given:
+            raise ValueError(f"VNet's first block repeats the input across its base_channels channels, so in_channels "
+                             f"({given}) must divide base_channels ({v})")
         return v
 
     def size_divisor(self) -> int:
@@ -278,9 +297,10 @@ class VNetConfig(NetworkConfig):
 
 @network("SegResNet", "SegResNet (MONAI), residual encoder-decoder from the BraTS 2018 winner.")
 class SegResNetConfig(NetworkConfig):
-    aliases: ClassVar[dict[str, str]] = {"num_classes": "out_channels", "init_filters": "base_channels"}
+    aliases: ClassVar[dict[str, str]] = {"num_classes": "out_channels", "init_filters": "base_channels",
+                                         "dimension": "spatial_dims"}
 
-    spatial_dims: int = _spatial_dims_field(3)
+    spatial_dims: SpatialDims = _spatial_dims_field(3)
     norm: Annotated[Literal["group", "instance", "batch"], Choice()] = Field("group", description="Normalisation: group (8 groups), instance or batch.")
     base_channels: int = Field(16, ge=1, description="Filters of the first level (MONAI's init_filters); doubled per level.")
     blocks_down: list[int] = Field([1, 2, 2, 4], min_length=2, description="Residual blocks per encoder level.")
@@ -313,9 +333,9 @@ class SegResNetConfig(NetworkConfig):
 
 @network("UNETR", "UNETR (MONAI): ViT encoder, convolutional decoder; fixed input size img_size.")
 class UNETRConfig(NetworkConfig):
-    aliases: ClassVar[dict[str, str]] = {"num_classes": "out_channels", "embed_dim": "hidden_size", "num_layers": "depth"}
+    aliases: ClassVar[dict[str, str]] = {"num_classes": "out_channels", "embed_dim": "hidden_size"}
 
-    spatial_dims: int = _spatial_dims_field(3)
+    spatial_dims: SpatialDims = _spatial_dims_field(3)
     img_size: int | list[int] = Field(
         96, description="Input size the network is built for (an int, or one per axis); UNETR accepts only this "
         "size, so it must equal the loader's image_size and the Predictor's roi_size. A multiple of 16.",
@@ -324,6 +344,8 @@ class UNETRConfig(NetworkConfig):
     hidden_size: int = Field(768, ge=1, description="Transformer embedding size (alias embed_dim); a multiple of num_heads.")
     mlp_dim: int = Field(3072, ge=1, description="Hidden size of each transformer MLP.")
     num_heads: int = Field(12, ge=1, description="Attention heads.")
+    num_layers: int = Field(12, ge=4, description="Transformer layers. The decoder's skips come from the layers at "
+                            "a quarter, half and three quarters of the depth (3, 6 and 9 of UNETR's 12).")
     dropout_rate: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout in the transformer.")
     norm: Annotated[Literal["instance", "batch"], Choice()] = Field("instance", description="Normalisation in the decoder.")
 
@@ -350,7 +372,7 @@ class UNETRConfig(NetworkConfig):
 class SwinUNETRConfig(NetworkConfig):
     aliases: ClassVar[dict[str, str]] = {"num_classes": "out_channels", "embed_dim": "feature_size"}
 
-    spatial_dims: int = _spatial_dims_field(3)
+    spatial_dims: SpatialDims = _spatial_dims_field(3)
     feature_size: int = Field(24, ge=12, description="Embedding size of the first stage (alias embed_dim); a multiple of 12.")
     depths: list[int] = Field([2, 2, 2, 2], min_length=4, max_length=4, description="Swin blocks in each of the 4 stages.")
     num_heads: list[int] = Field([3, 6, 12, 24], min_length=4, max_length=4, description="Attention heads in each of the 4 stages.")
@@ -483,7 +505,7 @@ def _strides_fit_kernels(strides: list[int | list[int]], kernels: list[int | lis
 @network("DynUNet", "nnU-Net's U-Net (MONAI DynUNet), 2-D or 3-D: a kernel size and a stride per stage (anisotropic "
          "where the data is), instance norm, leaky ReLU, optional residual blocks and deep supervision.")
 class DynUNetConfig(NetworkConfig):
-    spatial_dims: int = _spatial_dims_field(3)
+    spatial_dims: SpatialDims = _spatial_dims_field(3)
     kernel_size: list[int | list[int]] = Field(
         [3, 3, 3, 3, 3], min_length=2,
         description="Convolution kernel of each stage, from full resolution down to the bottleneck: one odd size per "

@@ -12,6 +12,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from segflow.nodes.base import Device, Finding, Node, NodeConfig, Port, device_findings
+from segflow.nodes.losses import LOSS_SYNONYMS, LossType
 from segflow.nodes.registry import register
 from segflow.nodes.words import Choice, fold
 
@@ -29,6 +30,14 @@ class TrainerConfig(NodeConfig):
     }
 
     epochs: int = Field(100, ge=1, description="Number of training epochs (alias num_epochs).")
+    # the node editor's Trainer builds its optimizer and loss from these when no node is wired
+    learning_rate: float | None = Field(
+        None, gt=0.0, description="With no Optimizer wired to this Trainer: it builds Adam with this learning rate "
+                                  "(as the node editor's Trainer). Ignored, with a warning, when an Optimizer is wired.")
+    loss_type: Annotated[LossType | None, Choice(LOSS_SYNONYMS)] = Field(
+        None, description="With no LossFunction wired to this Trainer: it builds the loss a LossFunction with this "
+                          "loss_type would (dice, cross_entropy, bce, ...; its other settings at their defaults). "
+                          "Ignored, with a warning, when a LossFunction is wired.")
     device: Device = Field("auto", description="auto (CUDA if present), cpu, cuda or cuda:N (gpu, gpu:N say the same), "
                                                "mps (Apple GPUs). The --device command-line option wins.")
     mixed_precision: Annotated[bool | Literal["auto", "bf16", "fp16"], Choice(_PRECISION_SYNONYMS)] = Field(
@@ -159,8 +168,10 @@ class Trainer(Node):
         Port("model", "Model", doc="the network to train"),
         Port("train_loader", "DataLoader", doc="training batches", prefer=("train_loader",)),
         Port("val_loader", "DataLoader", required=False, doc="validation batches", prefer=("val_loader",)),
-        Port("loss_fn", "Loss", doc="loss(logits, label) -> scalar"),
-        Port("optimizer", "Optimizer", doc="optimizer over the model's parameters"),
+        Port("loss_fn", "Loss", fallback="loss_type", doc="loss(logits, label) -> scalar; unwired, the Trainer "
+             "builds it from its loss_type"),
+        Port("optimizer", "Optimizer", fallback="learning_rate", doc="optimizer over the model's parameters; "
+             "unwired, the Trainer builds Adam with its learning_rate"),
     )
     outputs = (
         Port("model", "TrainedModel", passes="model",
@@ -169,15 +180,36 @@ class Trainer(Node):
         Port("history", "History", doc="one dict per epoch: losses, metrics (val_dice pooled over voxels, "
                                        "val_dice_case_mean per case), lr"),
     )
+    port_aliases = {"dataloader": "train_loader", "trained_model": "model", "metrics": "history"}  # the editor's
 
-    def run(self, model, train_loader, loss_fn, optimizer, val_loader=None) -> dict[str, Any]:
+    def run(self, model, train_loader, loss_fn=None, optimizer=None, val_loader=None) -> dict[str, Any]:
         if train_loader is None:
             raise ValueError("train_loader is empty: the loader wired to it gives no training data "
                              "(a MedicalSegmentationLoader with subset 'test' or 'all')")
         from segflow.training.loop import fit
 
+        loss_fn = self._own_loss() if loss_fn is None else loss_fn
+        optimizer = self._own_optimizer(model) if optimizer is None else optimizer
+
         trained, history = fit(self.config, self.ctx, self.name, model, train_loader, val_loader, loss_fn, optimizer)
         return {"model": trained, "history": history}
+
+    def _own_loss(self) -> Any:
+        """The loss of a LossFunction with this Trainer's loss_type (validation made sure there is one)."""
+        from segflow.losses.segmentation import build_loss
+        from segflow.nodes.losses import LossFunctionConfig
+
+        self.ctx.log(f"Trainer '{self.name}': no LossFunction wired; loss_type {self.config.loss_type}")
+        return build_loss(LossFunctionConfig(loss_type=self.config.loss_type))
+
+    def _own_optimizer(self, model: Any) -> Any:
+        """Adam at this Trainer's learning_rate, as an Optimizer node would build it."""
+        from segflow.nodes.optim import OptimizerConfig
+        from segflow.optim.optimizer import build_optimizer
+
+        self.ctx.log(f"Trainer '{self.name}': no Optimizer wired; Adam with learning_rate {self.config.learning_rate}")
+        return build_optimizer(model, OptimizerConfig(optimizer_type="Adam", learning_rate=self.config.learning_rate),
+                               node_name=self.name)
 
     @classmethod
     def preflight(cls, config: NodeConfig, device: str | None) -> list[Finding]:
@@ -186,7 +218,7 @@ class Trainer(Node):
     @classmethod
     def check(cls, config: NodeConfig, neighbours: dict[str, tuple[str, NodeConfig]]) -> list[Finding]:
         cfg: TrainerConfig = config  # type: ignore[assignment]
-        found: list[Finding] = []
+        found: list[Finding] = _unused_fallbacks(cfg, neighbours)
         source_type, source = neighbours.get("train_loader", (None, None))
         subset = getattr(source, "subset", "split")
         if source_type == "MedicalSegmentationLoader" and subset != "split":
@@ -263,3 +295,19 @@ def _mixing_findings(cfg: TrainerConfig, loss: tuple[str, NodeConfig] | None) ->
                         hint="drop the boundary term (boundary_weight 0, or another loss_type), or use cutmix_alpha "
                              "instead: CutMix keeps the labels hard")]
     return []
+
+
+def _unused_fallbacks(cfg: TrainerConfig, neighbours: dict[str, tuple[str, NodeConfig]]) -> list[Finding]:
+    """Warnings for learning_rate / loss_type set while an Optimizer / LossFunction is wired (the wired
+    node wins, as in the node editor)."""
+    found = []
+    for key, port, what in (("learning_rate", "optimizer", "optimizer"), ("loss_type", "loss_fn", "loss")):
+        if getattr(cfg, key) is None or port not in neighbours:
+            continue
+        source_type, source = neighbours[port]
+        theirs = getattr(source, key, None)
+        found.append(Finding(key, "unused_value", f"{key} {getattr(cfg, key)!r} is ignored: the {what} comes from "
+                             f"the {source_type} node wired to this Trainer"
+                             + (f" (its {key} is {theirs!r})" if theirs is not None else ""),
+                             hint=f"remove {key} here, or set it on the {source_type} node", severity="warning"))
+    return found
