@@ -284,3 +284,22 @@ def test_the_speed_benchmark_runs_at_a_small_size(capsys):
     assert rows[0].startswith("volume 32^3") and [r.split()[0] for r in rows[2:]] == ["blobs", "speckle"]
     pred, truth = bench.label_map(32, "blobs")
     assert set(np.unique(truth)) == {0, 1, 2, 3} and (pred != truth).any()
+
+
+def test_checkpoints_find_their_rule_beside_them_and_an_ensemble_needs_one_rule(tmp_path):
+    from segflow.inference.postprocess import found_beside, shared_rule
+
+    ckpts = []
+    for k, steps in enumerate([((1, 2),), ((1, 2),), ((1,),)]):
+        (tmp_path / f"fold_{k}" / "checkpoints").mkdir(parents=True)
+        ckpts.append(str(tmp_path / f"fold_{k}" / "checkpoints" / "best.pt"))
+        PostProcessing(steps).write(tmp_path / f"fold_{k}" / "postprocessing.json")
+    assert found_beside(ckpts[0]) == tmp_path / "fold_0" / "postprocessing.json"
+    path, why = shared_rule(ckpts[:2])
+    assert path == tmp_path / "fold_0" / "postprocessing.json" and "classes 1, 2" in why
+    path, why = shared_rule(ckpts)
+    assert path is None and "choose differently" in why and "fold_2" in why
+    (tmp_path / "fold_1" / "postprocessing.json").unlink()
+    path, why = shared_rule(ckpts[:2])
+    assert path is None and why.startswith(f"no post-processing: {ckpts[1]} has no postprocessing.json")
+    assert shared_rule([str(tmp_path / "elsewhere" / "best.pt")]) == (None, "")
