@@ -106,6 +106,13 @@ class TrainerConfig(NodeConfig):
     val_roi_size: list[int] | None = Field(None, description="Sliding-window size (default: the training patch size).")
     sw_batch_size: int = Field(4, ge=1, description="Windows per forward pass in sliding-window validation.")
     sw_overlap: float = Field(0.25, ge=0, lt=1, description="Overlap of neighbouring sliding windows.")
+    postprocessing: Annotated[Literal["auto", "none"], Choice(null="none")] = Field(
+        "auto", description="auto: after training, on the validation cases predicted with the output weights (the "
+                            "last validation's, or one more pass when they are an earlier epoch's), keep the largest "
+                            "connected component (all foreground together, then per class) only where it raised "
+                            "their mean Dice (nnU-Net's rule); the choice and the Dice before/after per class go to "
+                            "postprocessing.json in the run directory, which a Predictor with postprocessing auto "
+                            "applies. none: skip (no file).")
     log_images: bool = Field(True, description="Log an image | label | prediction picture to TensorBoard at each validation.")
     tracking: Annotated[list[Literal["tensorboard", "mlflow", "none"]], Choice({"tb": "tensorboard"})] = Field(
         ["tensorboard"], description=(

@@ -94,6 +94,8 @@ def make_package(run_dir: str | Path, out: str | Path, *, as_zip: bool | None = 
         exports = _exports(net, (dataset["in_channels"], *roi), staging, log) if exports else []
         inference = _inference(parts, dataset, run_dir)
         write_json(staging / pkg.INFERENCE, inference, indent=1)
+        if "postprocessing" in inference:
+            shutil.copyfile(postprocessing_rule(parts, run_dir), staging / pkg.POSTPROCESSING)
         shutil.copyfile(run_dir / "workflow.resolved.json", staging / pkg.TRAINING)
         files = {f.name: pkg.sha256(f) for f in sorted(staging.iterdir()) if f.is_file()}
         meta = build_metadata(parts, dataset, inference, metrics, chosen, exports, files, roi,
@@ -160,7 +162,7 @@ def _exports(net, input_shape: tuple[int, ...], staging: Path, log) -> list[dict
 
 def _inference(parts: dict, dataset: dict, run_dir: Path) -> dict:
     loader = parts["loader"]["config"]
-    predictor = {k: v for k, v in parts["predictor"].items() if k not in ("output_dir", "device")}
+    predictor = {k: v for k, v in parts["predictor"].items() if k not in ("output_dir", "device", "postprocessing_file")}
     inference = {
         "network": {"type": parts["network"]["type"], "config": parts["network"]["config"]},
         "preprocessing": {k: loader[k] for k in PREPROCESSING if k in loader},
@@ -168,10 +170,19 @@ def _inference(parts: dict, dataset: dict, run_dir: Path) -> dict:
         "dataset": {k: dataset[k] for k in ("in_channels", "num_classes", "spatial_dims", "spacing", "class_names",
                                             "patch_size", "label_values")},
     }
-    rule = run_dir / "postprocessing.json"
-    if rule.is_file():
+    rule = postprocessing_rule(parts, run_dir)
+    if rule is not None:  # applied as the run's Predictor applied it (postprocessing auto)
         inference["postprocessing"] = json.loads(rule.read_text())
     return inference
+
+
+def postprocessing_rule(parts: dict, run_dir: Path) -> Path | None:
+    """The postprocessing.json the run's Predictor applied with `auto`: the one it named, else the Trainer's."""
+    named = parts["predictor"].get("postprocessing_file")
+    if parts["predictor"].get("postprocessing", "auto") != "auto":
+        return None
+    rule = Path(named) if named else run_dir / "postprocessing.json"
+    return rule if rule.is_file() else None
 
 
 def open_model(model: str | Path, scratch: Path | None = None, log: Callable[[str], None] = print):

@@ -10,6 +10,7 @@ A package is a folder (or the same folder zipped, `model.segflow.zip`):
     model.pt2           the network as a torch.export ExportedProgram   (when it exports)
     model.onnx          the network as ONNX                             (when it exports)
     training_workflow.json   the resolved workflow that trained it (provenance)
+    postprocessing.json the largest-component rule the Trainer chose on validation (when it chose one)
 
 `metadata.json` lists every file with its SHA-256, so a damaged or swapped file is found before use.
 """
@@ -28,6 +29,7 @@ FORMAT = "segflow-package"
 FORMAT_VERSION = 1
 WEIGHTS, PROGRAM, ONNX = "weights.pt", "model.pt2", "model.onnx"
 METADATA, INFERENCE, TRAINING = "metadata.json", "inference.json", "training_workflow.json"
+POSTPROCESSING = "postprocessing.json"  # the rule chosen on validation, when the run chose one
 
 
 class PackageError(ValueError):

@@ -89,6 +89,9 @@ def configs(package: Package, input_dir: Path, output_dir: Path, device: str | N
         **inf["preprocessing"], "data_dir": str(input_dir), "subset": "test", "layout": "images", "cache": "none",
         "num_workers": 0, "augmentation": False, "num_classes": inf["dataset"]["num_classes"]})
     settings = {**inf["predictor"], "output_dir": str(output_dir.resolve()), "save_probabilities": probabilities}
+    rule = package.file(pkg.POSTPROCESSING)
+    if rule is not None and settings.get("postprocessing", "auto") == "auto":
+        settings["postprocessing_file"] = str(rule)  # what "auto" applied in the training run
     if device:
         settings["device"] = device
     if tta is not None:

@@ -238,6 +238,7 @@ class TrainingRun:
         self.forward = None if distributed.initialized() else _Forward(model, cfg.compile, self.log)
         self.eval_forward = self.forward
         self.batchnorm_swap: ddp.SyncBatchNormSwap | None = None
+        self.final_counts: tuple[int | None, Any] = (None, None)  # (epoch, CaseCounter) for the post-processing
         tensorboard = self.main and "tensorboard" in cfg.tracking
         self.tb = artefacts.TensorBoardLog(self.run_dir / "tensorboard") if tensorboard else _NoTensorBoard()
         self.mlflow = _mlflow_run(cfg, ctx, self.run_dir) if self.main and "mlflow" in cfg.tracking else None
@@ -337,12 +338,14 @@ class TrainingRun:
         """The chosen weights (output_weights) in the model handed on, the final history, plots and metrics."""
         distributed.barrier()  # rank 0 has finished writing best.pt before anyone reads it
         weights, epoch = self._load_output_weights()
+        chosen = self._decide_postprocessing(weights, epoch)
         if self.main:
             self._write_files(final=True, stopped_early=stopped_early,
-                              output_model={"weights": weights, "epoch": epoch})
+                              output_model={"weights": weights, "epoch": epoch}, postprocessing=chosen)
         if self.mlflow is not None:
             files = [self.ctx.workflow_file, *(self.run_dir / n for n in ("history.csv", "metrics.json", "loss.png",
-                                                                         "metrics.png", "lr.png"))]
+                                                                         "metrics.png", "lr.png",
+                                                                         "postprocessing.json"))]
             best = self.ckpt_dir / "best.pt"
             self.mlflow.trained([f for f in files if f is not None], best if best.is_file() else None)
 
@@ -523,6 +526,7 @@ class TrainingRun:
         n = 0
         sample = None
         forward = self.eval_forward or self.forward
+        counter = self._final_counter(epoch)
         for batch in self.val_loader:
             image, label = self._prepare(batch)
             with torch.autocast(dev.type, dtype=self.precision.dtype, enabled=self.precision.enabled):
@@ -533,6 +537,8 @@ class TrainingRun:
             if meter is None:
                 meter = ConfusionMeter(logits.shape[1], dev)
             meter.update(logits, label, batch.get("case"))
+            if counter is not None:
+                counter.add(logits, label, batch.get("case"))
             if sample is None and self.cfg.log_images and self.main:
                 pred = (logits[0, 0] > 0).long() if logits.shape[1] == 1 else logits[0].argmax(0)
                 sample = (image[0].cpu(), label[0].cpu(), pred.cpu(), max(2, logits.shape[1]))
@@ -547,7 +553,56 @@ class TrainingRun:
             out.update({f"val_{k}": v for k, v in meter.compute(across_processes=self.dist).items()})
         if sample is not None:
             self.tb.image("val/sample_image_label_prediction", artefacts.sample_grid(*sample), epoch)
+        if counter is not None:
+            self.final_counts = (epoch, counter)
         return out
+
+    def _final_counter(self, epoch: int):
+        """The last epoch's validation also counts the cases for the post-processing decision, which
+        then needs no second pass when the output weights are that epoch's (segflow.training.postprocessing)."""
+        if epoch != self.epochs or self.cfg.postprocessing != "auto":
+            return None
+        from segflow.training.postprocessing import CaseCounter
+
+        return CaseCounter()
+
+    def _decide_postprocessing(self, weights: str, epoch: int) -> str | None:
+        """postprocessing auto: nnU-Net's largest-component rule chosen on the validation cases with the
+        output weights (segflow.training.postprocessing); the file is recorded on the model handed on."""
+        from segflow.inference.postprocess import attach
+        from segflow.training.postprocessing import decide
+
+        path = None
+        if self.cfg.postprocessing == "auto" and self.val_loader is None:
+            self.log(f"{self.who}: no val_loader wired, so no post-processing is chosen (postprocessing: auto)")
+        elif self.cfg.postprocessing == "auto":
+            # the last epoch's validation counted these very weights already, unless they are an earlier epoch's
+            counted, counter = self.final_counts
+            about = {"node": self.name, "weights": weights, "epoch": epoch, "prediction_seconds": 0.0}
+            if counted != epoch:
+                started = time.perf_counter()
+                counter = self._count_validation_cases()
+                about["prediction_seconds"] = round(time.perf_counter() - started - counter.seconds, 3)
+            path = decide(counter, self.run_dir, self.who, self.log, about)
+        attach(self.model, path)
+        return None if path is None else str(path)
+
+    @torch.no_grad()
+    def _count_validation_cases(self):
+        """Every validation case predicted as `validate` predicts it, with the model's weights, counted
+        for the post-processing decision."""
+        from segflow.training.postprocessing import CaseCounter
+
+        if self.dist:
+            distributed.broadcast_buffers_(self.model)
+        self.model.eval()
+        forward, dev, counter = self.eval_forward or self.forward, self.device, CaseCounter()
+        for batch in self.val_loader:
+            if "label" in batch:
+                image, label = self._prepare(batch)
+                with torch.autocast(dev.type, dtype=self.precision.dtype, enabled=self.precision.enabled):
+                    counter.add(self._validation_logits(image, forward), label, batch.get("case"))
+        return counter
 
     def _validation_logits(self, image: torch.Tensor, forward: _Forward) -> torch.Tensor:
         """Whole images, or a sliding window of the training patch size (or val_roi_size) over them."""
@@ -612,7 +667,8 @@ class TrainingRun:
                 f", lr {row['lr']:.2e}, {row['epoch_time']:.1f}s ({row['step_time_ms']:.0f} ms/step, "
                 f"data wait {row['data_wait_fraction']:.0%})" + (" *best*" if improved else ""))
 
-    def _write_files(self, final: bool, stopped_early: bool = False, output_model: dict | None = None) -> None:
+    def _write_files(self, final: bool, stopped_early: bool = False, output_model: dict | None = None,
+                     postprocessing: str | None = None) -> None:
         p = self.progress
         artefacts.write_history(self.run_dir, p.history)
         if not final:
@@ -623,7 +679,7 @@ class TrainingRun:
             "monitor": self.monitor, "mode": self.mode, "best_value": p.best, "best_epoch": p.best_epoch,
             "epochs_run": p.epoch, "stopped_early": stopped_early, "global_step": p.global_step,
             "final": p.history[-1] if p.history else None, "best": best_row,
-            "output_model": output_model,
+            "output_model": output_model, "postprocessing": postprocessing,
             "checkpoints": {"last": str(self.ckpt_dir / "last.pt"),
                             "best": str(self.ckpt_dir / "best.pt") if (self.ckpt_dir / "best.pt").is_file() else None},
             "definitions": METRIC_DEFINITIONS,
