@@ -1,7 +1,7 @@
-"""`segflow run | validate | plan | schema | nodes | graph`.
+"""`segflow run | validate | plan | schema | nodes | graph | inspect`.
 
 `validate`, `plan`, `schema`, `nodes` and `graph` never import torch or monai (a test checks), so
-checking workflows in CI is fast. Only `run` loads the heavy stack.
+checking workflows in CI is fast. Only `run` and `inspect` (which builds the network) load the heavy stack.
 """
 from __future__ import annotations
 
@@ -188,6 +188,12 @@ def cmd_nodes(args) -> int:
     return 0
 
 
+def cmd_inspect(args) -> int:
+    from segflow.networks.inspection import run
+
+    return run(args)
+
+
 def cmd_graph(args) -> int:
     from segflow.workflow import spec
 
@@ -286,6 +292,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("workflow")
     p.add_argument("--format", choices=("mermaid", "dot"), default="mermaid")
     p.set_defaults(func=cmd_graph)
+
+    p = sub.add_parser("inspect", help="show a workflow's network: module tree, parameter counts, named parts for "
+                                       "the Optimizer's freeze and param_groups (built on the CPU; no data loaded)")
+    p.add_argument("workflow")
+    p.add_argument("--node", help="the network node (default: the workflow's only one)")
+    p.add_argument("--depth", type=int, default=3, metavar="N", help="module levels shown (default 3; 0: all)")
+    p.add_argument("--set", action="append", metavar="NODE.KEY=VALUE", help="override a config value (repeatable)")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.set_defaults(func=cmd_inspect)
     return parser
 
 
