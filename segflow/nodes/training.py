@@ -97,6 +97,10 @@ class TrainerConfig(NodeConfig):
     sw_batch_size: int = Field(4, ge=1, description="Windows per forward pass in sliding-window validation.")
     sw_overlap: float = Field(0.25, ge=0, lt=1, description="Overlap of neighbouring sliding windows.")
     log_images: bool = Field(True, description="Log an image | label | prediction picture to TensorBoard at each validation.")
+    grad_histogram_every: int = Field(
+        1, ge=0, description="Log gradient histograms to TensorBoard (grad/PART: per named part of the network, or "
+                             "per top-level module) every this many epochs, from the epoch's last optimizer step "
+                             "(0: never). Computed on the device, read at the epoch's end: no per-step host sync.")
 
     @model_validator(mode="before")
     @classmethod
