@@ -1,20 +1,23 @@
-"""`segflow inspect WORKFLOW`: a workflow's network, built on the CPU from its node config (no data is
-loaded), as a module tree with parameter counts, its named parts, and what the Optimizer's `freeze`
-and `param_groups` make of them: the names those settings take, and a check of the ones given."""
+"""What `segflow inspect WORKFLOW` shows of a workflow's network, built on the CPU from its node config
+(no data is loaded): its module tree with parameter counts, its named parts, and what the Optimizer's
+`freeze` and `param_groups` make of them. The command line (segflow/cli.py) reads the workflow and
+locates the errors; this module sees only the network and the Optimizer configs."""
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from segflow.networks.factory import build_network
+from segflow.networks.description import description_of
 from segflow.networks.parts import Parts, in_part, part_of, parts_of
 from segflow.optim.optimizer import entry_errors, frozen_names, group_plan
-from segflow.workflow import spec
-from segflow.workflow.errors import Issue, WorkflowError
+from segflow.workflow.errors import ConfigValueError
+
+if TYPE_CHECKING:
+    from segflow.nodes.networks import NetworkConfig
+    from segflow.nodes.optim import OptimizerConfig
 
 
 @dataclass
@@ -36,80 +39,35 @@ class OptimizerView:
     groups: list[dict[str, Any]]  # name, pattern, lr, weight_decay, parameters
 
 
-def run(args) -> int:
-    try:
-        wf = spec.load(args.workflow, sets=args.set or ())
-        node = _network_node(wf, args.node)
-        model = build_network(node.type, node.config)
-        optimizers = _optimizers(wf, node.name, model)
-    except WorkflowError as e:
-        for issue in e.issues:
-            print(issue.format(), file=sys.stderr)
-        return 1
-    parts = parts_of(model)
-    frozen = optimizers[0][1] if optimizers else set()
-    rows = module_rows(model, parts, frozen, args.depth)
-    views = [view for view, _ in optimizers]
-    if args.format == "json":
-        print(json.dumps(_as_json(node, model, rows, parts, views), indent=1))
-    else:
-        print(report(node, model, rows, parts, views, args.depth))
-    return 0
-
-
-def _network_node(wf: spec.Workflow, name: str | None) -> spec.NodeSpec:
-    networks = [n for n, s in wf.nodes.items() if s.cls.family == "networks"]
-    if name is None and len(networks) == 1:
-        return wf.nodes[networks[0]]
-    if name is not None and name in networks:
-        return wf.nodes[name]
-    listed = ", ".join(networks) or "none"
-    if name is None:
-        message, hint = f"the workflow has {len(networks)} network nodes", f"choose one with --node: {listed}"
-    elif name in wf.nodes:
-        message, hint = f"node {name!r} ({wf.nodes[name].type}) is not a network", f"network nodes: {listed}"
-    else:
-        message = f"--node {name!r}: no node of that name"
-        hint = spec.suggest(name, wf.nodes) or f"network nodes: {listed}"
-    raise WorkflowError([Issue("unknown_node", message, "--node", hint=hint, file=wf.file)])
-
-
-def _model_users(wf: spec.Workflow, network: str) -> list[str]:
-    """The Optimizer-family nodes whose model is this network's, directly or handed on by nodes that
-    pass their model input on (CheckpointLoader, Trainer)."""
-    holders, users = {network}, []
-    for name in wf.order():  # sources before their targets
-        for w in wf.inputs_of(name):
-            if w.source not in holders or w.target_port != "model":
-                continue
-            cls = wf.nodes[name].cls
-            if cls.family == "optim":
-                users.append(name)
-            elif any(out.passes == "model" for out in cls.outputs):
-                holders.add(name)
-    return users
-
-
-def _optimizers(wf: spec.Workflow, network: str, model: nn.Module) -> list[tuple[OptimizerView, set[str]]]:
-    """Each Optimizer of this network: its frozen parameters and groups. Entries that take no parameter
-    are located issues, all of them reported together."""
-    found, issues = [], []
+def optimizer_views(model: nn.Module, optimizers: list[tuple[str, OptimizerConfig]]
+                    ) -> tuple[list[tuple[OptimizerView, set[str]]], list[tuple[str, ConfigValueError]]]:
+    """Each Optimizer's view of `model` (its frozen parameters and groups), and every entry of theirs
+    that takes no parameter, as (optimizer node, error)."""
+    found, errors = [], []
     sizes = {n: p.numel() for n, p in model.named_parameters()}
-    for name in _model_users(wf, network):
-        node = wf.nodes[name]
-        errors = entry_errors(model, node.config, name)
-        if errors:
-            issues += [wf.config_issue(e, node) for e in errors]
+    for name, config in optimizers:
+        bad = entry_errors(model, config, name)
+        if bad:
+            errors += [(name, e) for e in bad]
             continue
-        frozen = frozen_names(model, node.config)
-        plan = group_plan(model, node.config, frozen)
-        base = {"lr": node.config.learning_rate, "weight_decay": node.config.weight_decay}
+        frozen = frozen_names(model, config)
+        base = {"lr": config.learning_rate, "weight_decay": config.weight_decay}
         groups = [{"name": s["name"], "pattern": s["pattern"], **base, **{k: s[k] for k in base if k in s},
-                   "parameters": sum(sizes[n] for n in members)} for s, members in plan]
+                   "parameters": sum(sizes[n] for n in members)} for s, members in group_plan(model, config, frozen)]
         found.append((OptimizerView(name, sum(sizes[n] for n in frozen), groups), frozen))
-    if issues:
-        raise WorkflowError(issues)
-    return found
+    return found, errors
+
+
+def render(node: str, config: NetworkConfig, model: nn.Module, optimizers: list[tuple[OptimizerView, set[str]]],
+           depth: int, fmt: str = "text") -> str:
+    """The report on network node `node` (its config, its built model), the tree `depth` levels deep (0: all);
+    the trainable column follows the first Optimizer's freeze."""
+    parts = parts_of(model)
+    rows = module_rows(model, parts, optimizers[0][1] if optimizers else set(), depth)
+    views = [view for view, _ in optimizers]
+    if fmt == "json":
+        return json.dumps(_as_json(node, config, model, rows, parts, views), indent=1)
+    return report(node, config, model, rows, parts, views, depth)
 
 
 def module_rows(model: nn.Module, parts: Parts, frozen: set[str], depth: int = 0) -> list[Row]:
@@ -140,10 +98,11 @@ def _trainable_word(row: Row) -> str:
     return "yes" if row.trainable == row.parameters else "no" if row.trainable == 0 else "partly"
 
 
-def report(node: spec.NodeSpec, model: nn.Module, rows: list[Row], parts: Parts, views: list[OptimizerView],
-           depth: int) -> str:
+def report(node: str, config: NetworkConfig, model: nn.Module, rows: list[Row], parts: Parts,
+           views: list[OptimizerView], depth: int) -> str:
     total = rows[0].parameters if rows else 0
-    lines = [f"{node.name}: {node.type}, {total:,} parameters (built on the CPU from the workflow's config)", ""]
+    kind = _type_of(model)
+    lines = [f"{node}: {kind}, {total:,} parameters (built on the CPU from the workflow's config)", ""]
     width = max(len("module"), *(2 * r.level + len(r.name or "(network)") for r in rows))
     kinds = max(len("class"), *(len(r.kind) for r in rows))
     lines.append(f"{'module':<{width}}  {'class':<{kinds}}  {'parameters':>12}  trainable  part")
@@ -155,16 +114,21 @@ def report(node: spec.NodeSpec, model: nn.Module, rows: list[Row], parts: Parts,
                  and any(True for _ in m.parameters(recurse=False)))
     if deeper:
         lines.append(f"({deeper} deeper modules with parameters not shown; --depth 0 shows all)")
-    lines += ["", *_parts_section(node, model, parts), "", *_optimizer_section(views)]
+    lines += ["", *_parts_section(kind, config, model, parts), "", *_optimizer_section(views)]
     return "\n".join(lines).rstrip()
 
 
-def _parts_section(node: spec.NodeSpec, model: nn.Module, parts: Parts) -> list[str]:
+def _type_of(model: nn.Module) -> str:
+    described = description_of(model)
+    return described.type if described is not None else type(model).__name__
+
+
+def _parts_section(kind: str, config: NetworkConfig, model: nn.Module, parts: Parts) -> list[str]:
     if not parts:
-        return [f"{node.type} has no named parts: freeze and param_groups take module paths and globs."]
+        return [f"{kind} has no named parts: freeze and param_groups take module paths and globs."]
     sizes = {n: p.numel() for n, p in model.named_parameters()}
-    docs = getattr(type(node.config), "parts", {})
-    lines = [f"Named parts of {node.type} (the Optimizer's freeze and param_groups take these names):"]
+    docs = type(config).parts
+    lines = [f"Named parts of {kind} (the Optimizer's freeze and param_groups take these names):"]
     width = max(map(len, parts))
     for part, paths in parts.items():
         count = sum(size for n, size in sizes.items() if part_of(n, parts) == part)
@@ -186,11 +150,11 @@ def _optimizer_section(views: list[OptimizerView]) -> list[str]:
     return lines or ["No Optimizer in the workflow takes this network's parameters."]
 
 
-def _as_json(node: spec.NodeSpec, model: nn.Module, rows: list[Row], parts: Parts,
+def _as_json(node: str, config: NetworkConfig, model: nn.Module, rows: list[Row], parts: Parts,
              views: list[OptimizerView]) -> dict[str, Any]:
     sizes = {n: p.numel() for n, p in model.named_parameters()}
-    docs = getattr(type(node.config), "parts", {})
-    return {"node": node.name, "type": node.type, "parameters": sum(sizes.values()),
+    docs = type(config).parts
+    return {"node": node, "type": _type_of(model), "parameters": sum(sizes.values()),
             "modules": [asdict(r) for r in rows],
             "parts": {part: {"modules": paths, "doc": docs.get(part, ""),
                              "parameters": sum(s for n, s in sizes.items() if part_of(n, parts) == part)}
