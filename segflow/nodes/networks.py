@@ -46,6 +46,9 @@ class NetworkConfig(NodeConfig):
     """Fields every network has."""
 
     aliases: ClassVar[dict[str, str]] = {"num_classes": "out_channels"}
+    # named parts -> what each is: names the Optimizer's freeze / param_groups take for all of their modules,
+    # mapped to module paths in segflow.networks.parts (disjoint, covering every parameter)
+    parts: ClassVar[dict[str, str]] = {}
 
     in_channels: int = Field(1, ge=1, description="Image channels (modalities) the network takes in.")
     out_channels: int = Field(
@@ -210,17 +213,30 @@ class NetworkNode(Node):
         return {"model": build_network(self.type, self.config)}
 
 
+def parts_doc(parts: dict[str, str]) -> str:
+    """The node doc's paragraph on its named parts."""
+    listed = "; ".join(f"`{name}`: {what}" for name, what in parts.items())
+    return (f"Named parts (Optimizer `freeze` and `param_groups` take these names; `segflow inspect` shows their "
+            f"modules): {listed}.")
+
+
 def network(type_name: str, doc: str, aliases: tuple[str, ...] = ()):
     """Class decorator on a network's config class: registers the node type `type_name` (also called
-    `aliases`). Its builder is registered beside the module code (`segflow.networks.factory.builds`)."""
+    `aliases`), its doc followed by its named parts. Its builder is registered beside the module code
+    (`segflow.networks.factory.builds`), its parts' module paths in `segflow.networks.parts`."""
     def register_node(config: type[NetworkConfig]) -> type[NetworkConfig]:
-        register(type(type_name, (NetworkNode,), {"type": type_name, "Config": config, "__doc__": doc,
+        full = f"{doc}\n\n{parts_doc(config.parts)}" if config.parts else doc
+        register(type(type_name, (NetworkNode,), {"type": type_name, "Config": config, "__doc__": full,
                                                   "type_aliases": aliases, "__module__": __name__}))
         return config
     return register_node
 
 
 class _UNetBase(NetworkConfig):
+    parts: ClassVar[dict[str, str]] = {
+        "encoder": "the downsampling blocks of every level and the bottom block",
+        "decoder": "the upsampling blocks below the top level",
+        "head": "the top level's upsampling block, which outputs the logits (MONAI's UNet has no separate output layer)"}
     base_channels: int = Field(32, ge=1, description="Channels of the first level; each deeper level doubles them.")
     depth: int = Field(5, ge=2, le=8, description="Levels including the bottleneck (depth-1 downsamplings by 2).")
     num_res_units: int = Field(2, ge=0, description="Residual units per level (0 = plain convolutions).")
@@ -255,6 +271,10 @@ class UNet3DConfig(_UNetBase):
 @network("AttentionUNet", "U-Net with attention gates on the skips (MONAI AttentionUnet), 2-D or 3-D.",
          aliases=("AttentionUNet2D",))
 class AttentionUNetConfig(NetworkConfig):
+    parts: ClassVar[dict[str, str]] = {
+        "encoder": "the input block, the downsampling blocks and the bottom block",
+        "decoder": "each level's attention gate, upsampling and merge convolution",
+        "head": "the final 1x1 convolution to the logits"}
     spatial_dims: SpatialDims = _spatial_dims_field(2)
     base_channels: int = Field(32, ge=1, description="Channels of the first level; each deeper level doubles them.")
     depth: int = Field(5, ge=2, le=8, description="Levels including the bottleneck (depth-1 downsamplings by 2).")
@@ -271,6 +291,8 @@ class AttentionUNetConfig(NetworkConfig):
 
 @network("VNet", "V-Net (MONAI VNet), 3-D or 2-D; inputs divisible by 16.")
 class VNetConfig(NetworkConfig):
+    parts: ClassVar[dict[str, str]] = {"encoder": "in_tr and the down transitions", "decoder": "the up transitions",
+                                       "head": "out_tr, the output transition"}
     spatial_dims: SpatialDims = _spatial_dims_field(3)
     dropout_prob: float = Field(0.5, ge=0.0, lt=1.0, description="Dropout in the deeper down and up blocks (MONAI's default 0.5).")
     act: Annotated[Literal["elu", "relu", "prelu"], Choice()] = Field("elu", description="Activation function.")
@@ -299,6 +321,8 @@ class VNetConfig(NetworkConfig):
 class SegResNetConfig(NetworkConfig):
     aliases: ClassVar[dict[str, str]] = {"num_classes": "out_channels", "init_filters": "base_channels",
                                          "dimension": "spatial_dims"}
+    parts: ClassVar[dict[str, str]] = {"encoder": "convInit and the down layers",
+                                       "decoder": "the up-sampling and up layers", "head": "conv_final"}
 
     spatial_dims: SpatialDims = _spatial_dims_field(3)
     norm: Annotated[Literal["group", "instance", "batch"], Choice()] = Field("group", description="Normalisation: group (8 groups), instance or batch.")
@@ -334,6 +358,10 @@ class SegResNetConfig(NetworkConfig):
 @network("UNETR", "UNETR (MONAI): ViT encoder, convolutional decoder; fixed input size img_size.")
 class UNETRConfig(NetworkConfig):
     aliases: ClassVar[dict[str, str]] = {"num_classes": "out_channels", "embed_dim": "hidden_size"}
+    parts: ClassVar[dict[str, str]] = {
+        "encoder": "the ViT (vit)",
+        "decoder": "the convolutional blocks on the skips and the up path (MONAI's encoder1-4 and decoder2-5)",
+        "head": "out, the 1x1 convolution to the logits"}
 
     spatial_dims: SpatialDims = _spatial_dims_field(3)
     img_size: int | list[int] = Field(
@@ -371,6 +399,11 @@ class UNETRConfig(NetworkConfig):
 @network("SwinUNETR", "Swin UNETR (MONAI): shifted-window transformer encoder; inputs divisible by 32.")
 class SwinUNETRConfig(NetworkConfig):
     aliases: ClassVar[dict[str, str]] = {"num_classes": "out_channels", "embed_dim": "feature_size"}
+    parts: ClassVar[dict[str, str]] = {
+        "encoder": "the Swin transformer (swinViT, the part MONAI's pretrained weights cover)",
+        "decoder": "the convolutional blocks on the skips and the up path (MONAI's encoder1-4, encoder10 and "
+                   "decoder1-5)",
+        "head": "out, the 1x1 convolution to the logits"}
 
     spatial_dims: SpatialDims = _spatial_dims_field(3)
     feature_size: int = Field(24, ge=12, description="Embedding size of the first stage (alias embed_dim); a multiple of 12.")
@@ -422,6 +455,10 @@ class SwinUNETRConfig(NetworkConfig):
 @network("TransUNet", "TransUNet (2-D): CNN encoder, transformer bottleneck, cascaded upsampling decoder.")
 class TransUNetConfig(NetworkConfig):
     aliases: ClassVar[dict[str, str]] = {"num_classes": "out_channels", "embed_dim": "hidden_size", "num_layers": "depth"}
+    parts: ClassVar[dict[str, str]] = {
+        "encoder": "the CNN stages (module encoder), patch_embed, pos_embed, the transformer blocks and their norm "
+                   "(the paper's hybrid encoder)",
+        "decoder": "conv_more and the cascaded upsampler (module decoder)", "head": "the 1x1 convolution to the logits"}
 
     img_size: int | list[int] = Field(
         256, description="Input size the positional embedding is made for; other sizes divisible by 16 work "
@@ -456,6 +493,10 @@ class TransUNetConfig(NetworkConfig):
 
 @network("DeepLabV3Plus", "DeepLabV3+ (2-D): residual encoder, atrous spatial pyramid pooling, decoder; trained from scratch.")
 class DeepLabV3PlusConfig(NetworkConfig):
+    parts: ClassVar[dict[str, str]] = {
+        "encoder": "the residual backbone (stem, layer1-4) and the ASPP (aspp, pool, project), as in the paper",
+        "decoder": "the low-level projection and the fusing convolutions (low, fuse)",
+        "head": "the 1x1 convolution to the logits"}
     norm: Annotated[Literal["batch", "instance", "group"], Choice()] = Field("batch", description="Normalisation: batch, instance, or group (8 groups).")
     base_channels: int = Field(32, ge=8, description="Channels of the encoder stem; stages have 1x, 2x, 4x, 8x this.")
     output_stride: int = Field(16, description="Encoder output stride: 16 (faster) or 8 (finer; more memory).")
@@ -505,6 +546,9 @@ def _strides_fit_kernels(strides: list[int | list[int]], kernels: list[int | lis
 @network("DynUNet", "nnU-Net's U-Net (MONAI DynUNet), 2-D or 3-D: a kernel size and a stride per stage (anisotropic "
          "where the data is), instance norm, leaky ReLU, optional residual blocks and deep supervision.")
 class DynUNetConfig(NetworkConfig):
+    parts: ClassVar[dict[str, str]] = {
+        "encoder": "the input block, the downsampling stages and the bottleneck",
+        "decoder": "the upsampling stages", "head": "the output block and the deep supervision heads"}
     spatial_dims: SpatialDims = _spatial_dims_field(3)
     kernel_size: list[int | list[int]] = Field(
         [3, 3, 3, 3, 3], min_length=2,

@@ -142,6 +142,10 @@ class TrainerConfig(NodeConfig):
     def _cutmix_on_means_one(cls, v: float | bool) -> float:
         """`cutmix: true` switches it on with the paper's alpha, 1.0; the config then holds a number."""
         return (1.0 if v else 0.0) if isinstance(v, bool) else v
+    grad_histogram_every: int = Field(
+        1, ge=0, description="Log gradient histograms to TensorBoard (grad/PART: per named part of the network, or "
+                             "per top-level module) every this many epochs, from the epoch's last optimizer step "
+                             "(0: never). Computed on the device, read at the epoch's end: no per-step host sync.")
 
     @model_validator(mode="before")
     @classmethod

@@ -15,6 +15,7 @@ from segflow.data.segmentation_loader import batch_augment_of
 from segflow.training import artefacts, checkpoint, ddp, tracking
 from segflow.training.device import resolve_device, resolve_precision, seed_everything
 from segflow.training.epoch_statistics import EpochStatistics
+from segflow.training.grad_histograms import GradientHistograms
 from segflow.training.metrics import METRIC_DEFINITIONS, ConfusionMeter
 from segflow.training.mixing import BatchMix
 from segflow.training.schedules import EpochSchedule, ScheduleSettings, describe_change
@@ -94,6 +95,9 @@ class _NoTensorBoard:
         pass
 
     def image(self, tag, picture, step) -> None:
+        pass
+
+    def histograms(self, captured, step) -> None:
         pass
 
     def close(self) -> None:
@@ -242,6 +246,8 @@ class TrainingRun:
         tensorboard = self.main and "tensorboard" in cfg.tracking
         self.tb = artefacts.TensorBoardLog(self.run_dir / "tensorboard") if tensorboard else _NoTensorBoard()
         self.mlflow = _mlflow_run(cfg, ctx, self.run_dir) if self.main and "mlflow" in cfg.tracking else None
+        self.histograms = GradientHistograms(model, cfg.grad_histogram_every if self.main else 0,
+                                             cfg.gradient_accumulation_steps)
 
     # ---- the run ----------------------------------------------------------------------------
 
@@ -271,7 +277,7 @@ class TrainingRun:
     def _train_and_validate(self, epoch: int) -> tuple[dict[str, Any], bool]:
         """The epoch's history row, and whether it was validated."""
         started = time.perf_counter()
-        lr = self.schedule.lrs[0]  # the lr this epoch trains with
+        lrs = self.schedule.lrs  # the lrs this epoch trains with
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         row: dict[str, Any] = {"epoch": epoch}
@@ -284,11 +290,19 @@ class TrainingRun:
         validated = self.val_loader is not None and (epoch % self.cfg.validate_every == 0 or epoch == self.epochs)
         if validated:
             row.update(self.validate(epoch))
-        row["lr"] = lr
+        row["lr"] = lrs[0]
+        row.update(self._group_lrs(lrs))
         row["epoch_time"] = time.perf_counter() - started
         if self.device.type == "cuda":
             row["gpu_memory_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
         return row, validated
+
+    def _group_lrs(self, lrs: list[float]) -> dict[str, float]:
+        """With several parameter groups, each one's lr as history column lr/NAME (the Optimizer names them)."""
+        if len(lrs) < 2:
+            return {}
+        names = [g.get("name") or f"group{i}" for i, g in enumerate(self.optimizer.param_groups)]
+        return {f"lr/{name}": lr for name, lr in zip(names, lrs)}
 
     def _improved(self, value: float | None) -> bool:
         if value is None or not math.isfinite(value):
@@ -380,6 +394,7 @@ class TrainingRun:
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         stats = EpochStatistics(len(self.train_loader), self.device)
+        self.histograms.start_epoch(epoch, stats.batches)
         bar = _EpochBar(self.ctx.progress and self.main, stats.batches, f"{self.name} epoch {epoch}/{self.epochs}")
         started = time.perf_counter()
         batches = _TimedBatches(self.train_loader)
@@ -395,6 +410,7 @@ class TrainingRun:
                 f"{numbers.batches}. Training stopped; the last good checkpoint is {self.ckpt_dir / 'last.pt'} "
                 f"(epoch {self.progress.epoch}). Try a lower learning_rate, gradient_clip (e.g. 1.0), "
                 f"mixed_precision false, and check the data for NaN/Inf values.")
+        self.tb.histograms(self.histograms.take(), epoch)  # read after the reduction's sync: no sync of their own
         self.progress.global_step += stats.steps
         # after the reduction's sync, so the GPU's queued work is inside the clock; this rank's figures
         return numbers.row(max(1e-9, time.perf_counter() - started), batches.wait)
@@ -430,6 +446,7 @@ class TrainingRun:
 
     def _optimizer_step(self, stats: EpochStatistics) -> None:
         self.scaler.unscale_(self.optimizer)
+        self.histograms.after_unscale(stats.steps)
         norm = self._clip_gradients(measure=stats.steps % GRAD_NORM_EVERY == 0)
         self.scaler.step(self.optimizer)
         self.scaler.update()

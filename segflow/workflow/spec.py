@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from segflow.nodes import editor, registry
 from segflow.nodes.base import Finding, Node, NodeConfig, Port
 from segflow.workflow import jsonpos
-from segflow.workflow.errors import Issue, WorkflowError
+from segflow.workflow.errors import ConfigValueError, Issue, WorkflowError
 from segflow.workflow.graph import Wire, execution_order, fits, wire
 
 TOP_KEYS = ("$schema", "workflow", "description", "seed", "nodes", "links", "version")
@@ -59,6 +59,10 @@ class Workflow:
         line, column = self.positions.of(path, key=bool(finding.field)) or (None, None)
         return Issue(finding.code, finding.message, jsonpos.format_path(path), node.name, line, column,
                      finding.hint, finding.severity, self.file)
+
+    def config_issue(self, error: ConfigValueError, node: NodeSpec) -> Issue:
+        """A config value that only running could judge (raised by an implementation), located like a finding."""
+        return self.issue(Finding(error.field, error.code, error.message, error.hint), node)
 
     def order(self, until: str | None = None) -> list[str]:
         return execution_order(self.graph, list(self.nodes), until)
