@@ -1,7 +1,9 @@
 """Reading one image or label file (or a DICOM series folder) into a NumPy array.
 
 Arrays keep the file's own axis order (NIfTI as stored, like MONAI's LoadImage and nnU-Net,
-PNG/TIFF as rows x columns); colour and 4-D NIfTI channels are moved to a leading axis.
+PNG/TIFF as rows x columns); colour and 4-D NIfTI channels are moved to a leading axis. NRRD and
+MetaImage files (segflow.data.itk_io, the optional SimpleITK) come in NIfTI's (x, y, z) order and
+RAS affine, so one image gives the same array and affine in either format.
 Every failure becomes a ValueError naming the file, so a corrupt case is easy to find.
 """
 from __future__ import annotations
@@ -11,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from segflow.data.itk_io import ITK_EXTENSIONS, read_itk
+
 # Longest first, so ".nii.gz" wins over ".gz"-less matches.
-EXTENSIONS = (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy", ".npz", ".dcm")
+EXTENSIONS = (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy", ".npz", ".dcm", *ITK_EXTENSIONS)
 RASTER = (".png", ".jpg", ".jpeg")
 
 
@@ -73,6 +77,8 @@ def _read(path: Path, is_label: bool) -> Loaded:
     ext = split_name(path.name)[1]
     if ext in (".nii", ".nii.gz"):
         return _read_nifti(path, is_label)
+    if ext in ITK_EXTENSIONS:
+        return Loaded(*read_itk(path))
     if ext in RASTER:
         return _read_raster(path, is_label)
     if ext in (".tif", ".tiff"):
@@ -86,7 +92,8 @@ def _read(path: Path, is_label: bool) -> Loaded:
         return Loaded(np.load(path, allow_pickle=False), None)
     if ext == ".npz":
         return Loaded(_npz_array(path, is_label), None)
-    raise ValueError(f"{path}: unknown file type; use NIfTI, PNG/JPG/TIFF, .npy/.npz or a DICOM folder")
+    raise ValueError(f"{path}: unknown file type; use NIfTI, NRRD, MHA/MHD, PNG/JPG/TIFF, "
+                     ".npy/.npz or a DICOM folder")
 
 
 def _read_nifti(path: Path, is_label: bool) -> Loaded:

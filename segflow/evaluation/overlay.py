@@ -6,7 +6,7 @@ colours) and an error map (TP / FP / FN / wrong class in the configured colours)
 fails. A grid.png shows one tile per case (its worst slice with the error map) for a glance
 over the whole set. Cases are loaded one at a time; only the grid's small 2-D tiles are kept.
 
-Orientation: a case whose prediction file has an affine (NIfTI) is turned into the RAS+
+Orientation: a case whose prediction file has an affine (NIfTI, NRRD/MHA) is turned into the RAS+
 frame first (axis 0 towards the patient's right, 1 anterior, 2 superior; the nearest axes for
 an oblique affine), whatever order and direction its voxels are stored in, and every plane is
 drawn in the radiological convention: axial with anterior at the top and the patient's right
@@ -24,6 +24,7 @@ from typing import Callable
 
 import numpy as np
 
+from segflow.data.itk_io import ITK_EXTENSIONS, read_header
 from segflow.inference.records import PredictionRecord, PredictionSet
 from segflow.workflow.files import atomic_write
 
@@ -205,7 +206,10 @@ class OrientedCase:
 
 def _affine(record: PredictionRecord) -> np.ndarray | None:
     """The prediction file's affine (its header only); None for formats without one."""
-    if not str(record.prediction_path).lower().endswith((".nii", ".nii.gz")):
+    name = str(record.prediction_path).lower()
+    if name.endswith(ITK_EXTENSIONS):
+        return read_header(Path(record.prediction_path)).geometry.affine()
+    if not name.endswith((".nii", ".nii.gz")):
         return None
     import nibabel as nib
 

@@ -164,7 +164,7 @@ def _write_case(cfg: PredictorConfig, who: str, out_dir: Path, case_id: str, cas
     fmt = geometry.format if cfg.output_format == "auto" else cfg.output_format
     if fmt == "png" and label.ndim != 2:
         raise ValueError(f"{who}: case {case_id} is {label.ndim}-D; output_format png is for 2-D data only "
-                         "(set output_format to auto, nifti or npy)")
+                         "(set output_format to auto, nifti, nrrd, mha or npy)")
     path = write_label(out_dir / case_id, label, fmt, geometry, coding)
     prob_path = write_probabilities(out_dir / case_id, probs.cpu().numpy()) if cfg.save_probabilities else None
     return PredictionRecord(case=case_id, prediction_path=path, image_paths=tuple(case.images),

@@ -1,6 +1,6 @@
 """A case's original geometry, read from its source file, and writing predictions in a given format.
 
-Only headers are read where the format allows it (NIfTI, PNG/JPG), so looking up the geometry of
+Only headers are read where the format allows it (NIfTI, NRRD/MHA, PNG/JPG), so looking up the geometry of
 a large volume costs nothing next to predicting it.
 """
 from __future__ import annotations
@@ -12,11 +12,12 @@ from typing import Any
 
 import numpy as np
 
+from segflow.data.itk_io import FORMAT_OF, ITK_EXTENSIONS, ItkGeometry, itk_bytes, read_header
 from segflow.data.label_coding import CLASS_INDICES, LabelCoding
 from segflow.data.readers import RASTER, read, split_name
 from segflow.workflow.files import atomic_write
 
-SUFFIX = {"nifti": ".nii.gz", "png": ".png", "npy": ".npy"}
+SUFFIX = {"nifti": ".nii.gz", "png": ".png", "npy": ".npy", "nrrd": ".nrrd", "mha": ".mha"}
 
 
 @dataclass
@@ -27,9 +28,10 @@ class Geometry:
     shape: tuple[int, ...]
     affine: np.ndarray | None = None
     spacing: tuple[float, ...] | None = None
-    format: str = "npy"  # nifti | png | npy: what "auto" writes for this input
+    format: str = "npy"  # nifti | png | npy | nrrd | mha: what "auto" writes for this input
     header: Any = None  # the NIfTI header, so the output keeps qform/sform codes and units
-    disk_shape: tuple[int, ...] | None = None  # NIfTI shape on disk, e.g. (x, y, 1) for a 2-D slice
+    disk_shape: tuple[int, ...] | None = None  # shape on disk (NIfTI, NRRD/MHA), e.g. (x, y, 1) for a 2-D slice
+    itk: ItkGeometry | None = None  # NRRD/MHA input: its exact spacing, origin and direction
 
 
 def source_geometry(path: str | Path) -> Geometry:
@@ -47,6 +49,10 @@ def source_geometry(path: str | Path) -> Geometry:
             shape, disk = shape[:3], shape[:3]
         zooms = tuple(round(float(z), 6) for z in img.header.get_zooms())[: len(shape)]
         return Geometry(shape, np.asarray(img.affine), zooms, "nifti", img.header, disk)
+    if ext in ITK_EXTENSIONS:
+        head = read_header(path)  # header only
+        return Geometry(head.shape, head.geometry.affine(), head.spacing, FORMAT_OF[ext], None, head.disk_shape,
+                        head.geometry)
     if ext in RASTER:
         from PIL import Image
 
@@ -67,7 +73,7 @@ def write_label(path: Path, label: np.ndarray, fmt: str, geometry: Geometry | No
     atomically: a crash never leaves a half-written prediction). Image formats (PNG) store the classes
     in the dataset's `coding` (0/255 masks stay viewable), the others as class indices."""
     if fmt not in SUFFIX:
-        raise ValueError(f"output_format {fmt!r} is not one of nifti, png, npy")
+        raise ValueError(f"output_format {fmt!r} is not one of {', '.join(SUFFIX)}")
     out = path.with_name(path.name + SUFFIX[fmt])
     label = coding.for_prediction(out).encode(label)
     dtype = np.uint8 if label.max(initial=0) < 256 else np.uint16
@@ -81,6 +87,10 @@ def write_label(path: Path, label: np.ndarray, fmt: str, geometry: Geometry | No
         return atomic_write(out, lambda f: Image.fromarray(label).save(f, format="PNG"))
     if fmt == "nifti":
         data = _nifti_bytes(label, dtype, geometry)
+        return atomic_write(out, lambda f: f.write(data))
+    if fmt in ("nrrd", "mha"):  # NRRD/MHA input: its own header values; other input: its affine
+        g = geometry or Geometry(label.shape)
+        data = itk_bytes(label, fmt, g.itk, g.affine, g.disk_shape, out)
         return atomic_write(out, lambda f: f.write(data))
     return atomic_write(out, lambda f: np.save(f, label))
 

@@ -235,7 +235,7 @@ def _erasing_findings(config: MedicalSegmentationLoaderConfig) -> list[Finding]:
 
 @register
 class MedicalSegmentationLoader(Node):
-    """Reads a segmentation dataset (MSD, nnU-Net v2, folders; NIfTI, PNG/JPG/TIFF, NumPy, DICOM),
+    """Reads a segmentation dataset (MSD, nnU-Net v2, folders; NIfTI, NRRD/MHA, PNG/JPG/TIFF, NumPy, DICOM),
     checks every case up front, and hands out training and validation loaders."""
 
     type = "MedicalSegmentationLoader"

@@ -5,6 +5,7 @@ Config and ports only; loading weights lives in `segflow.inference.weights`, pre
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -114,9 +115,11 @@ class PredictorConfig(NodeConfig):
     tta_scales: list[float] = Field([0.75, 1.0, 1.25], min_length=1, description=(
         "Input scale factors for TTA 'scale'; probabilities are resized back before averaging."))
     output_dir: str = Field("predictions", description="Folder for the predictions; a relative path lives inside the run directory.")
-    output_format: Annotated[Literal["auto", "nifti", "png", "npy"], Choice()] = Field("auto", description=(
-        "auto: the input's own format and geometry (NIfTI with the source affine for NIfTI/DICOM, PNG at the "
-        "source size for PNG/JPG, .npy otherwise); or nifti, png (2-D only), npy."))
+    output_format: Annotated[Literal["auto", "nifti", "png", "npy", "nrrd", "mha"], Choice()] = Field(
+        "auto", description=(
+            "auto: the input's own format and geometry (NIfTI with the source affine for NIfTI/DICOM, NRRD/MHA "
+            "with the source spacing, origin and direction for .nrrd/.nhdr and .mha/.mhd, PNG at the source size "
+            "for PNG/JPG, .npy otherwise); or nifti, png (2-D only), npy, nrrd, mha (these two need the itk extra)."))
     save_probabilities: bool = Field(False, description="Also write the class probabilities (C, *S) as <case>_probabilities.npy (float16).")
     device: Device = Field("auto", description="auto (CUDA if present), cpu, cuda or cuda:N (gpu, gpu:N say the same), "
                                                "mps (Apple GPUs). The --device command-line option wins.")
@@ -198,7 +201,7 @@ class Predictor(Node):
                                  f"{source[0]} loads {dims}-D data", hint=f"give {dims} values or one number"))
         if dims == 3 and cfg.output_format == "png":
             found.append(Finding("output_format", "bad_value", f"output_format png is for 2-D data; the {source[0]} "
-                                 "loads 3-D volumes", hint="use auto (NIfTI for NIfTI input), nifti or npy"))
+                                 "loads 3-D volumes", hint="use auto (the input's own format), nifti, nrrd, mha or npy"))
         if dims and cfg.tta_flips and "flip" in (["flip"] if cfg.tta is True else cfg.tta or []) \
                 and max(cfg.tta_flips) >= dims:
             found.append(Finding("tta_flips", "bad_value", f"tta_flips {cfg.tta_flips} names axis "
@@ -218,6 +221,10 @@ class Predictor(Node):
                 found.append(Finding("postprocessing_file", "path_not_found" if not os.path.isfile(path) else
                                      "bad_value", str(e), hint="a Trainer with postprocessing auto writes "
                                      "runs/<workflow>/<time>/postprocessing.json"))
+        if config.output_format in ("nrrd", "mha") and importlib.util.find_spec("SimpleITK") is None:
+            found.append(Finding("output_format", "missing_package", f"output_format {config.output_format} "
+                                 "writes through SimpleITK, which is not installed",
+                                 hint="pip install 'segflow[itk]', or choose nifti or npy"))
         return found
 
     def run(self, model, loader, dataset_info=None) -> dict[str, Any]:

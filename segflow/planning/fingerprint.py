@@ -138,7 +138,7 @@ def _check_agree(stats: list[CaseStats]) -> None:
         bare = next(s for s in stats if s.spacing is None)
         raise PlanError(f"case {bare.case_id}: {bare.files[0]} states no voxel spacing, but case "
                         f"{with_spacing[0].case_id} ({with_spacing[0].files[0]}) does; store every case in a "
-                        "format with spacing (NIfTI, DICOM) or none")
+                        "format with spacing (NIfTI, NRRD/MHA, DICOM) or none")
 
 
 def _intensity(values: np.ndarray) -> dict:
