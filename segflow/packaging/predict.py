@@ -16,8 +16,6 @@ from typing import Any, Callable
 from segflow.packaging import contents as pkg
 from segflow.packaging.contents import Package
 
-SUFFIX = {"nifti": ".nii.gz", "png": ".png", "npy": ".npy"}
-
 
 @dataclass
 class Outcome:
@@ -100,7 +98,7 @@ def configs(package: Package, input_dir: Path, output_dir: Path, device: str | N
 
 
 def expected_output(case, predictor_cfg, output_dir: Path) -> Path:
-    from segflow.inference.writers import source_geometry
+    from segflow.inference.writers import SUFFIX, source_geometry
 
     fmt = predictor_cfg.output_format
     if fmt == "auto":
