@@ -97,9 +97,9 @@ def brats_case(i: int, size: int = 24):
     shape = (size,) * 3
     centre = (size // 2 + i % 3 - 1, size // 2 - i % 2, size // 2)
     label = np.zeros(shape, np.uint8)
-    label[blob(shape, centre, size * 0.33)] = 1
-    label[blob(shape, centre, size * 0.22)] = 2
-    label[blob(shape, centre, size * 0.11)] = 3
+    label[blob(shape, centre, size * 0.38)] = 1
+    label[blob(shape, centre, size * 0.26)] = 2
+    label[blob(shape, centre, size * 0.15)] = 3
     channels = [label >= 1, label >= 2, label == 3, np.zeros(shape, bool)]
     image = np.stack([100 * c + rng.normal(0, 8, shape) for c in channels]).astype(np.float32)
     return image, label
