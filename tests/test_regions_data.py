@@ -151,3 +151,18 @@ REGIONS = {"regions": h.BRATS_REGIONS, "regions_class_order": [1, 2, 3]}
 ])
 def test_validate_checks_regions_and_ignore_label_statically(loader, out_channels, expected):
     assert _issues(_workflow(loader, out_channels)) == expected
+
+
+def test_plan_gives_region_datasets_one_output_channel_per_region(tmp_path, capsys):
+    from segflow.cli import main
+
+    root = h.brats_nnunet(tmp_path / "brats", n=3, size=16, ignore=4)
+    out = tmp_path / "planned.json"
+    assert main(["plan", str(root), "--no-progress", "--gpu-memory", "8", "--output", str(out)]) == 0
+    fingerprint = json.loads((root / ".segflow_plan" / "fingerprint.json").read_text())
+    assert fingerprint["regions"] == ["whole_tumor", "tumor_core", "enhancing_tumor"]
+    assert fingerprint["num_classes"] == 4 and fingerprint["ignore_label"] == 4
+    assert all("4" not in case["class_voxels"] for case in fingerprint["cases"])  # ignored voxels are no class
+    workflow = json.loads(out.read_text())
+    assert workflow["nodes"][1]["config"]["out_channels"] == 3
+    assert _issues(out.read_text()) == []  # and it validates against the regions the loader will find
