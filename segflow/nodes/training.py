@@ -61,7 +61,8 @@ class TrainerConfig(NodeConfig):
                          description="History column that decides best.pt (and so the output model), early stopping "
                                      "and the plateau schedule: val_dice (pooled over all validation voxels), "
                                      "val_dice_case_mean (mean over validation cases), val_loss, val_iou, val_dice_1, "
-                                     "train_loss, ... Mode: min for *loss*, else max.")
+                                     "val_dice_<region> for data with regions, train_loss, ... Mode: min for *loss*, "
+                                     "else max.")
     output_weights: Annotated[Literal["best", "last"], Choice()] = Field(
         "best", description="The weights the `model` output holds: best = best.pt's (the epoch with the best "
                             "`monitor`, train_loss without a val_loader), last = the last epoch's (last.pt's).")
