@@ -160,6 +160,9 @@ class RunContext:
     progress: bool = True  # progress bars on/off
     log: Callable[[str], None] = print
     extras: dict[str, Any] = field(default_factory=dict)
+    # Experiment trackers a node opened (the Trainer's MLflow run): later nodes report to them
+    # (`evaluation(metrics_json)`), and the executor ends them (`end(status)`) when the run ends.
+    trackers: list[Any] = field(default_factory=list)
 
     def output_path(self, value: str | Path) -> Path:
         """Where a node writes: an absolute path as given, a relative one inside the run directory."""

@@ -58,6 +58,8 @@ class Evaluator(Node):
         result = evaluate(predictions, metrics=cfg.metrics, include_background=cfg.include_background,
                           surface_tolerance=cfg.surface_tolerance,
                           output_dir=self.ctx.output_path(cfg.output_dir), log=self.ctx.log)
+        for tracker in self.ctx.trackers:
+            tracker.evaluation(result["files"]["json"])
         return {"metrics": result}
 
 

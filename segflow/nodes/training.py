@@ -98,6 +98,15 @@ class TrainerConfig(NodeConfig):
     sw_batch_size: int = Field(4, ge=1, description="Windows per forward pass in sliding-window validation.")
     sw_overlap: float = Field(0.25, ge=0, lt=1, description="Overlap of neighbouring sliding windows.")
     log_images: bool = Field(True, description="Log an image | label | prediction picture to TensorBoard at each validation.")
+    tracking: Annotated[list[Literal["tensorboard", "mlflow", "none"]], Choice({"tb": "tensorboard"})] = Field(
+        ["tensorboard"], description=(
+            "Where the per-epoch scalars go besides history.csv/json: tensorboard (event files in the run directory), "
+            "mlflow (an MLflow run: MLFLOW_TRACKING_URI, else runs/mlflow.db; needs `pip install 'segflow[mlflow]'`), "
+            "a list of both, or none. See docs/training.md, Tracking."))
+    mlflow_experiment: str | None = Field(None, min_length=1, description=(
+        "tracking mlflow: the experiment's name (default: the workflow's name)."))
+    mlflow_log_checkpoint: bool = Field(False, description=(
+        "tracking mlflow: also upload the best checkpoint as an artefact at the end (off: checkpoints are large)."))
 
     @model_validator(mode="before")
     @classmethod
@@ -212,6 +221,7 @@ class Trainer(Node):
                 f"restore_best_weights is deprecated: it now means output_weights: {cfg.output_weights}, with or "
                 "without early stopping", hint=f"write output_weights: {cfg.output_weights} instead",
                 severity="warning"))
+        found += _tracking_findings(cfg)
         if cfg.warmup_epochs >= cfg.epochs and cfg.warmup_epochs:
             found.append(Finding("warmup_epochs", "bad_value",
                                  f"warmup_epochs ({cfg.warmup_epochs}) is not smaller than epochs ({cfg.epochs})",
@@ -220,3 +230,24 @@ class Trainer(Node):
             found.append(Finding("T_max", "bad_value", f"T_max ({cfg.T_max}) is larger than epochs ({cfg.epochs}): "
                                  "the cosine never reaches eta_min", severity="warning"))
         return found
+
+
+def _tracking_findings(cfg: TrainerConfig) -> list[Finding]:
+    """MLflow is an optional extra: asking for it without the package is a validate-time error."""
+    import importlib.util
+    import os
+
+    if "mlflow" not in cfg.tracking:
+        if {"mlflow_experiment", "mlflow_log_checkpoint"} & cfg.model_fields_set:
+            return [Finding("tracking", "unused_value", "mlflow_experiment / mlflow_log_checkpoint are ignored "
+                            "without tracking mlflow", hint='add "mlflow" to tracking', severity="warning")]
+        return []
+    if "none" in cfg.tracking:
+        return [Finding("tracking", "bad_value", "tracking lists none beside other trackers",
+                        hint='write "none" alone, or list only the trackers to use')]
+    needed = ["mlflow"] + ([] if os.environ.get("MLFLOW_TRACKING_URI") else ["sqlalchemy", "alembic"])
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        return [Finding("tracking", "missing_package", f"tracking mlflow needs the package(s) {', '.join(missing)}, "
+                        "which are not installed", hint="pip install 'segflow[mlflow]'")]
+    return []

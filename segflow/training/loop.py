@@ -14,7 +14,7 @@ import torch
 from segflow.data.label_scheme import LabelScheme
 from segflow.data.regions import paint
 from segflow.data.segmentation_loader import batch_augment_of, labels_of
-from segflow.training import artefacts, checkpoint, ddp
+from segflow.training import artefacts, checkpoint, ddp, tracking
 from segflow.training.device import resolve_device, resolve_precision, seed_everything
 from segflow.training.epoch_statistics import EpochStatistics
 from segflow.training.metrics import METRIC_DEFINITIONS
@@ -224,7 +224,9 @@ class TrainingRun:
         self.forward = None if distributed.initialized() else _Forward(model, cfg.compile, self.log)
         self.eval_forward = self.forward
         self.batchnorm_swap: ddp.SyncBatchNormSwap | None = None
-        self.tb = artefacts.TensorBoardLog(self.run_dir / "tensorboard") if self.main else _NoTensorBoard()
+        tensorboard = self.main and "tensorboard" in cfg.tracking
+        self.tb = artefacts.TensorBoardLog(self.run_dir / "tensorboard") if tensorboard else _NoTensorBoard()
+        self.mlflow = _mlflow_run(cfg, ctx, self.run_dir) if self.main and "mlflow" in cfg.tracking else None
 
     # ---- the run ----------------------------------------------------------------------------
 
@@ -232,6 +234,8 @@ class TrainingRun:
         self.log(f"{self.who}: {self.device}, {self.precision.describe()}, epochs {self.progress.epoch + 1}.."
                  f"{self.epochs}, lr_schedule {self.cfg.lr_schedule}, checkpoints in {self.ckpt_dir}")
         stopped_early = False
+        if self.mlflow is not None:
+            self.mlflow.start(resuming=self.progress.epoch > 0)
         try:
             for epoch in range(self.progress.epoch + 1, self.epochs + 1):
                 row, validated = self._train_and_validate(epoch)
@@ -298,6 +302,8 @@ class TrainingRun:
         self.progress.epoch = row["epoch"]
         self.progress.history.append(row)
         self.tb.epoch(row)
+        if self.mlflow is not None:
+            self.mlflow.epoch(row)
 
     def _report(self, row: dict[str, Any], improved: bool) -> None:
         if self.main:
@@ -320,6 +326,11 @@ class TrainingRun:
         if self.main:
             self._write_files(final=True, stopped_early=stopped_early,
                               output_model={"weights": weights, "epoch": epoch})
+        if self.mlflow is not None:
+            files = [self.ctx.workflow_file, *(self.run_dir / n for n in ("history.csv", "metrics.json", "loss.png",
+                                                                         "metrics.png", "lr.png"))]
+            best = self.ckpt_dir / "best.pt"
+            self.mlflow.trained([f for f in files if f is not None], best if best.is_file() else None)
 
     def _load_output_weights(self) -> tuple[str, int]:
         """Put best.pt's weights in the model unless output_weights is last (or there is no best.pt);
@@ -626,6 +637,13 @@ def _loss_follows(loss_fn: Any, labels: LabelScheme, who: str) -> None:
         raise ValueError(f"{who}: the data has {labels.describe()}, which the loss wired to loss_fn "
                          f"({type(loss_fn).__name__}) does not know; use a LossFunction node")
     follow(labels)
+
+
+def _mlflow_run(cfg: TrainerConfig, ctx: RunContext, run_dir: Path) -> tracking.MlflowRun:
+    run = tracking.MlflowRun(run_dir, cfg.mlflow_experiment or ctx.workflow_name, ctx.workflow_file, ctx.log,
+                             cfg.mlflow_log_checkpoint)
+    ctx.trackers.append(run)  # the executor ends it once the whole workflow has run
+    return run
 
 
 def fit(cfg: TrainerConfig, ctx: RunContext, name: str, model: torch.nn.Module, train_loader: Any, val_loader: Any,

@@ -52,10 +52,17 @@ def run_workflow(path: str | Path, *, sets=(), device: str | None = None, run_di
         ctx = RunContext(run_dir=out, workflow_name=wf.name, workflow_file=Path(path), device=device,
                          resume=str(checkpoint) if checkpoint else None, progress=progress and distributed.is_main(),
                          log=log)
+        status = "FAILED"
         try:
-            return _run_nodes(wf, order, ctx, in_group)
+            result = _run_nodes(wf, order, ctx, in_group)
+            status = "FINISHED"
+            return result
         except KeyboardInterrupt as e:
+            status = "KILLED"
             raise RunInterrupted(out) from e
+        finally:
+            for tracker in ctx.trackers:
+                tracker.end(status)
     finally:
         distributed.teardown()
 
