@@ -101,10 +101,15 @@ def predict(cfg: PredictorConfig, ctx: RunContext, name: str, model: torch.nn.Mo
         bar.close()
     class_names = tuple(info.class_names) if info is not None and info.class_names else ()
     ctx.log(f"{who}: {len(records)} case(s) predicted into {out_dir}")
-    if labels.region_based:  # the label maps hold classes, not region channels
-        num_classes = info.num_classes if info is not None else max(labels.paint) + 1
-    return PredictionSet(records, num_classes=num_classes or (info.num_classes if info else 2),
+    return PredictionSet(records, num_classes=_classes(num_classes, info, labels),
                          spatial_dims=dims or 2, class_names=class_names, output_dir=out_dir, labels=labels)
+
+
+def _classes(channels: int | None, info, labels: LabelScheme) -> int:
+    """The classes the written label maps hold: the model's channels, but the dataset's classes for regions."""
+    if labels.region_based:
+        return info.num_classes if info is not None else max(labels.paint) + 1
+    return channels or (info.num_classes if info else 2)
 
 
 def roi_size(setting, info, dims: int) -> tuple[int, ...] | None:
