@@ -98,3 +98,15 @@ def test_painting_follows_regions_class_order():
     assert paint(probs, BRATS).tolist() == [1, 2, 3, 3, 1]
     kits = LabelScheme(BRATS.regions[:2] + (Region("tumor", (2,)),), (1, 3, 2))  # KiTS23's order [1, 3, 2]
     assert paint(probs, kits).tolist() == [1, 3, 2, 2, 1]
+
+
+@pytest.mark.parametrize("term", ["ce", "focal"])
+@pytest.mark.parametrize("channels, weights", [(1, [0.3, 0.7]), (3, [0.2, 0.3, 0.5])])
+def test_class_weights_with_an_ignore_label_match_the_plain_loss(term, channels, weights):
+    classes = max(channels, 2)
+    label = _label(classes, None)
+    label[..., :2] = classes
+    logits = torch.randn(2, channels, 6, 5, 4, generator=torch.Generator().manual_seed(4))
+    masked = _loss({term: 1.0}, LabelScheme(ignore=classes), class_weights=weights)(logits, label)
+    plain = SegmentationLoss({term: 1.0}, class_weights=weights)(logits[..., 2:], label[..., 2:])
+    assert torch.allclose(masked, plain, atol=1e-6)

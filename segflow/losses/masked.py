@@ -69,6 +69,9 @@ class SchemeTerms:
             return self._ce(logits, hot, mask, binary, class_weights)
         if name == "focal":
             values = self._module("focal", binary, logits.shape[1], class_weights)(logits, hot)
+            if logits.shape[1] == 1 and class_weights is not None:  # MONAI weighs channels; one channel: per voxel
+                w = class_weights.to(logits)
+                mask = (w[1] * hot + w[0] * (1 - hot)) * (1 if mask is None else mask)
             return _masked_mean(values, mask)
         probs = torch.sigmoid(logits) if binary else torch.softmax(logits, 1)
         if mask is not None:
@@ -113,7 +116,8 @@ class SchemeTerms:
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """The mean over every element of `values` (B, K, *S) whose voxel has ground truth."""
+    """The mean over every element of `values` (B, K, *S) whose voxel has ground truth (weighted by
+    `mask`, which is 0 where it has none)."""
     if mask is None:
         return values.mean()
     weight = mask.expand_as(values)
