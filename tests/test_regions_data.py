@@ -59,7 +59,7 @@ def test_kits_style_labels_with_a_single_value_region():
     (h.BRATS_LABELS, [3, 2, 3], r"regions_class_order\[0\] paints region 'whole_tumor' as 3, which also belongs to "
                                 r"region 'tumor_core' inside it.*e\.g\. \[1, 2, 3\]"),
     ({"background": 0, "et": [3], "tc": [2, 3], "wt": [1, 2, 3]}, [3, 2, 1],
-     r"region 'tc' holds region 'et' but comes after it"),
+     r"dataset\.json: labels: region 'tc' holds region 'et' but comes after it"),
     ({"background": 0, "wt": [1, 2], "bad": [0, 1]}, [1, 1], r"region 'bad' includes 0, the background"),
     ({"background": 0, "wt": "1"}, None, r"label 'wt' must be a label value or a list of them"),
 ])
@@ -166,3 +166,17 @@ def test_plan_gives_region_datasets_one_output_channel_per_region(tmp_path, caps
     workflow = json.loads(out.read_text())
     assert workflow["nodes"][1]["config"]["out_channels"] == 3
     assert _issues(out.read_text()) == []  # and it validates against the regions the loader will find
+
+
+def test_msd_label_named_ignore_is_the_ignore_label_and_must_be_highest(tmp_path):
+    root = h.msd_3d(tmp_path / "msd", n=3)
+    label = h.case_3d(0)[1]
+    label[:, :, :3] = 2
+    h.save_nifti(root / "labelsTr" / "vol_0.nii.gz", label)
+    meta = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**meta, "labels": {"0": "background", "1": "lesion", "2": "ignore"}}))
+    _, _, info = build(root, val_fraction=0.34)
+    assert (info.num_classes, info.labels.ignore, info.class_names) == (2, 2, ["background", "lesion"])
+    (root / "dataset.json").write_text(json.dumps({**meta, "labels": {"0": "background", "1": "ignore", "2": "lesion"}}))
+    with pytest.raises(ValueError, match=r"dataset\.json: the label 'ignore' 1 is not the highest label value"):
+        build(root)

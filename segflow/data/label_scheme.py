@@ -84,7 +84,7 @@ def column_name(name: str) -> str:
 
 @dataclass
 class Problem:
-    field: str  # the setting it is about: "regions", "regions_class_order", "ignore_label", "num_classes"
+    field: str  # the setting it is about: "regions", "regions_class_order" or "ignore_label"
     message: str
     hint: str = ""
 
@@ -94,7 +94,7 @@ def problems(scheme: LabelScheme, classes: Sequence[int] | None, names: dict[str
     """Why `scheme` cannot work for a dataset whose classes are `classes` (None: not known yet). `names`
     maps the settings to how the source spells them (dataset.json: "labels", "regions_class_order")."""
     say = {"regions": "regions", "regions_class_order": "regions_class_order", "ignore_label": "ignore_label",
-           "num_classes": "num_classes", **(names or {})}
+           **(names or {})}
     found = _ignore_problems(scheme, classes, say) + _region_problems(scheme, classes, say)
     if scheme.regions and not found:
         found += _order_problems(scheme, say, order_given)
@@ -178,15 +178,15 @@ def _order_problems(scheme: LabelScheme, say: dict[str, str], order_given: bool)
             return [Problem("regions_class_order", f"{where}[{i}] paints region {region.name!r} as {value}, which "
                             f"also belongs to region {inner!r} inside it, so its voxels would read as {inner!r}",
                             f"use a value of {region.name!r} outside the regions it holds, e.g. {example}")]
-    return _paint_order_problems(regions, where)
+    return _paint_order_problems(regions, say["regions"])
 
 
 def _paint_order_problems(regions: Sequence[Region], where: str) -> list[Problem]:
     for i, inner in enumerate(regions):
         for outer in regions[i + 1:]:
             if set(outer.classes) > set(inner.classes):
-                return [Problem("regions", f"region {outer.name!r} holds region {inner.name!r} but comes after it, so "
-                                f"painting in order ({where}) would cover {inner.name!r} entirely",
+                return [Problem("regions", f"{where}: region {outer.name!r} holds region {inner.name!r} but comes "
+                                f"after it, so painting in order would cover {inner.name!r} entirely",
                                 "list the outer regions first (whole tumour, tumour core, enhancing tumour)")]
     return []
 
