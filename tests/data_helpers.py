@@ -83,3 +83,56 @@ def nnunet_2ch(root: Path, n: int = 4) -> Path:
             "numTraining": n, "file_ending": ".nii.gz"}
     (root / "dataset.json").write_text(json.dumps(meta))
     return root
+
+
+# BraTS-like regions: 1 = edema (outer shell), 2 = necrotic / non-enhancing core, 3 = enhancing tumour
+BRATS_LABELS = {"background": 0, "whole_tumor": [1, 2, 3], "tumor_core": [2, 3], "enhancing_tumor": [3]}
+BRATS_REGIONS = {"whole_tumor": [1, 2, 3], "tumor_core": [2, 3], "enhancing_tumor": [3]}
+
+
+def brats_case(i: int, size: int = 24):
+    """Four channels (x, y, z) and nested labels: each tumour part is bright in the channel that shows it, as
+    FLAIR shows the whole tumour, T2 the core, T1ce the enhancing part; the fourth channel is noise."""
+    rng = np.random.default_rng(100 + i)
+    shape = (size,) * 3
+    centre = (size // 2 + i % 3 - 1, size // 2 - i % 2, size // 2)
+    label = np.zeros(shape, np.uint8)
+    label[blob(shape, centre, size * 0.38)] = 1
+    label[blob(shape, centre, size * 0.26)] = 2
+    label[blob(shape, centre, size * 0.15)] = 3
+    channels = [label >= 1, label >= 2, label == 3, np.zeros(shape, bool)]
+    image = np.stack([100 * c + rng.normal(0, 8, shape) for c in channels]).astype(np.float32)
+    return image, label
+
+
+def brats_nnunet(root: Path, n: int = 6, size: int = 24, labels: dict | None = None, order=(1, 2, 3),
+                 ignore: int | None = None) -> Path:
+    """nnU-Net v2 layout, four channel files per case, dataset.json with regions (and an ignore label)."""
+    for i in range(n):
+        image, label = brats_case(i, size)
+        if ignore is not None:  # a slab of unannotated voxels in every case
+            label[:, :, : size // 4] = ignore
+        for c in range(4):
+            save_nifti(root / "imagesTr" / f"brats{i:03d}_{c:04d}.nii.gz", image[c], np.eye(4))
+        save_nifti(root / "labelsTr" / f"brats{i:03d}.nii.gz", label, np.eye(4))
+    meta = {"channel_names": {"0": "FLAIR", "1": "T2", "2": "T1ce", "3": "T1"},
+            "labels": {**(labels or BRATS_LABELS), **({"ignore": ignore} if ignore is not None else {})},
+            "numTraining": n, "file_ending": ".nii.gz"}
+    if order is not None:
+        meta["regions_class_order"] = list(order)
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+def brats_msd(root: Path, n: int = 6, size: int = 24) -> Path:
+    """MSD layout (Task01_BrainTumour's): one 4-D image per case, labels 0..3 declared by name, no regions."""
+    training = []
+    for i in range(n):
+        image, label = brats_case(i, size)
+        save_nifti(root / "imagesTr" / f"brats_{i}.nii.gz", np.moveaxis(image, 0, -1), np.eye(4))
+        save_nifti(root / "labelsTr" / f"brats_{i}.nii.gz", label, np.eye(4))
+        training.append({"image": f"./imagesTr/brats_{i}.nii.gz", "label": f"./labelsTr/brats_{i}.nii.gz"})
+    meta = {"name": "brats", "labels": {"0": "background", "1": "edema", "2": "non-enhancing", "3": "enhancing"},
+            "modality": {"0": "FLAIR", "1": "T2", "2": "T1ce", "3": "T1"}, "training": training}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root

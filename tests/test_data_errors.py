@@ -160,5 +160,5 @@ def test_bad_dataset_json(tmp_path):
         build(root)
     meta = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "whole": [1, 2]}, "file_ending": ".nii.gz"}
     (root / "dataset.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match=r"label 'whole' is a region"):
+    with pytest.raises(ValueError, match=r"dataset\.json: regions_class_order is missing: .*e\.g\. \[1\]"):
         build(root)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from segflow.data.label_coding import CLASS_INDICES, LabelCoding
+from segflow.data.label_scheme import PLAIN, LabelScheme
 
 
 @dataclass
@@ -21,7 +22,7 @@ class DatasetInfo:
     """
 
     in_channels: int
-    num_classes: int  # background included
+    num_classes: int  # background included; the ignore label is not a class
     spatial_dims: int  # 2 or 3
     spacing: tuple[float, ...] | None
     class_names: list[str] = field(default_factory=list)
@@ -34,3 +35,9 @@ class DatasetInfo:
     train_cases: list[str] = field(default_factory=list)  # case ids, as split.json records them
     val_cases: list[str] = field(default_factory=list)
     label_coding: LabelCoding = CLASS_INDICES  # how the label files store the classes
+    labels: LabelScheme = PLAIN  # regions (sigmoid channels) and the ignore label, when the data has them
+
+    @property
+    def out_channels(self) -> int:
+        """What the network outputs: one channel per region, else one per class."""
+        return self.labels.channels(self.num_classes)

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from segflow.data.label_scheme import PLAIN, LabelScheme, from_dataset_labels, problems
 from segflow.data.readers import is_readable, split_name
 
 LAYOUTS = ("msd", "nnunet", "folder")
@@ -36,6 +37,7 @@ class Layout:
     num_channels: int | None = None  # declared channels (dataset.json), checked against the data
     notes: list[str] = field(default_factory=list)
     label_values: tuple[int, ...] | None = None  # declared stored value of each class, when not 0, 1, 2, ...
+    labels: LabelScheme = PLAIN  # regions and ignore label the dataset.json declares (nnU-Net v2)
 
 
 def find_cases(root: str | Path, layout: str = "auto") -> Layout:
@@ -76,20 +78,15 @@ def _nnunet(root: Path, meta: dict | None, img_sub: str = "imagesTr", lab_sub: s
     for key in ("channel_names", "labels", "file_ending"):
         if key not in meta:
             raise ValueError(f"{root}/dataset.json has no '{key}' entry (nnU-Net v2 format)")
-    names: dict[int, str] = {}
-    for name, value in meta["labels"].items():
-        if not isinstance(value, int):
-            raise ValueError(
-                f"{root}/dataset.json: label {name!r} is a region ({value}); region-based training is not supported"
-            )
-        names[value] = name
+    declared = from_dataset_labels(meta["labels"], meta.get("regions_class_order"), f"{root}/dataset.json")
+    class_names, scheme = declared.class_names, declared.scheme
+    values = None if list(declared.values) == list(range(len(declared.values))) else declared.values
     ending = meta["file_ending"]
     n_ch = len(meta["channel_names"])
     pattern = re.compile(r"^(.+)_(\d{4})" + re.escape(ending) + "$")
     by_case: dict[str, dict[int, Path]] = {}
-    class_names, values = _declared_classes(names, root)
     if not need_labels and not (root / img_sub).is_dir():
-        return Layout("nnunet", root, [], class_names, n_ch, label_values=values)
+        return Layout("nnunet", root, [], class_names, n_ch, label_values=values, labels=scheme)
     for p in _files(root / img_sub):
         m = pattern.match(p.name)
         if not m:
@@ -115,7 +112,7 @@ def _nnunet(root: Path, meta: dict | None, img_sub: str = "imagesTr", lab_sub: s
     for case_id, p in labels.items():
         if case_id not in by_case:
             raise ValueError(f"{p} has no image: expected {root / img_sub / (case_id + '_0000' + ending)}")
-    return Layout("nnunet", root, cases, class_names, n_ch, label_values=values)
+    return Layout("nnunet", root, cases, class_names, n_ch, label_values=values, labels=scheme)
 
 
 def _msd(root: Path, meta: dict | None) -> Layout:
@@ -282,12 +279,29 @@ def _msd_test(root: Path, meta: dict | None) -> Layout:
 
 def _msd_meta(root: Path, meta: dict | None) -> Layout:
     """An MSD Layout with the declared classes and channels, and no cases yet."""
-    class_names, values = None, None
+    class_names, values, scheme = None, None, PLAIN
     if meta is not None and isinstance(meta.get("labels"), dict):
-        class_names, values = _declared_classes({int(k): v for k, v in meta["labels"].items()}, root)
+        class_names, values, scheme = _msd_classes({int(k): v for k, v in meta["labels"].items()}, root)
     modality = (meta or {}).get("modality") or (meta or {}).get("channel_names")
     return Layout("msd", root, [], class_names, len(modality) if isinstance(modality, dict) else None,
-                  label_values=values)
+                  label_values=values, labels=scheme)
+
+
+def _msd_classes(names: dict[int, str], root: Path) -> tuple[list[str], tuple[int, ...] | None, LabelScheme]:
+    """MSD labels {"0": "background", "1": "tumour"}; a label named "ignore" is the ignore label, which
+    must be the highest value (nnU-Net's rule)."""
+    ignore = [v for v, name in names.items() if str(name).strip().lower() == "ignore"]
+    if len(ignore) != 1:
+        return (*_declared_classes(names, root), PLAIN)
+    classes = {v: n for v, n in names.items() if v != ignore[0]}
+    where = f"{root}/dataset.json"
+    found = problems(LabelScheme(ignore=ignore[0]), sorted(classes), {"ignore_label": f"{where}: the label 'ignore'"})
+    if found:
+        raise ValueError(f"{found[0].message}; {found[0].hint}")
+    class_names, values = _declared_classes(classes, root)
+    stored = tuple(sorted(classes)) + (ignore[0],)
+    values = None if stored == tuple(range(len(stored))) else stored
+    return class_names, values, LabelScheme(ignore=len(classes), source=f"labels in {where}")
 
 
 def _nnunet_test(root: Path, meta: dict | None) -> Layout:

@@ -21,6 +21,7 @@ import numpy as np
 from segflow.data.info import DatasetInfo
 from segflow.data.intensity import ChannelCountError, per_channel, two_d_word
 from segflow.data.label_coding import decide
+from segflow.data.label_scheme import PLAIN, LabelScheme, problems
 from segflow.data.layouts import Case, Layout, find_cases, find_test_cases
 from segflow.data.prepare import Prepared, PrepSpec, cache_key, load_prepared, mask_values, prepare_case, save_prepared
 from segflow.data.splits import Split, choose_split
@@ -42,6 +43,7 @@ class Found:
     layout: Layout
     spec: PrepSpec  # how every case is read: num_classes as declared (or None), spatial_dims None for "auto"
     unlabelled: list[str]  # ids of test cases without ground truth
+    labels: LabelScheme = PLAIN  # regions and ignore label, from dataset.json or the loader's settings
 
 
 @dataclass
@@ -54,6 +56,7 @@ class Checked:
     num_classes: int
     class_names: list[str]
     spacing: tuple[float, ...] | None  # the median over the cases; None without a physical spacing
+    labels: LabelScheme = PLAIN
 
     @property
     def dims(self) -> int:
@@ -102,7 +105,8 @@ def discover(cfg: MedicalSegmentationLoaderConfig, given: Layout | None = None) 
         layout = given
     else:
         layout = find_test_cases(data_dir, cfg.layout) if cfg.subset == "test" else find_cases(data_dir, cfg.layout)
-    declared = cfg.num_classes or (len(layout.class_names) if layout.class_names else None)
+    declared = cfg.num_classes or (len(layout.class_names) if layout.class_names else None) or cfg.ignore_label
+    labels = label_scheme(cfg, layout, declared)
     unlabelled = [c.case_id for c in layout.cases if c.label is None]
     if unlabelled and declared is None:
         raise ValueError(
@@ -118,8 +122,40 @@ def discover(cfg: MedicalSegmentationLoaderConfig, given: Layout | None = None) 
         num_classes=declared,
         label_source="config num_classes" if cfg.num_classes else json_labels,
         label_coding=coding,
+        ignore_label=labels.ignore,
     )
-    return Found(data_dir, layout, spec, unlabelled)
+    return Found(data_dir, layout, spec, unlabelled, labels)
+
+
+def label_scheme(cfg: MedicalSegmentationLoaderConfig, layout: Layout, declared: int | None) -> LabelScheme:
+    """The regions and ignore label of the data: dataset.json's (nnU-Net v2 labels), else the loader's
+    settings, checked against the declared classes (again against the data's in `prepare_and_check`)."""
+    own, theirs = cfg.label_scheme(), layout.labels
+    where = f"{layout.root}/dataset.json"
+    if own.regions and theirs.regions:
+        raise ValueError(f"{where} declares regions in its labels and the loader's regions setting declares them "
+                         "too; remove the loader's regions and regions_class_order")
+    if own.ignore is not None and theirs.ignore is not None and own.ignore != theirs.ignore:
+        raise ValueError(f"the loader's ignore_label {own.ignore} differs from the ignore label of {where} "
+                         f"(class {theirs.ignore}); remove ignore_label")
+    if own.ignore is not None and declared is not None and own.ignore != declared:
+        classes = f"0..{declared - 1}"
+        raise ValueError(f"the loader's ignore_label {own.ignore} " + (
+            f"is also a class (classes {classes})" if own.ignore < declared else f"is not directly above the classes "
+            f"{classes}") + "; as in nnU-Net, the ignore label is the highest value, one above the last class")
+    regions = own if own.regions else theirs
+    scheme = LabelScheme(regions.regions, regions.paint, theirs.ignore if theirs.ignore is not None else own.ignore,
+                         regions.source or theirs.source or own.source)
+    check_label_scheme(scheme, declared, cfg.regions_class_order is not None or not own.regions)
+    return scheme
+
+
+def check_label_scheme(scheme: LabelScheme, num_classes: int | None, order_given: bool = True) -> None:
+    """ValueError naming the loader setting for a scheme that cannot work with classes 0..num_classes-1."""
+    names = {k: f"the loader's {k}" for k in ("regions", "regions_class_order", "ignore_label")}
+    found = problems(scheme, None if num_classes is None else list(range(num_classes)), names, order_given)
+    if found:
+        raise ValueError(found[0].message + (f"; {found[0].hint}" if found[0].hint else ""))
 
 
 def _normalisation(cfg: MedicalSegmentationLoaderConfig) -> dict[str, Any]:
@@ -152,13 +188,15 @@ def prepare_and_check(cfg: MedicalSegmentationLoaderConfig, found: Found, log: L
     if layout.num_channels and layout.num_channels != in_channels:
         raise ValueError(f"{data_dir}/dataset.json declares {layout.num_channels} channels, the images have {in_channels}")
     num_classes = found.spec.num_classes or max(2, max(s["max_label"] for s in summaries) + 1)
+    if found.labels.regions and not found.spec.num_classes:  # the data decided the classes: regions must name them
+        check_label_scheme(found.labels, num_classes)
     class_names = list(layout.class_names or [])
     if len(class_names) != num_classes:
         class_names = ["background"] + [f"class_{i}" for i in range(1, num_classes)]
     spacings = [s["spacing"] for s in summaries if s["spacing"] is not None]
     spacing = tuple(float(v) for v in np.median(np.asarray(spacings), axis=0)) if len(spacings) == len(summaries) else None
     return Checked(replace(found.spec, spatial_dims=first["dims"]), summaries, in_channels, num_classes,
-                   class_names, spacing)
+                   class_names, spacing, found.labels)
 
 
 def _sampling(cfg: MedicalSegmentationLoaderConfig, dims: int) -> Sampling:
@@ -177,8 +215,10 @@ def make_loaders(cfg: MedicalSegmentationLoaderConfig, checked: Checked, split: 
                                  checked.dims, sampling, cfg)
     workers = resolve_workers(cfg.num_workers, torch.cuda.is_available())
     pin = torch.cuda.is_available() if cfg.pin_memory == "auto" else bool(cfg.pin_memory)
-    train_loader = _train_loader(cfg, train_ds, checked.dims, sampling, workers, pin, log) if train_ds is not None else None
-    val_loader = _val_loader(cfg, val_ds, sampling, workers, pin) if val_ds is not None else None
+    labels = checked.labels
+    train_loader = _train_loader(cfg, train_ds, checked.dims, sampling, workers, pin, log, labels) \
+        if train_ds is not None else None
+    val_loader = _val_loader(cfg, val_ds, sampling, workers, pin, labels) if val_ds is not None else None
     if workers:
         log(f"data: {workers} loader worker(s), {int(cfg.prefetch_factor)} batches prefetched each, "
             f"pinned memory {'on' if pin else 'off'}")
@@ -194,11 +234,11 @@ def _source(cfg: MedicalSegmentationLoaderConfig, checked: Checked, cases: list[
     by_id = {s["case"]: s for s in checked.summaries}
     memory = [by_id[c.case_id]["prepared"] for c in cases] if cfg.cache == "memory" else None
     disk = [by_id[c.case_id]["cache_path"] for c in cases] if cfg.cache == "disk" else None
-    return CaseSource(cases, checked.spec, memory, disk, checked.num_classes)
+    return CaseSource(cases, checked.spec, memory, disk, max(checked.num_classes, (checked.spec.ignore_label or 0) + 1))
 
 
 def _train_loader(cfg: MedicalSegmentationLoaderConfig, dataset, dims: int, sampling: Sampling, workers: int,
-                  pin: bool, log: Log) -> SegmentationLoader:
+                  pin: bool, log: Log, labels: LabelScheme = PLAIN) -> SegmentationLoader:
     from segflow.data.segmentation_loader import SegmentationLoader
 
     settings: dict[str, Any] = dict(batch_size=cfg.batch_size, drop_last=False, num_workers=workers,
@@ -212,7 +252,8 @@ def _train_loader(cfg: MedicalSegmentationLoaderConfig, dataset, dims: int, samp
     if batch_augment is not None:
         log(f"data: {sampling.strength} augmentation batched on the training device; workers only read, "
             f"{'resize' if sampling.mode == 'resize' else 'cut patches'} and collate")
-    return SegmentationLoader(dataset, generator=_own_generator(cfg), batch_augment=batch_augment, **settings)
+    return SegmentationLoader(dataset, generator=_own_generator(cfg), batch_augment=batch_augment,
+                              labels=labels, **settings)
 
 
 def _epoch_sampler(cfg: MedicalSegmentationLoaderConfig, dataset):
@@ -244,7 +285,7 @@ def _own_generator(cfg: MedicalSegmentationLoaderConfig):
 
 
 def _val_loader(cfg: MedicalSegmentationLoaderConfig, dataset, sampling: Sampling, workers: int,
-                pin: bool) -> SegmentationLoader:
+                pin: bool, labels: LabelScheme = PLAIN) -> SegmentationLoader:
     from segflow.data.datasets import collate
     from segflow.data.segmentation_loader import SegmentationLoader
     from segflow.workflow import distributed
@@ -257,7 +298,7 @@ def _val_loader(cfg: MedicalSegmentationLoaderConfig, dataset, sampling: Samplin
     whole = sampling.mode == "patches"  # whole cases, of any size: one at a time
     return SegmentationLoader(dataset, batch_size=1 if whole else cfg.batch_size, shuffle=False, sampler=sampler,
                               num_workers=val_workers, pin_memory=pin, persistent_workers=val_workers > 0,
-                              collate_fn=collate, generator=_own_generator(cfg))
+                              collate_fn=collate, generator=_own_generator(cfg), labels=labels)
 
 
 def describe(cfg: MedicalSegmentationLoaderConfig, found: Found, checked: Checked, split: Split,
@@ -269,7 +310,7 @@ def describe(cfg: MedicalSegmentationLoaderConfig, found: Found, checked: Checke
         num_train=len(split.train), num_val=len(split.val), data_dir=str(found.data_dir),
         layout=found.layout.name, fold=split.fold,
         train_cases=[c.case_id for c in split.train], val_cases=[c.case_id for c in split.val],
-        label_coding=checked.spec.label_coding,
+        label_coding=checked.spec.label_coding, labels=checked.labels,
     )
     what = (f"{info.num_train} train / {info.num_val} val cases" if cfg.subset == "split" else
             f"{info.num_val} {'test' if cfg.subset == 'test' else 'labelled'} case(s), no training split"
@@ -279,6 +320,8 @@ def describe(cfg: MedicalSegmentationLoaderConfig, found: Found, checked: Checke
         f"{'patches of' if sampling.mode == 'patches' else 'resized to'} {sampling.size}, cache {cfg.cache}")
     if not info.label_coding.identity:
         log(f"data: label files store {info.label_coding.describe()}")
+    if not info.labels.plain:
+        log(f"data: {info.labels.describe()}; the network outputs {info.out_channels} channel(s)")
     return info
 
 

@@ -37,6 +37,7 @@ class PrepSpec:
     num_classes: int | None = None  # declared classes incl. background; None: infer
     label_source: str = "labels"  # what declared the classes, for messages
     label_coding: LabelCoding = CLASS_INDICES  # how the label files store the classes, decided per dataset
+    ignore_label: int | None = None  # class index of voxels without ground truth (one past the last class)
 
 
 @dataclass
@@ -85,8 +86,16 @@ def prepare_case(case: Case, spec: PrepSpec) -> Prepared:
     label = _label_values(label, case, spec)
     spacing, affine = geometry or (label_file.spacing, label_file.affine)
     image, label, affine, spacing = _normalised_at_spacing(image, label, affine, spacing, spec, case.case_id)
-    fg, fg_classes = foreground_index(label, case.case_id)  # for foreground-centred patches (3-D, 2-D patches)
-    return Prepared(case.case_id, image, label, spacing, affine, fg, int(label.max(initial=0)), fg_classes)
+    # for foreground-centred patches (3-D, 2-D patches); never centred on the ignore label
+    fg, fg_classes = foreground_index(label, case.case_id, spec.ignore_label)
+    return Prepared(case.case_id, image, label, spacing, affine, fg, _max_class(label, spec.ignore_label), fg_classes)
+
+
+def _max_class(label: np.ndarray, ignore: int | None) -> int:
+    """The highest class the label holds; the ignore label is not a class."""
+    if ignore is None:
+        return int(label.max(initial=0))
+    return int(np.max(label, initial=0, where=label != ignore))
 
 
 def _prepare_unlabelled(case: Case, spec: PrepSpec) -> Prepared:
@@ -129,6 +138,12 @@ def _label_values(label: np.ndarray, case: Case, spec: PrepSpec) -> np.ndarray:
     values = np.unique(label)
     if values.size and values.min() < 0:
         raise ValueError(f"case {case.case_id}: label {case.label} has negative values {values[values < 0][:5].tolist()}")
+    if spec.ignore_label is not None:
+        above = values[values > spec.ignore_label]
+        if above.size:
+            raise ValueError(f"case {case.case_id}: label {case.label} has values {above[:5].tolist()} above the ignore "
+                             f"label {spec.ignore_label}; as in nnU-Net the ignore label must be the highest value")
+        values = values[values != spec.ignore_label]
     if spec.num_classes is not None:
         bad = values[values >= spec.num_classes]
         if bad.size:
@@ -137,7 +152,7 @@ def _label_values(label: np.ndarray, case: Case, spec: PrepSpec) -> np.ndarray:
                 f"case {case.case_id}: label {case.label} has values {bad[:5].tolist()} outside the declared "
                 f"classes 0..{spec.num_classes - 1} ({spec.label_source}{read_as}); fix the label file or the class list"
             )
-    top = int(values.max(initial=0))
+    top = max(int(values.max(initial=0)), spec.ignore_label or 0)
     return label.astype(np.uint8 if top < 256 else np.int16, copy=False)
 
 
@@ -258,12 +273,13 @@ def zscore(image: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray
     return ((image - mean) / np.maximum(std, 1e-8)).astype(np.float32, copy=False)
 
 
-def foreground_index(label: np.ndarray, case_id: str) -> tuple[np.ndarray, np.ndarray]:
+def foreground_index(label: np.ndarray, case_id: str, ignore: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Where each foreground class lies, for patch centres: the flat indices of its voxels (a seeded
     sample when there are many; every class keeps at least MIN_FG_PER_CLASS so small ones stay
-    drawable), runs concatenated in class order, and a table of (class, end of its run, voxel count)."""
+    drawable), runs concatenated in class order, and a table of (class, end of its run, voxel count).
+    Voxels of the `ignore` label are not foreground."""
     flat = np.asarray(label).reshape(-1)
-    where = np.flatnonzero(flat)
+    where = np.flatnonzero(flat if ignore is None else (flat != 0) & (flat != ignore))
     classes = flat[where]
     order = np.argsort(classes, kind="stable")  # by class, ascending index within a class
     where, classes = where[order], classes[order]

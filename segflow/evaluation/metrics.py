@@ -17,6 +17,11 @@ Both use the same boundaries (a mask minus its erosion) and a linearly interpola
 Every summary over cases (per_class mean/std/median) is a mean over cases: each case weighs
 the same, however many voxels it has. It is not the Dice of all voxels pooled over the cases.
 
+Data with regions or an ignore label (the PredictionSet's `labels`), as nnU-Net evaluates them: a
+region is scored like a class, its mask in prediction and truth being the classes it unites
+(`class` is then the region's channel, `class_name` its name); voxels whose truth is the ignore label
+are left out of both masks, so nothing predicted there changes any metric.
+
 Rules for empty masks (docs/evaluation.md), decided per case and class:
   * status "absent": neither prediction nor ground truth has the class. Every metric is NaN,
     the row is still written (with the flag) and counted in `n_absent`, and left out of means.
@@ -161,16 +166,50 @@ def summarise(rows: list[dict], class_names: list[str], metrics: Iterable[str]) 
     return per_class, mean
 
 
+def _scored(pset, include_background: bool) -> list[tuple[int, str, Callable[[np.ndarray], np.ndarray]]]:
+    """(index, name, mask of a class map) of what is scored: each class (background only when asked), or
+    for data with regions each region (index: its channel), as nnU-Net evaluates them."""
+    if pset.labels.region_based:
+        return [(i, r.name, lambda a, r=r: np.isin(a, r.classes)) for i, r in enumerate(pset.labels.regions)]
+    names = list(pset.class_names) if len(pset.class_names) == pset.num_classes else \
+        ["background" if c == 0 else f"class_{c}" for c in range(pset.num_classes)]
+    return [(c, names[c], lambda a, c=c: a == c) for c in range(0 if include_background else 1, pset.num_classes)]
+
+
+def _case_rows(pset, record, scored, metrics: tuple[str, ...], tolerance: float) -> list[dict]:
+    """One case's rows. Voxels whose truth is the ignore label are left out of both masks, so nothing
+    predicted there counts."""
+    _, pred, label = pset.load(record)
+    if pred.shape != label.shape:
+        raise ValueError(
+            f"case {record.case!r}: prediction {record.prediction_path} has shape {tuple(pred.shape)} but the "
+            f"label {record.label_path} has {tuple(label.shape)}; predictions must be in the label's geometry")
+    ignore = pset.labels.ignore
+    known = None if ignore is None else label != ignore
+    for arr, path, what in ((pred, record.prediction_path, "prediction"), (label, record.label_path, "label")):
+        values = arr if known is None or what == "prediction" else arr[known]
+        top = int(values.max()) if values.size else 0
+        if top >= pset.num_classes or (values.size and int(values.min()) < 0):
+            raise ValueError(f"case {record.case!r}: the {what} {path} holds class {top if top >= 0 else values.min()}, "
+                             f"outside 0..{pset.num_classes - 1} (num_classes={pset.num_classes})")
+    spacing = _spacing_for(record, label.ndim)
+    rows = []
+    for index, name, mask in scored:
+        p, g = mask(pred), mask(label)
+        if known is not None:
+            p, g = p & known, g & known
+        rows.append({"case": record.case, "class": index, "class_name": name,
+                     **class_metrics(p, g, spacing, metrics, tolerance)})
+    return rows
+
+
 def evaluate(pset, *, metrics: Iterable[str] = ALL_METRICS, include_background: bool = False,
              surface_tolerance: float = 1.0, output_dir: Path | None = None,
              log: Callable[[str], None] = print) -> dict:
     """Score every labelled case of `pset`, loading one case at a time; write metrics.csv/json
     to `output_dir` when given. Returns the `Metrics` dict (see docs/evaluation.md)."""
     metrics = tuple(metrics)
-    first = 0 if include_background else 1
-    classes = list(range(first, pset.num_classes))
-    names = list(pset.class_names) if len(pset.class_names) == pset.num_classes else \
-        ["background" if c == 0 else f"class_{c}" for c in range(pset.num_classes)]
+    scored = _scored(pset, include_background)
     rows: list[dict] = []
     skipped: list[str] = []
     for record in pset:
@@ -178,23 +217,8 @@ def evaluate(pset, *, metrics: Iterable[str] = ALL_METRICS, include_background: 
             log(f"evaluation: case {record.case!r} has no ground truth; skipped")
             skipped.append(record.case)
             continue
-        _, pred, label = pset.load(record)
-        if pred.shape != label.shape:
-            raise ValueError(
-                f"case {record.case!r}: prediction {record.prediction_path} has shape {tuple(pred.shape)} but the "
-                f"label {record.label_path} has {tuple(label.shape)}; predictions must be in the label's geometry")
-        for arr, path, what in ((pred, record.prediction_path, "prediction"), (label, record.label_path, "label")):
-            top = int(arr.max()) if arr.size else 0
-            if top >= pset.num_classes or (arr.size and int(arr.min()) < 0):
-                raise ValueError(f"case {record.case!r}: the {what} {path} holds class {top if top >= 0 else arr.min()}, "
-                                 f"outside 0..{pset.num_classes - 1} (num_classes={pset.num_classes})")
-        spacing = _spacing_for(record, label.ndim)
-        for c in classes:
-            row = {"case": record.case, "class": c, "class_name": names[c]}
-            row.update(class_metrics(pred == c, label == c, spacing, metrics, surface_tolerance))
-            rows.append(row)
-        del pred, label
-    per_class, mean = summarise(rows, [names[c] for c in classes], metrics)
+        rows += _case_rows(pset, record, scored, metrics, surface_tolerance)
+    per_class, mean = summarise(rows, [name for _, name, _ in scored], metrics)
     result = {
         "metrics": list(metrics),
         "include_background": include_background,

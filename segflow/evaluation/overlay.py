@@ -13,6 +13,11 @@ drawn in the radiological convention: axial with anterior at the top and the pat
 on the image's left, coronal with superior at the top and the right on the left, sagittal
 with superior at the top and anterior on the left. Cases without an affine (PNG, TIFF, NumPy)
 are drawn as stored, rows downwards. Pixels keep the voxels' physical aspect ratio.
+
+Regions (segflow.data.label_scheme): prediction and truth are drawn as regions, a voxel in the colour
+of the innermost region holding it (so nested regions show as rings: whole tumour, core, enhancing),
+and the error map compares those. Voxels whose truth is the ignore label are drawn grey in the
+ground truth and are never errors.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from typing import Callable
 import numpy as np
 
 from segflow.data.itk_io import ITK_EXTENSIONS, read_header
+from segflow.data.label_scheme import PLAIN, LabelScheme
 from segflow.inference.records import PredictionRecord, PredictionSet
 from segflow.workflow.files import atomic_write
 
@@ -33,6 +39,8 @@ CLASS_COLOURS = ("#ffd700", "#00e5ee", "#ff69b4", "#9370db", "#a0522d", "#c0ff3e
 # The error map's colours when none are given; the SegmentationOverlay node passes its configured ones
 ERROR_COLOURS = {"tp": "#2ca02c", "fp": "#d62728", "fn": "#1f77b4", "wrong_class": "#ff7f0e"}
 ERROR_LABELS = {"tp": "correct (TP)", "fp": "false positive (FP)", "fn": "missed (FN)", "wrong_class": "wrong class"}
+IGNORED = -1  # what an ignore-label voxel of the ground truth is drawn as (see _Painter.shown)
+IGNORED_COLOUR = "#a9a9a9"
 
 
 def _pyplot():
@@ -45,18 +53,19 @@ def _pyplot():
 
 
 def foreground_dice(pred: np.ndarray, label: np.ndarray) -> float:
-    """Dice of 'right class on foreground' over all foreground classes together; 1.0 when both are empty."""
+    """Dice of 'right class on foreground' over all foreground classes together; 1.0 when both are empty.
+    Voxels drawn as IGNORED in `label` count nowhere."""
     correct = np.count_nonzero((pred == label) & (label > 0))
-    total = np.count_nonzero(pred > 0) + np.count_nonzero(label > 0)
+    total = np.count_nonzero((pred > 0) & (label != IGNORED)) + np.count_nonzero(label > 0)
     return 2 * correct / total if total else 1.0
 
 
 def error_codes(pred: np.ndarray, label: np.ndarray) -> np.ndarray:
-    """0 = right background, 1 = TP, 2 = FP, 3 = FN, 4 = wrong foreground class."""
+    """0 = right background (or no ground truth), 1 = TP, 2 = FP, 3 = FN, 4 = wrong foreground class."""
     codes = np.zeros(pred.shape, np.uint8)
     fg_p, fg_l = pred > 0, label > 0
     codes[fg_p & fg_l & (pred == label)] = 1
-    codes[fg_p & ~fg_l] = 2
+    codes[fg_p & ~fg_l & (label != IGNORED)] = 2
     codes[~fg_p & fg_l] = 3
     codes[fg_p & fg_l & (pred != label)] = 4
     return codes
@@ -70,7 +79,7 @@ def pick_slices(pred: np.ndarray, label: np.ndarray | None, axis: int, k: int) -
     wrong = np.zeros_like(fg)
     if label is not None:
         fg = fg + np.count_nonzero(label > 0, axis=other)
-        wrong = np.count_nonzero(pred != label, axis=other)
+        wrong = np.count_nonzero((pred != label) & (label != IGNORED), axis=other)
     order = sorted(range(pred.shape[axis]), key=lambda i: (-int(wrong[i]), -int(fg[i]), i))
     chosen = [i for i in order[:k] if wrong[i] or fg[i]]
     return sorted(chosen) or [pred.shape[axis] // 2]
@@ -106,16 +115,34 @@ def _rgba(codes_or_classes: np.ndarray, palette: dict[int, tuple], alpha: float)
 class _Painter:
     """Colours and orientation shared by the per-case pictures and the grid."""
 
-    def __init__(self, num_classes: int, class_names: tuple[str, ...], colours: dict[str, str], alpha: float):
+    def __init__(self, num_classes: int, class_names: tuple[str, ...], colours: dict[str, str], alpha: float,
+                 labels: LabelScheme = PLAIN):
         from matplotlib.colors import to_rgba
 
         self.alpha = alpha
+        self.labels = labels
+        if labels.region_based:  # what is drawn are regions (`shown`), not classes
+            num_classes, class_names = len(labels.regions) + 1, ("background", *labels.names())
         self.class_rgba = {c: to_rgba(CLASS_COLOURS[(c - 1) % len(CLASS_COLOURS)]) for c in range(1, max(num_classes, 2))}
         self.class_names = list(class_names) if len(class_names) == num_classes else \
             [f"class {c}" for c in range(max(num_classes, 2))]
+        if labels.ignore is not None:
+            self.class_rgba[IGNORED] = to_rgba(IGNORED_COLOUR)
         self.error_rgba = {1: to_rgba(colours["tp"]), 2: to_rgba(colours["fp"]), 3: to_rgba(colours["fn"]),
                            4: to_rgba(colours["wrong_class"])}
         self.colours = colours
+
+    def shown(self, pred: np.ndarray, label: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Prediction and truth as drawn: each voxel's innermost region (1 + its index; 0 outside every
+        region) for data with regions, else its class; truth's ignore-label voxels as IGNORED."""
+        ignored = None if label is None or self.labels.ignore is None else label == self.labels.ignore
+        if self.labels.region_based:
+            lut = np.asarray(self.labels.region_of_class())
+            pred = lut[np.clip(pred, 0, len(lut) - 1)]
+            label = None if label is None else lut[np.clip(label, 0, len(lut) - 1)]
+        if ignored is not None:
+            label = np.where(ignored, IGNORED, label)
+        return pred, label
 
     def show(self, ax, plane: np.ndarray, *, aspect: float, overlay: np.ndarray | None = None):
         """Draw a plane already in screen order (View.plane): row 0 at the top."""
@@ -131,7 +158,8 @@ class _Painter:
 
         handles = []
         if with_classes:
-            handles += [Patch(color=self.class_rgba[c], label=self.class_names[c]) for c in self.class_rgba]
+            handles += [Patch(color=rgba, label="no ground truth (ignore label)" if c == IGNORED else self.class_names[c])
+                        for c, rgba in self.class_rgba.items()]
         if with_errors:
             handles += [Patch(color=self.colours[k], label=ERROR_LABELS[k]) for k in ERROR_LABELS]
         return handles
@@ -141,7 +169,8 @@ def _safe_name(case: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", case).strip("._") or "case"
 
 
-def _choose(pset: PredictionSet, max_images: int, selection: str, log) -> list[tuple[PredictionRecord, float | None]]:
+def _choose(pset: PredictionSet, max_images: int, selection: str, log,
+            painter: _Painter | None = None) -> list[tuple[PredictionRecord, float | None]]:
     records = list(pset)
     if len(records) <= max_images or selection == "first":
         return [(r, None) for r in records[:max_images]]
@@ -151,6 +180,8 @@ def _choose(pset: PredictionSet, max_images: int, selection: str, log) -> list[t
             scored.append((math.inf, r))
             continue
         _, pred, label = PredictionSet.load(r)
+        if painter is not None:
+            pred, label = painter.shown(pred, label)
         scored.append((foreground_dice(pred, label) if pred.shape == label.shape else -1.0, r))
     scored.sort(key=lambda t: t[0])
     log(f"overlays: drawing the {max_images} lowest-Dice of {len(records)} cases")
@@ -168,11 +199,12 @@ def render_overlays(pset: PredictionSet, output_dir: Path, *, alpha: float = 0.5
     plt = _pyplot()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    painter = _Painter(pset.num_classes, tuple(pset.class_names), {**ERROR_COLOURS, **(colours or {})}, alpha)
+    painter = _Painter(pset.num_classes, tuple(pset.class_names), {**ERROR_COLOURS, **(colours or {})}, alpha,
+                       pset.labels)
     written: list[Path] = []
     tiles = []
     used_names: set[str] = set()
-    for record, _ in _choose(pset, max_images, selection, log):
+    for record, _ in _choose(pset, max_images, selection, log, painter):
         fig, tile = _case_figure(plt, painter, record, slice_axis, slices_per_case)
         if individual:
             path = output_dir / f"{_unique_name(record.case, used_names)}.png"
@@ -322,6 +354,7 @@ def _case_figure(plt, painter: _Painter, record: PredictionRecord, slice_axis, s
     voxels (the first one without ground truth), showing its last panel. The case is loaded here,
     so only the tile's 2-D planes outlive the call."""
     case = oriented_case(record)
+    case.pred, case.label = painter.shown(case.pred, case.label)
     image, pred, label = case.image, case.pred, case.label
     view = choose_view(record, case, slice_axis, slices_per_case)
     cols = 4 if label is not None else 2
@@ -338,7 +371,7 @@ def _case_figure(plt, painter: _Painter, record: PredictionRecord, slice_axis, s
             painter.show(ax, _under(img, title), aspect=view.aspect, overlay=overlay)
             where = f" ({view.where(i)})" if view.volume else ""
             ax.set_title(f"{title}{where}" if col == 0 else title, fontsize=8)
-        wrong = int(np.count_nonzero(p != lab)) if lab is not None else 0
+        wrong = int(np.count_nonzero((p != lab) & (lab != IGNORED))) if lab is not None else 0
         if worst is None or wrong > worst[0]:
             title, overlay = panels[-1]
             worst = (wrong, _under(img, title), overlay, view.where(i))

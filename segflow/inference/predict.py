@@ -19,6 +19,10 @@ Post-processing (the `postprocessing` setting, segflow.inference.postprocess): a
 map on the source grid, after the argmax and before it is written; probability files are left as
 predicted.
 
+Regions (segflow.data.label_scheme): the probabilities are each region's sigmoid, averaged over TTA
+variants and ensemble members, resampled like class probabilities, and only then painted into one
+label map in regions_class_order (segflow.data.regions.paint).
+
 Label values: every record carries the coding the loader decided for its label files
 (segflow.data.label_coding), so the Evaluator and overlays read 0/255 ground truth as classes 0/1;
 PNG predictions are written in that coding too (a 0/255 dataset gets 0/255 masks), NIfTI and .npy
@@ -33,7 +37,11 @@ import numpy as np
 import torch
 
 from segflow.data.label_coding import CLASS_INDICES, LabelCoding
+from segflow.data.label_scheme import PLAIN, LabelScheme
+from segflow.data.regions import paint
+from segflow.data.segmentation_loader import labels_of
 from segflow.inference import tta as tta_mod
+from segflow.inference.ensemble import follow_labels
 from segflow.inference.postprocess import PostProcessing, attached
 from segflow.inference.records import PredictionRecord, PredictionSet
 from segflow.inference.writers import Geometry, source_geometry, write_label, write_probabilities
@@ -64,6 +72,8 @@ def predict(cfg: PredictorConfig, ctx: RunContext, name: str, model: torch.nn.Mo
     cases = {c.case_id: c for c in source.cases} if source is not None else {}
     resampled = source is not None and getattr(source.spec, "target_spacing", None) is not None
     coding = label_coding(source, info)
+    labels = label_scheme(loader, info)
+    follow_labels(model, labels.region_based)
 
     post = postprocessing_rule(cfg, model, who, ctx.log)
     model = model.to(device).eval()
@@ -79,14 +89,15 @@ def predict(cfg: PredictorConfig, ctx: RunContext, name: str, model: torch.nn.Mo
             roi = roi_size(cfg.roi_size, info, dims)
             variants = tta_mod.variants(cfg.tta, cfg.tta_flips, cfg.tta_scales, dims)
             probs = tta_mod.predict_probabilities(model, image, roi, overlap=cfg.overlap, blend_mode=cfg.blend_mode,
-                                                  sw_batch_size=cfg.sw_batch_size, tta=variants, autocast_dtype=amp)
+                                                  sw_batch_size=cfg.sw_batch_size, tta=variants, autocast_dtype=amp,
+                                                  sigmoid=labels.region_based)
             num_classes = probs.shape[1]
             ids = _case_ids(batch, len(image), len(records))
             for i, case_id in enumerate(ids):
                 case = cases.get(case_id)
                 affine = batch["affine"][i].numpy() if "affine" in batch else None
                 record = _write_case(cfg, who, out_dir, case_id, case, probs[i], batch, i, dims, resampled, affine,
-                                     coding, post)
+                                     coding, post, labels)
                 records.append(record)
                 if bar is not None:
                     bar.update(1)
@@ -96,8 +107,15 @@ def predict(cfg: PredictorConfig, ctx: RunContext, name: str, model: torch.nn.Mo
         bar.close()
     class_names = tuple(info.class_names) if info is not None and info.class_names else ()
     ctx.log(f"{who}: {len(records)} case(s) predicted into {out_dir}")
-    return PredictionSet(records, num_classes=num_classes or (info.num_classes if info else 2),
-                         spatial_dims=dims or 2, class_names=class_names, output_dir=out_dir)
+    return PredictionSet(records, num_classes=_classes(num_classes, info, labels),
+                         spatial_dims=dims or 2, class_names=class_names, output_dir=out_dir, labels=labels)
+
+
+def _classes(channels: int | None, info, labels: LabelScheme) -> int:
+    """The classes the written label maps hold: the model's channels, but the dataset's classes for regions."""
+    if labels.region_based:
+        return info.num_classes if info is not None else max(labels.paint) + 1
+    return channels or (info.num_classes if info else 2)
 
 
 def roi_size(setting, info, dims: int) -> tuple[int, ...] | None:
@@ -117,6 +135,19 @@ def label_coding(source, info) -> LabelCoding:
     if coding is None:
         coding = getattr(info, "label_coding", None)
     return coding if coding is not None else CLASS_INDICES
+
+
+def label_scheme(loader, info) -> LabelScheme:
+    """The regions and ignore label of the loader being predicted, else the DatasetInfo's."""
+    labels = labels_of(loader)
+    return info.labels if labels.plain and info is not None and hasattr(info, "labels") else labels
+
+
+def label_map(probs: torch.Tensor, labels: LabelScheme) -> np.ndarray:
+    """(C, *S) probabilities -> (*S) classes: regions painted in regions_class_order, else the argmax."""
+    if labels.region_based:
+        return paint(probs, labels).cpu().numpy()
+    return probs.argmax(0).to(torch.uint8 if probs.shape[0] < 256 else torch.int16).cpu().numpy()
 
 
 def _case_ids(batch: dict, n: int, done: int) -> list[str]:
@@ -155,12 +186,12 @@ def postprocessing_rule(cfg: PredictorConfig, model: torch.nn.Module, who: str, 
 
 def _write_case(cfg: PredictorConfig, who: str, out_dir: Path, case_id: str, case, probs: torch.Tensor,
                 batch: dict, i: int, dims: int, resampled: bool, batch_affine, coding: LabelCoding,
-                post: PostProcessing) -> PredictionRecord:
+                post: PostProcessing, labels: LabelScheme = PLAIN) -> PredictionRecord:
     if case is None:  # a loader of our own making not behind it: keep everything at the batch's size
-        return _write_plain(cfg, out_dir, case_id, probs, batch, i, batch_affine, post)
+        return _write_plain(cfg, out_dir, case_id, probs, batch, i, batch_affine, post, labels)
     geometry = source_geometry(case.images[0])
     probs = back_to_source(probs, geometry, dims, resampled, batch_affine, who, case_id)
-    label = post.apply(probs.argmax(0).to(torch.uint8 if probs.shape[0] < 256 else torch.int16).cpu().numpy())
+    label = post.apply(label_map(probs, labels))
     fmt = geometry.format if cfg.output_format == "auto" else cfg.output_format
     if fmt == "png" and label.ndim != 2:
         raise ValueError(f"{who}: case {case_id} is {label.ndim}-D; output_format png is for 2-D data only "
@@ -209,10 +240,10 @@ def _resample_back(probs: torch.Tensor, loader_affine: np.ndarray, source_affine
 
 
 def _write_plain(cfg: PredictorConfig, out_dir: Path, case_id: str, probs: torch.Tensor, batch: dict, i: int,
-                 affine, post: PostProcessing) -> PredictionRecord:
+                 affine, post: PostProcessing, labels: LabelScheme = PLAIN) -> PredictionRecord:
     fmt = "npy" if cfg.output_format == "auto" else cfg.output_format
     geometry = Geometry(tuple(probs.shape[1:]), affine)
-    label = post.apply(probs.argmax(0).to(torch.uint8).cpu().numpy())
+    label = post.apply(label_map(probs, labels))
     path = write_label(out_dir / case_id, label, fmt, geometry)
     image = batch["image"][i].cpu().numpy().astype(np.float32)
     image_paths = tuple(out_dir / f"{case_id}_image_{c:04d}.npy" for c in range(len(image)))

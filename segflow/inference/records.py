@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 from segflow.data.label_coding import CLASS_INDICES, LabelCoding
+from segflow.data.label_scheme import PLAIN, LabelScheme
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class PredictionSet:
     spatial_dims: int = 2
     class_names: tuple[str, ...] = ()
     output_dir: Path | None = None
+    labels: LabelScheme = PLAIN  # regions and ignore label of the data: what the Evaluator scores and overlays show
 
     def __iter__(self) -> Iterator[PredictionRecord]:
         return iter(self.records)

@@ -27,9 +27,12 @@ def variants(tta: bool | Sequence[str], flips: Sequence[int] | None, scales: Seq
     return [(s, f) for s in use_scales for f in flip_sets]
 
 
-def to_probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """Softmax over classes; a single sigmoid channel becomes [background, foreground]."""
+def to_probabilities(logits: torch.Tensor, sigmoid: bool = False) -> torch.Tensor:
+    """Softmax over classes; a single sigmoid channel becomes [background, foreground]. `sigmoid`:
+    region channels (segflow.data.label_scheme), each its own sigmoid probability."""
     logits = logits.float()
+    if sigmoid:
+        return torch.sigmoid(logits)
     if logits.shape[1] == 1:
         p = torch.sigmoid(logits)
         return torch.cat([1 - p, p], dim=1)
@@ -53,8 +56,10 @@ def predict_probabilities(
     sw_batch_size: int = 4,
     tta: list[Variant] | None = None,
     autocast_dtype: torch.dtype | None = None,
+    sigmoid: bool = False,
 ) -> torch.Tensor:
-    """(B, C, *S) float32 class probabilities for `image` (B, in_channels, *S), on image's device.
+    """(B, C, *S) float32 class probabilities for `image` (B, in_channels, *S), on image's device; with
+    `sigmoid`, region probabilities (one sigmoid per channel), averaged over the variants the same way.
 
     `roi_size` None: the whole image in one forward pass. Otherwise MONAI's sliding window with that
     window (images smaller than the window are padded by MONAI and cropped back).
@@ -74,7 +79,7 @@ def predict_probabilities(
             else:
                 logits = sliding_window_inference(x, roi_size=tuple(roi_size), sw_batch_size=sw_batch_size,
                                                   predictor=model, overlap=overlap, mode=blend_mode)
-        p = to_probabilities(logits)
+        p = to_probabilities(logits, sigmoid)
         if dims:
             p = torch.flip(p, dims)
         p = _resize(p, size)

@@ -11,6 +11,10 @@ C > 1 is read as class indices, as before). Dice, tversky, cross-entropy and
 focal take them; on a one-hot target each gives exactly what the class indices give. The boundary
 term needs a hard mask to measure distances from, so a loss with it refuses them
 (`takes_soft_targets`).
+
+Data with regions or an ignore label (segflow.data.label_scheme): the Trainer calls `follow_labels`
+with the loader's scheme, and every term is then computed by `segflow.losses.masked` on region channels
+(sigmoid, whatever `sigmoid` says) or one-hot classes, with ignore-label voxels left out.
 """
 from __future__ import annotations
 
@@ -21,6 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from segflow.data.label_scheme import LabelScheme
+from segflow.losses.masked import SchemeTerms
 
 if TYPE_CHECKING:
     from segflow.nodes.losses import LossFunctionConfig
@@ -158,6 +165,21 @@ class SegmentationLoss(nn.Module):
         self._checked = False
         self.last_terms: dict[str, torch.Tensor] = {}
         self._distances: torch.Tensor | None = None  # the boundary term's distance maps, within one call
+        self.scheme_terms: SchemeTerms | None = None  # set by follow_labels for regions / an ignore label
+
+    def follow_labels(self, labels: LabelScheme) -> None:
+        """Train on the regions (sigmoid channels) and without the ignore label that `labels` declares."""
+        self._checked = False
+        if labels.plain:
+            self.scheme_terms = None
+            return
+        if "boundary" in self.weights:
+            raise ValueError(f"LossFunction: the boundary term does not take data with {labels.describe()}; use "
+                             "dice, cross_entropy, focal or tversky terms")
+        if labels.region_based and self.sigmoid is False:
+            raise ValueError(f"LossFunction: sigmoid is false (softmax), but the data has regions ({', '.join(labels.names())}), "
+                             "which overlap: one sigmoid channel each; remove sigmoid: false")
+        self.scheme_terms = SchemeTerms(labels, self.opts, self.label_smoothing)
 
     # --- input checks (first call only: reading label.max() waits for the GPU) -----------------
 
@@ -166,6 +188,10 @@ class SegmentationLoss(nn.Module):
         if label.shape[2:] != logits.shape[2:] or label.shape[0] != logits.shape[0]:
             raise ValueError(f"loss: label of shape {tuple(label.shape)} does not fit logits of shape {tuple(logits.shape)}; "
                              "the network must output the input's spatial size and the label be (B, 1, *spatial)")
+        if self.scheme_terms is not None:
+            self.scheme_terms.check(logits, label, self.class_weights)
+            self._checked = True
+            return
         top = int(label.max())
         if top >= max(c, 2) or int(label.min()) < 0:
             raise ValueError(f"loss: the label holds class index {top} but the network outputs {c} channel(s); "
@@ -263,6 +289,8 @@ class SegmentationLoss(nn.Module):
         return -(w * smoothed * log_p).sum() / (w * target).sum()
 
     def _term(self, name: str, logits: torch.Tensor, label: torch.Tensor, binary: bool) -> torch.Tensor:
+        if self.scheme_terms is not None:
+            return self.scheme_terms.term(name, logits, binary, self.class_weights)
         if name == "ce":
             return self._ce(logits, label, binary)
         if name == "boundary":
@@ -293,6 +321,9 @@ class SegmentationLoss(nn.Module):
             if not self._checked:
                 self._check(heads[0], label)
         binary = self.sigmoid if self.sigmoid is not None else heads[0].shape[1] == 1
+        if self.scheme_terms is not None:  # the target channels (and ignore mask), once for every head
+            binary = binary or self.scheme_terms.labels.region_based
+            self.scheme_terms.start(label, heads[0].shape[1], binary)
         total: Any = 0.0
         self.last_terms = {}
         self._distances = None

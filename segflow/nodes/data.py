@@ -10,6 +10,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from segflow.data.label_scheme import from_settings, problems
 from segflow.nodes.base import Finding, Node, NodeConfig, Port
 from segflow.nodes.datashape import DataShape
 from segflow.nodes.intensity import normalisation_findings, windows
@@ -105,6 +106,19 @@ class MedicalSegmentationLoaderConfig(NodeConfig):
         "Number of classes including background, for datasets that do not declare them (folder layouts). "
         "Null: the dataset.json labels, else the largest label value + 1. Needed for subset test when test "
         "images lack labels and there is no dataset.json labels entry."))
+    regions: dict[str, list[int]] | None = Field(None, description=(
+        "Region-based training (nnU-Net's): name -> the classes it unites, e.g. {\"whole_tumor\": [1, 2, 3], "
+        "\"tumor_core\": [2, 3], \"enhancing_tumor\": [3]}. One sigmoid output channel per region (out_channels = "
+        "number of regions); regions must be nested or disjoint, outer ones first. Classes as the loader reads them "
+        "(the stored values of NIfTI and NumPy labels). An nnU-Net dataset.json declares them in its labels instead."))
+    regions_class_order: list[int] | None = Field(None, description=(
+        "With regions: the class each region is written as in predicted label maps, one per region in region "
+        "order (nnU-Net's regions_class_order, e.g. [1, 2, 3]): each region's sigmoid above 0.5 is painted in "
+        "turn, later regions over earlier ones."))
+    ignore_label: int | None = Field(None, ge=1, description=(
+        "The label value of voxels without ground truth (sparse or scribble annotation): they count in no loss "
+        "term, metric or patch centre, and predictions never hold it. As in nnU-Net it must be the highest "
+        "value: the classes are 0 .. ignore_label - 1. An nnU-Net dataset.json declares it as labels \"ignore\"."))
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0, description=(
         "Fraction of cases held out for validation (split by case, seeded). Ignored when the folder has train/ and val/."))
     fold: int | None = Field(None, ge=0, description=(
@@ -213,8 +227,31 @@ class MedicalSegmentationLoaderConfig(NodeConfig):
         dims = self.declared_dims()
         phantom = self.synthetic != "none"
         return DataShape(where, spatial_dims=dims, in_channels=1 if phantom else None,
-                         num_classes=self.num_classes or (self.synthetic_classes if phantom else None),
-                         patch_size=self.patch_size(dims) if dims else None)
+                         num_classes=self.num_classes or self.ignore_label or (self.synthetic_classes if phantom else None),
+                         patch_size=self.patch_size(dims) if dims else None,
+                         regions=tuple((self.regions or {}).keys()))
+
+    def label_scheme(self):
+        """The regions and ignore label this config declares (segflow.data.label_scheme)."""
+        return from_settings(self.regions, self.regions_class_order, self.ignore_label, "the loader's settings")
+
+
+def _label_findings(config: MedicalSegmentationLoaderConfig) -> list[Finding]:
+    """Regions and the ignore label against each other and the declared classes, by the rules the loader
+    applies to the data (segflow.data.label_scheme.problems)."""
+    if config.regions_class_order is not None and not config.regions:
+        return [Finding("regions_class_order", "unused_value", "regions_class_order is ignored without regions",
+                        hint="declare regions, or remove regions_class_order", severity="warning")]
+    ignore, declared = config.ignore_label, config.num_classes
+    if ignore is not None and declared is not None and ignore > declared:
+        return [Finding("ignore_label", "bad_value", f"ignore_label {ignore} is not directly above the classes "
+                        f"0..{declared - 1} (num_classes {declared}): with an ignore label the classes are "
+                        "0 .. ignore_label - 1, as nnU-Net requires", hint=f"set ignore_label to {declared}")]
+    known = declared or ignore or (config.synthetic_classes if config.synthetic != "none" else None)
+    classes = list(range(known)) if known else None
+    found = problems(config.label_scheme(), classes, order_given=config.regions_class_order is not None)
+    return [Finding(p.field, "missing_value" if "is missing" in p.message else "bad_value", p.message, hint=p.hint)
+            for p in found[:1]]
 
 
 def _resized_2d(config: MedicalSegmentationLoaderConfig) -> bool:
@@ -264,6 +301,9 @@ class MedicalSegmentationLoader(Node):
             return [Finding("layout", "bad_value", f"layout images is a folder of images without labels; subset "
                             f"{config.subset} needs labelled cases", hint="use subset test (prediction), or a "
                             "layout with labels (msd, nnunet, folder)")]
+        labels = _label_findings(config)
+        if labels:
+            return labels
         found = normalisation_findings(config)
         if found:
             return found
@@ -311,5 +351,18 @@ class MedicalSegmentationLoader(Node):
                 "spatial_dims": info.spatial_dims, "spacing": info.spacing, "class_names": info.class_names,
                 "patch_size": list(info.patch_size), "layout": info.layout, "data_dir": info.data_dir,
                 "num_train": info.num_train, "num_val": info.num_val,
-                "label_values": list(info.label_coding.values)}, indent=1)
+                "label_values": list(info.label_coding.values), **_label_record(info)}, indent=1)
         return {"train_loader": train, "val_loader": val, "dataset_info": info}
+
+
+def _label_record(info) -> dict:
+    """Regions and the ignore label as loader settings, however the dataset declared them, so that a
+    package predicts with them (`segflow package`)."""
+    labels = getattr(info, "labels", None)
+    if labels is None or labels.plain:
+        return {}
+    record = {"ignore_label": labels.ignore}
+    if labels.region_based:
+        record.update(regions={r.name: list(r.classes) for r in labels.regions},
+                      regions_class_order=list(labels.paint))
+    return record

@@ -17,6 +17,7 @@ class DataShape:
     in_channels: int | None = None
     num_classes: int | None = None
     patch_size: tuple[int, ...] | None = None
+    regions: tuple[str, ...] = ()  # region names (one sigmoid output channel each); () for plain classes
 
     @classmethod
     def of_config(cls, source_type: str, config: Any) -> DataShape:
@@ -33,4 +34,5 @@ class DataShape:
         return cls(where=f"the data in {getattr(info, 'data_dir', None) or 'the loader'}",
                    spatial_dims=getattr(info, "spatial_dims", None), in_channels=getattr(info, "in_channels", None),
                    num_classes=getattr(info, "num_classes", None),
-                   patch_size=tuple(int(s) for s in patch) if patch else None)
+                   patch_size=tuple(int(s) for s in patch) if patch else None,
+                   regions=tuple(r.name for r in getattr(getattr(info, "labels", None), "regions", ())))

@@ -50,7 +50,8 @@ class LossFunctionConfig(NodeConfig):
     include_background: bool = Field(True, description="Whether dice and tversky count the background class "
                                      "(cross-entropy and focal always do).")
     sigmoid: bool | None = Field(None, description="Sigmoid instead of softmax. Default: sigmoid when the network "
-                                 "has one output channel or loss_type is bce, softmax otherwise.")
+                                 "has one output channel or loss_type is bce, softmax otherwise; always sigmoid for data with regions "
+                                 "(one channel per region; false is then an error).")
     boundary_spacing: list[float] | None = Field(None, description=(
         "Voxel size, one value per spatial axis (e.g. the loader's target_spacing [0.7, 0.7, 5.0]): the boundary "
         "term's distances are then in those units (mm), so anisotropic voxels weigh as far as they are. Null: "

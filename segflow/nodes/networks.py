@@ -162,7 +162,12 @@ def data_findings(who: str, config: NetworkConfig, data: DataShape) -> list[Find
                              f"but {data.where} has {data.in_channels} channels",
                              f"set in_channels to {data.in_channels}"))
     classes = data.num_classes
-    if classes is not None and config.out_channels != classes and not (config.out_channels == 1 and classes == 2):
+    if data.regions and config.out_channels != len(data.regions):
+        found.append(Finding("out_channels", "out_channels_mismatch", f"{who}: out_channels is {config.out_channels} "
+                             f"but {data.where} has {len(data.regions)} regions ({', '.join(data.regions)}), one "
+                             "sigmoid channel each", f"set out_channels to {len(data.regions)}"))
+    elif not data.regions and classes is not None and config.out_channels != classes and \
+            not (config.out_channels == 1 and classes == 2):
         found.append(Finding("out_channels", "out_channels_mismatch", f"{who}: out_channels is {config.out_channels} "
                              f"but {data.where} has {classes} classes (background included)",
                              f"set out_channels to {classes}"))

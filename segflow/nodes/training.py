@@ -71,7 +71,8 @@ class TrainerConfig(NodeConfig):
                          description="History column that decides best.pt (and so the output model), early stopping "
                                      "and the plateau schedule: val_dice (pooled over all validation voxels), "
                                      "val_dice_case_mean (mean over validation cases), val_loss, val_iou, val_dice_1, "
-                                     "train_loss, ... Mode: min for *loss*, else max.")
+                                     "val_dice_<region> for data with regions, train_loss, ... Mode: min for *loss*, "
+                                     "else max.")
     output_weights: Annotated[Literal["best", "last"], Choice()] = Field(
         "best", description="The weights the `model` output holds: best = best.pt's (the epoch with the best "
                             "`monitor`, train_loss without a val_loader), last = the last epoch's (last.pt's).")
@@ -167,6 +168,31 @@ class TrainerConfig(NodeConfig):
         return data
 
 
+def _loss_findings(loader_type: str | None, loader: Any, loss: tuple[str, NodeConfig] | None) -> list[Finding]:
+    """A LossFunction that cannot train on the regions or without the ignore label the loader declares."""
+    regions, ignore = getattr(loader, "regions", None), getattr(loader, "ignore_label", None)
+    if loss is None or loss[0] != "LossFunction" or not (regions or ignore is not None):
+        return []
+    cfg, terms = loss[1], loss[1].term_weights()
+    what = "regions" if regions else "an ignore label"
+    if regions and cfg.sigmoid is False:
+        return [Finding("", "loss_label_mismatch", f"the LossFunction wired to loss_fn has sigmoid: false (softmax), "
+                        f"but the {loader_type} wired to train_loader declares regions ({', '.join(regions)}), which "
+                        "overlap: one sigmoid channel each", hint="remove sigmoid: false from the LossFunction")]
+    if "boundary" in terms:
+        return [Finding("", "loss_label_mismatch", f"the LossFunction wired to loss_fn has a boundary term, which does "
+                        f"not take {what} (the {loader_type} wired to train_loader declares them)",
+                        hint="use dice, cross_entropy, focal or tversky terms")]
+    if regions and cfg.class_weights is not None and len(cfg.class_weights) != len(regions):
+        return [Finding("", "loss_label_mismatch", f"the LossFunction wired to loss_fn has {len(cfg.class_weights)} "
+                        f"class_weights, but with regions they are one per region ({len(regions)}: "
+                        f"{', '.join(regions)})", hint=f"give {len(regions)} class_weights, in region order")]
+    if regions and not cfg.include_background:
+        return [Finding("", "unused_value", "the LossFunction's include_background: false is ignored with regions: "
+                        "every region channel is foreground and counts", severity="warning")]
+    return []
+
+
 @register
 class Trainer(Node):
     """Trains the model: epochs of training and validation, mixed precision, schedules, early stopping,
@@ -238,6 +264,7 @@ class Trainer(Node):
                 f"train_loader comes from a MedicalSegmentationLoader with subset {subset!r}, which hands out "
                 "no training batches (only val_loader)",
                 hint="set the loader's subset to \"split\" to train, or remove the Trainer to only predict"))
+        found += _loss_findings(source_type, source, neighbours.get("loss_fn"))
         given = cfg.model_fields_set
         if cfg.lr_schedule == "plateau" and cfg.early_stopping and "patience" in given and "lr_patience" not in given:
             found.append(Finding(

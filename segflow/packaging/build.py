@@ -168,7 +168,8 @@ def _inference(parts: dict, dataset: dict, run_dir: Path) -> dict:
         "preprocessing": {k: loader[k] for k in PREPROCESSING if k in loader},
         "predictor": predictor,
         "dataset": {k: dataset[k] for k in ("in_channels", "num_classes", "spatial_dims", "spacing", "class_names",
-                                            "patch_size", "label_values")},
+                                            "patch_size", "label_values", "regions", "regions_class_order",
+                                            "ignore_label") if k in dataset},
     }
     rule = postprocessing_rule(parts, run_dir)
     if rule is not None:  # applied as the run's Predictor applied it (postprocessing auto)

@@ -85,7 +85,9 @@ def configs(package: Package, input_dir: Path, output_dir: Path, device: str | N
     inf = package.inference
     loader = MedicalSegmentationLoaderConfig(**{
         **inf["preprocessing"], "data_dir": str(input_dir), "subset": "test", "layout": "images", "cache": "none",
-        "num_workers": 0, "augmentation": False, "num_classes": inf["dataset"]["num_classes"]})
+        "num_workers": 0, "augmentation": False, "num_classes": inf["dataset"]["num_classes"],
+        # regions and the ignore label as the training data declared them (in its dataset.json or the loader)
+        **{k: inf["dataset"][k] for k in ("regions", "regions_class_order", "ignore_label") if k in inf["dataset"]}})
     settings = {**inf["predictor"], "output_dir": str(output_dir.resolve()), "save_probabilities": probabilities}
     rule = package.file(pkg.POSTPROCESSING)
     if rule is not None and settings.get("postprocessing", "auto") == "auto":

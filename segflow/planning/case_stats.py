@@ -43,7 +43,9 @@ class CaseStats:
         return out
 
 
-def analyse_case(case: Case, coding: LabelCoding, samples: int = FOREGROUND_SAMPLES) -> CaseStats:
+def analyse_case(case: Case, coding: LabelCoding, samples: int = FOREGROUND_SAMPLES,
+                 ignore: int | None = None) -> CaseStats:
+    """`ignore`: the ignore label's class index; its voxels are neither foreground nor a class."""
     label_file = read(case.label, is_label=True)
     label = _class_indices(label_file.array, case, coding)
     image, spacing = _channels(case, label.shape)
@@ -52,7 +54,7 @@ def analyse_case(case: Case, coding: LabelCoding, samples: int = FOREGROUND_SAMP
     if spacing is not None:
         _check_spacing(spacing, case)
     crop = _nonzero_box(image)
-    fg = label[crop] > 0
+    fg = (label[crop] > 0) & (label[crop] != (-1 if ignore is None else ignore))
     rng = np.random.default_rng(zlib.crc32(case.case_id.encode()))  # seeded per case: order-independent
     n_fg = int(fg.sum())
     pick = np.sort(rng.choice(n_fg, samples, replace=False)) if n_fg > samples else slice(None)
@@ -61,7 +63,7 @@ def analyse_case(case: Case, coding: LabelCoding, samples: int = FOREGROUND_SAMP
     return CaseStats(case.case_id, [str(p) for p in case.images] + [str(case.label)], label.ndim, image.shape[0],
                      list(label.shape), [s.stop - s.start for s in crop],
                      None if spacing is None else [float(s) for s in spacing],
-                     {str(k): int(v) for k, v in enumerate(counts) if v}, foreground)
+                     {str(k): int(v) for k, v in enumerate(counts) if v and k != ignore}, foreground)
 
 
 def _class_indices(label: np.ndarray, case: Case, coding: LabelCoding) -> np.ndarray:

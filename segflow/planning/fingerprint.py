@@ -22,7 +22,7 @@ from segflow.planning.case_stats import FOREGROUND_SAMPLES, CaseStats, analyse_c
 from segflow.planning.errors import PlanError
 from segflow.workflow.files import write_json
 
-VERSION = 2  # raised when what the fingerprint holds changes, so an older one is recomputed
+VERSION = 3  # raised when what the fingerprint holds changes, so an older one is recomputed (3: regions, ignore label)
 PERCENTILES = (0.5, 50.0, 99.5)
 
 
@@ -74,7 +74,7 @@ def _analyse_all(found: Layout, progress: bool) -> list[CaseStats]:
 
     def one(case):
         try:
-            return analyse_case(case, coding)
+            return analyse_case(case, coding, FOREGROUND_SAMPLES, found.labels.ignore)
         except PlanError:
             raise
         except (ValueError, FileNotFoundError) as e:
@@ -115,6 +115,8 @@ def summarise(found: Layout, stats: list[CaseStats], key: str) -> dict:
         "modalities": _modalities(found.root, meta, first.channels),
         "num_classes": num_classes,
         "class_names": found.class_names or ["background"] + [f"class_{i}" for i in range(1, num_classes)],
+        "regions": found.labels.names(),  # region-based training: one output channel each
+        "ignore_label": found.labels.ignore,
         "cases": [s.as_json() for s in stats],
         "median_relative_size_after_crop": float(np.median([np.prod(s.shape_after_crop) / np.prod(s.shape)
                                                             for s in stats])),

@@ -42,6 +42,7 @@ class Plan:
     loader_normalisation: dict  # the MedicalSegmentationLoader fields that carry it out
     reasons: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    regions: list[str] = field(default_factory=list)  # the dataset's regions: the network outputs one channel each
 
     def as_json(self) -> dict:
         return asdict(self)
@@ -83,7 +84,8 @@ def plan(fp: dict, config: str | None = None, gpu_memory_gib: float = 24.0) -> P
                 fp["num_classes"], len(cases), fp["dataset"]["declares_classes"], [float(s) for s in spacing],
                 [float(s) for s in spacing] if resample else None, [float(s) for s in shape], topo.patch,
                 sizing.batch_size, float(gpu_memory_gib), round(sizing.estimate_gib, 3), topo.pools, topo.strides,
-                topo.kernels, topo.features, supervision, max(1, topo.stages - 2), planned, fields, reasons, warnings)
+                topo.kernels, topo.features, supervision, max(1, topo.stages - 2), planned, fields, reasons, warnings,
+                list(fp.get("regions") or []))
 
 
 def _check_plannable(fp: dict, config: str) -> None:

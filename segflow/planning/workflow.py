@@ -55,7 +55,8 @@ def build(plan: Plan, data_dir: str, epochs: int, path: Path) -> dict:
 
 
 def network_config(plan: Plan) -> dict:
-    return {"spatial_dims": plan.dims, "in_channels": plan.in_channels, "out_channels": plan.num_classes,
+    return {"spatial_dims": plan.dims, "in_channels": plan.in_channels,
+            "out_channels": len(plan.regions) or plan.num_classes,
             "kernel_size": plan.kernels, "strides": plan.strides, "filters": plan.features, "norm": "instance",
             "act": "leakyrelu", "res_block": False, "deep_supervision": plan.deep_supervision,
             "deep_supr_num": plan.deep_supr_num}

@@ -11,13 +11,16 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from segflow.data.segmentation_loader import batch_augment_of
+from segflow.data.label_scheme import LabelScheme
+from segflow.data.regions import paint
+from segflow.data.segmentation_loader import batch_augment_of, labels_of
 from segflow.training import artefacts, checkpoint, ddp, tracking
 from segflow.training.device import resolve_device, resolve_precision, seed_everything
 from segflow.training.epoch_statistics import EpochStatistics
 from segflow.training.grad_histograms import GradientHistograms
-from segflow.training.metrics import METRIC_DEFINITIONS, ConfusionMeter
+from segflow.training.metrics import METRIC_DEFINITIONS
 from segflow.training.mixing import BatchMix
+from segflow.training.region_metrics import meter_for
 from segflow.training.schedules import EpochSchedule, ScheduleSettings, describe_change
 from segflow.workflow import distributed
 
@@ -205,7 +208,13 @@ class TrainingRun:
         self.loss_fn, self.optimizer = loss_fn, optimizer
         # augmentation_on "device": the loader's random transforms, run here on whole training batches
         self.batch_augment = batch_augment_of(train_loader)
+        # regions (sigmoid channels) and the ignore label of the data: the loss, metrics and pictures follow them
+        self.labels = labels_of(train_loader)
+        _loss_follows(loss_fn, self.labels, self.who)
         self.mixer = _batch_mix(cfg, loss_fn, self.who, self.log)
+        if self.mixer is not None and self.mixer.soft and not self.labels.plain:
+            raise ValueError(f"{self.who}: mixup_alpha blends one-hot classes, which data with regions or an ignore "
+                             "label does not have; use cutmix_alpha (its labels stay class maps) or no mixing")
         self.epochs = cfg.epochs
         self.device = _training_device(cfg, ctx, self.who)
         # Under torchrun: DDP across the process group; rank 0 alone writes files and shows progress.
@@ -492,6 +501,15 @@ class TrainingRun:
     def _check_labels(self, logits: torch.Tensor, label: torch.Tensor) -> None:
         classes = max(2, logits.shape[1])
         self.num_classes = classes
+        regions = self.labels.regions
+        if regions:
+            if logits.shape[1] != len(regions):
+                raise ValueError(f"{self.who}: the model outputs {logits.shape[1]} channel(s) but the data has "
+                                 f"{len(regions)} regions ({', '.join(self.labels.names())}); set the network's "
+                                 f"out_channels to {len(regions)}")
+            return
+        if self.labels.ignore is not None:  # the ignore label is no class
+            label = label.masked_fill(label == self.labels.ignore, 0)
         top = int(label.max())  # one host sync, once per run
         if top >= classes:
             raise ValueError(f"{self.who}: a training label has class {top} but the model outputs "
@@ -552,17 +570,16 @@ class TrainingRun:
             # weighted by batch size: the mean over validation images, however they are batched or sharded
             loss_sum += self.loss_fn(logits, label).detach().float() * image.shape[0]
             if meter is None:
-                meter = ConfusionMeter(logits.shape[1], dev)
+                meter = meter_for(self.labels, logits.shape[1], dev)
             meter.update(logits, label, batch.get("case"))
             if counter is not None:
                 counter.add(logits, label, batch.get("case"))
             if sample is None and self.cfg.log_images and self.main:
-                pred = (logits[0, 0] > 0).long() if logits.shape[1] == 1 else logits[0].argmax(0)
-                sample = (image[0].cpu(), label[0].cpu(), pred.cpu(), max(2, logits.shape[1]))
+                sample = self._sample(image, label, logits)
             n += image.shape[0]
         if self.dist:  # each image was validated on exactly one rank: sums over ranks are the dataset's
             if meter is None:  # this rank's shard was empty (more ranks than validation images)
-                meter = ConfusionMeter(self.num_classes or 2, dev)
+                meter = meter_for(self.labels, self.num_classes or 2, dev)
             totals = distributed.all_reduce_(torch.stack([loss_sum, torch.tensor(float(n), device=dev)]))
             loss_sum, n = totals[0], int(totals[1])
         out = {"val_loss": float(loss_sum) / max(1, n)}
@@ -577,7 +594,7 @@ class TrainingRun:
     def _final_counter(self, epoch: int):
         """The last epoch's validation also counts the cases for the post-processing decision, which
         then needs no second pass when the output weights are that epoch's (segflow.training.postprocessing)."""
-        if epoch != self.epochs or self.cfg.postprocessing != "auto":
+        if epoch != self.epochs or self.cfg.postprocessing != "auto" or not self.labels.plain:
             return None
         from segflow.training.postprocessing import CaseCounter
 
@@ -592,6 +609,9 @@ class TrainingRun:
         path = None
         if self.cfg.postprocessing == "auto" and self.val_loader is None:
             self.log(f"{self.who}: no val_loader wired, so no post-processing is chosen (postprocessing: auto)")
+        elif self.cfg.postprocessing == "auto" and not self.labels.plain:
+            self.log(f"{self.who}: no post-processing is chosen for data with regions or an ignore label (the "
+                     "largest-component rule is decided on plain classes only)")
         elif self.cfg.postprocessing == "auto":
             # the last epoch's validation counted these very weights already, unless they are an earlier epoch's
             counted, counter = self.final_counts
@@ -620,6 +640,16 @@ class TrainingRun:
                 with torch.autocast(dev.type, dtype=self.precision.dtype, enabled=self.precision.enabled):
                     counter.add(self._validation_logits(image, forward), label, batch.get("case"))
         return counter
+
+    def _sample(self, image: torch.Tensor, label: torch.Tensor, logits: torch.Tensor) -> tuple:
+        """The first validation image, its label and prediction (a class map: regions painted back)."""
+        if self.labels.region_based:
+            pred = paint(logits[0], self.labels, threshold=0.0)
+            classes = max(2, max(self.labels.paint) + 1)
+        else:
+            pred = (logits[0, 0] > 0).long() if logits.shape[1] == 1 else logits[0].argmax(0)
+            classes = max(2, logits.shape[1])
+        return image[0].cpu(), label[0].cpu(), pred.cpu(), classes
 
     def _validation_logits(self, image: torch.Tensor, forward: _Forward) -> torch.Tensor:
         """Whole images, or a sliding window of the training patch size (or val_roi_size) over them."""
@@ -701,6 +731,17 @@ class TrainingRun:
                             "best": str(self.ckpt_dir / "best.pt") if (self.ckpt_dir / "best.pt").is_file() else None},
             "definitions": METRIC_DEFINITIONS,
         })
+
+
+def _loss_follows(loss_fn: Any, labels: LabelScheme, who: str) -> None:
+    """Tell the loss about regions and the ignore label; a loss that cannot follow them is an error."""
+    if labels.plain:
+        return
+    follow = getattr(loss_fn, "follow_labels", None)
+    if follow is None:
+        raise ValueError(f"{who}: the data has {labels.describe()}, which the loss wired to loss_fn "
+                         f"({type(loss_fn).__name__}) does not know; use a LossFunction node")
+    follow(labels)
 
 
 def _mlflow_run(cfg: TrainerConfig, ctx: RunContext, run_dir: Path) -> tracking.MlflowRun:

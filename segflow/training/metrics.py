@@ -30,6 +30,9 @@ METRIC_DEFINITIONS = {
     "val_dice_case_mean": "mean over validation cases of each case's Dice (per class over the cases that have "
                           "the class, then the mean over foreground classes), as the Evaluator's dice mean; "
                           "val_dice_case_mean_<c> per class",
+    "val_dice_<region>": "data with regions: one region's Dice (its sigmoid above 0.5 against the classes it "
+                         "unites), pooled over the validation voxels; val_dice and val_dice_case_mean are then "
+                         "means over the regions; ignore-label voxels count nowhere",
 }
 
 
@@ -53,12 +56,20 @@ def _case_ids(cases: Any, images: int) -> list[str] | None:
 
 
 class ConfusionMeter:
-    def __init__(self, num_classes: int, device: torch.device):
+    """`ignore`: the ignore label's class index; its voxels are counted nowhere."""
+
+    def __init__(self, num_classes: int, device: torch.device, ignore: int | None = None):
         self.n = max(2, num_classes)
-        self.matrix = torch.zeros(self.n * self.n, dtype=torch.int64, device=device)  # pooled
+        self.ignore = ignore
+        self.matrix = torch.zeros(self.cells, dtype=torch.int64, device=device)  # pooled
         self.image_matrices: list[torch.Tensor] = []  # (images, n*n) per batch
         self.case_ids: list[Hashable] = []  # one per validated image: the batch's id, or a number
         self.unnamed = 0  # images without a case id, each its own case
+
+    @property
+    def cells(self) -> int:
+        """Counts kept per image."""
+        return self.n * self.n
 
     def update(self, logits: torch.Tensor, label: torch.Tensor, cases: Any = None) -> None:
         """`logits` (B, C, *spatial); `label` (B, 1, *spatial) class indices. One output channel
@@ -69,14 +80,22 @@ class ConfusionMeter:
         else:
             pred = logits.argmax(1)
         truth = label[:, 0].long() if label.dim() == logits.dim() else label.long()
-        images, cells = pred.shape[0], self.n * self.n
+        counted = None
+        if self.ignore is not None:  # ignored voxels go to cell 0 with weight 0
+            counted = (truth != self.ignore).reshape(-1).long()
+            truth = truth.masked_fill(truth == self.ignore, 0)
+        images, cells = pred.shape[0], self.cells
         index = (truth * self.n + pred).reshape(images, -1)
         index += torch.arange(images, device=pred.device)[:, None] * cells  # in place: volumes can be large
         index = index.reshape(-1)
         # scatter-add has no data-dependent output size, so unlike bincount it never syncs on CUDA
         per_image = torch.zeros(images * cells, dtype=torch.int64, device=pred.device)
-        per_image.index_add_(0, index, torch.ones_like(index))
-        per_image = per_image.reshape(images, cells)
+        per_image.index_add_(0, index, torch.ones_like(index) if counted is None else counted)
+        self._add(per_image.reshape(images, cells), cases)
+
+    def _add(self, per_image: torch.Tensor, cases: Any) -> None:
+        """The batch's counts (images, cells), and the case each image belongs to."""
+        images = per_image.shape[0]
         self.matrix += per_image.sum(0)
         self.image_matrices.append(per_image)
         ids = _case_ids(cases, images)
@@ -88,17 +107,23 @@ class ConfusionMeter:
     def compute(self, across_processes: bool = False) -> dict[str, float]:
         """Pooled per-class and foreground-mean dice, iou, precision, recall, pixel accuracy, and the
         per-case Dice means. Across processes the pooled matrix is summed and the cases gathered."""
+        pooled, images, ids = self.read(across_processes)
+        return {**pooled_metrics(pooled.reshape(self.n, self.n)),
+                **case_dice_means(images.reshape(-1, self.n, self.n), ids)}
+
+    def read(self, across_processes: bool) -> tuple[torch.Tensor, torch.Tensor, list[Hashable]]:
+        """(pooled counts (cells,), per-image counts (images, cells), the images' case ids) on the host."""
         if across_processes:
             distributed.all_reduce_(self.matrix)
-        cells = self.n * self.n
+        cells = self.cells
         read = torch.cat([self.matrix[None], *self.image_matrices]).double().cpu()  # the one host read
-        pooled, images = read[0].reshape(self.n, self.n), read[1:].reshape(-1, cells)
+        pooled, images = read[0], read[1:].reshape(-1, cells)
         ids: list[Hashable] = self.case_ids
         if across_processes:  # unnamed images are numbered per rank: the rank keeps them apart
             parts = distributed.gather_objects((images, self.case_ids))
             images = torch.cat([m.reshape(-1, cells) for m, _ in parts])
             ids = [c if isinstance(c, str) else (rank, c) for rank, (_, part) in enumerate(parts) for c in part]
-        return {**pooled_metrics(pooled), **case_dice_means(images.reshape(-1, self.n, self.n), ids)}
+        return pooled, images, ids
 
 
 def pooled_metrics(m: torch.Tensor) -> dict[str, float]:
