@@ -68,7 +68,10 @@ def test_the_package_holds_what_a_prediction_needs(run_2d):
     package = open_package(path)
     meta = package.metadata
     assert meta["format_version"] == 1 and meta["license"] == "CC-BY-4.0" and meta["authors"] == ["A. Person"]
-    assert set(meta["files"]) == {"weights.pt", "model.pt2", "model.onnx", "inference.json", "training_workflow.json"}
+    chosen = (base / "run" / "postprocessing.json").is_file()  # the Trainer's rule travels with the weights
+    assert set(meta["files"]) == {"weights.pt", "model.pt2", "model.onnx", "inference.json", "training_workflow.json",
+                                  *(["postprocessing.json"] if chosen else [])}
+    assert ("postprocessing" in package.inference) == chosen
     inputs = meta["network_data_format"]["inputs"]["image"]
     assert inputs["num_channels"] == 3 and inputs["spatial_shape"] == [32, 32]
     assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "class_1"}
