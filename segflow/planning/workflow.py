@@ -73,7 +73,8 @@ def _loader(plan: Plan, data_dir: str, training: dict) -> dict:
 
 
 def _training_reasons(plan: Plan, epochs: int) -> dict:
-    train_cases = max(1, plan.num_cases - round(plan.num_cases * VAL_FRACTION))
+    # the loader validates ceil(cases x val_fraction) cases (segflow.data.splits)
+    train_cases = max(1, plan.num_cases - math.ceil(plan.num_cases * VAL_FRACTION))
     per_volume = max(1, math.ceil(ITERATIONS_PER_EPOCH * plan.batch_size / train_cases))
     validate_every = max(1, min(50, epochs // 20))
     reasons = {
