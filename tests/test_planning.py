@@ -219,6 +219,9 @@ def test_plan_writes_a_valid_workflow(tmp_path, capsys, monkeypatch):
     assert loader["foreground_sampling"] == "by_class"
     assert net["strides"][0] == [1, 1, 1] and len(net["kernel_size"]) == len(net["strides"]) == len(net["filters"])
     assert workflow["nodes"][4]["config"]["epochs"] == 3
+    # nnU-Net predicts with Gaussian-weighted windows (overlap 0.5) and mirrors along every set of axes
+    assert workflow["nodes"][5]["config"] == {"tta": ["flip"], "tta_flip_combinations": True, "overlap": 0.5,
+                                              "blend_mode": "gaussian"}
     assert "target spacing" in out and "batch size" in out and "target spacing" in workflow["description"]
     assert (tmp_path / "data/phantom3d/.segflow_plan/fingerprint.json").is_file()
     assert json.loads((tmp_path / "data/phantom3d/.segflow_plan/plan_3d_fullres.json").read_text())["patch"] == [32, 32, 24]
