@@ -1,7 +1,7 @@
-"""`segflow run | validate | plan | schema | nodes | graph`.
+"""`segflow run | validate | plan | package | predict | inspect | schema | nodes | graph`.
 
 `validate`, `plan`, `schema`, `nodes` and `graph` never import torch or monai (a test checks), so
-checking workflows in CI is fast. Only `run` loads the heavy stack.
+checking workflows in CI is fast. Only `run` and `inspect` (which builds the network) load the heavy stack.
 """
 from __future__ import annotations
 
@@ -178,7 +178,7 @@ def cmd_nodes(args) -> int:
     if args.type is None:
         print(catalogue.summary())
         return 0
-    cls = registry.get(args.type)
+    cls = registry.resolve(args.type)
     if cls is None:
         from segflow.workflow.spec import suggest
 
@@ -186,6 +186,60 @@ def cmd_nodes(args) -> int:
         return 1
     print(catalogue.describe(cls))
     return 0
+
+
+def cmd_inspect(args) -> int:
+    from segflow.workflow import spec
+
+    try:
+        wf = spec.load(args.workflow, sets=args.set or ())
+        node = _network_node(wf, args.node)
+    except WorkflowError as e:
+        _print_issues(e.issues, "text", sys.stderr)
+        return 1
+    from segflow.networks.factory import build_network
+    from segflow.networks.inspection import optimizer_views, render
+
+    model = build_network(node.type, node.config)  # on the CPU, from the config alone
+    users = [wf.nodes[name] for name in _model_users(wf, node.name)]
+    views, errors = optimizer_views(model, [(user.name, user.config) for user in users])
+    if errors:
+        _print_issues([wf.config_issue(e, wf.nodes[name]) for name, e in errors], "text", sys.stderr)
+        return 1
+    print(render(node.name, node.config, model, views, args.depth, args.format))
+    return 0
+
+
+def _network_node(wf, name: str | None):
+    """The network node `segflow inspect` shows: --node, or the workflow's only one."""
+    from segflow.workflow import spec
+
+    networks = [n for n, s in wf.nodes.items() if s.cls.family == "networks"]
+    if (name is None and len(networks) == 1) or name in networks:
+        return wf.nodes[name or networks[0]]
+    listed = ", ".join(networks) or "none"
+    if name is None:
+        message, hint = f"the workflow has {len(networks)} network nodes", f"choose one with --node: {listed}"
+    elif name in wf.nodes:
+        message, hint = f"node {name!r} ({wf.nodes[name].type}) is not a network", f"network nodes: {listed}"
+    else:
+        message = f"--node {name!r}: no node of that name"
+        hint = spec.suggest(name, wf.nodes) or f"network nodes: {listed}"
+    raise WorkflowError([Issue("unknown_node", message, "--node", hint=hint, file=wf.file)])
+
+
+def _model_users(wf, network: str) -> list[str]:
+    """The Optimizer nodes whose model is this network's, directly or handed on by nodes that pass their
+    model input on (CheckpointLoader, Trainer)."""
+    holders, users = {network}, []
+    for name in wf.order():  # sources before their targets
+        cls = wf.nodes[name].cls
+        if any(w.source in holders and w.target_port == "model" for w in wf.inputs_of(name)):
+            if cls.family == "optim":
+                users.append(name)
+            elif any(out.passes == "model" for out in cls.outputs):
+                holders.add(name)
+    return users
 
 
 def cmd_graph(args) -> int:
@@ -272,6 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_plan)
 
+    from segflow.packaging.command import add_parsers
+
+    add_parsers(sub, _device_option)
+
     p = sub.add_parser("schema", help="write the workflow JSON Schema")
     p.add_argument("-o", "--output", help="path, or - for stdout (default: schemas/workflow.schema.json)")
     p.add_argument("--check", action="store_true", help="exit 1 if the file differs from the registry")
@@ -286,6 +344,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("workflow")
     p.add_argument("--format", choices=("mermaid", "dot"), default="mermaid")
     p.set_defaults(func=cmd_graph)
+
+    p = sub.add_parser("inspect", help="show a workflow's network: module tree, parameter counts, named parts for "
+                                       "the Optimizer's freeze and param_groups (built on the CPU; no data loaded)")
+    p.add_argument("workflow")
+    p.add_argument("--node", help="the network node (default: the workflow's only one)")
+    p.add_argument("--depth", type=int, default=3, metavar="N", help="module levels shown (default 3; 0: all)")
+    p.add_argument("--set", action="append", metavar="NODE.KEY=VALUE", help="override a config value (repeatable)")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.set_defaults(func=cmd_inspect)
     return parser
 
 

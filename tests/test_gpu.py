@@ -133,3 +133,31 @@ def test_boundary_loss_on_cuda_never_waits_for_the_gpu():
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert got.item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_gradient_histograms_never_wait_for_the_gpu():
+    """Captured at the step with kernels alone (read after the epoch's own sync), in deterministic mode too,
+    and equal to the CPU's."""
+    from segflow.training.grad_histograms import GradientHistograms, histogram
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 2, 1)).cuda()
+    model(torch.randn(2, 1, 32, 32, device="cuda")).square().mean().backward()
+    hist = GradientHistograms(model, every=1, accumulation_steps=1)
+    hist.start_epoch(1, batches=1)
+    hist.after_unscale(0)  # warm-up outside the checked region
+    hist.take()
+    torch.cuda.synchronize()
+    torch.use_deterministic_algorithms(True)
+    torch.cuda.set_sync_debug_mode("error")  # any host sync inside raises
+    try:
+        hist.after_unscale(0)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+        torch.use_deterministic_algorithms(False)
+    for group, captured in hist.take().items():
+        on_gpu = captured.read()
+        on_cpu = histogram([p.grad.cpu() for p in model[int(group)].parameters()], histc=False).read()
+        assert on_gpu["bucket_counts"] == on_cpu["bucket_counts"] and on_gpu["num"] == on_cpu["num"]
+        assert on_gpu["sum"] == pytest.approx(on_cpu["sum"], rel=1e-4, abs=1e-6)
+

@@ -154,7 +154,7 @@ def test_transunet_takes_other_sizes_than_img_size(tmp_path):
 @pytest.mark.parametrize("type_name,raw,field,words", [
     ("SwinUNETR", {"embed_dim": "50"}, "feature_size", "divisible by 12"),
     ("SwinUNETR", {"img_size": "100"}, "img_size", "multiple of 32"),
-    ("VNet", {"in_channels": 3}, "in_channels", "must divide 16"),
+    ("VNet", {"in_channels": 3}, "base_channels", "in_channels (3) must divide base_channels (16)"),
     ("UNETR", {"img_size": 100}, "img_size", "multiple of 16"),
     ("UNETR", {"hidden_size": 100, "num_heads": 12}, "num_heads", "divisible by num_heads"),
     ("TransUNet", {"img_size": 250}, "img_size", "multiple"),

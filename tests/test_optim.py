@@ -94,9 +94,9 @@ def test_frozen_parameters_do_not_change(tmp_path):
 
 
 def test_unknown_patterns_and_all_frozen_are_explained():
-    with pytest.raises(ValueError, match=r"optimizer.freeze: pattern 'decoder.\*' matches no parameter.*\['encoder', 'head'\]"):
+    with pytest.raises(ValueError, match=r"optimizer.freeze\[0\]: pattern 'decoder.\*' matches no parameter.*\['encoder', 'head'\]"):
         build_optimizer(model(), OptimizerConfig(freeze=["decoder.*"]), node_name="optimizer")
-    with pytest.raises(ValueError, match=r"param_groups\[0\]: pattern 'backbone'"):
+    with pytest.raises(ValueError, match=r"param_groups\[0\].pattern: pattern 'backbone'"):
         build_optimizer(model(), OptimizerConfig(param_groups=[{"pattern": "backbone", "lr": 1e-5}]))
     with pytest.raises(ValueError, match="every parameter of the model is frozen"):
         build_optimizer(model(), OptimizerConfig(freeze=["*"]))
@@ -156,3 +156,17 @@ def test_model_moved_after_building_keeps_optimizer_valid():
     net["head"](net["encoder"](x)).sum().backward()
     opt.step()
     assert not torch.equal(before, net["head"].weight)
+
+
+def test_groups_are_named_for_the_logs_and_keep_their_names_through_a_checkpoint(tmp_path):
+    cfg = OptimizerConfig(param_groups=[{"pattern": "encoder.0", "name": "first"}, {"pattern": "encoder.*"},
+                                        {"pattern": "head", "name": "first"}])
+    opt = build_optimizer(model(), cfg)
+    assert [g["name"] for g in opt.param_groups] == ["first", "encoder.*", "first_2"]
+    assert [g["name"] for g in build_optimizer(model(), OptimizerConfig()).param_groups] == ["all"]
+    two = build_optimizer(model(), OptimizerConfig(param_groups=[{"pattern": "head", "lr": 1e-3}]))
+    assert [g["name"] for g in two.param_groups] == ["head", "rest"]
+    torch.save(two.state_dict(), tmp_path / "opt.pt")
+    again = build_optimizer(model(), OptimizerConfig(param_groups=[{"pattern": "head", "lr": 1e-3}]))
+    again.load_state_dict(torch.load(tmp_path / "opt.pt", weights_only=True))
+    assert [(g["name"], g["lr"]) for g in again.param_groups] == [("head", 1e-3), ("rest", 1e-4)]

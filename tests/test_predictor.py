@@ -257,7 +257,7 @@ def test_each_case_is_written_before_the_next_batch_is_read(tmp_path):
 
     messages = []
     preds = predict(tmp_path, toy.tiny_net(), Watching(), messages=messages)
-    assert [r.case for r in preds] == ["c0", "c1", "c2"] and len(messages) == 4
+    assert [r.case for r in preds] == ["c0", "c1", "c2"] and len([m for m in messages if " -> " in m]) == 3
     image, pred, label = preds.load(preds.records[2])
     assert image.shape == (1, 8, 8) and pred.shape == label.shape == (8, 8)
 

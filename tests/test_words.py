@@ -88,6 +88,16 @@ def test_a_wrong_word_is_rejected_by_both_and_the_error_names_the_choices(type_n
         config(**{key: NOT_A_WORD})
 
 
+def test_repeated_words_are_dropped_unless_the_list_is_positional():
+    """A set of metrics says each once; channel_normalization says one word per image channel, so
+    `Choice(keep_repeats=True)` keeps repeats. The schema takes both lists as they are."""
+    assert _validate("Evaluator", "metrics", ["dice", " Dice", "iou"]) == (["dice", "iou"], True)
+    assert _validate("MedicalSegmentationLoader", "channel_normalization", ["zscore", "ZSCORE", "ct zscore"]) == \
+        (["zscore", "zscore", "ct_zscore"], True)
+    assert _validate("MedicalSegmentationLoader", "channel_normalization", "zscore, zscore") == \
+        (["zscore", "zscore"], True)
+
+
 def test_every_field_with_words_follows_the_rule():
     missing = [f"{type_name}.{key}" for type_name, cls in registry.all_types().items()
                for key, field in cls.Config.model_fields.items()

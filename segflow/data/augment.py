@@ -8,6 +8,10 @@ that size. 3-D pipelines work on patches already cut (see `datasets.sample_patch
 
 Training datasets point a pipeline's random draws at their per-sample generators (`draw_from`),
 so its transforms draw nothing from generators of their own or global ones.
+
+Random erasing (`erasing` = (probability, (min, max) side fraction)) comes last, on the image only,
+as torchvision's RandomErasing does: one box (albumentations' CoarseDropout) or cuboid (MONAI's
+RandCoarseDropoutd) set to 0, each side a fraction of the sample's extent drawn from [min, max].
 """
 from __future__ import annotations
 
@@ -17,6 +21,8 @@ if TYPE_CHECKING:
     from segflow.data.draws import SampleRandom
 
 STRENGTHS = ("light", "medium", "strong")
+
+Erasing = tuple[float, tuple[float, float]]  # (probability per sample, (min, max) side fraction)
 
 
 def draw_from(pipeline, draws: SampleRandom) -> None:
@@ -37,10 +43,12 @@ def draw_from(pipeline, draws: SampleRandom) -> None:
             transform.set_random_state(state=draws.legacy)
 
 
-def albumentations_pipeline(size: tuple[int, int], strength: str | None, seed: int, resize: bool = True):
+def albumentations_pipeline(size: tuple[int, int], strength: str | None, seed: int, resize: bool = True,
+                            erasing: Erasing | None = None):
     """`strength` None: resize only (validation, or augmentation off), or None for patches, which
     need no transform then. `resize` False: the samples are patches of `size` already, so the
-    presets' random resized crop is left out (the affine's scaling in medium/strong stays)."""
+    presets' random resized crop is left out (the affine's scaling in medium/strong stays).
+    `erasing` (with a preset) appends random erasing."""
     import albumentations as A
     import cv2
 
@@ -84,11 +92,16 @@ def albumentations_pipeline(size: tuple[int, int], strength: str | None, seed: i
         ]
     if not resize:
         tf = [t for t in tf if not isinstance(t, A.RandomResizedCrop)]
+    if erasing is not None:
+        p, sides = erasing  # fractions of the height and width; fill_mask None: the mask is left alone
+        tf.append(A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=sides, hole_width_range=sides,
+                                  fill=0, fill_mask=None, p=p))
     return A.Compose(tf, seed=seed)
 
 
-def monai_pipeline(patch: tuple[int, ...], strength: str | None, seed: int):
-    """Random 3-D transforms on a patch dict {"image": (C,*S), "label": (1,*S)}; None when off."""
+def monai_pipeline(patch: tuple[int, ...], strength: str | None, seed: int, erasing: Erasing | None = None):
+    """Random 3-D transforms on a patch dict {"image": (C,*S), "label": (1,*S)}; None when off.
+    `erasing` (with a preset) appends random erasing of the image."""
     if strength is None:
         return None
     if strength not in STRENGTHS:
@@ -97,6 +110,7 @@ def monai_pipeline(patch: tuple[int, ...], strength: str | None, seed: int):
         Compose,
         RandAdjustContrastd,
         RandAffined,
+        RandCoarseDropoutd,
         RandFlipd,
         RandGaussianNoised,
         RandGaussianSmoothd,
@@ -119,6 +133,10 @@ def monai_pipeline(patch: tuple[int, ...], strength: str | None, seed: int):
             RandGaussianSmoothd("image", prob=0.15, sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0)),
             RandAdjustContrastd("image", prob=0.3, gamma=(0.7, 1.5)),
         ]
+    if erasing is not None:
+        p, (low, high) = erasing  # MONAI takes the sides in voxels; a side is drawn in [spatial_size, max]
+        tf.append(RandCoarseDropoutd("image", holes=1, spatial_size=[max(1, int(low * s)) for s in patch],
+                                     max_spatial_size=[max(1, int(high * s)) for s in patch], fill_value=0.0, prob=p))
     c = Compose(tf)
     c.set_random_state(seed=seed)
     return c

@@ -6,6 +6,9 @@ per-sample random parameters drawn from torch's default generator of that device
 seeds it and a checkpoint's RNG state restores it, so a resumed run draws what an uninterrupted one
 would. Nothing is read back to the host, so the GPU's queue is never drained here.
 
+Random erasing (`erase_p`, off in the presets; the loader's `random_erasing`) comes after the intensity
+transforms: one box per drawn sample set to 0, the label left alone.
+
 Spatial transforms (flips, rotate-90, rotation, zoom, translation, shear and the 2-D random resized crop)
 are composed into one affine map per sample and applied with a single `grid_sample`: image bilinear,
 label nearest (its values stay those of the input, plus background 0 where the map reaches outside),
@@ -69,6 +72,8 @@ class AugmentSettings:
     noise_std: tuple[float, float] = (0.0, 0.0)
     smooth_p: float = 0.0  # Gaussian smoothing, sigma in voxels drawn per axis
     smooth_sigma: tuple[float, float] = (0.0, 0.0)
+    erase_p: float = 0.0  # random erasing: one box per sample set to 0, the label left alone
+    erase_size: tuple[float, float] = (0.1, 0.4)  # each side a fraction of its axis, drawn per axis
     # Images in [0, 1] (the 2-D pipeline): intensity results are clipped to it and gamma applies
     # directly. Otherwise (z-scored 3-D data) gamma rescales each sample to [0, 1] and back, as
     # MONAI's RandAdjustContrast does.
@@ -131,6 +136,8 @@ class BatchAugment:
                              f"{self.dims} spatial axes; got {tuple(image.shape)} and {tuple(label.shape)}")
         image, label = self._spatial(image, label)
         image = self._intensity(image)
+        if self.settings.erase_p > 0:  # last, as torchvision's RandomErasing; before the z-score, as the workers
+            image = self._erase(image)
         if self.zscore_after:
             std, mean = torch.std_mean(image, dim=tuple(range(2, image.dim())), correction=0, keepdim=True)
             image = (image - mean) / std.clamp_min(1e-8)
@@ -243,6 +250,22 @@ class BatchAugment:
         if s.smooth_p > 0:
             x = self._smooth(x)
         return x
+
+    def _erase(self, x: torch.Tensor) -> torch.Tensor:
+        """Random erasing: with probability erase_p a sample gets one box set to 0, each side a whole
+        number of voxels, a fraction of its axis drawn from erase_size, placed uniformly inside."""
+        s, n, dev = self.settings, x.shape[0], x.device
+        shape = x.shape[2:]
+        box = (torch.rand(n, device=dev) < s.erase_p).view(n, *(1,) * len(shape))
+        for axis, size in enumerate(shape):
+            side = torch.floor(_uniform(n, *s.erase_size, dev) * size).clamp(1, size)
+            start = torch.floor(torch.rand(n, device=dev) * (size - side + 1))
+            at = torch.arange(size, device=dev)
+            inside = (at >= start[:, None]) & (at < (start + side)[:, None])  # (B, size)
+            view = [n] + [1] * len(shape)
+            view[1 + axis] = size
+            box = box & inside.view(view)
+        return x.masked_fill(box[:, None], 0.0)
 
     def _clip(self, x: torch.Tensor) -> torch.Tensor:
         return x.clamp(0.0, 1.0) if self.settings.unit_range else x

@@ -169,6 +169,39 @@ def _pair(img_dir: Path, mask_dir: Path) -> list[tuple[str, Path, Path]]:
     return [(cid, images[cid], masks[cid]) for cid in sorted(images)]
 
 
+_CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+def find_images(root: str | Path) -> tuple[Layout, list[tuple[str, str]]]:
+    """A plain folder of images to predict (`segflow predict -i`, loader layout "images"): every
+    readable file, or folder holding a DICOM series, is one case without a label. When every name ends
+    in `_XXXX` (nnU-Net's `<case>_0000.nii.gz`, `<case>_0001.nii.gz`, ...), the files of one case are
+    its channels, in that order. Returns the cases and, for cases that cannot be used (a channel
+    missing), (case, why), so a caller can skip them and go on with the rest."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} does not exist or is not a folder")
+    files = _files(root)
+    stems = {p: split_name(p.name)[0] for p in files}
+    grouped = bool(files) and all(_CHANNEL_FILE.match(stem) for stem in stems.values())
+    if not grouped:
+        return Layout("images", root, [Case(stems[p], [p], None, "test") for p in files]), []
+    channels: dict[str, dict[int, Path]] = {}
+    for p, stem in stems.items():
+        m = _CHANNEL_FILE.match(stem)
+        channels.setdefault(m["case"], {})[int(m["channel"])] = p
+    cases, problems = [], []
+    for case_id in sorted(channels):
+        found = channels[case_id]
+        if sorted(found) != list(range(len(found))):
+            missing = sorted(set(range(max(found) + 1)) - set(found))
+            problems.append((case_id, f"channel file(s) {', '.join(f'{case_id}_{i:04d}' for i in missing)} missing "
+                             f"(found {', '.join(found[i].name for i in sorted(found))})"))
+            continue
+        cases.append(Case(case_id, [found[i] for i in sorted(found)], None, "test"))
+    return Layout("images", root, cases), problems
+
+
 def find_test_cases(root: str | Path, layout: str = "auto") -> Layout:
     """The layout's test images, each with its label where one exists (else label None).
 
@@ -177,7 +210,15 @@ def find_test_cases(root: str | Path, layout: str = "auto") -> Layout:
     labelsTs/{case}{ending}. Folder: test/images (or imagesTs/) with test/masks (or labelsTs/).
     """
     return _find(Path(root), layout, {"nnunet": _nnunet_test, "msd": _msd_test,
-                                      "folder": lambda r, m: _folder_test(r)}, test=True)
+                                      "folder": lambda r, m: _folder_test(r), "images": _images_test}, test=True)
+
+
+def _images_test(root: Path, meta: dict | None) -> Layout:
+    layout, problems = find_images(root)
+    if problems:
+        case_id, why = problems[0]
+        raise ValueError(f"{root}: case {case_id}: {why}")
+    return layout
 
 
 def _find(root: Path, layout: str, finders: dict, test: bool) -> Layout:
@@ -189,6 +230,9 @@ def _find(root: Path, layout: str, finders: dict, test: bool) -> Layout:
     if layout == "auto":
         layout = _detect(root, meta)
     if layout not in finders:
+        if layout == "images":
+            raise ValueError(f"{root}: layout images is a folder of images without labels, for subset test "
+                             "(prediction); training needs a layout with labels (msd, nnunet, folder)")
         raise ValueError(f"layout must be one of auto, {', '.join(LAYOUTS)}; got {layout!r}")
     found = finders[layout](root, meta)
     if not found.cases and test:
@@ -206,7 +250,7 @@ def _find(root: Path, layout: str, finders: dict, test: bool) -> Layout:
 
 
 _TEST_PLACES = {"msd": "dataset.json 'test' list or imagesTs/", "nnunet": "imagesTs/{case}_0000<file_ending>",
-                "folder": "test/images/ or imagesTs/"}
+                "folder": "test/images/ or imagesTs/", "images": "image files in the folder itself"}
 
 
 def _msd_test(root: Path, meta: dict | None) -> Layout:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from segflow.data.info import DatasetInfo
+from segflow.data.intensity import ChannelCountError, per_channel, two_d_word
 from segflow.data.label_coding import decide
 from segflow.data.layouts import Case, Layout, find_cases, find_test_cases
 from segflow.data.prepare import Prepared, PrepSpec, cache_key, load_prepared, mask_values, prepare_case, save_prepared
@@ -69,16 +70,17 @@ class Sampling:
     on_device: bool  # augmentation_on device: BatchAugment on the training device, not the workers
 
 
-def build_loaders(cfg: MedicalSegmentationLoaderConfig, log: Log = print
+def build_loaders(cfg: MedicalSegmentationLoaderConfig, log: Log = print, layout: Layout | None = None
                   ) -> tuple[SegmentationLoader | None, SegmentationLoader | None, DatasetInfo]:
     """train_loader (None for subset test and all), val_loader (None without validation cases) and
-    the DatasetInfo."""
+    the DatasetInfo. `layout`: these cases instead of those found in data_dir (`segflow predict`
+    hands them one at a time, so one unreadable case does not stop the rest)."""
     from segflow.data.allocator import keep_freed_sample_memory
     from segflow.workflow import distributed
 
     keep_freed_sample_memory()  # this process makes the batches with 0 workers; workers inherit it
     distributed.wait_for_main()  # under torchrun rank 0 writes the phantom and disk cache; the others reuse them
-    found = discover(cfg)
+    found = discover(cfg, layout)
     split = choose_split(cfg, found.layout.cases, found.data_dir, log)
     checked = prepare_and_check(cfg, found, log)
     distributed.release_others()
@@ -87,15 +89,19 @@ def build_loaders(cfg: MedicalSegmentationLoaderConfig, log: Log = print
     return train_loader, val_loader, describe(cfg, found, checked, split, sampling, log)
 
 
-def discover(cfg: MedicalSegmentationLoaderConfig) -> Found:
-    """Write the phantom dataset if asked, find the cases of `cfg.subset`, and settle how to read them."""
+def discover(cfg: MedicalSegmentationLoaderConfig, given: Layout | None = None) -> Found:
+    """Write the phantom dataset if asked, find the cases of `cfg.subset` (or take `given`), and settle
+    how to read them."""
     data_dir = Path(cfg.data_dir)
     if cfg.synthetic != "none":
         from segflow.data.phantoms import write_phantom_dataset
 
         write_phantom_dataset(data_dir, kind=cfg.synthetic[-2:], num_cases=cfg.synthetic_cases,
                               num_classes=cfg.synthetic_classes, seed=0)
-    layout = find_test_cases(data_dir, cfg.layout) if cfg.subset == "test" else find_cases(data_dir, cfg.layout)
+    if given is not None:
+        layout = given
+    else:
+        layout = find_test_cases(data_dir, cfg.layout) if cfg.subset == "test" else find_cases(data_dir, cfg.layout)
     declared = cfg.num_classes or (len(layout.class_names) if layout.class_names else None)
     unlabelled = [c.case_id for c in layout.cases if c.label is None]
     if unlabelled and declared is None:
@@ -107,15 +113,29 @@ def discover(cfg: MedicalSegmentationLoaderConfig) -> Found:
     coding = decide(layout.label_values, json_labels, mask_values(layout.cases, _threads(cfg)), declared)
     spec = PrepSpec(
         spatial_dims=None if cfg.spatial_dims == "auto" else int(cfg.spatial_dims),
-        normalization=cfg.normalization,
-        ct_window=tuple(cfg.ct_window),
-        intensity=(cfg.intensity_mean, cfg.intensity_std) if cfg.normalization == "ct_zscore" else None,
+        **_normalisation(cfg),
         target_spacing=tuple(cfg.target_spacing) if cfg.target_spacing else None,
         num_classes=declared,
         label_source="config num_classes" if cfg.num_classes else json_labels,
         label_coding=coding,
     )
     return Found(data_dir, layout, spec, unlabelled)
+
+
+def _normalisation(cfg: MedicalSegmentationLoaderConfig) -> dict[str, Any]:
+    """The PrepSpec fields of the intensity normalisation: one way for every channel, or (when
+    channel_normalization, or a window or number, is given per channel) each channel its own way."""
+    channels = per_channel(cfg.channel_normalization or cfg.normalization, cfg.ct_window, cfg.intensity_mean,
+                           cfg.intensity_std)
+    if channels is not None:
+        return {"normalization": cfg.normalization, "channels": channels}
+    return {"normalization": cfg.normalization, "ct_window": tuple(cfg.ct_window),
+            "intensity": (cfg.intensity_mean, cfg.intensity_std) if cfg.normalization == "ct_zscore" else None}
+
+
+def two_d_normalization(cfg: MedicalSegmentationLoaderConfig) -> str:
+    """The word 2-D datasets treat every channel by (see intensity.two_d_word)."""
+    return two_d_word(cfg.channel_normalization) if cfg.channel_normalization else cfg.normalization
 
 
 def prepare_and_check(cfg: MedicalSegmentationLoaderConfig, found: Found, log: Log) -> Checked:
@@ -321,6 +341,8 @@ def _prepare_all(cases: list[Case], spec: PrepSpec, cfg: MedicalSegmentationLoad
         for case, f in zip(cases, futures):
             try:
                 results.append(f.result())
+            except ChannelCountError as e:  # the config's, not the case's: said once
+                raise ValueError(f"{data_dir}: {e}") from None
             except (ValueError, FileNotFoundError, ImportError) as e:
                 errors.append(str(e) if str(e).startswith("case ") else f"case {case.case_id}: {e}")
     if errors:
@@ -365,12 +387,23 @@ def _batch_augment(cfg: MedicalSegmentationLoaderConfig, dims: int, sampling: Sa
     gamma rescales each sample as for 3-D."""
     from segflow.data.batch_augment import BatchAugment
 
+    erasing = _erasing(cfg)
+    erase = {} if erasing is None else {"erase_p": erasing[0], "erase_size": erasing[1]}
     if dims == 3:
-        return BatchAugment(dims, sampling.strength)
-    resize, norm = sampling.mode == "resize", cfg.normalization
+        return BatchAugment(dims, sampling.strength, **erase)
+    resize, norm = sampling.mode == "resize", two_d_normalization(cfg)
     return BatchAugment(dims, sampling.strength, zscore_after=resize and norm == "zscore",
                         unit_range=norm != "none" and (resize or norm != "zscore"),
-                        **({} if resize else {"crop_p": 0.0}))
+                        **({} if resize else {"crop_p": 0.0}), **erase)
+
+
+def _erasing(cfg: MedicalSegmentationLoaderConfig) -> tuple[float, tuple[float, float]] | None:
+    """(probability, (min, max) side fraction) of random erasing, None when off; the pipelines add it
+    to a preset only, so it never reaches validation or a loader with augmentation false."""
+    if not cfg.random_erasing:
+        return None
+    low, high = cfg.random_erasing_size
+    return float(cfg.random_erasing), (float(low), float(high))
 
 
 def _datasets(train_src, val_src, dims: int, sampling: Sampling, cfg: MedicalSegmentationLoaderConfig):
@@ -384,20 +417,23 @@ def _datasets(train_src, val_src, dims: int, sampling: Sampling, cfg: MedicalSeg
     train = None
     size, mode, on_device = sampling.size, sampling.mode, sampling.on_device
     strength = None if on_device else sampling.strength
-    z = dims == 2 and cfg.normalization == "zscore"  # 2-D images stay in [0, 1] until after augmentation
-    raw = dims == 2 and cfg.normalization == "none"  # mapped onto [0, 1] around the transforms, then back
+    erasing = _erasing(cfg)
+    norm = two_d_normalization(cfg) if dims == 2 else None
+    z = norm == "zscore"  # 2-D images stay in [0, 1] until after augmentation
+    raw = norm == "none"  # mapped onto [0, 1] around the transforms, then back
     if mode == "resize":
         if train_src:
-            train = Slices2D(train_src, albumentations_pipeline(size, strength, seed), z and not on_device,
-                             repeats, seed, raw_range=raw)
+            train = Slices2D(train_src, albumentations_pipeline(size, strength, seed, erasing=erasing),
+                             z and not on_device, repeats, seed, raw_range=raw)
         val = Slices2D(val_src, albumentations_pipeline(size, None, seed), z) if val_src else None
         return train, val
     centres = Centres.of(cfg.pos, cfg.neg, by_class=cfg.foreground_sampling == "by_class")
     if train_src and dims == 2:
         # patches are z-scored here with their whole image's statistics, even with on_device, since
         # BatchAugment only knows the patch
-        train = Patches2D(train_src, size, centres, albumentations_pipeline(size, strength, seed, resize=False),
+        train = Patches2D(train_src, size, centres,
+                          albumentations_pipeline(size, strength, seed, resize=False, erasing=erasing),
                           z, repeats, seed, raw_range=raw)
     elif train_src:
-        train = Patches3D(train_src, size, centres, monai_pipeline(size, strength, seed), repeats, seed)
+        train = Patches3D(train_src, size, centres, monai_pipeline(size, strength, seed, erasing), repeats, seed)
     return train, (WholeCases(val_src, z) if val_src else None)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from segflow.data.intensity import ONLY_3D, ChannelPlan, check_channel_count, nonzero_mask, zscore_inside
 from segflow.data.label_coding import CLASS_INDICES, IMAGE_MASKS, LabelCoding
 from segflow.data.layouts import Case
 from segflow.data.readers import read, split_name
@@ -28,9 +29,10 @@ MIN_FG_PER_CLASS = 10_000  # each class keeps at least this many (nnU-Net sample
 @dataclass(frozen=True)
 class PrepSpec:
     spatial_dims: int | None  # None: take it from the data
-    normalization: str = "zscore"  # zscore | minmax | ct | ct_zscore | none
+    normalization: str = "zscore"  # zscore | zscore_nonzero | minmax | ct | ct_zscore | none
     ct_window: tuple[float, float] = (-175.0, 250.0)
     intensity: tuple[float, float] | None = None  # ct_zscore: the dataset's (mean, std) after clipping
+    channels: ChannelPlan | None = None  # settings per channel, in place of the three above (intensity.per_channel)
     target_spacing: tuple[float, ...] | None = None
     num_classes: int | None = None  # declared classes incl. background; None: infer
     label_source: str = "labels"  # what declared the classes, for messages
@@ -82,10 +84,7 @@ def prepare_case(case: Case, spec: PrepSpec) -> Prepared:
         raise ValueError(f"case {case.case_id}: image {case.images[0]} contains NaN or infinite values")
     label = _label_values(label, case, spec)
     spacing, affine = geometry or (label_file.spacing, label_file.affine)
-    if spec.target_spacing is not None and spacing is not None:
-        image, label, affine = _resample(image, label, affine, spacing, spec.target_spacing)
-        spacing = tuple(float(s) for s in spec.target_spacing)
-    image = normalize(image, spec.normalization, spec.ct_window, for_2d=dims == 2, intensity=spec.intensity)
+    image, label, affine, spacing = _normalised_at_spacing(image, label, affine, spacing, spec, case.case_id)
     fg, fg_classes = foreground_index(label, case.case_id)  # for foreground-centred patches (3-D, 2-D patches)
     return Prepared(case.case_id, image, label, spacing, affine, fg, int(label.max(initial=0)), fg_classes)
 
@@ -121,10 +120,7 @@ def _prepare_unlabelled(case: Case, spec: PrepSpec) -> Prepared:
     if not np.all(np.isfinite(image)):
         raise ValueError(f"case {case.case_id}: image {case.images[0]} contains NaN or infinite values")
     spacing, affine = geometry or (None, None)
-    if spec.target_spacing is not None and spacing is not None:
-        image, _, affine = _resample(image, None, affine, spacing, spec.target_spacing)
-        spacing = tuple(float(s) for s in spec.target_spacing)
-    image = normalize(image, spec.normalization, spec.ct_window, for_2d=dims == 2, intensity=spec.intensity)
+    image, _, affine, spacing = _normalised_at_spacing(image, None, affine, spacing, spec, case.case_id)
     return Prepared(case.case_id, image, None, spacing, affine, None, 0)
 
 
@@ -164,6 +160,22 @@ def mask_values(cases: list[Case], threads: int = 1) -> set[int] | None:
         return set().union(*pool.map(values, paths))
 
 
+def _normalised_at_spacing(image, label, affine, spacing, spec: PrepSpec, case_id: str):
+    """(image, label, affine, spacing): normalised, and resampled to spec.target_spacing when it is set.
+    Volumes are normalised first, as nnU-Net does: the nonzero mask of zscore_nonzero must fit the
+    image it was found on, which interpolation would blur. 2-D images are normalised last, so they stay
+    exactly in [0, 1] for their augmentation."""
+    dims = image.ndim - 1
+    if dims == 3:
+        image = normalize_case(image, spec, case_id)
+    if spec.target_spacing is not None and spacing is not None:
+        image, label, affine = _resample(image, label, affine, spacing, spec.target_spacing)
+        spacing = tuple(float(s) for s in spec.target_spacing)
+    if dims == 2:
+        image = normalize_case(image, spec, case_id)
+    return image, label, affine, spacing
+
+
 def _resample(image, label, affine, spacing, target):
     """To `target` spacing by nnU-Net's rules (segflow.data.resample): cubic images, one-hot linear
     labels, nearest along a coarse slice axis; the affine describes the new grid."""
@@ -178,36 +190,62 @@ def _resample(image, label, affine, spacing, target):
     return to_spacing(image, label, affine, spacing, target)
 
 
+def normalize_case(image: np.ndarray, spec: PrepSpec, case_id: str = "?") -> np.ndarray:
+    """`image` (C, *S) normalised by the spec: one way for every channel, or each channel its own way
+    (spec.channels). zscore_nonzero's mask is found once, on the raw channels together."""
+    for_2d = image.ndim == 3
+    if spec.channels is None:
+        return normalize(image, spec.normalization, spec.ct_window, for_2d=for_2d, intensity=spec.intensity)
+    check_channel_count(spec.channels, image.shape[0], case_id)
+    mask = nonzero_mask(image) if not for_2d and any(c.word == "zscore_nonzero" for c in spec.channels.channels) \
+        else None
+    out = np.empty(image.shape, np.float32)
+    for i, channel in enumerate(spec.channels.channels):
+        out[i] = normalize(image[i:i + 1], channel.word, channel.window, for_2d=for_2d, intensity=channel.intensity,
+                           mask=mask, channel=i)[0]
+    return out
+
+
 def normalize(image: np.ndarray, method: str, ct_window=(-175.0, 250.0), for_2d: bool = False,
-              intensity: tuple[float, float] | None = None) -> np.ndarray:
-    """Per-case, per-channel intensity normalisation.
+              intensity: tuple[float, float] | None = None, mask: np.ndarray | None = None,
+              channel: int | None = None) -> np.ndarray:
+    """Per-case, per-channel intensity normalisation of `image` (C, *S), every channel by `method`.
 
     2-D images are kept in [0, 1] here (z-score is applied after augmentation, see
     `zscore`), because albumentations' brightness/contrast/gamma expect that range.
     ct_zscore (3-D only, for that reason) clips to `ct_window` and z-scores with the dataset-wide
     `intensity` (mean, std), as nnU-Net normalises CT: the same mapping for every case.
+    zscore_nonzero (3-D only) z-scores inside `mask` (default: the image's own nonzero mask) and
+    zeroes the rest (segflow.data.intensity). `channel` names the channel in messages.
     """
     image = image.astype(np.float32, copy=True)
+    which = "" if channel is None else f"channel {channel}: "
+    if method in ONLY_3D and for_2d:
+        hint = "use ct with the same ct_window" if method == "ct_zscore" else "use zscore"
+        raise ValueError(f"{which}normalization {method} is for 3-D data (2-D images stay in [0, 1] for "
+                         f"augmentation); {hint}")
+    if method in ("ct", "ct_zscore") and ct_window is None:
+        raise ValueError(f"{which}normalization {method} needs a ct_window")
     if method == "none":
         return image
     if method == "ct":
         lo, hi = ct_window
         return np.clip((image - lo) / (hi - lo), 0.0, 1.0)
     if method == "ct_zscore":
-        if for_2d:
-            raise ValueError("normalization ct_zscore is for 3-D data (2-D images stay in [0, 1] for augmentation); "
-                             "use ct with the same ct_window")
         if intensity is None:
-            raise ValueError("normalization ct_zscore needs intensity_mean and intensity_std")
+            raise ValueError(f"{which}normalization ct_zscore needs intensity_mean and intensity_std")
         mean, std = intensity
         return ((np.clip(image, *ct_window) - mean) / max(std, 1e-8)).astype(np.float32, copy=False)
+    if method == "zscore_nonzero":
+        inside = nonzero_mask(image) if mask is None else mask
+        return np.stack([zscore_inside(c, inside) for c in image])
     if method == "minmax" or for_2d:
         lo = image.min(axis=tuple(range(1, image.ndim)), keepdims=True)
         hi = image.max(axis=tuple(range(1, image.ndim)), keepdims=True)
         return (image - lo) / np.maximum(hi - lo, 1e-8)
     if method == "zscore":
         return zscore(image)
-    raise ValueError(f"normalization must be zscore, minmax, ct, ct_zscore or none; got {method!r}")
+    raise ValueError(f"normalization must be zscore, zscore_nonzero, minmax, ct, ct_zscore or none; got {method!r}")
 
 
 def zscore(image: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
@@ -245,8 +283,9 @@ def foreground_index(label: np.ndarray, case_id: str) -> tuple[np.ndarray, np.nd
 
 
 # Raised when what a cached case holds changes (2: foreground indices for 2-D cases too;
-# 3: nnU-Net's resampling rules for target_spacing; 4: foreground indices per class).
-CACHE_VERSION = 4
+# 3: nnU-Net's resampling rules for target_spacing; 4: foreground indices per class; 5: volumes normalised
+# before resampling).
+CACHE_VERSION = 5
 
 
 def cache_key(case: Case, spec: PrepSpec) -> str:

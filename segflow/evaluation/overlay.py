@@ -159,8 +159,9 @@ def _choose(pset: PredictionSet, max_images: int, selection: str, log) -> list[t
 def render_overlays(pset: PredictionSet, output_dir: Path, *, alpha: float = 0.5, max_images: int = 16,
                     selection: str = "worst", slices_per_case: int = 3, slice_axis="auto",
                     colours: dict[str, str] | None = None, dpi: int = 100,
-                    log: Callable[[str], None] = print) -> list[Path]:
-    """Write <case>.png per drawn case and grid.png; return their paths (grid last).
+                    log: Callable[[str], None] = print, individual: bool = True, grid: bool = True) -> list[Path]:
+    """Write <case>.png per drawn case (unless not `individual`) and grid.png (if `grid`); return their
+    paths (grid last).
 
     `colours` are the error map's (tp, fp, fn, wrong_class); any left out keep ERROR_COLOURS."""
     plt = _pyplot()
@@ -172,12 +173,13 @@ def render_overlays(pset: PredictionSet, output_dir: Path, *, alpha: float = 0.5
     used_names: set[str] = set()
     for record, _ in _choose(pset, max_images, selection, log):
         fig, tile = _case_figure(plt, painter, record, slice_axis, slices_per_case)
-        path = output_dir / f"{_unique_name(record.case, used_names)}.png"
-        atomic_write(path, lambda f, fig=fig: fig.savefig(f, format="png", dpi=dpi))
+        if individual:
+            path = output_dir / f"{_unique_name(record.case, used_names)}.png"
+            atomic_write(path, lambda f, fig=fig: fig.savefig(f, format="png", dpi=dpi))
+            written.append(path)
         plt.close(fig)
-        written.append(path)
         tiles.append(tile)
-    if tiles:
+    if tiles and grid:
         written.append(_grid(tiles, painter, output_dir / "grid.png", dpi, plt))
     log(f"overlays: wrote {len(written)} PNG file(s) to {output_dir}")
     return written

@@ -104,26 +104,48 @@ def _quiet_onnx_logs():
         logger.setLevel(level)
 
 
-def _export_onnx(module, sample, path: Path, opset: int, dynamic_batch: bool) -> tuple[str, str | None]:
-    """(exporter used, why the first one failed or None)."""
+def _export_onnx(module, sample, path: Path, opset: int, dynamic_batch: bool,
+                 dynamic_spatial: bool = False) -> tuple[str, str | None]:
+    """(exporter used, why the first one failed or None). `dynamic_spatial`: the spatial axes left free
+    too (torch.export decides which it can keep free; the caller's parity check at a second size says
+    whether the file really takes other sizes)."""
     errors = []
+    spatial = range(2, sample.dim()) if dynamic_spatial else ()
     with warnings.catch_warnings(), redirect_stdout(io.StringIO()), _quiet_onnx_logs():  # progress prints, too
         warnings.simplefilter("ignore")
         try:
-            shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
+            axes = {0: torch.export.Dim("batch", min=1, max=4096)} if dynamic_batch else {}
+            axes.update({axis: torch.export.Dim.AUTO for axis in spatial})
+            shapes = (axes,) if axes else None
             torch.onnx.export(module, (sample,), str(path), opset_version=opset, input_names=["image"],
                               output_names=["logits"], dynamic_shapes=shapes, dynamo=True, external_data=False)
             return "torch.export", None
         except Exception as e:  # the new exporter cannot capture every network; try the older one
             errors.append(f"torch.export-based exporter: {_first_line(e)}")
         try:
-            axes = {"image": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
+            named = ({0: "batch"} if dynamic_batch else {}) | {axis: f"size_{axis - 2}" for axis in spatial}
+            axes = {"image": named, "logits": named} if named else None
             torch.onnx.export(module, (sample,), str(path), opset_version=opset, input_names=["image"],
                               output_names=["logits"], dynamic_axes=axes, dynamo=False)
             return "torchscript-based", errors[0]
         except Exception as e:
             errors.append(f"TorchScript-based exporter: {_first_line(e)}")
     raise RuntimeError("; ".join(errors))
+
+
+def _check_other_size(module, path: Path, shape: tuple[int, ...], gen: torch.Generator, tolerance: float,
+                      name: str) -> None:
+    """The ONNX file at a spatial size other than the one it was traced with, against eager PyTorch."""
+    x = torch.randn((1, *shape), generator=gen)
+    with torch.no_grad():
+        expected = module(x).numpy()
+    try:
+        got, _ = _run_onnx(path, x)
+    except Exception as e:  # onnxruntime refuses a size the graph fixed
+        raise ValueError(f"the ONNX {name} does not take spatial size {list(shape[1:])}: {_first_line(e)}") from e
+    diff = float(np.max(np.abs(got.astype(np.float64) - expected))) if got.shape == expected.shape else float("inf")
+    if not diff <= tolerance:
+        raise ValueError(f"the ONNX {name} at spatial size {list(shape[1:])} differs from eager PyTorch by {diff:.3g}")
 
 
 def _run_onnx(path: Path, x: torch.Tensor) -> tuple[np.ndarray, str]:
@@ -139,8 +161,11 @@ def _run_onnx(path: Path, x: torch.Tensor) -> tuple[np.ndarray, str]:
 
 def export_model(model: torch.nn.Module, fmt: str, path: Path, input_shape: tuple[int, ...], *, opset: int = 18,
                  dynamic_batch: bool = True, parity_check: bool = True, tolerance: float = 1e-4, seed: int = 0,
-                 log: Callable[[str], None] = print) -> dict:
+                 log: Callable[[str], None] = print, other_size: tuple[int, ...] | None = None) -> dict:
     """Write `model` as `fmt` ("onnx" | "torch_export" | "torchscript") to `path`; `input_shape` is (C, *spatial).
+
+    `other_size` (ONNX only): export with free spatial axes and check parity at this spatial size too;
+    a file that cannot take it is an error like any parity failure (the caller may export fixed instead).
 
     Returns a report: path, format, input shape, exporter, runtime and max_abs_diff (None when
     the parity check is off). Raises ValueError naming the network and format when it cannot
@@ -167,7 +192,8 @@ def export_model(model: torch.nn.Module, fmt: str, path: Path, input_shape: tupl
                 _export_program(module, sample, tmp, dynamic_batch)
                 exporter = "torch.export"
             elif fmt == "onnx":
-                exporter, first_failure = _export_onnx(module, sample, tmp, opset, dynamic_batch)
+                exporter, first_failure = _export_onnx(module, sample, tmp, opset, dynamic_batch,
+                                                       dynamic_spatial=other_size is not None)
                 if first_failure:
                     log(f"export: the torch.export-based ONNX exporter failed ({first_failure}); "
                         "used the TorchScript-based one")
@@ -180,7 +206,9 @@ def export_model(model: torch.nn.Module, fmt: str, path: Path, input_shape: tupl
                              f"Try another format (onnx / torch_export / torchscript).") from e
         report = {"path": str(path), "format": fmt, "network": name, "input_shape": [1, *input_shape],
                   "exporter": exporter, "dynamic_batch": dynamic_batch, "tolerance": tolerance,
-                  "max_abs_diff": None, "runtime": None}
+                  "dynamic_spatial": other_size is not None, "max_abs_diff": None, "runtime": None}
+        if other_size is not None:
+            _check_other_size(module, tmp, (input_shape[0], *other_size), gen, tolerance, name)
         if parity_check:
             if fmt == "torchscript":
                 got, runtime = _run_torchscript(tmp, check), f"torch {torch.__version__}"

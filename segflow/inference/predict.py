@@ -15,6 +15,10 @@ Back to the source geometry:
 * A loader not built by MedicalSegmentationLoader (no source files known): the prediction, image
   and label are written as .npy at the batch's own size.
 
+Post-processing (the `postprocessing` setting, segflow.inference.postprocess): applied to each label
+map on the source grid, after the argmax and before it is written; probability files are left as
+predicted.
+
 Label values: every record carries the coding the loader decided for its label files
 (segflow.data.label_coding), so the Evaluator and overlays read 0/255 ground truth as classes 0/1;
 PNG predictions are written in that coding too (a 0/255 dataset gets 0/255 masks), NIfTI and .npy
@@ -30,6 +34,7 @@ import torch
 
 from segflow.data.label_coding import CLASS_INDICES, LabelCoding
 from segflow.inference import tta as tta_mod
+from segflow.inference.postprocess import PostProcessing, attached
 from segflow.inference.records import PredictionRecord, PredictionSet
 from segflow.inference.writers import Geometry, source_geometry, write_label, write_probabilities
 from segflow.workflow.files import atomic_write
@@ -60,6 +65,7 @@ def predict(cfg: PredictorConfig, ctx: RunContext, name: str, model: torch.nn.Mo
     resampled = source is not None and getattr(source.spec, "target_spacing", None) is not None
     coding = label_coding(source, info)
 
+    post = postprocessing_rule(cfg, model, who, ctx.log)
     model = model.to(device).eval()
     dims = info.spatial_dims if info is not None else None
     num_classes = None
@@ -80,7 +86,7 @@ def predict(cfg: PredictorConfig, ctx: RunContext, name: str, model: torch.nn.Mo
                 case = cases.get(case_id)
                 affine = batch["affine"][i].numpy() if "affine" in batch else None
                 record = _write_case(cfg, who, out_dir, case_id, case, probs[i], batch, i, dims, resampled, affine,
-                                     coding)
+                                     coding, post)
                 records.append(record)
                 if bar is not None:
                     bar.update(1)
@@ -130,13 +136,31 @@ def _progress(ctx, total, who):
     return tqdm(total=total, desc=who, unit="case", leave=False)
 
 
+def postprocessing_rule(cfg: PredictorConfig, model: torch.nn.Module, who: str, log) -> PostProcessing:
+    """What the `postprocessing` setting applies to each label map (said once in the log)."""
+    rule, source = PostProcessing(), ""
+    if cfg.postprocessing == "largest_component":
+        classes = cfg.postprocessing_classes
+        rule = PostProcessing(tuple((c,) for c in classes) if classes else ((),))
+    elif cfg.postprocessing == "auto":
+        known, path = (True, Path(cfg.postprocessing_file)) if cfg.postprocessing_file else attached(model)
+        if path is not None:
+            rule, source = PostProcessing.read(path), f" (chosen on validation, {path})"
+        elif not known:
+            source = " (postprocessing auto: no postprocessing.json is known for these weights)"
+    if rule.steps or source:
+        log(f"{who}: post-processing: {rule.describe()}{source}")
+    return rule
+
+
 def _write_case(cfg: PredictorConfig, who: str, out_dir: Path, case_id: str, case, probs: torch.Tensor,
-                batch: dict, i: int, dims: int, resampled: bool, batch_affine, coding: LabelCoding) -> PredictionRecord:
+                batch: dict, i: int, dims: int, resampled: bool, batch_affine, coding: LabelCoding,
+                post: PostProcessing) -> PredictionRecord:
     if case is None:  # a loader of our own making not behind it: keep everything at the batch's size
-        return _write_plain(cfg, out_dir, case_id, probs, batch, i, batch_affine)
+        return _write_plain(cfg, out_dir, case_id, probs, batch, i, batch_affine, post)
     geometry = source_geometry(case.images[0])
     probs = back_to_source(probs, geometry, dims, resampled, batch_affine, who, case_id)
-    label = probs.argmax(0).to(torch.uint8 if probs.shape[0] < 256 else torch.int16).cpu().numpy()
+    label = post.apply(probs.argmax(0).to(torch.uint8 if probs.shape[0] < 256 else torch.int16).cpu().numpy())
     fmt = geometry.format if cfg.output_format == "auto" else cfg.output_format
     if fmt == "png" and label.ndim != 2:
         raise ValueError(f"{who}: case {case_id} is {label.ndim}-D; output_format png is for 2-D data only "
@@ -185,10 +209,10 @@ def _resample_back(probs: torch.Tensor, loader_affine: np.ndarray, source_affine
 
 
 def _write_plain(cfg: PredictorConfig, out_dir: Path, case_id: str, probs: torch.Tensor, batch: dict, i: int,
-                 affine) -> PredictionRecord:
+                 affine, post: PostProcessing) -> PredictionRecord:
     fmt = "npy" if cfg.output_format == "auto" else cfg.output_format
     geometry = Geometry(tuple(probs.shape[1:]), affine)
-    label = probs.argmax(0).to(torch.uint8).cpu().numpy()
+    label = post.apply(probs.argmax(0).to(torch.uint8).cpu().numpy())
     path = write_label(out_dir / case_id, label, fmt, geometry)
     image = batch["image"][i].cpu().numpy().astype(np.float32)
     image_paths = tuple(out_dir / f"{case_id}_image_{c:04d}.npy" for c in range(len(image)))

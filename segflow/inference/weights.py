@@ -116,3 +116,19 @@ def load_weights(model: torch.nn.Module, path: str | Path, *, strict: bool = Tru
         state = {k: v for k, v in state.items() if k not in skip}
     target.load_state_dict(state, strict=False)
     return model
+
+
+def checkpoint_info(path: str | Path) -> dict[str, Any]:
+    """What a weights file says about itself (CheckpointLoader's `checkpoint_info`): its path, and for
+    a segflow Trainer checkpoint the epoch it was written at and the monitored best. Read memory-mapped
+    where the file allows, so the weights are not read a second time."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # an old (non-zip) file cannot be memory-mapped
+        data = ckpt.read_file(path)
+    info: dict[str, Any] = {"checkpoint_path": str(path)}
+    if isinstance(data, dict) and data.get("format") == ckpt.FORMAT:
+        monitor = data.get("monitor") or {}
+        info.update(epoch=data.get("epoch"), monitor=monitor.get("name"), best=monitor.get("best"),
+                    best_epoch=monitor.get("best_epoch"))
+    return info

@@ -4,6 +4,13 @@
 returns a weighted sum of terms: dice, ce, focal, tversky (MONAI's losses and torch's
 cross-entropy) and boundary (Kervadec et al. 2019, written here: MONAI has none). With C == 1
 (or `sigmoid=True`) every term works on sigmoid probabilities, otherwise on softmax.
+
+Soft targets (the Trainer's mixup): a floating-point `label` of the logits' shape (B, C, *S) holds
+each voxel's class probabilities (with C == 1, the foreground's; a floating (B, 1, *S) label for
+C > 1 is read as class indices, as before). Dice, tversky, cross-entropy and
+focal take them; on a one-hot target each gives exactly what the class indices give. The boundary
+term needs a hard mask to measure distances from, so a loss with it refuses them
+(`takes_soft_targets`).
 """
 from __future__ import annotations
 
@@ -147,7 +154,7 @@ class SegmentationLoss(nn.Module):
         self.sigmoid = sigmoid
         self.register_buffer("class_weights", None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32))
         self.boundary = BoundaryLoss(spacing=boundary_spacing)
-        self._monai: dict[tuple[str, bool, int], nn.Module] = {}
+        self._monai: dict[tuple[str, bool, int, bool], nn.Module] = {}
         self._checked = False
         self.last_terms: dict[str, torch.Tensor] = {}
         self._distances: torch.Tensor | None = None  # the boundary term's distance maps, within one call
@@ -163,22 +170,40 @@ class SegmentationLoss(nn.Module):
         if top >= max(c, 2) or int(label.min()) < 0:
             raise ValueError(f"loss: the label holds class index {top} but the network outputs {c} channel(s); "
                              f"set the network's out_channels to the number of classes ({top + 1})")
+        self._check_class_weights(c)
+        self._checked = True
+
+    def _check_class_weights(self, c: int) -> None:
         n_w = None if self.class_weights is None else self.class_weights.numel()
         if n_w is not None and n_w != max(c, 2):
             raise ValueError(f"LossFunction.class_weights has {n_w} values but the network outputs {max(c, 2)} classes; "
                              "give one weight per class, background first")
-        self._checked = True
+
+    def _check_soft(self, logits: torch.Tensor, label: torch.Tensor) -> None:
+        """Every call with soft targets (nothing here waits for the GPU)."""
+        if not self.takes_soft_targets:
+            raise ValueError("loss: soft (mixed) targets reached a loss with a boundary term, which needs hard labels; "
+                             "use mixup without the boundary term, or cutmix (its labels stay hard)")
+        if label.shape != logits.shape:
+            raise ValueError(f"loss: a soft target of shape {tuple(label.shape)} does not fit logits of shape "
+                             f"{tuple(logits.shape)}; soft targets hold one probability per output channel")
+        self._check_class_weights(logits.shape[1])
+
+    @property
+    def takes_soft_targets(self) -> bool:
+        """Whether every term takes class probabilities as the label (all but boundary do)."""
+        return "boundary" not in self.weights
 
     # --- terms -------------------------------------------------------------------------------
 
-    def _monai_term(self, name: str, binary: bool, c: int) -> nn.Module:
-        key = (name, binary, c)
+    def _monai_term(self, name: str, binary: bool, c: int, soft: bool) -> nn.Module:
+        key = (name, binary, c, soft)
         if key not in self._monai:
             from monai.losses import DiceLoss, FocalLoss, TverskyLoss
 
             o = self.opts
             single = c == 1  # labels are already the target channel; MONAI would warn on every call
-            act = dict(sigmoid=binary, softmax=not binary, to_onehot_y=not single,
+            act = dict(sigmoid=binary, softmax=not binary, to_onehot_y=not (single or soft),
                        include_background=True if single else o["include_background"])
             if name == "dice":
                 term = DiceLoss(**act, smooth_nr=o["smooth"], smooth_dr=o["smooth"])
@@ -187,23 +212,32 @@ class SegmentationLoss(nn.Module):
                                    smooth_nr=o["smooth"], smooth_dr=o["smooth"])
             else:  # focal: over all classes like cross-entropy; class weights applied by MONAI unless single
                 weight = None if single or self.class_weights is None else self.class_weights.tolist()
-                term = FocalLoss(include_background=True, to_onehot_y=not single, gamma=o["gamma"], alpha=o["alpha"],
+                term = FocalLoss(include_background=True, to_onehot_y=not (single or soft), gamma=o["gamma"], alpha=o["alpha"],
                                  weight=weight, use_softmax=not binary, reduction="none" if single else "mean")
             self._monai[key] = term
         return self._monai[key]
 
     def _pixel_weights(self, label: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+        """Each voxel's class weight (B, 1, *S) for single-channel logits; a soft target's voxel weighs
+        its foreground probability's share of the foreground weight."""
         if self.class_weights is None:
             return None
-        return self.class_weights.to(device=label.device, dtype=dtype)[label]
+        w = self.class_weights.to(device=label.device, dtype=dtype)
+        return torch.lerp(w[0], w[1], label.to(dtype)) if label.is_floating_point() else w[label]
 
     def _ce(self, logits: torch.Tensor, label: torch.Tensor, binary: bool) -> torch.Tensor:
         ls = self.label_smoothing
+        soft = label.is_floating_point()
         if not binary:
+            if soft:
+                return self._soft_ce(logits, label)
             w = None if self.class_weights is None else self.class_weights.to(logits)
             return F.cross_entropy(logits, label[:, 0], weight=w, label_smoothing=ls)
         c = logits.shape[1]
-        target = label.to(logits.dtype) if c == 1 else F.one_hot(label[:, 0], c).movedim(-1, 1).to(logits.dtype)
+        if soft or c == 1:
+            target = label.to(logits.dtype)
+        else:
+            target = F.one_hot(label[:, 0], c).movedim(-1, 1).to(logits.dtype)
         target = target * (1 - ls) + 0.5 * ls
         bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
         if self.class_weights is None:
@@ -211,6 +245,22 @@ class SegmentationLoss(nn.Module):
         w = self._pixel_weights(label, logits.dtype) if c == 1 else \
             self.class_weights.to(logits).view(1, c, *([1] * (logits.ndim - 2))).expand_as(bce)
         return (bce * w).sum() / w.sum()
+
+    def _soft_ce(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Softmax cross-entropy against class probabilities, normalised as torch's cross_entropy
+        with class indices: the weighted sum over voxels of -sum_c w_c t_c log p_c, with the target
+        smoothed as t (1 - ls) + ls / C, over the sum of the voxels' weights sum_c w_c t_c of the
+        unsmoothed target (the voxel count without class weights). On a one-hot target this is
+        exactly F.cross_entropy(logits, indices, weight, label_smoothing)."""
+        c = logits.shape[1]
+        log_p = F.log_softmax(logits.float(), 1)
+        target = target.float()
+        ls = self.label_smoothing
+        smoothed = target * (1 - ls) + ls / c if ls else target
+        if self.class_weights is None:
+            return -(smoothed * log_p).sum() / (target.numel() // c)
+        w = self.class_weights.to(log_p).view(1, c, *([1] * (logits.ndim - 2)))
+        return -(w * smoothed * log_p).sum() / (w * target).sum()
 
     def _term(self, name: str, logits: torch.Tensor, label: torch.Tensor, binary: bool) -> torch.Tensor:
         if name == "ce":
@@ -220,7 +270,7 @@ class SegmentationLoss(nn.Module):
             if self._distances is None:  # once per call: every deep supervision head has the same label
                 self._distances = self.boundary.distance_maps(label, probs)
             return self.boundary(probs, label, self._distances)
-        term = self._monai_term(name, binary, logits.shape[1])
+        term = self._monai_term(name, binary, logits.shape[1], label.is_floating_point())
         value = term(logits, label)
         if name == "focal" and logits.shape[1] == 1:
             w = self._pixel_weights(label, logits.dtype)
@@ -234,9 +284,14 @@ class SegmentationLoss(nn.Module):
         heads = list(logits) if isinstance(logits, (list, tuple)) else [logits]
         if label.ndim == heads[0].ndim - 1:
             label = label.unsqueeze(1)
-        label = label.long()
-        if not self._checked:
-            self._check(heads[0], label)
+        # soft targets: floating point, one channel per output channel; a floating (B, 1, *S) label for
+        # several channels holds class indices (with one channel the two readings are the same)
+        if label.is_floating_point() and (heads[0].shape[1] == 1 or label.shape[1] > 1):
+            self._check_soft(heads[0], label)
+        else:
+            label = label.long()
+            if not self._checked:
+                self._check(heads[0], label)
         binary = self.sigmoid if self.sigmoid is not None else heads[0].shape[1] == 1
         total: Any = 0.0
         self.last_terms = {}
@@ -261,6 +316,7 @@ def build_loss(config: LossFunctionConfig) -> SegmentationLoss:
     return SegmentationLoss(
         config.term_weights(), smooth=config.smooth, class_weights=config.class_weights, alpha=config.alpha,
         gamma=config.gamma, tversky_alpha=config.tversky_alpha, tversky_beta=config.tversky_beta,
-        label_smoothing=config.label_smoothing, include_background=config.include_background, sigmoid=config.sigmoid,
+        label_smoothing=config.label_smoothing, include_background=config.include_background,
+        sigmoid=config.uses_sigmoid(),
         boundary_spacing=config.boundary_spacing,
     )

@@ -36,7 +36,9 @@ def _channels(base: int, depth: int) -> tuple[int, ...]:
 def _unet(c: cfgs._UNetBase) -> nn.Module:
     from monai.networks.nets import UNet
 
-    return UNet(spatial_dims=c.dims(), in_channels=c.in_channels, out_channels=c.out_channels,
+    from segflow.networks.variants import InterpolatingUNet
+
+    return (InterpolatingUNet if c.bilinear else UNet)(spatial_dims=c.dims(), in_channels=c.in_channels, out_channels=c.out_channels,
                 channels=_channels(c.base_channels, c.depth), strides=(2,) * (c.depth - 1),
                 num_res_units=c.num_res_units, act=c.act, norm=c.norm, dropout=c.dropout)
 
@@ -54,6 +56,11 @@ def _vnet(c: cfgs.VNetConfig) -> nn.Module:
     from monai.networks.nets import VNet
 
     p = c.dropout_prob
+    if c.base_channels != 16:  # MONAI's VNet has 16 channels in its first level
+        from segflow.networks.variants import WideVNet
+
+        return WideVNet(c.spatial_dims, c.in_channels, c.out_channels, c.base_channels, c.act,
+                        dropout_prob_down=p, dropout_prob_up=(p, p))
     return VNet(spatial_dims=c.spatial_dims, in_channels=c.in_channels, out_channels=c.out_channels, act=c.act,
                 dropout_prob_down=p, dropout_prob_up=(p, p), dropout_dim=c.spatial_dims)
 
@@ -72,9 +79,13 @@ def _segresnet(c: cfgs.SegResNetConfig) -> nn.Module:
 def _unetr(c: cfgs.UNETRConfig) -> nn.Module:
     from monai.networks.nets import UNETR
 
-    return UNETR(in_channels=c.in_channels, out_channels=c.out_channels, img_size=c.fixed_size(),
-                 feature_size=c.feature_size, hidden_size=c.hidden_size, mlp_dim=c.mlp_dim, num_heads=c.num_heads,
-                 norm_name=c.norm, dropout_rate=c.dropout_rate, spatial_dims=c.spatial_dims)
+    from segflow.networks.variants import DeepUNETR
+
+    layers = {} if c.num_layers == 12 else {"num_layers": c.num_layers}  # MONAI's UNETR has 12
+    return (DeepUNETR if layers else UNETR)(
+        in_channels=c.in_channels, out_channels=c.out_channels, img_size=c.fixed_size(), feature_size=c.feature_size,
+        hidden_size=c.hidden_size, mlp_dim=c.mlp_dim, num_heads=c.num_heads, norm_name=c.norm,
+        dropout_rate=c.dropout_rate, spatial_dims=c.spatial_dims, **layers)
 
 
 @builds("SwinUNETR")

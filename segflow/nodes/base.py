@@ -27,7 +27,9 @@ class Port:
     breaks ties between several outputs of the fitting type by output port name (a Trainer's
     `train_loader` input picks a loader's `train_loader` over its `val_loader`). `passes` on an
     output names the input it hands on after changing it (CheckpointLoader loads weights into
-    its `model` input and outputs it): auto-wiring then prefers the changed one.
+    its `model` input and outputs it): auto-wiring then prefers the changed one. `fallback` on a
+    required input names a config key that stands in for it: with the key set, the input may stay
+    unwired (a Trainer without a LossFunction builds its loss from `loss_type`).
     """
 
     name: str
@@ -37,6 +39,7 @@ class Port:
     accepts: tuple[str, ...] = ()
     prefer: tuple[str, ...] = ()
     passes: str | None = None
+    fallback: str | None = None
 
     @property
     def types(self) -> tuple[str, ...]:
@@ -148,6 +151,10 @@ def device_findings(requested: str) -> list[Finding]:
     return []
 
 
+def _port(ports: tuple[Port, ...], name: str | None) -> Port | None:
+    return next((p for p in ports if p.name == name), None)
+
+
 @dataclass
 class RunContext:
     """What a running node may know about the run it is part of."""
@@ -160,6 +167,9 @@ class RunContext:
     progress: bool = True  # progress bars on/off
     log: Callable[[str], None] = print
     extras: dict[str, Any] = field(default_factory=dict)
+    # Experiment trackers a node opened (the Trainer's MLflow run): later nodes report to them
+    # (`evaluation(metrics_json)`), and the executor ends them (`end(status)`) when the run ends.
+    trackers: list[Any] = field(default_factory=list)
 
     def output_path(self, value: str | Path) -> Path:
         """Where a node writes: an absolute path as given, a relative one inside the run directory."""
@@ -179,6 +189,10 @@ class Node:
     Config: ClassVar[type[NodeConfig]] = NodeConfig
     inputs: ClassVar[tuple[Port, ...]] = ()
     outputs: ClassVar[tuple[Port, ...]] = ()
+    # Other names files use for this type and its ports (the node editor's, docs/workflow-format.md);
+    # `<type>Node`, the editor's class name, is always one of the type's.
+    type_aliases: ClassVar[tuple[str, ...]] = ()
+    port_aliases: ClassVar[dict[str, str]] = {}
 
     def __init__(self, name: str, config: NodeConfig, ctx: RunContext):
         self.name = name
@@ -190,11 +204,12 @@ class Node:
 
     @classmethod
     def input(cls, name: str) -> Port | None:
-        return next((p for p in cls.inputs if p.name == name), None)
+        """The input called `name`, else the one its entry in `port_aliases` names."""
+        return _port(cls.inputs, name) or _port(cls.inputs, cls.port_aliases.get(name))
 
     @classmethod
     def output(cls, name: str) -> Port | None:
-        return next((p for p in cls.outputs if p.name == name), None)
+        return _port(cls.outputs, name) or _port(cls.outputs, cls.port_aliases.get(name))
 
     @classmethod
     def check(cls, config: NodeConfig, neighbours: dict[str, tuple[str, NodeConfig]]) -> list[Finding]:

@@ -12,9 +12,14 @@ from pydantic import Field, field_validator, model_validator
 
 from segflow.nodes.base import Finding, Node, NodeConfig, Port
 from segflow.nodes.datashape import DataShape
+from segflow.nodes.intensity import normalisation_findings, windows
 from segflow.nodes.registry import register
 from segflow.nodes.words import Choice
 from segflow.workflow.files import write_json
+
+NormalizationWord = Literal["zscore", "zscore_nonzero", "minmax", "ct", "ct_zscore", "none"]
+Window = Annotated[list[float], Field(min_length=2, max_length=2)]
+Positive = Annotated[float, Field(gt=0)]
 
 # Dimensionality of each built-in phantom, and image_size when it is not set (by dimensionality).
 PHANTOM_DIMS = {"phantom2d": 2, "phantom3d": 3}
@@ -34,8 +39,10 @@ class MedicalSegmentationLoaderConfig(NodeConfig):
         "folder test/images/), labels optional (labelsTs/, test/masks/), all in val_loader, train_loader null; "
         "for prediction. all: every labelled case in val_loader, train_loader null; for scoring a model "
         "on a whole dataset."))
-    layout: Annotated[Literal["auto", "msd", "nnunet", "folder"], Choice()] = Field(
-        "auto", description="Dataset layout; 'auto' detects it from the folder contents.")
+    layout: Annotated[Literal["auto", "msd", "nnunet", "folder", "images"], Choice()] = Field(
+        "auto", description="Dataset layout; 'auto' detects it from the folder contents. images: a plain folder of "
+                            "images without labels, for subset test (every file a case; <case>_0000, <case>_0001, ... "
+                            "the channels of one case, as nnU-Net names them).")
     synthetic: Annotated[Literal["none", "phantom2d", "phantom3d"], Choice()] = Field("none", description=(
         "Write a built-in phantom dataset (MSD layout; 2-D PNG or 3-D NIfTI) into data_dir if it is not "
         "there yet, then read it like any dataset. 'none' reads data_dir as it is."))
@@ -60,22 +67,38 @@ class MedicalSegmentationLoaderConfig(NodeConfig):
     augmentation_strength: Annotated[Literal["light", "medium", "strong"], Choice()] = Field("medium", description=(
         "Augmentation preset: light (crop, flip, mild intensity), medium (+ rotate-90, affine, gamma), "
         "strong (+ elastic/grid distortion, noise; 3-D: affine, smoothing, contrast)."))
+    random_erasing: float = Field(0.0, ge=0.0, le=1.0, description=(
+        "Random erasing (cutout): the probability that a training sample gets one box (2-D) or cuboid (3-D) of its "
+        "image set to 0, after the preset's transforms; the label is left as it is. 0: off. Works with "
+        "augmentation true, on the workers and with augmentation_on device."))
+    random_erasing_size: list[float] = Field([0.1, 0.4], min_length=2, max_length=2, description=(
+        "[min, max] side of the erased box as a fraction of the sample's extent, drawn per axis."))
     augmentation_on: Annotated[Literal["workers", "device"], Choice()] = Field("workers", description=(
         "Where training augmentation runs. workers: per sample in the DataLoader workers (albumentations 2-D, "
         "MONAI 3-D). device: the random spatial and intensity transforms run batched on the Trainer's device "
         "(the GPU) after the copy; workers only read and cut patches (or resize 2-D images). For fast GPUs where "
         "CPU augmentation limits throughput. Same presets (augmentation_strength); see docs/data.md."))
-    normalization: Annotated[Literal["zscore", "minmax", "ct", "ct_zscore", "none"], Choice()] = Field(
-        "zscore", description=(
-            "Intensity normalisation: per-case z-score, per-case min-max to [0, 1], CT window (ct_window) to [0, 1], "
-            "ct_zscore (3-D: clip to ct_window, then z-score with the dataset's intensity_mean and intensity_std, "
-            "nnU-Net's CT normalisation; `segflow plan` writes the numbers), or none."))
-    ct_window: list[float] = Field([-175.0, 250.0], min_length=2, max_length=2, description=(
-        "[low, high] intensity window used by normalization 'ct' and 'ct_zscore' (Hounsfield units)."))
-    intensity_mean: float | None = Field(None, description=(
-        "normalization ct_zscore: the mean subtracted after clipping (the dataset's foreground mean)."))
-    intensity_std: float | None = Field(None, gt=0, description=(
-        "normalization ct_zscore: the standard deviation divided by (the dataset's foreground std)."))
+    normalization: Annotated[NormalizationWord, Choice()] = Field("zscore", description=(
+        "Intensity normalisation of every channel: zscore (per case), zscore_nonzero (3-D: per case inside the "
+        "nonzero mask, 0 outside; nnU-Net's z-score with use_mask_for_norm, for images with a large zero "
+        "background such as skull-stripped brains), minmax (per case, to [0, 1]), ct (clip to ct_window, mapped "
+        "to [0, 1]), ct_zscore (3-D: clip to ct_window, then z-score with the dataset's intensity_mean and "
+        "intensity_std, nnU-Net's CT normalisation; `segflow plan` writes the numbers), or none."))
+    channel_normalization: Annotated[list[NormalizationWord] | None, Choice(keep_repeats=True)] = Field(
+        None, min_length=1, description=(
+            "One normalization word per image channel, in channel order, in place of normalization (e.g. "
+            "[\"ct_zscore\", \"zscore\"] for CT + MR); null: normalization for every channel. ct_window, "
+            "intensity_mean and intensity_std then take one entry per channel where channels differ. 2-D images "
+            "take zscore or none for every channel, or any mix of ct and minmax."))
+    ct_window: Window | list[Window | None] = Field([-175.0, 250.0], description=(
+        "[low, high] intensity window of normalization 'ct' and 'ct_zscore' (Hounsfield units), for every "
+        "channel; or a list with one [low, high] per channel (null for channels that use none)."))
+    intensity_mean: float | list[float | None] | None = Field(None, description=(
+        "normalization ct_zscore: the mean subtracted after clipping (the dataset's foreground mean); or a list "
+        "with one per channel (null for channels that need none)."))
+    intensity_std: Positive | list[Positive | None] | None = Field(None, description=(
+        "normalization ct_zscore: the standard deviation divided by (the dataset's foreground std); or a list "
+        "with one per channel (null for channels that need none)."))
     target_spacing: list[float] | None = Field(None, description=(
         "Resample every case to this voxel spacing (one value per spatial axis) before sampling; null keeps the file's spacing."))
     num_classes: int | None = Field(None, ge=2, description=(
@@ -133,6 +156,13 @@ class MedicalSegmentationLoaderConfig(NodeConfig):
             raise ValueError("image_size values must be at least 8")
         return v
 
+    @field_validator("ct_window")
+    @classmethod
+    def _windows(cls, v):
+        if any(low >= high for low, high in windows(v)):
+            raise ValueError("ct_window must be [low, high] with low < high (or one such pair per channel)")
+        return v
+
     @field_validator("target_spacing")
     @classmethod
     def _spacing(cls, v):
@@ -150,8 +180,6 @@ class MedicalSegmentationLoaderConfig(NodeConfig):
             v = getattr(self, key)
             if want and isinstance(v, list) and len(v) != want:
                 raise ValueError(f"{key} has {len(v)} values but the data is {want}-D")
-        if self.ct_window[0] >= self.ct_window[1]:
-            raise ValueError("ct_window must be [low, high] with low < high")
         if self.fold is not None and self.splits_file is None and "num_folds" in self.model_fields_set \
                 and self.fold >= self.num_folds:
             raise ValueError(f"fold {self.fold} does not exist with num_folds {self.num_folds}; folds are 0 to "
@@ -161,6 +189,9 @@ class MedicalSegmentationLoaderConfig(NodeConfig):
                              "or auto)")
         if self.pos + self.neg <= 0:
             raise ValueError("pos and neg cannot both be 0")
+        low, high = self.random_erasing_size
+        if not 0 < low <= high <= 1:
+            raise ValueError(f"random_erasing_size must be [min, max] with 0 < min <= max <= 1, got {[low, high]}")
         return self
 
     def declared_dims(self) -> int | None:
@@ -186,22 +217,20 @@ class MedicalSegmentationLoaderConfig(NodeConfig):
                          patch_size=self.patch_size(dims) if dims else None)
 
 
-def _ct_zscore_findings(config: MedicalSegmentationLoaderConfig) -> list[Finding]:
-    """ct_zscore needs the dataset's numbers, and 3-D data (a finding, not a config error, so the word
-    itself is accepted however it is spelled and the missing field is what the message points at)."""
-    missing = [k for k in ("intensity_mean", "intensity_std") if getattr(config, k) is None]
-    if missing:
-        return [Finding(missing[0], "missing_value", f"normalization ct_zscore needs {' and '.join(missing)} "
-                        "(the dataset's foreground mean and std after clipping to ct_window)",
-                        hint="`segflow plan DATA_DIR` writes them; or use normalization zscore")]
-    if config.declared_dims() == 2:
-        return [Finding("normalization", "bad_value", "normalization ct_zscore is for 3-D data: 2-D images stay "
-                        "in [0, 1] for augmentation", hint="use normalization ct with the same ct_window")]
-    return []
-
-
 def _resized_2d(config: MedicalSegmentationLoaderConfig) -> bool:
     return config.size_mode == "resize" or (config.size_mode == "auto" and config.declared_dims() == 2)
+
+
+def _erasing_findings(config: MedicalSegmentationLoaderConfig) -> list[Finding]:
+    """Erasing settings that do nothing, said once."""
+    if config.random_erasing and not config.augmentation:
+        return [Finding("random_erasing", "unused_value", "random_erasing is ignored: augmentation is false",
+                        hint="set augmentation true to erase boxes of the training images", severity="warning")]
+    if "random_erasing_size" in config.model_fields_set and not config.random_erasing:
+        return [Finding("random_erasing_size", "unused_value", "random_erasing_size is ignored: random_erasing is 0",
+                        hint="set random_erasing to the probability of erasing a sample (e.g. 0.5)",
+                        severity="warning")]
+    return []
 
 
 @register
@@ -221,14 +250,23 @@ class MedicalSegmentationLoader(Node):
              "batches of test images without labels have no 'label' key."),
         Port("dataset_info", "DatasetInfo", doc="Channels, classes, spatial dims, spacing, patch size of the data."),
     )
+    # the node editor's loader: its test_loader is val_loader (a global alias), its counts are in dataset_info
+    port_aliases = {"num_train": "dataset_info", "num_test": "dataset_info"}
 
     @classmethod
     def check(cls, config: NodeConfig, neighbours: dict[str, tuple[str, NodeConfig]]) -> list[Finding]:
+        return _erasing_findings(config) + cls._data_findings(config)
+
+    @classmethod
+    def _data_findings(cls, config: NodeConfig) -> list[Finding]:
         given = config.model_fields_set
-        if config.normalization == "ct_zscore":
-            found = _ct_zscore_findings(config)
-            if found:
-                return found
+        if config.layout == "images" and config.subset != "test":
+            return [Finding("layout", "bad_value", f"layout images is a folder of images without labels; subset "
+                            f"{config.subset} needs labelled cases", hint="use subset test (prediction), or a "
+                            "layout with labels (msd, nnunet, folder)")]
+        found = normalisation_findings(config)
+        if found:
+            return found
         if config.subset != "split" and "val_fraction" in given:
             return [Finding("val_fraction", "bad_value", f"val_fraction is ignored with subset "
                             f"{config.subset}: every case goes to val_loader and there is no train_loader",
@@ -267,4 +305,11 @@ class MedicalSegmentationLoader(Node):
             # the cases each split holds, so a fold or a run can be reproduced or compared exactly
             write_json(self.ctx.output_path("split.json"), {"data_dir": info.data_dir, "fold": info.fold,
                                                             "train": info.train_cases, "val": info.val_cases}, indent=1)
+            # what the data looked like to the network, for `segflow package` (channels, classes, coding)
+            write_json(self.ctx.output_path("dataset_info.json"), {
+                "loader": self.name, "in_channels": info.in_channels, "num_classes": info.num_classes,
+                "spatial_dims": info.spatial_dims, "spacing": info.spacing, "class_names": info.class_names,
+                "patch_size": list(info.patch_size), "layout": info.layout, "data_dir": info.data_dir,
+                "num_train": info.num_train, "num_val": info.num_val,
+                "label_values": list(info.label_coding.values)}, indent=1)
         return {"train_loader": train, "val_loader": val, "dataset_info": info}

@@ -1,7 +1,8 @@
-"""Evaluator and SegmentationOverlay: configs and ports. The work lives in
-`segflow.evaluation.metrics` and `segflow.evaluation.overlay` (imported in `run`).
+"""Evaluator and SegmentationOverlay, and the node editor's Print, ImageViewer and MetricsPlotter:
+configs and ports. The work lives in `segflow.evaluation.metrics`, `overlay`, `report` and `plots`
+(imported in `run`).
 
-Both read a `Predictions` set one case at a time, so hundreds of volumes never sit in memory.
+They read a `Predictions` set one case at a time, so hundreds of volumes never sit in memory.
 """
 from __future__ import annotations
 
@@ -38,6 +39,15 @@ class EvaluatorConfig(NodeConfig):
     include_background: bool = Field(False, description="Also score class 0 (background).")
     output_dir: str = Field("evaluation", description="Folder for metrics.csv and metrics.json; a relative path "
                                                       "lives inside the run directory.")
+    # the node editor's MetricsCalculator settings
+    task_type: Annotated[Literal["segmentation", "classification"], Choice()] = Field(
+        "segmentation", description="What the predictions are (the node editor's MetricsCalculator setting): "
+                                    "segmentation masks, scored per class. classification scores the same per-class "
+                                    "metrics here (validate warns).")
+    num_classes: int | None = Field(
+        None, ge=2, description="Classes the predictions must have, background included (the node editor's "
+                                "MetricsCalculator setting); a prediction set with another number is an error. "
+                                "Null: the data's.")
 
 
 @register
@@ -50,14 +60,30 @@ class Evaluator(Node):
     inputs = (Port("predictions", "Predictions", doc="prediction files with their ground truth"),)
     outputs = (Port("metrics", "Metrics", doc="dict: cases (one row per case x class), per_class (mean/std/median/n "
                                               "over cases, n_absent), mean (macro over classes), files"),)
+    # the node editor's MetricsCalculator took predictions and labels apart: one prediction set here
+    type_aliases = ("MetricsCalculator",)
+    port_aliases = {"labels": "predictions"}
+
+    @classmethod
+    def check(cls, config: NodeConfig, neighbours: dict[str, tuple[str, NodeConfig]]) -> list[Finding]:
+        if config.task_type != "classification":  # type: ignore[attr-defined]
+            return []
+        return [Finding("task_type", "unused_value", "task_type classification changes nothing: the Evaluator scores "
+                        "segmentation masks per class either way", hint="set task_type to segmentation or remove it",
+                        severity="warning")]
 
     def run(self, predictions) -> dict[str, Any]:
         from segflow.evaluation.metrics import evaluate
 
         cfg: EvaluatorConfig = self.config  # type: ignore[assignment]
+        if cfg.num_classes is not None and cfg.num_classes != predictions.num_classes:
+            raise ValueError(f"num_classes is {cfg.num_classes}, but the predictions have {predictions.num_classes} "
+                             "classes (background included); set num_classes to match, or remove it")
         result = evaluate(predictions, metrics=cfg.metrics, include_background=cfg.include_background,
                           surface_tolerance=cfg.surface_tolerance,
                           output_dir=self.ctx.output_path(cfg.output_dir), log=self.ctx.log)
+        for tracker in self.ctx.trackers:
+            tracker.evaluation(result["files"]["json"])
         return {"metrics": result}
 
 
@@ -83,6 +109,8 @@ class SegmentationOverlayConfig(NodeConfig):
                                            "the truth is background), fn (missed foreground), wrong_class; "
                                            "'#rrggbb' or a matplotlib colour name.")
     dpi: int = Field(100, ge=30, le=600, description="Resolution of the written PNGs.")
+    save_individual: bool = Field(True, description="Write one PNG per drawn case.")
+    save_grid: bool = Field(True, description="Write grid.png, one tile per drawn case.")
 
     @field_validator("colours")
     @classmethod
@@ -102,6 +130,16 @@ class SegmentationOverlay(Node):
     Config = SegmentationOverlayConfig
     inputs = (Port("predictions", "Predictions", doc="prediction files, with ground truth where there is one"),)
     outputs = (Port("images", "Images", doc="list of the written PNG paths; grid.png last"),)
+    # the node editor's overlay took images, labels and predictions apart, and counted what it saved
+    port_aliases = {"images": "predictions", "labels": "predictions", "num_saved": "images"}
+
+    @classmethod
+    def check(cls, config: NodeConfig, neighbours: dict[str, tuple[str, NodeConfig]]) -> list[Finding]:
+        cfg: SegmentationOverlayConfig = config  # type: ignore[assignment]
+        if cfg.save_individual or cfg.save_grid:
+            return []
+        return [Finding("save_grid", "unused_value", "save_individual and save_grid are both false: the node writes "
+                        "nothing", hint="set one of them to true, or remove the node", severity="warning")]
 
     def run(self, predictions) -> dict[str, Any]:
         from segflow.evaluation.overlay import render_overlays
@@ -110,7 +148,8 @@ class SegmentationOverlay(Node):
         paths = render_overlays(predictions, self.ctx.output_path(cfg.output_dir), alpha=cfg.alpha,
                                 max_images=cfg.max_images, selection=cfg.selection,
                                 slices_per_case=cfg.slices_per_case, slice_axis=cfg.slice_axis,
-                                colours=cfg.colours, dpi=cfg.dpi, log=self.ctx.log)
+                                colours=cfg.colours, dpi=cfg.dpi, log=self.ctx.log,
+                                individual=cfg.save_individual, grid=cfg.save_grid)
         return {"images": paths}
 
     @classmethod
@@ -121,3 +160,86 @@ class SegmentationOverlay(Node):
         return [Finding(f"colours.{k}", "bad_value", f"{v!r} is not a colour matplotlib knows",
                         hint="use '#rrggbb' or a name such as 'red'")
                 for k, v in cfg.colours.items() if not is_color_like(v)]
+
+
+# --- the node editor's viewers -------------------------------------------------------------------
+
+
+class PrintConfig(NodeConfig):
+    aliases: ClassVar[dict[str, str]] = {"message": "prefix"}
+
+    prefix: str = Field("Output", description="The heading printed above the summary (alias message).")
+
+
+@register
+class Print(Node):
+    """Prints a readable summary of whatever is linked to it: metrics, a training history, a model,
+    a loader, a prediction set, a tensor, a number..."""
+
+    type = "Print"
+    family = "evaluation"
+    Config = PrintConfig
+    inputs = (Port("input", "Any", doc="any output; link it explicitly, as every output fits"),)
+
+    def run(self, input: Any = None) -> dict[str, Any]:
+        from segflow.evaluation.report import summary
+
+        self.ctx.log(f"{self.config.prefix}:\n{summary(input)}")  # type: ignore[attr-defined]
+        return {}
+
+
+class ViewerConfig(NodeConfig):
+    save_path: str = Field("", description="The PNG written; a relative path lives inside the run directory. "
+                                           "Empty: <node name>.png there.")
+    show: bool = Field(False, description="Also open the picture in a window (blocks until it is closed). On a "
+                                          "machine without a display the picture is only saved, and the log says so.")
+
+
+def _picture_path(node: Node) -> Any:
+    """Where a viewer writes: its save_path, else <node name>.png, inside the run directory when relative."""
+    return node.ctx.output_path(node.config.save_path or f"{node.name}.png")  # type: ignore[attr-defined]
+
+
+@register
+class ImageViewer(Node):
+    """Draws the first case of a prediction set: its image (the middle or most covered slice of a
+    volume) and, when `segmentation` is wired, the predicted classes over it."""
+
+    type = "ImageViewer"
+    family = "evaluation"
+    Config = ViewerConfig
+    inputs = (
+        Port("image", "Predictions", doc="the prediction set whose first case's image is drawn"),
+        Port("segmentation", "Predictions", required=False, doc="the prediction set whose prediction of that case "
+             "is drawn over the image (auto-wired like any input: usually the same set)"),
+    )
+
+    def run(self, image, segmentation=None) -> dict[str, Any]:
+        from segflow.evaluation.plots import show_file, view_case
+
+        path = view_case(image, _picture_path(self), segmentation=segmentation)  # type: ignore[attr-defined]
+        self.ctx.log(f"ImageViewer '{self.name}': wrote {path}")
+        if self.config.show:  # type: ignore[attr-defined]
+            show_file(path, f"ImageViewer '{self.name}'", self.ctx.log)
+        return {}
+
+
+@register
+class MetricsPlotter(Node):
+    """Plots a training history (losses, validation metrics and learning rate per epoch), or an
+    Evaluator's metrics (mean per class), as one PNG."""
+
+    type = "MetricsPlotter"
+    family = "evaluation"
+    Config = ViewerConfig
+    inputs = (Port("metrics", "History", accepts=("Metrics",), doc="a Trainer's history (the node editor's "
+                   "Trainer metrics), or an Evaluator's metrics"),)
+
+    def run(self, metrics) -> dict[str, Any]:
+        from segflow.evaluation.plots import plot_metrics, show_file
+
+        path = plot_metrics(metrics, _picture_path(self))  # type: ignore[attr-defined]
+        self.ctx.log(f"MetricsPlotter '{self.name}': wrote {path}")
+        if self.config.show:  # type: ignore[attr-defined]
+            show_file(path, f"MetricsPlotter '{self.name}'", self.ctx.log)
+        return {}

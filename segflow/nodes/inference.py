@@ -51,7 +51,9 @@ class CheckpointLoader(Node):
     Config = CheckpointLoaderConfig
     inputs = (Port("model", "Model", doc="the network to load the weights into (built with its training config)"),)
     outputs = (Port("model", "Model", passes="model", doc="the same model with the checkpoint's weights; for a "
-                    "list of files, an ensemble of copies of it averaging their probabilities"),)
+                    "list of files, an ensemble of copies of it averaging their probabilities"),
+               Port("checkpoint_info", "CheckpointInfo", doc="dict: checkpoint_path, and for a Trainer checkpoint its "
+                    "epoch, monitor, best and best_epoch (a list of such dicts for an ensemble)"))
 
     @classmethod
     def preflight(cls, config: NodeConfig, device: str | None) -> list[Finding]:
@@ -69,21 +71,28 @@ class CheckpointLoader(Node):
     def run(self, model) -> dict[str, Any]:
         import copy
 
-        from segflow.inference.weights import load_weights
+        from segflow.inference.weights import checkpoint_info, load_weights
 
         cfg, paths = self.config, self.config.paths()
         members = [model] + [copy.deepcopy(model) for _ in paths[1:]]  # before any weights are loaded
         for i, (member, path) in enumerate(zip(members, paths)):
             who = f"CheckpointLoader '{self.name}'" + (f" (checkpoint_path[{i}])" if len(paths) > 1 else "")
             load_weights(member, path, strict=cfg.strict, map_location=cfg.map_location, log=self.ctx.log, who=who)
+        from segflow.inference.postprocess import attach, shared_rule
+
+        info = [checkpoint_info(path) for path in paths]
+        rule, why = shared_rule(paths)  # why is empty when no checkpoint has a postprocessing.json
         if len(paths) == 1:
-            self.ctx.log(f"CheckpointLoader '{self.name}': loaded {paths[0]}")
-            return {"model": model}
+            self.ctx.log(f"CheckpointLoader '{self.name}': loaded {paths[0]}" + (f"; {why}" if why else ""))
+            attach(model, rule, known=bool(why))
+            return {"model": model, "checkpoint_info": info[0]}
         from segflow.inference.ensemble import Ensemble
 
         self.ctx.log(f"CheckpointLoader '{self.name}': an ensemble of {len(paths)} models ({', '.join(paths)}), "
-                     "class probabilities averaged")
-        return {"model": Ensemble(members)}
+                     "class probabilities averaged" + (f"; {why}" if why else ""))
+        ensemble = Ensemble(members)
+        attach(ensemble, rule, known=bool(why))
+        return {"model": ensemble, "checkpoint_info": info}
 
 
 class PredictorConfig(NodeConfig):
@@ -115,6 +124,20 @@ class PredictorConfig(NodeConfig):
     device: Device = Field("auto", description="auto (CUDA if present), cpu, cuda or cuda:N (gpu, gpu:N say the same), "
                                                "mps (Apple GPUs). The --device command-line option wins.")
     mixed_precision: bool = Field(True, description="Autocast (bf16 where supported, else fp16) on a GPU; ignored on CPU.")
+    postprocessing: Annotated[Literal["auto", "none", "largest_component"],
+                              Choice({"keep_largest_component": "largest_component"}, null="none")] = Field(
+        "auto", description=(
+            "Applied to every predicted label map before it is written. auto: the rule chosen on validation for "
+            "these weights (postprocessing.json: the Trainer's in this run, or the one beside a CheckpointLoader's "
+            "checkpoint or in the run directory above it; none if there is none), or postprocessing_file; "
+            "largest_component: keep only the largest connected component, of all foreground classes together or "
+            "of each class in postprocessing_classes; none: as predicted."))
+    postprocessing_classes: list[int] | None = Field(None, description=(
+        "largest_component: the classes that each keep only their own largest component (null: all foreground "
+        "classes taken together as one object)."))
+    postprocessing_file: str | None = Field(None, description=(
+        "auto: this postprocessing.json (a Trainer writes one into its run directory) instead of the one found "
+        "for the weights; relative to the working directory."))
 
     @field_validator("roi_size")
     @classmethod
@@ -124,6 +147,14 @@ class PredictorConfig(NodeConfig):
             raise ValueError("roi_size must be one number or a list of 2 (2-D) or 3 (3-D) numbers")
         if any(s < 1 for s in values):
             raise ValueError("roi_size values must be positive")
+        return v
+
+    @field_validator("postprocessing_classes")
+    @classmethod
+    def _pp_classes(cls, v):
+        if v is not None and (not v or any(c < 1 for c in v) or len(set(v)) != len(v)):
+            raise ValueError("postprocessing_classes lists foreground classes (1, 2, ...), each once; null for all "
+                             "foreground together")
         return v
 
     @field_validator("tta_flips")
@@ -154,6 +185,10 @@ class Predictor(Node):
         Port("dataset_info", "DatasetInfo", required=False, doc="patch size (default roi_size), classes, class names"),
     )
     outputs = (Port("predictions", "Predictions", doc="PredictionSet: one record per case pointing at its files"),)
+    # the node editor's BatchPredictor gave the images, labels and predictions apart: one prediction set here
+    type_aliases = ("BatchPredictor",)
+    port_aliases = {"dataloader": "loader", "all_predictions": "predictions", "all_labels": "predictions",
+                    "all_images": "predictions"}
 
     @classmethod
     def check(cls, config: NodeConfig, neighbours: dict[str, tuple[str, NodeConfig]]) -> list[Finding]:
@@ -171,13 +206,39 @@ class Predictor(Node):
                 and max(cfg.tta_flips) >= dims:
             found.append(Finding("tta_flips", "bad_value", f"tta_flips {cfg.tta_flips} names axis "
                                  f"{max(cfg.tta_flips)}, but the data is {dims}-D", hint=f"use axes 0..{dims - 1}"))
-        return found
+        return found + _postprocessing_findings(cfg)
 
     @classmethod
     def preflight(cls, config: NodeConfig, device: str | None) -> list[Finding]:
-        return device_findings(device or config.device)
+        found = device_findings(device or config.device)
+        path = config.postprocessing_file
+        if path and config.postprocessing == "auto":
+            from segflow.inference.postprocess import PostProcessing
+
+            try:
+                PostProcessing.read(path)
+            except ValueError as e:
+                found.append(Finding("postprocessing_file", "path_not_found" if not os.path.isfile(path) else
+                                     "bad_value", str(e), hint="a Trainer with postprocessing auto writes "
+                                     "runs/<workflow>/<time>/postprocessing.json"))
+        return found
 
     def run(self, model, loader, dataset_info=None) -> dict[str, Any]:
         from segflow.inference.predict import predict
 
         return {"predictions": predict(self.config, self.ctx, self.name, model, loader, dataset_info)}
+
+
+def _postprocessing_findings(cfg: PredictorConfig) -> list[Finding]:
+    """Settings that the chosen postprocessing ignores: warnings, since the writer meant something."""
+    found = []
+    if cfg.postprocessing_classes is not None and cfg.postprocessing != "largest_component":
+        found.append(Finding("postprocessing_classes", "unused_value", "postprocessing_classes is only read with "
+                             f"postprocessing largest_component, not {cfg.postprocessing}",
+                             hint="set postprocessing to largest_component, or remove postprocessing_classes",
+                             severity="warning"))
+    if cfg.postprocessing_file is not None and cfg.postprocessing != "auto":
+        found.append(Finding("postprocessing_file", "unused_value", "postprocessing_file is only read with "
+                             f"postprocessing auto, not {cfg.postprocessing}",
+                             hint="set postprocessing to auto, or remove postprocessing_file", severity="warning"))
+    return found

@@ -10,9 +10,17 @@ from segflow.nodes.base import Finding, Node, NodeConfig, Port
 from segflow.nodes.registry import register
 from segflow.nodes.words import Choice
 
-LOSS_TYPES = ("dice", "cross_entropy", "focal", "combined", "boundary", "tversky")
-_SYNONYMS = {"ce": "cross_entropy", "crossentropy": "cross_entropy", "dice_ce": "combined", "dicece": "combined"}
-_TERM = {"dice": "dice", "cross_entropy": "ce", "focal": "focal", "boundary": "boundary", "tversky": "tversky"}
+LOSS_TYPES = ("dice", "cross_entropy", "focal", "combined", "boundary", "tversky", "bce")
+# The words of loss_type (also the Trainer's, for the loss it builds when no LossFunction is wired)
+LossType = Literal["dice", "cross_entropy", "focal", "combined", "boundary", "tversky", "bce"]
+LOSS_SYNONYMS = {"ce": "cross_entropy", "crossentropy": "cross_entropy", "dice_ce": "combined", "dicece": "combined",
+                 "binary_cross_entropy": "bce"}
+LOSS_TYPE_DOC = ("dice, cross_entropy (ce), focal, tversky, boundary (Kervadec's distance-map loss; best combined with "
+                 "dice), bce (binary cross-entropy on each class channel through a sigmoid, as torch's "
+                 "BCEWithLogitsLoss: cross_entropy with sigmoid true), or combined (the weighted sum given by the "
+                 "*_weight fields).")
+_TERM = {"dice": "dice", "cross_entropy": "ce", "focal": "focal", "boundary": "boundary", "tversky": "tversky",
+         "bce": "ce"}
 WEIGHT_FIELDS = {"dice_weight": "dice", "ce_weight": "ce", "focal_weight": "focal", "boundary_weight": "boundary"}
 
 
@@ -24,11 +32,7 @@ def _weight(term: str) -> Any:
 class LossFunctionConfig(NodeConfig):
     aliases: ClassVar[dict[str, str]] = {"weights": "class_weights", "class_weight": "class_weights"}
 
-    loss_type: Annotated[Literal["dice", "cross_entropy", "focal", "combined", "boundary", "tversky"],
-                         Choice(_SYNONYMS)] = Field(
-        "combined", description="dice, cross_entropy (ce), focal, tversky, boundary (Kervadec's distance-map loss; "
-        "best combined with dice), or combined (the weighted sum given by the *_weight fields)."
-    )
+    loss_type: Annotated[LossType, Choice(LOSS_SYNONYMS)] = Field("combined", description=LOSS_TYPE_DOC)
     smooth: float = Field(1e-5, ge=0.0, description="Smoothing added to numerator and denominator of dice and tversky.")
     class_weights: list[float] | None = Field(
         None, description="One weight per class, background first, for cross-entropy and focal terms "
@@ -46,7 +50,7 @@ class LossFunctionConfig(NodeConfig):
     include_background: bool = Field(True, description="Whether dice and tversky count the background class "
                                      "(cross-entropy and focal always do).")
     sigmoid: bool | None = Field(None, description="Sigmoid instead of softmax. Default: sigmoid when the network "
-                                 "has one output channel, softmax otherwise.")
+                                 "has one output channel or loss_type is bce, softmax otherwise.")
     boundary_spacing: list[float] | None = Field(None, description=(
         "Voxel size, one value per spatial axis (e.g. the loader's target_spacing [0.7, 0.7, 5.0]): the boundary "
         "term's distances are then in those units (mm), so anisotropic voxels weigh as far as they are. Null: "
@@ -72,7 +76,14 @@ class LossFunctionConfig(NodeConfig):
         if self.loss_type == "combined" and given and not any(given):
             raise ValueError("loss_type combined with every weight 0: give dice_weight, ce_weight, focal_weight or "
                              "boundary_weight a positive value")
+        if self.loss_type == "bce" and self.sigmoid is False:
+            raise ValueError("loss_type bce is cross-entropy through a sigmoid: it cannot have sigmoid false; use "
+                             "loss_type cross_entropy for softmax cross-entropy")
         return self
+
+    def uses_sigmoid(self) -> bool | None:
+        """`sigmoid`, made true by loss_type bce (None: decided by the network's output channels)."""
+        return True if self.loss_type == "bce" else self.sigmoid
 
     def term_weights(self) -> dict[str, float]:
         """{term: weight} of the loss: dice, ce, focal, tversky, boundary."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import BeforeValidator, Field, ValidationInfo, WithJsonSchema, field_validator
 
 from segflow.nodes.base import Finding, Node, NodeConfig, Port
 from segflow.nodes.datashape import DataShape
@@ -46,6 +46,9 @@ class NetworkConfig(NodeConfig):
     """Fields every network has."""
 
     aliases: ClassVar[dict[str, str]] = {"num_classes": "out_channels"}
+    # named parts -> what each is: names the Optimizer's freeze / param_groups take for all of their modules,
+    # mapped to module paths in segflow.networks.parts (disjoint, covering every parameter)
+    parts: ClassVar[dict[str, str]] = {}
 
     in_channels: int = Field(1, ge=1, description="Image channels (modalities) the network takes in.")
     out_channels: int = Field(
@@ -119,7 +122,18 @@ def _divisible_by(divisors: tuple[int, ...]) -> str:
 
 
 def _spatial_dims_field(default: int) -> Any:
-    return Field(default, description="2 for images, 3 for volumes.")
+    return Field(default, description="2 for images, 3 for volumes (also \"2d\", \"3d\", as the node editor saves them).")
+
+
+def _dims_word(value: Any) -> Any:
+    """"2d" / "3D" (the node editor's `dimension`) as 2 / 3; anything else as written."""
+    if isinstance(value, str) and value.strip().lower() in ("2d", "3d"):
+        return int(value.strip()[0])
+    return value
+
+
+SpatialDims = Annotated[int, BeforeValidator(_dims_word), WithJsonSchema({"anyOf": [
+    {"type": "integer"}, {"type": "string", "pattern": "^\\s*[23][dD]\\s*$"}]})]
 
 
 def _check_dims(v: Any) -> int:
@@ -199,23 +213,39 @@ class NetworkNode(Node):
         return {"model": build_network(self.type, self.config)}
 
 
-def network(type_name: str, doc: str):
-    """Class decorator on a network's config class: registers the node type `type_name`. Its builder
-    is registered beside the module code (`segflow.networks.factory.builds`)."""
+def parts_doc(parts: dict[str, str]) -> str:
+    """The node doc's paragraph on its named parts."""
+    listed = "; ".join(f"`{name}`: {what}" for name, what in parts.items())
+    return (f"Named parts (Optimizer `freeze` and `param_groups` take these names; `segflow inspect` shows their "
+            f"modules): {listed}.")
+
+
+def network(type_name: str, doc: str, aliases: tuple[str, ...] = ()):
+    """Class decorator on a network's config class: registers the node type `type_name` (also called
+    `aliases`), its doc followed by its named parts. Its builder is registered beside the module code
+    (`segflow.networks.factory.builds`), its parts' module paths in `segflow.networks.parts`."""
     def register_node(config: type[NetworkConfig]) -> type[NetworkConfig]:
-        register(type(type_name, (NetworkNode,), {"type": type_name, "Config": config, "__doc__": doc,
-                                                  "__module__": __name__}))
+        full = f"{doc}\n\n{parts_doc(config.parts)}" if config.parts else doc
+        register(type(type_name, (NetworkNode,), {"type": type_name, "Config": config, "__doc__": full,
+                                                  "type_aliases": aliases, "__module__": __name__}))
         return config
     return register_node
 
 
 class _UNetBase(NetworkConfig):
+    parts: ClassVar[dict[str, str]] = {
+        "encoder": "the downsampling blocks of every level and the bottom block",
+        "decoder": "the upsampling blocks below the top level",
+        "head": "the top level's upsampling block, which outputs the logits (MONAI's UNet has no separate output layer)"}
     base_channels: int = Field(32, ge=1, description="Channels of the first level; each deeper level doubles them.")
     depth: int = Field(5, ge=2, le=8, description="Levels including the bottleneck (depth-1 downsamplings by 2).")
     num_res_units: int = Field(2, ge=0, description="Residual units per level (0 = plain convolutions).")
     norm: Annotated[Literal["instance", "batch"], Choice()] = Field("instance", description="Normalisation: instance or batch.")
     act: Annotated[Literal["prelu", "relu", "leakyrelu"], Choice()] = Field("prelu", description="Activation function.")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability in every block.")
+    bilinear: bool = Field(False, description="Decoder upsampling: false = transposed convolutions (learned); true = "
+                           "bilinear (trilinear in 3-D) interpolation followed by a convolution, as the node "
+                           "editor's bilinear option.")
 
     def size_divisor(self) -> int:
         return 2 ** (self.depth - 1)
@@ -238,9 +268,14 @@ class UNet3DConfig(_UNetBase):
         return 3
 
 
-@network("AttentionUNet", "U-Net with attention gates on the skips (MONAI AttentionUnet), 2-D or 3-D.")
+@network("AttentionUNet", "U-Net with attention gates on the skips (MONAI AttentionUnet), 2-D or 3-D.",
+         aliases=("AttentionUNet2D",))
 class AttentionUNetConfig(NetworkConfig):
-    spatial_dims: int = _spatial_dims_field(2)
+    parts: ClassVar[dict[str, str]] = {
+        "encoder": "the input block, the downsampling blocks and the bottom block",
+        "decoder": "each level's attention gate, upsampling and merge convolution",
+        "head": "the final 1x1 convolution to the logits"}
+    spatial_dims: SpatialDims = _spatial_dims_field(2)
     base_channels: int = Field(32, ge=1, description="Channels of the first level; each deeper level doubles them.")
     depth: int = Field(5, ge=2, le=8, description="Levels including the bottleneck (depth-1 downsamplings by 2).")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability in every block.")
@@ -256,17 +291,23 @@ class AttentionUNetConfig(NetworkConfig):
 
 @network("VNet", "V-Net (MONAI VNet), 3-D or 2-D; inputs divisible by 16.")
 class VNetConfig(NetworkConfig):
-    spatial_dims: int = _spatial_dims_field(3)
+    parts: ClassVar[dict[str, str]] = {"encoder": "in_tr and the down transitions", "decoder": "the up transitions",
+                                       "head": "out_tr, the output transition"}
+    spatial_dims: SpatialDims = _spatial_dims_field(3)
     dropout_prob: float = Field(0.5, ge=0.0, lt=1.0, description="Dropout in the deeper down and up blocks (MONAI's default 0.5).")
     act: Annotated[Literal["elu", "relu", "prelu"], Choice()] = Field("elu", description="Activation function.")
+    base_channels: int = Field(16, ge=1, description="Channels of the first level (16 in the V-Net paper and MONAI); "
+                               "each of the 4 downsamplings doubles them. in_channels must divide it.")
 
     _dims = field_validator("spatial_dims")(classmethod(lambda cls, v: _check_dims(v)))
 
-    @field_validator("in_channels")
+    @field_validator("base_channels")
     @classmethod
-    def _in_divides_16(cls, v: int) -> int:
-        if 16 % v:
-            raise ValueError(f"VNet's first block has 16 channels, so in_channels must divide 16 (1, 2, 4, 8 or 16), not {v}")
+    def _in_divides_base(cls, v: int, info: ValidationInfo) -> int:
+        given = info.data.get("in_channels")
+        if given and v % given:
+            raise ValueError(f"VNet's first block repeats the input across its base_channels channels, so in_channels "
+                             f"({given}) must divide base_channels ({v})")
         return v
 
     def size_divisor(self) -> int:
@@ -278,9 +319,12 @@ class VNetConfig(NetworkConfig):
 
 @network("SegResNet", "SegResNet (MONAI), residual encoder-decoder from the BraTS 2018 winner.")
 class SegResNetConfig(NetworkConfig):
-    aliases: ClassVar[dict[str, str]] = {"num_classes": "out_channels", "init_filters": "base_channels"}
+    aliases: ClassVar[dict[str, str]] = {"num_classes": "out_channels", "init_filters": "base_channels",
+                                         "dimension": "spatial_dims"}
+    parts: ClassVar[dict[str, str]] = {"encoder": "convInit and the down layers",
+                                       "decoder": "the up-sampling and up layers", "head": "conv_final"}
 
-    spatial_dims: int = _spatial_dims_field(3)
+    spatial_dims: SpatialDims = _spatial_dims_field(3)
     norm: Annotated[Literal["group", "instance", "batch"], Choice()] = Field("group", description="Normalisation: group (8 groups), instance or batch.")
     base_channels: int = Field(16, ge=1, description="Filters of the first level (MONAI's init_filters); doubled per level.")
     blocks_down: list[int] = Field([1, 2, 2, 4], min_length=2, description="Residual blocks per encoder level.")
@@ -313,9 +357,13 @@ class SegResNetConfig(NetworkConfig):
 
 @network("UNETR", "UNETR (MONAI): ViT encoder, convolutional decoder; fixed input size img_size.")
 class UNETRConfig(NetworkConfig):
-    aliases: ClassVar[dict[str, str]] = {"num_classes": "out_channels", "embed_dim": "hidden_size", "num_layers": "depth"}
+    aliases: ClassVar[dict[str, str]] = {"num_classes": "out_channels", "embed_dim": "hidden_size"}
+    parts: ClassVar[dict[str, str]] = {
+        "encoder": "the ViT (vit)",
+        "decoder": "the convolutional blocks on the skips and the up path (MONAI's encoder1-4 and decoder2-5)",
+        "head": "out, the 1x1 convolution to the logits"}
 
-    spatial_dims: int = _spatial_dims_field(3)
+    spatial_dims: SpatialDims = _spatial_dims_field(3)
     img_size: int | list[int] = Field(
         96, description="Input size the network is built for (an int, or one per axis); UNETR accepts only this "
         "size, so it must equal the loader's image_size and the Predictor's roi_size. A multiple of 16.",
@@ -324,6 +372,8 @@ class UNETRConfig(NetworkConfig):
     hidden_size: int = Field(768, ge=1, description="Transformer embedding size (alias embed_dim); a multiple of num_heads.")
     mlp_dim: int = Field(3072, ge=1, description="Hidden size of each transformer MLP.")
     num_heads: int = Field(12, ge=1, description="Attention heads.")
+    num_layers: int = Field(12, ge=4, description="Transformer layers. The decoder's skips come from the layers at "
+                            "a quarter, half and three quarters of the depth (3, 6 and 9 of UNETR's 12).")
     dropout_rate: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout in the transformer.")
     norm: Annotated[Literal["instance", "batch"], Choice()] = Field("instance", description="Normalisation in the decoder.")
 
@@ -349,8 +399,13 @@ class UNETRConfig(NetworkConfig):
 @network("SwinUNETR", "Swin UNETR (MONAI): shifted-window transformer encoder; inputs divisible by 32.")
 class SwinUNETRConfig(NetworkConfig):
     aliases: ClassVar[dict[str, str]] = {"num_classes": "out_channels", "embed_dim": "feature_size"}
+    parts: ClassVar[dict[str, str]] = {
+        "encoder": "the Swin transformer (swinViT, the part MONAI's pretrained weights cover)",
+        "decoder": "the convolutional blocks on the skips and the up path (MONAI's encoder1-4, encoder10 and "
+                   "decoder1-5)",
+        "head": "out, the 1x1 convolution to the logits"}
 
-    spatial_dims: int = _spatial_dims_field(3)
+    spatial_dims: SpatialDims = _spatial_dims_field(3)
     feature_size: int = Field(24, ge=12, description="Embedding size of the first stage (alias embed_dim); a multiple of 12.")
     depths: list[int] = Field([2, 2, 2, 2], min_length=4, max_length=4, description="Swin blocks in each of the 4 stages.")
     num_heads: list[int] = Field([3, 6, 12, 24], min_length=4, max_length=4, description="Attention heads in each of the 4 stages.")
@@ -400,6 +455,10 @@ class SwinUNETRConfig(NetworkConfig):
 @network("TransUNet", "TransUNet (2-D): CNN encoder, transformer bottleneck, cascaded upsampling decoder.")
 class TransUNetConfig(NetworkConfig):
     aliases: ClassVar[dict[str, str]] = {"num_classes": "out_channels", "embed_dim": "hidden_size", "num_layers": "depth"}
+    parts: ClassVar[dict[str, str]] = {
+        "encoder": "the CNN stages (module encoder), patch_embed, pos_embed, the transformer blocks and their norm "
+                   "(the paper's hybrid encoder)",
+        "decoder": "conv_more and the cascaded upsampler (module decoder)", "head": "the 1x1 convolution to the logits"}
 
     img_size: int | list[int] = Field(
         256, description="Input size the positional embedding is made for; other sizes divisible by 16 work "
@@ -434,6 +493,10 @@ class TransUNetConfig(NetworkConfig):
 
 @network("DeepLabV3Plus", "DeepLabV3+ (2-D): residual encoder, atrous spatial pyramid pooling, decoder; trained from scratch.")
 class DeepLabV3PlusConfig(NetworkConfig):
+    parts: ClassVar[dict[str, str]] = {
+        "encoder": "the residual backbone (stem, layer1-4) and the ASPP (aspp, pool, project), as in the paper",
+        "decoder": "the low-level projection and the fusing convolutions (low, fuse)",
+        "head": "the 1x1 convolution to the logits"}
     norm: Annotated[Literal["batch", "instance", "group"], Choice()] = Field("batch", description="Normalisation: batch, instance, or group (8 groups).")
     base_channels: int = Field(32, ge=8, description="Channels of the encoder stem; stages have 1x, 2x, 4x, 8x this.")
     output_stride: int = Field(16, description="Encoder output stride: 16 (faster) or 8 (finer; more memory).")
@@ -483,7 +546,10 @@ def _strides_fit_kernels(strides: list[int | list[int]], kernels: list[int | lis
 @network("DynUNet", "nnU-Net's U-Net (MONAI DynUNet), 2-D or 3-D: a kernel size and a stride per stage (anisotropic "
          "where the data is), instance norm, leaky ReLU, optional residual blocks and deep supervision.")
 class DynUNetConfig(NetworkConfig):
-    spatial_dims: int = _spatial_dims_field(3)
+    parts: ClassVar[dict[str, str]] = {
+        "encoder": "the input block, the downsampling stages and the bottleneck",
+        "decoder": "the upsampling stages", "head": "the output block and the deep supervision heads"}
+    spatial_dims: SpatialDims = _spatial_dims_field(3)
     kernel_size: list[int | list[int]] = Field(
         [3, 3, 3, 3, 3], min_length=2,
         description="Convolution kernel of each stage, from full resolution down to the bottleneck: one odd size per "

@@ -10,8 +10,10 @@ from segflow.nodes.base import Finding, Node, NodeConfig, Port
 from segflow.nodes.registry import register
 from segflow.nodes.words import Choice
 
-_PATTERN_DOC = ("a glob over parameter names as model.named_parameters() gives them (e.g. 'encoder.*'); "
-                "a bare module path ('model.0') also matches everything under it")
+_PATTERN_DOC = ("a named part of the network ('encoder', 'decoder', 'head': each network node lists its parts), "
+                "or a glob over parameter names as model.named_parameters() gives them (e.g. 'model.1.*'); "
+                "a bare module path ('model.0') also matches everything under it. `segflow inspect WORKFLOW` "
+                "lists the parts and modules")
 
 
 class ParamGroup(BaseModel):
@@ -23,6 +25,9 @@ class ParamGroup(BaseModel):
     learning_rate: float | None = Field(None, gt=0.0, validation_alias=AliasChoices("learning_rate", "lr"),
                                         description="Learning rate of this group (alias lr); default: the optimizer's.")
     weight_decay: float | None = Field(None, ge=0.0, description="Weight decay of this group; default: the optimizer's.")
+    name: str | None = Field(None, min_length=1, description="The group's name in the logs (TensorBoard train/lr/NAME, "
+                             "history column lr/NAME); default: its pattern. The remaining parameters' group is "
+                             "named rest.")
 
 
 class OptimizerConfig(NodeConfig):

@@ -50,3 +50,21 @@ def get(type_name: str) -> type[Node] | None:
 def all_types() -> dict[str, type[Node]]:
     _load()
     return dict(sorted(_types.items()))
+
+
+def aliases(types: dict[str, type[Node]] | None = None) -> dict[str, str]:
+    """Other names of node types -> the type: each type's `type_aliases`, and `<type>Node` (the class
+    name the node editor's older files carry). Of `types`, or of the registry."""
+    types = all_types() if types is None else types
+    found: dict[str, str] = {}
+    for name, cls in types.items():
+        for alias in (*cls.type_aliases, f"{name}Node"):
+            if alias not in types:
+                found.setdefault(alias, name)
+    return found
+
+
+def resolve(type_name: str, types: dict[str, type[Node]] | None = None) -> type[Node] | None:
+    """The node type `type_name` names, directly or through an alias."""
+    types = all_types() if types is None else types
+    return types.get(type_name) or types.get(aliases(types).get(type_name, ""))

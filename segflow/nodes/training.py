@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, TypeAdapter, ValidationError, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from segflow.nodes.base import Device, Finding, Node, NodeConfig, Port, device_findings
+from segflow.nodes.losses import LOSS_SYNONYMS, LossType
 from segflow.nodes.registry import register
 from segflow.nodes.words import Choice, fold
 
@@ -25,9 +26,18 @@ class TrainerConfig(NodeConfig):
         "num_epochs": "epochs", "save_every_n_epochs": "save_frequency", "max_epochs": "epochs",
         "grad_clip": "gradient_clip", "accumulation_steps": "gradient_accumulation_steps",
         "early_stopping_patience": "patience", "scheduler": "lr_schedule",
+        "cutmix": "cutmix_alpha",
     }
 
     epochs: int = Field(100, ge=1, description="Number of training epochs (alias num_epochs).")
+    # the node editor's Trainer builds its optimizer and loss from these when no node is wired
+    learning_rate: float | None = Field(
+        None, gt=0.0, description="With no Optimizer wired to this Trainer: it builds Adam with this learning rate "
+                                  "(as the node editor's Trainer). Ignored, with a warning, when an Optimizer is wired.")
+    loss_type: Annotated[LossType | None, Choice(LOSS_SYNONYMS)] = Field(
+        None, description="With no LossFunction wired to this Trainer: it builds the loss a LossFunction with this "
+                          "loss_type would (dice, cross_entropy, bce, ...; its other settings at their defaults). "
+                          "Ignored, with a warning, when a LossFunction is wired.")
     device: Device = Field("auto", description="auto (CUDA if present), cpu, cuda or cuda:N (gpu, gpu:N say the same), "
                                                "mps (Apple GPUs). The --device command-line option wins.")
     mixed_precision: Annotated[bool | Literal["auto", "bf16", "fp16"], Choice(_PRECISION_SYNONYMS)] = Field(
@@ -96,7 +106,46 @@ class TrainerConfig(NodeConfig):
     val_roi_size: list[int] | None = Field(None, description="Sliding-window size (default: the training patch size).")
     sw_batch_size: int = Field(4, ge=1, description="Windows per forward pass in sliding-window validation.")
     sw_overlap: float = Field(0.25, ge=0, lt=1, description="Overlap of neighbouring sliding windows.")
+    postprocessing: Annotated[Literal["auto", "none"], Choice(null="none")] = Field(
+        "auto", description="auto: after training, on the validation cases predicted with the output weights (the "
+                            "last validation's, or one more pass when they are an earlier epoch's), keep the largest "
+                            "connected component (all foreground together, then per class) only where it raised "
+                            "their mean Dice (nnU-Net's rule); the choice and the Dice before/after per class go to "
+                            "postprocessing.json in the run directory, which a Predictor with postprocessing auto "
+                            "applies. none: skip (no file).")
     log_images: bool = Field(True, description="Log an image | label | prediction picture to TensorBoard at each validation.")
+    tracking: Annotated[list[Literal["tensorboard", "mlflow", "none"]], Choice({"tb": "tensorboard"})] = Field(
+        ["tensorboard"], description=(
+            "Where the per-epoch scalars go besides history.csv/json: tensorboard (event files in the run directory), "
+            "mlflow (an MLflow run: MLFLOW_TRACKING_URI, else runs/mlflow.db; needs `pip install 'segflow[mlflow]'`), "
+            "a list of both, or none. See docs/training.md, Tracking."))
+    mlflow_experiment: str | None = Field(None, min_length=1, description=(
+        "tracking mlflow: the experiment's name (default: the workflow's name)."))
+    mlflow_log_checkpoint: bool = Field(False, description=(
+        "tracking mlflow: also upload the best checkpoint as an artefact at the end (off: checkpoints are large)."))
+    mixup_alpha: float = Field(0.0, ge=0, description=(
+        "Mixup of training batches on the device, after augmentation: images lam x + (1 - lam) x[perm] with a "
+        "permutation of the batch, labels the same blend of their one-hot targets (soft targets for the loss), "
+        "lam ~ Beta(alpha, alpha) per batch. 0: off; 0.2 is usual. Needs a loss that takes soft targets "
+        "(LossFunction without the boundary term). See docs/training.md."))
+    cutmix_alpha: Annotated[float, Field(ge=0)] | bool = Field(0.0, description=(
+        "CutMix of training batches: a box (2-D) or cuboid (3-D) of a permutation of the batch "
+        "pasted into the images and the same region of their labels, side (1 - lam)^(1/d) of each axis, "
+        "lam ~ Beta(alpha, alpha), lam then set to the fraction not pasted over. Labels stay hard, so every loss "
+        "works. 0 or false: off; true: 1.0 (the CutMix paper's alpha)."))
+    mixup_prob: float = Field(1.0, ge=0, le=1, description=(
+        "Probability that a training batch is mixed when mixup_alpha or cutmix_alpha is on; with both on, each "
+        "mixed batch gets one of the two, with even odds."))
+
+    @field_validator("cutmix_alpha")
+    @classmethod
+    def _cutmix_on_means_one(cls, v: float | bool) -> float:
+        """`cutmix: true` switches it on with the paper's alpha, 1.0; the config then holds a number."""
+        return (1.0 if v else 0.0) if isinstance(v, bool) else v
+    grad_histogram_every: int = Field(
+        1, ge=0, description="Log gradient histograms to TensorBoard (grad/PART: per named part of the network, or "
+                             "per top-level module) every this many epochs, from the epoch's last optimizer step "
+                             "(0: never). Computed on the device, read at the epoch's end: no per-step host sync.")
 
     @model_validator(mode="before")
     @classmethod
@@ -130,8 +179,10 @@ class Trainer(Node):
         Port("model", "Model", doc="the network to train"),
         Port("train_loader", "DataLoader", doc="training batches", prefer=("train_loader",)),
         Port("val_loader", "DataLoader", required=False, doc="validation batches", prefer=("val_loader",)),
-        Port("loss_fn", "Loss", doc="loss(logits, label) -> scalar"),
-        Port("optimizer", "Optimizer", doc="optimizer over the model's parameters"),
+        Port("loss_fn", "Loss", fallback="loss_type", doc="loss(logits, label) -> scalar; unwired, the Trainer "
+             "builds it from its loss_type"),
+        Port("optimizer", "Optimizer", fallback="learning_rate", doc="optimizer over the model's parameters; "
+             "unwired, the Trainer builds Adam with its learning_rate"),
     )
     outputs = (
         Port("model", "TrainedModel", passes="model",
@@ -140,15 +191,36 @@ class Trainer(Node):
         Port("history", "History", doc="one dict per epoch: losses, metrics (val_dice pooled over voxels, "
                                        "val_dice_case_mean per case), lr"),
     )
+    port_aliases = {"dataloader": "train_loader", "trained_model": "model", "metrics": "history"}  # the editor's
 
-    def run(self, model, train_loader, loss_fn, optimizer, val_loader=None) -> dict[str, Any]:
+    def run(self, model, train_loader, loss_fn=None, optimizer=None, val_loader=None) -> dict[str, Any]:
         if train_loader is None:
             raise ValueError("train_loader is empty: the loader wired to it gives no training data "
                              "(a MedicalSegmentationLoader with subset 'test' or 'all')")
         from segflow.training.loop import fit
 
+        loss_fn = self._own_loss() if loss_fn is None else loss_fn
+        optimizer = self._own_optimizer(model) if optimizer is None else optimizer
+
         trained, history = fit(self.config, self.ctx, self.name, model, train_loader, val_loader, loss_fn, optimizer)
         return {"model": trained, "history": history}
+
+    def _own_loss(self) -> Any:
+        """The loss of a LossFunction with this Trainer's loss_type (validation made sure there is one)."""
+        from segflow.losses.segmentation import build_loss
+        from segflow.nodes.losses import LossFunctionConfig
+
+        self.ctx.log(f"Trainer '{self.name}': no LossFunction wired; loss_type {self.config.loss_type}")
+        return build_loss(LossFunctionConfig(loss_type=self.config.loss_type))
+
+    def _own_optimizer(self, model: Any) -> Any:
+        """Adam at this Trainer's learning_rate, as an Optimizer node would build it."""
+        from segflow.nodes.optim import OptimizerConfig
+        from segflow.optim.optimizer import build_optimizer
+
+        self.ctx.log(f"Trainer '{self.name}': no Optimizer wired; Adam with learning_rate {self.config.learning_rate}")
+        return build_optimizer(model, OptimizerConfig(optimizer_type="Adam", learning_rate=self.config.learning_rate),
+                               node_name=self.name)
 
     @classmethod
     def preflight(cls, config: NodeConfig, device: str | None) -> list[Finding]:
@@ -157,7 +229,7 @@ class Trainer(Node):
     @classmethod
     def check(cls, config: NodeConfig, neighbours: dict[str, tuple[str, NodeConfig]]) -> list[Finding]:
         cfg: TrainerConfig = config  # type: ignore[assignment]
-        found: list[Finding] = []
+        found: list[Finding] = _unused_fallbacks(cfg, neighbours)
         source_type, source = neighbours.get("train_loader", (None, None))
         subset = getattr(source, "subset", "split")
         if source_type == "MedicalSegmentationLoader" and subset != "split":
@@ -185,6 +257,7 @@ class Trainer(Node):
                 f"restore_best_weights is deprecated: it now means output_weights: {cfg.output_weights}, with or "
                 "without early stopping", hint=f"write output_weights: {cfg.output_weights} instead",
                 severity="warning"))
+        found += _tracking_findings(cfg)
         if cfg.warmup_epochs >= cfg.epochs and cfg.warmup_epochs:
             found.append(Finding("warmup_epochs", "bad_value",
                                  f"warmup_epochs ({cfg.warmup_epochs}) is not smaller than epochs ({cfg.epochs})",
@@ -192,4 +265,60 @@ class Trainer(Node):
         if cfg.lr_schedule == "cosine" and cfg.T_max and cfg.T_max > cfg.epochs:
             found.append(Finding("T_max", "bad_value", f"T_max ({cfg.T_max}) is larger than epochs ({cfg.epochs}): "
                                  "the cosine never reaches eta_min", severity="warning"))
-        return found
+        return found + _mixing_findings(cfg, neighbours.get("loss_fn"))
+
+
+def _tracking_findings(cfg: TrainerConfig) -> list[Finding]:
+    """MLflow is an optional extra: asking for it without the package is a validate-time error."""
+    import importlib.util
+    import os
+
+    if "mlflow" not in cfg.tracking:
+        if {"mlflow_experiment", "mlflow_log_checkpoint"} & cfg.model_fields_set:
+            return [Finding("tracking", "unused_value", "mlflow_experiment / mlflow_log_checkpoint are ignored "
+                            "without tracking mlflow", hint='add "mlflow" to tracking', severity="warning")]
+        return []
+    if "none" in cfg.tracking:
+        return [Finding("tracking", "bad_value", "tracking lists none beside other trackers",
+                        hint='write "none" alone, or list only the trackers to use')]
+    needed = ["mlflow"] + ([] if os.environ.get("MLFLOW_TRACKING_URI") else ["sqlalchemy", "alembic"])
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        return [Finding("tracking", "missing_package", f"tracking mlflow needs the package(s) {', '.join(missing)}, "
+                        "which are not installed", hint="pip install 'segflow[mlflow]'")]
+    return []
+
+
+def _mixing_findings(cfg: TrainerConfig, loss: tuple[str, NodeConfig] | None) -> list[Finding]:
+    """Mixup's soft targets need a loss that takes them: the boundary term measures distances from a
+    hard mask. A loss node of another type is checked when the run starts (`takes_soft_targets`)."""
+    given = cfg.model_fields_set
+    if "mixup_prob" in given and not (cfg.mixup_alpha or cfg.cutmix_alpha):
+        return [Finding("mixup_prob", "unused_value", "mixup_prob is ignored: mixup_alpha and cutmix_alpha are 0 "
+                        "(off)", hint="set mixup_alpha (e.g. 0.2) or cutmix_alpha (e.g. 1.0)", severity="warning")]
+    loss_type, loss_cfg = loss or (None, None)
+    if not (cfg.mixup_alpha and cfg.mixup_prob) or loss_type != "LossFunction":
+        return []
+    if "boundary" in loss_cfg.term_weights():  # type: ignore[union-attr]
+        return [Finding("mixup_alpha", "soft_targets_unsupported",
+                        "mixup makes soft (blended) targets, and the wired LossFunction has a boundary term, which "
+                        "needs hard labels to measure distances from",
+                        hint="drop the boundary term (boundary_weight 0, or another loss_type), or use cutmix_alpha "
+                             "instead: CutMix keeps the labels hard")]
+    return []
+
+
+def _unused_fallbacks(cfg: TrainerConfig, neighbours: dict[str, tuple[str, NodeConfig]]) -> list[Finding]:
+    """Warnings for learning_rate / loss_type set while an Optimizer / LossFunction is wired (the wired
+    node wins, as in the node editor)."""
+    found = []
+    for key, port, what in (("learning_rate", "optimizer", "optimizer"), ("loss_type", "loss_fn", "loss")):
+        if getattr(cfg, key) is None or port not in neighbours:
+            continue
+        source_type, source = neighbours[port]
+        theirs = getattr(source, key, None)
+        found.append(Finding(key, "unused_value", f"{key} {getattr(cfg, key)!r} is ignored: the {what} comes from "
+                             f"the {source_type} node wired to this Trainer"
+                             + (f" (its {key} is {theirs!r})" if theirs is not None else ""),
+                             hint=f"remove {key} here, or set it on the {source_type} node", severity="warning"))
+    return found

@@ -63,9 +63,10 @@ def holds_list(annotation: Any) -> bool:
 
 
 def _takes_plain_strings(annotation: Any) -> bool:
-    """Whether a non-word string may be another type's lax spelling ("true" for `bool | list[...]`)."""
+    """Whether a non-word string may be another type's lax spelling ("true" for `bool | list[...]`; not
+    None, whose spellings the config reads before the words)."""
     args = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
-    return any(typing.get_origin(arg) not in (list, Literal) for arg in args)
+    return any(typing.get_origin(arg) not in (list, Literal) and arg is not type(None) for arg in args)
 
 
 class Choice:
@@ -73,18 +74,22 @@ class Choice:
     the fold rule allows. `synonyms` maps other words to what they mean (a canonical word, or a
     value of the field's other type: "amp" -> True). `null` is what JSON null and the word "null"
     (as GUIs save it) mean, for fields where null was once a setting ("fused": null -> False);
-    without it null is not a word."""
+    without it null is not a word. A list of words drops repeated words (a set of metrics), unless
+    `keep_repeats`: then the list is positional and a word may stand at several places (one
+    normalisation per image channel)."""
 
-    def __init__(self, synonyms: Mapping[str, Any] | None = None, *, null: Any = _UNSET):
+    def __init__(self, synonyms: Mapping[str, Any] | None = None, *, null: Any = _UNSET, keep_repeats: bool = False):
         self.synonyms = dict(synonyms or {})
         self.null = null
+        self.keep_repeats = keep_repeats
 
     @property
     def takes_null(self) -> bool:
         return self.null is not _UNSET
 
     def __repr__(self) -> str:
-        return f"Choice({self.synonyms!r}" + (f", null={self.null!r})" if self.takes_null else ")")
+        extra = (f", null={self.null!r}" if self.takes_null else "") + (", keep_repeats=True" if self.keep_repeats else "")
+        return f"Choice({self.synonyms!r}{extra})"
 
     def table(self, annotation: Any) -> dict[str, Any]:
         """Folded spelling -> value, for the words of `annotation` and the synonyms."""
@@ -124,7 +129,7 @@ class Choice:
         out: list[Any] = []
         for item in value:
             item = self._word(table, item)
-            if item not in out:
+            if self.keep_repeats or item not in out:
                 out.append(item)
         return out
 

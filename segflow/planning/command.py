@@ -44,9 +44,10 @@ def run(args) -> int:
 
 def summary(p: Plan) -> str:
     spacing = fmt(p.target_spacing) if p.target_spacing else f"{fmt(p.spacing)} (as stored)"
+    norm = p.loader_normalisation.get("channel_normalization") or p.loader_normalisation["normalization"]
     return (f"segflow plan: {p.config} for {p.dataset}: spacing {spacing}, patch {fmt(p.patch)}, batch "
             f"{p.batch_size}, {len(p.strides)} stages (pooling {p.pools}), normalization "
-            f"{p.loader_normalisation['normalization']}; about {p.estimate_gib:.2g} of {p.gpu_memory_gib:g} GiB")
+            f"{norm}; about {p.estimate_gib:.2g} of {p.gpu_memory_gib:g} GiB")
 
 
 def visible_gpu_gib() -> float | None:

@@ -107,11 +107,13 @@ def write(document: dict, path: Path, force: bool) -> Path:
 
 
 _FLAT_LIST = re.compile(r"\[\s*([^\[\]{}]*?)\s*\]")
-_LIST_OF_LISTS = re.compile(r"\[\s*(\[[^\[\]]*\](?:,\s*\[[^\[\]]*\])*)\s*\]")
+_ITEM = r"(?:\[[^\[\]]*\]|null)"  # a flat list, or null (a per-channel ct_window for a channel without one)
+_LIST_OF_LISTS = re.compile(rf"\[\s*({_ITEM}(?:,\s*{_ITEM})*)\s*\]")
 
 
 def compact_lists(text: str) -> str:
-    """Lists of numbers (and lists of such lists) on one line, as hand-written workflows have them."""
+    """Lists of numbers (and lists of such lists, nulls among them) on one line, as hand-written workflows
+    have them."""
     text = _FLAT_LIST.sub(lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]"
                           if m.group(1) else "[]", text)
     return _LIST_OF_LISTS.sub(lambda m: "[" + re.sub(r",\s*", ", ", m.group(1)) + "]", text)

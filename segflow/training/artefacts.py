@@ -27,6 +27,8 @@ TIMING_KEYS = ("epoch_time", "throughput", "gpu_memory_mb", "train_time", "step_
 def tag_of(key: str) -> str:
     if key in _TAGS:
         return _TAGS[key]
+    if key.startswith("lr/"):  # one per optimizer parameter group, by the group's name
+        return f"train/{key}"
     phase, _, metric = key.partition("_")
     return f"{phase}/{metric}" if phase in ("train", "val") and metric else f"misc/{key}"
 
@@ -101,7 +103,7 @@ def sample_grid(image: torch.Tensor, label: torch.Tensor, pred: torch.Tensor, nu
 
 
 class TensorBoardLog:
-    """Scalars per epoch and a sample-prediction image; the writer is opened lazily and flushed each epoch."""
+    """Scalars per epoch, gradient histograms and a sample-prediction image; flushed each epoch."""
 
     def __init__(self, folder: Path):
         from torch.utils.tensorboard import SummaryWriter
@@ -118,6 +120,15 @@ class TensorBoardLog:
 
     def image(self, tag: str, picture: torch.Tensor, step: int) -> None:
         self.writer.add_image(tag, picture, step)
+
+    def histograms(self, captured: dict[str, Any], step: int) -> None:
+        """Gradient histograms per layer group (grad_histograms.Histogram, read from the device here)."""
+        for group, histogram in captured.items():
+            raw = histogram.read()
+            if raw is not None:
+                self.writer.add_histogram_raw(f"grad/{group}", global_step=step, **raw)
+        if captured:
+            self.writer.flush()
 
     def close(self) -> None:
         self.writer.close()

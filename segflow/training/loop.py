@@ -12,10 +12,12 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from segflow.data.segmentation_loader import batch_augment_of
-from segflow.training import artefacts, checkpoint, ddp
+from segflow.training import artefacts, checkpoint, ddp, tracking
 from segflow.training.device import resolve_device, resolve_precision, seed_everything
 from segflow.training.epoch_statistics import EpochStatistics
+from segflow.training.grad_histograms import GradientHistograms
 from segflow.training.metrics import METRIC_DEFINITIONS, ConfusionMeter
+from segflow.training.mixing import BatchMix
 from segflow.training.schedules import EpochSchedule, ScheduleSettings, describe_change
 from segflow.workflow import distributed
 
@@ -95,6 +97,9 @@ class _NoTensorBoard:
     def image(self, tag, picture, step) -> None:
         pass
 
+    def histograms(self, captured, step) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -170,6 +175,24 @@ def _training_device(cfg: TrainerConfig, ctx: RunContext, who: str) -> torch.dev
     return device
 
 
+def _batch_mix(cfg: TrainerConfig, loss_fn: Any, who: str, log: Callable[[str], None]) -> BatchMix | None:
+    """Mixup / CutMix as configured, or None; mixup's soft targets need a loss that says it takes them."""
+    if not (cfg.mixup_alpha or cfg.cutmix_alpha) or not cfg.mixup_prob:
+        return None
+    mixer = BatchMix(cfg.mixup_alpha, cfg.cutmix_alpha, cfg.mixup_prob)
+    if mixer.soft and not getattr(loss_fn, "takes_soft_targets", False):
+        raise ValueError(f"{who}: mixup_alpha makes soft targets, and the loss ({type(loss_fn).__name__}) does not "
+                         "take them (a LossFunction with a boundary term, or a loss without `takes_soft_targets`); "
+                         "drop the boundary term, or use cutmix_alpha, whose labels stay hard")
+    kinds = [f"{k} alpha {a:g}" for k, a in (("mixup", cfg.mixup_alpha), ("cutmix", cfg.cutmix_alpha)) if a]
+    log(f"{who}: {' and '.join(kinds)} on {cfg.mixup_prob:.0%} of the training batches")
+    return mixer
+
+
+def _channels(logits: torch.Tensor | list[torch.Tensor]) -> int:
+    return (logits[0] if isinstance(logits, (list, tuple)) else logits).shape[1]
+
+
 class TrainingRun:
     """One Trainer node's training: set up in __init__, `resume` from a checkpoint, then `run`."""
 
@@ -182,6 +205,7 @@ class TrainingRun:
         self.loss_fn, self.optimizer = loss_fn, optimizer
         # augmentation_on "device": the loader's random transforms, run here on whole training batches
         self.batch_augment = batch_augment_of(train_loader)
+        self.mixer = _batch_mix(cfg, loss_fn, self.who, self.log)
         self.epochs = cfg.epochs
         self.device = _training_device(cfg, ctx, self.who)
         # Under torchrun: DDP across the process group; rank 0 alone writes files and shows progress.
@@ -218,7 +242,12 @@ class TrainingRun:
         self.forward = None if distributed.initialized() else _Forward(model, cfg.compile, self.log)
         self.eval_forward = self.forward
         self.batchnorm_swap: ddp.SyncBatchNormSwap | None = None
-        self.tb = artefacts.TensorBoardLog(self.run_dir / "tensorboard") if self.main else _NoTensorBoard()
+        self.final_counts: tuple[int | None, Any] = (None, None)  # (epoch, CaseCounter) for the post-processing
+        tensorboard = self.main and "tensorboard" in cfg.tracking
+        self.tb = artefacts.TensorBoardLog(self.run_dir / "tensorboard") if tensorboard else _NoTensorBoard()
+        self.mlflow = _mlflow_run(cfg, ctx, self.run_dir) if self.main and "mlflow" in cfg.tracking else None
+        self.histograms = GradientHistograms(model, cfg.grad_histogram_every if self.main else 0,
+                                             cfg.gradient_accumulation_steps)
 
     # ---- the run ----------------------------------------------------------------------------
 
@@ -226,6 +255,8 @@ class TrainingRun:
         self.log(f"{self.who}: {self.device}, {self.precision.describe()}, epochs {self.progress.epoch + 1}.."
                  f"{self.epochs}, lr_schedule {self.cfg.lr_schedule}, checkpoints in {self.ckpt_dir}")
         stopped_early = False
+        if self.mlflow is not None:
+            self.mlflow.start(resuming=self.progress.epoch > 0)
         try:
             for epoch in range(self.progress.epoch + 1, self.epochs + 1):
                 row, validated = self._train_and_validate(epoch)
@@ -246,7 +277,7 @@ class TrainingRun:
     def _train_and_validate(self, epoch: int) -> tuple[dict[str, Any], bool]:
         """The epoch's history row, and whether it was validated."""
         started = time.perf_counter()
-        lr = self.schedule.lrs[0]  # the lr this epoch trains with
+        lrs = self.schedule.lrs  # the lrs this epoch trains with
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         row: dict[str, Any] = {"epoch": epoch}
@@ -259,11 +290,19 @@ class TrainingRun:
         validated = self.val_loader is not None and (epoch % self.cfg.validate_every == 0 or epoch == self.epochs)
         if validated:
             row.update(self.validate(epoch))
-        row["lr"] = lr
+        row["lr"] = lrs[0]
+        row.update(self._group_lrs(lrs))
         row["epoch_time"] = time.perf_counter() - started
         if self.device.type == "cuda":
             row["gpu_memory_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
         return row, validated
+
+    def _group_lrs(self, lrs: list[float]) -> dict[str, float]:
+        """With several parameter groups, each one's lr as history column lr/NAME (the Optimizer names them)."""
+        if len(lrs) < 2:
+            return {}
+        names = [g.get("name") or f"group{i}" for i, g in enumerate(self.optimizer.param_groups)]
+        return {f"lr/{name}": lr for name, lr in zip(names, lrs)}
 
     def _improved(self, value: float | None) -> bool:
         if value is None or not math.isfinite(value):
@@ -292,6 +331,8 @@ class TrainingRun:
         self.progress.epoch = row["epoch"]
         self.progress.history.append(row)
         self.tb.epoch(row)
+        if self.mlflow is not None:
+            self.mlflow.epoch(row)
 
     def _report(self, row: dict[str, Any], improved: bool) -> None:
         if self.main:
@@ -311,9 +352,16 @@ class TrainingRun:
         """The chosen weights (output_weights) in the model handed on, the final history, plots and metrics."""
         distributed.barrier()  # rank 0 has finished writing best.pt before anyone reads it
         weights, epoch = self._load_output_weights()
+        chosen = self._decide_postprocessing(weights, epoch)
         if self.main:
             self._write_files(final=True, stopped_early=stopped_early,
-                              output_model={"weights": weights, "epoch": epoch})
+                              output_model={"weights": weights, "epoch": epoch}, postprocessing=chosen)
+        if self.mlflow is not None:
+            files = [self.ctx.workflow_file, *(self.run_dir / n for n in ("history.csv", "metrics.json", "loss.png",
+                                                                         "metrics.png", "lr.png",
+                                                                         "postprocessing.json"))]
+            best = self.ckpt_dir / "best.pt"
+            self.mlflow.trained([f for f in files if f is not None], best if best.is_file() else None)
 
     def _load_output_weights(self) -> tuple[str, int]:
         """Put best.pt's weights in the model unless output_weights is last (or there is no best.pt);
@@ -346,6 +394,7 @@ class TrainingRun:
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         stats = EpochStatistics(len(self.train_loader), self.device)
+        self.histograms.start_epoch(epoch, stats.batches)
         bar = _EpochBar(self.ctx.progress and self.main, stats.batches, f"{self.name} epoch {epoch}/{self.epochs}")
         started = time.perf_counter()
         batches = _TimedBatches(self.train_loader)
@@ -361,6 +410,7 @@ class TrainingRun:
                 f"{numbers.batches}. Training stopped; the last good checkpoint is {self.ckpt_dir / 'last.pt'} "
                 f"(epoch {self.progress.epoch}). Try a lower learning_rate, gradient_clip (e.g. 1.0), "
                 f"mixed_precision false, and check the data for NaN/Inf values.")
+        self.tb.histograms(self.histograms.take(), epoch)  # read after the reduction's sync: no sync of their own
         self.progress.global_step += stats.steps
         # after the reduction's sync, so the GPU's queued work is inside the clock; this rank's figures
         return numbers.row(max(1e-9, time.perf_counter() - started), batches.wait)
@@ -369,6 +419,11 @@ class TrainingRun:
         """Forward and backward of the epoch's batch `index`; the optimizer steps once every
         gradient_accumulation_steps batches, and after the epoch's last batch."""
         image, label = self._prepare(batch, self.batch_augment)
+        mixed = self.mixer.draw(image) if self.mixer is not None else None
+        if mixed is not None:
+            image = mixed.images(image)
+            if self.memory_format is not None:
+                image = image.contiguous(memory_format=self.memory_format)
         if not self.first_batch_seen:
             image = self._settle_on_first_batch(image, label)
         self.patch_size = tuple(image.shape[2:])
@@ -380,7 +435,8 @@ class TrainingRun:
         with self.ddp.no_sync() if self.dist and not stepping else contextlib.nullcontext():
             with torch.autocast(self.device.type, dtype=self.precision.dtype, enabled=self.precision.enabled):
                 logits = self.forward(image)
-                loss = self.loss_fn(logits, label)
+                target = label if mixed is None else mixed.labels(label, _channels(logits))
+                loss = self.loss_fn(logits, target)
             if self.num_classes is None:  # deep supervision's outputs: the full-resolution one first
                 self._check_labels(logits[0] if isinstance(logits, (list, tuple)) else logits, label)
             stats.add_batch(index, loss, image.shape[0])
@@ -390,6 +446,7 @@ class TrainingRun:
 
     def _optimizer_step(self, stats: EpochStatistics) -> None:
         self.scaler.unscale_(self.optimizer)
+        self.histograms.after_unscale(stats.steps)
         norm = self._clip_gradients(measure=stats.steps % GRAD_NORM_EVERY == 0)
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -486,6 +543,7 @@ class TrainingRun:
         n = 0
         sample = None
         forward = self.eval_forward or self.forward
+        counter = self._final_counter(epoch)
         for batch in self.val_loader:
             image, label = self._prepare(batch)
             with torch.autocast(dev.type, dtype=self.precision.dtype, enabled=self.precision.enabled):
@@ -496,6 +554,8 @@ class TrainingRun:
             if meter is None:
                 meter = ConfusionMeter(logits.shape[1], dev)
             meter.update(logits, label, batch.get("case"))
+            if counter is not None:
+                counter.add(logits, label, batch.get("case"))
             if sample is None and self.cfg.log_images and self.main:
                 pred = (logits[0, 0] > 0).long() if logits.shape[1] == 1 else logits[0].argmax(0)
                 sample = (image[0].cpu(), label[0].cpu(), pred.cpu(), max(2, logits.shape[1]))
@@ -510,7 +570,56 @@ class TrainingRun:
             out.update({f"val_{k}": v for k, v in meter.compute(across_processes=self.dist).items()})
         if sample is not None:
             self.tb.image("val/sample_image_label_prediction", artefacts.sample_grid(*sample), epoch)
+        if counter is not None:
+            self.final_counts = (epoch, counter)
         return out
+
+    def _final_counter(self, epoch: int):
+        """The last epoch's validation also counts the cases for the post-processing decision, which
+        then needs no second pass when the output weights are that epoch's (segflow.training.postprocessing)."""
+        if epoch != self.epochs or self.cfg.postprocessing != "auto":
+            return None
+        from segflow.training.postprocessing import CaseCounter
+
+        return CaseCounter()
+
+    def _decide_postprocessing(self, weights: str, epoch: int) -> str | None:
+        """postprocessing auto: nnU-Net's largest-component rule chosen on the validation cases with the
+        output weights (segflow.training.postprocessing); the file is recorded on the model handed on."""
+        from segflow.inference.postprocess import attach
+        from segflow.training.postprocessing import decide
+
+        path = None
+        if self.cfg.postprocessing == "auto" and self.val_loader is None:
+            self.log(f"{self.who}: no val_loader wired, so no post-processing is chosen (postprocessing: auto)")
+        elif self.cfg.postprocessing == "auto":
+            # the last epoch's validation counted these very weights already, unless they are an earlier epoch's
+            counted, counter = self.final_counts
+            about = {"node": self.name, "weights": weights, "epoch": epoch, "prediction_seconds": 0.0}
+            if counted != epoch:
+                started = time.perf_counter()
+                counter = self._count_validation_cases()
+                about["prediction_seconds"] = round(time.perf_counter() - started - counter.seconds, 3)
+            path = decide(counter, self.run_dir, self.who, self.log, about)
+        attach(self.model, path)
+        return None if path is None else str(path)
+
+    @torch.no_grad()
+    def _count_validation_cases(self):
+        """Every validation case predicted as `validate` predicts it, with the model's weights, counted
+        for the post-processing decision."""
+        from segflow.training.postprocessing import CaseCounter
+
+        if self.dist:
+            distributed.broadcast_buffers_(self.model)
+        self.model.eval()
+        forward, dev, counter = self.eval_forward or self.forward, self.device, CaseCounter()
+        for batch in self.val_loader:
+            if "label" in batch:
+                image, label = self._prepare(batch)
+                with torch.autocast(dev.type, dtype=self.precision.dtype, enabled=self.precision.enabled):
+                    counter.add(self._validation_logits(image, forward), label, batch.get("case"))
+        return counter
 
     def _validation_logits(self, image: torch.Tensor, forward: _Forward) -> torch.Tensor:
         """Whole images, or a sliding window of the training patch size (or val_roi_size) over them."""
@@ -575,7 +684,8 @@ class TrainingRun:
                 f", lr {row['lr']:.2e}, {row['epoch_time']:.1f}s ({row['step_time_ms']:.0f} ms/step, "
                 f"data wait {row['data_wait_fraction']:.0%})" + (" *best*" if improved else ""))
 
-    def _write_files(self, final: bool, stopped_early: bool = False, output_model: dict | None = None) -> None:
+    def _write_files(self, final: bool, stopped_early: bool = False, output_model: dict | None = None,
+                     postprocessing: str | None = None) -> None:
         p = self.progress
         artefacts.write_history(self.run_dir, p.history)
         if not final:
@@ -586,11 +696,18 @@ class TrainingRun:
             "monitor": self.monitor, "mode": self.mode, "best_value": p.best, "best_epoch": p.best_epoch,
             "epochs_run": p.epoch, "stopped_early": stopped_early, "global_step": p.global_step,
             "final": p.history[-1] if p.history else None, "best": best_row,
-            "output_model": output_model,
+            "output_model": output_model, "postprocessing": postprocessing,
             "checkpoints": {"last": str(self.ckpt_dir / "last.pt"),
                             "best": str(self.ckpt_dir / "best.pt") if (self.ckpt_dir / "best.pt").is_file() else None},
             "definitions": METRIC_DEFINITIONS,
         })
+
+
+def _mlflow_run(cfg: TrainerConfig, ctx: RunContext, run_dir: Path) -> tracking.MlflowRun:
+    run = tracking.MlflowRun(run_dir, cfg.mlflow_experiment or ctx.workflow_name, ctx.workflow_file, ctx.log,
+                             cfg.mlflow_log_checkpoint)
+    ctx.trackers.append(run)  # the executor ends it once the whole workflow has run
+    return run
 
 
 def fit(cfg: TrainerConfig, ctx: RunContext, name: str, model: torch.nn.Module, train_loader: Any, val_loader: Any,

@@ -52,12 +52,24 @@ def fields(cls: type[Node]) -> list[tuple[str, str, str, str, list[str]]]:
 
 
 def _ports(ports) -> str:
-    return ", ".join(f"{p.name}: {p.type}{'' if p.required else ' (optional)'}" for p in ports) or "none"
+    def said(p) -> str:
+        return f"{p.name}: {p.type}" + ("" if p.required else " (optional)") + \
+            (f" (or the {p.fallback} key)" if p.fallback else "")
+    return ", ".join(map(said, ports)) or "none"
+
+
+def _also(cls: type[Node]) -> list[str]:
+    """The type's other names and its ports' (the node editor's), as one line or none. Every type also
+    answers to <type>Node, which the header says once."""
+    said = ([f"also called {', '.join(cls.type_aliases)}"] if cls.type_aliases else []) + \
+        ([f"port aliases: {', '.join(f'{a} = {p}' for a, p in cls.port_aliases.items())}"] if cls.port_aliases else [])
+    return ["; ".join(said)] if said else []
 
 
 def describe(cls: type[Node]) -> str:
     lines = [f"{cls.type}  [{cls.family}]", inspect.cleandoc(cls.__doc__ or ""), "",
-             f"  inputs:  {_ports(cls.inputs)}", f"  outputs: {_ports(cls.outputs)}", "  config:"]
+             f"  inputs:  {_ports(cls.inputs)}", f"  outputs: {_ports(cls.outputs)}",
+             *(f"  {line}" for line in _also(cls)), "  config:"]
     for key, typ, default, doc, aliases in fields(cls):
         alias = f" (alias: {', '.join(aliases)})" if aliases else ""
         lines.append(f"    {key}: {typ} = {default}{alias}")
@@ -77,7 +89,9 @@ def markdown() -> str:
            "Generated from the registry by `segflow nodes --format markdown > docs/nodes.md`; a test keeps it current.",
            "Every value may also be given as a string (`\"8\"`, `\"1e-4\"`, `\"true\"`, `\"[0.9, 0.999]\"`).",
            "Words (`Literal[...]` values and synonyms) take any case, and `-` or a space for `_`; see "
-           "[workflow-format.md](workflow-format.md#values).", ""]
+           "[workflow-format.md](workflow-format.md#values).",
+           "Every type also answers to its name with `Node` appended (`UNet2DNode`), as the node editor's older files "
+           "name it; see [workflow-format.md](workflow-format.md#files-from-the-node-editor).", ""]
     by_family: dict[str, list[type[Node]]] = {}
     for cls in registry.all_types().values():
         by_family.setdefault(cls.family, []).append(cls)
@@ -85,7 +99,8 @@ def markdown() -> str:
         out += [f"## {family}", ""]
         for cls in classes:
             out += [f"### {cls.type}", "", inspect.cleandoc(cls.__doc__ or ""), "",
-                    f"- inputs: {_ports(cls.inputs)}", f"- outputs: {_ports(cls.outputs)}", "",
+                    f"- inputs: {_ports(cls.inputs)}", f"- outputs: {_ports(cls.outputs)}",
+                    *(f"- {line}" for line in _also(cls)), "",
                     "| key | type | default | description |", "|---|---|---|---|"]
             for key, typ, default, doc, aliases in fields(cls):
                 alias = f" (alias `{'`, `'.join(aliases)}`)" if aliases else ""

@@ -82,6 +82,18 @@ class NodeRunError(Exception):
         super().__init__(f"node '{node}' ({node_type}) failed: {reason}")
 
 
+class ConfigValueError(ValueError):
+    """A node's config value that only running can judge (a freeze pattern against the built model's
+    parameter names), raised by an implementation package. The executor reports it like a validation
+    issue, at the value's line in the file, instead of as a failed node. `field` as in a Finding
+    ("freeze[1]", "param_groups[0].pattern"); `node` only names it in the plain message."""
+
+    def __init__(self, field: str, code: str, message: str, hint: str = "", node: str | None = None):
+        self.field, self.code, self.message, self.hint = field, code, message, hint
+        where = f"{node}.{field}" if node else field
+        super().__init__(f"{where}: {message}" + (f"; {hint}" if hint else ""))
+
+
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C (or SIGINT) while a workflow ran, with the run directory it was writing, so the message
     can say how to resume exactly this run."""

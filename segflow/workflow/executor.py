@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from segflow.nodes.base import RunContext
 from segflow.workflow import distributed, spec
-from segflow.workflow.errors import Issue, NodeRunError, RunInterrupted, WorkflowError
+from segflow.workflow.errors import ConfigValueError, Issue, NodeRunError, RunInterrupted, WorkflowError
 from segflow.workflow.files import write_json
 from segflow.workflow.rundir import environment_path, new_run_dir, prepare_run_dir, resolve_resume, run_dir_of
 from segflow.workflow.runinfo import environment_record
@@ -52,10 +52,17 @@ def run_workflow(path: str | Path, *, sets=(), device: str | None = None, run_di
         ctx = RunContext(run_dir=out, workflow_name=wf.name, workflow_file=Path(path), device=device,
                          resume=str(checkpoint) if checkpoint else None, progress=progress and distributed.is_main(),
                          log=log)
+        status = "FAILED"
         try:
-            return _run_nodes(wf, order, ctx, in_group)
+            result = _run_nodes(wf, order, ctx, in_group)
+            status = "FINISHED"
+            return result
         except KeyboardInterrupt as e:
+            status = "KILLED"
             raise RunInterrupted(out) from e
+        finally:
+            for tracker in ctx.trackers:
+                tracker.end(status)
     finally:
         distributed.teardown()
 
@@ -115,6 +122,8 @@ def _run_node(wf: spec.Workflow, name: str, outputs: dict[str, dict[str, Any]], 
         produced = node_spec.cls(name, node_spec.config, ctx).run(**inputs) or {}
     except (KeyboardInterrupt, WorkflowError):
         raise
+    except ConfigValueError as e:  # a value of the file: reported where it is written
+        raise WorkflowError([wf.config_issue(e, node_spec)]) from e
     except Exception as e:
         raise NodeRunError(name, node_spec.type, e) from e
     missing = [p.name for p in node_spec.cls.outputs if p.name not in produced]

@@ -15,6 +15,7 @@ from segflow.nodes.base import Node, Port
 # A value of the key type may go where the value type is asked for (explicit links only;
 # auto-wiring takes exact types, in each input's order of preference).
 SUBTYPES = {"TrainedModel": "Model"}
+ANY = "Any"  # an input of this type takes every output (a Print node's)
 _LISTED = 6  # candidates an ambiguous_input names; more would make each message as long as the workflow
 
 
@@ -42,7 +43,7 @@ class WiringProblem:
 
 def fits(source_type: str, port: Port) -> bool:
     """Can an output of `source_type` be linked explicitly into `port`?"""
-    return source_type in port.types or SUBTYPES.get(source_type) in port.types
+    return ANY in port.types or source_type in port.types or SUBTYPES.get(source_type) in port.types
 
 
 def _producers(nodes: dict[str, type[Node]]) -> dict[str, list[tuple[str, str]]]:
@@ -61,7 +62,8 @@ def _candidates(producers: dict[str, list[tuple[str, str]]], g: nx.DiGraph, targ
     hundreds of nodes asks this for every input in every round."""
     downstream: set[str] | None = None
     for wanted in port.types:
-        found = [c for c in producers.get(wanted, ()) if c[0] != target]
+        pool = [c for outs in producers.values() for c in outs] if wanted == ANY else producers.get(wanted, ())
+        found = [c for c in pool if c[0] != target]
         if found and not cycles_ok:
             downstream = nx.descendants(g, target) if downstream is None else downstream
             found = [c for c in found if c[0] not in downstream]

@@ -127,17 +127,20 @@ def config_schema(type_name: str, config: type[NodeConfig], defs: dict) -> dict:
 def build_schema() -> dict:
     defs: dict[str, Any] = {}
     types = registry.all_types()
+    aliases = registry.aliases(types)
     variants = []
     for type_name, cls in types.items():
         doc = summary_line(cls)
+        names = [type_name, *(a for a, t in aliases.items() if t == type_name)]
         variants.append({
-            "if": {"properties": {"type": {"const": type_name}}, "required": ["type"]},
+            "if": {"properties": {"type": {"enum": names}}, "required": ["type"]},
             "then": {"properties": {"config": {"description": doc, **config_schema(type_name, cls.Config, defs)}}},
         })
     node = {
         "type": "object",
         "properties": {
-            "type": {"enum": list(types), "description": "Node type (see `segflow nodes`)."},
+            "type": {"enum": [*types, *aliases], "description": "Node type (see `segflow nodes`); the node "
+                     "editor's names are aliases."},
             "name": {"type": "string", "minLength": 1, "description": "Unique node name, used in links and --set."},
             "config": {"type": "object", "description": "The node's settings."},
             "position": _POSITION,

@@ -8,17 +8,17 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import networkx as nx
 from pydantic import ValidationError
 
-from segflow.nodes import registry
+from segflow.nodes import editor, registry
 from segflow.nodes.base import Finding, Node, NodeConfig, Port
 from segflow.workflow import jsonpos
-from segflow.workflow.errors import Issue, WorkflowError
+from segflow.workflow.errors import ConfigValueError, Issue, WorkflowError
 from segflow.workflow.graph import Wire, execution_order, fits, wire
 
 TOP_KEYS = ("$schema", "workflow", "description", "seed", "nodes", "links", "version")
@@ -60,6 +60,10 @@ class Workflow:
         return Issue(finding.code, finding.message, jsonpos.format_path(path), node.name, line, column,
                      finding.hint, finding.severity, self.file)
 
+    def config_issue(self, error: ConfigValueError, node: NodeSpec) -> Issue:
+        """A config value that only running could judge (raised by an implementation), located like a finding."""
+        return self.issue(Finding(error.field, error.code, error.message, error.hint), node)
+
     def order(self, until: str | None = None) -> list[str]:
         return execution_order(self.graph, list(self.nodes), until)
 
@@ -93,7 +97,8 @@ def finding_path(index: int, field: str) -> tuple:
 
 
 def suggest(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)
+    choices = [c for c in choices if c != word]  # never the very word refused
+    close = difflib.get_close_matches(word, choices, n=3, cutoff=0.6)
     if not close:
         lowered = {c.lower(): c for c in choices}
         close = [lowered[word.lower()]] if word.lower() in lowered else []
@@ -307,6 +312,7 @@ class _Nodes:
     dropped: bool = False  # a node left out of wiring (unknown type, clashing name) may be a missing producer
     unsure: set[str] = field(default_factory=set)  # nodes whose inputs are in doubt: a link into them was refused,
     # or wiring could not settle one; their checks against what feeds them wait for the fix
+    keys: dict[str, set[str]] = field(default_factory=dict)  # the config keys each node sets (aliases renamed)
 
 
 def _nodes(chk: _Checker, doc: dict, known_types: dict[str, type[Node]]) -> _Nodes:
@@ -343,19 +349,29 @@ def _node(chk: _Checker, i: int, raw: Any, known_types: dict[str, type[Node]], f
         found.named.setdefault(node_name, i)
     if type_name is None:
         return
-    cls = known_types.get(type_name)
+    cls = registry.resolve(type_name, known_types)
     if cls is None:
-        chk.add("unknown_node_type", f"unknown node type {type_name!r}", path + ("type",), node=node_name,
-                hint=suggest(type_name, known_types) or "`segflow nodes` lists the node types")
+        if type_name in editor.BUILDING_BLOCKS:
+            chk.add("editor_building_block", editor.BLOCK_MESSAGE.format(type=type_name), path + ("type",),
+                    node=node_name, hint=editor.BUILDING_BLOCKS[type_name])
+        else:
+            chk.add("unknown_node_type", f"unknown node type {type_name!r}", path + ("type",), node=node_name,
+                    hint=suggest(type_name, known_types) or "`segflow nodes` lists the node types")
         found.dropped = True
         return
     config = _node_config(chk, cls, raw.get("config"), path, node_name)  # its own mistakes, even when renamed
+    if config is not None and editor.from_editor(raw, type_name, cls.type):
+        for f in editor.saved_node_findings(cls.type, config):
+            chk.add(f.code, f.message, finding_path(i, f.field), node=node_name, hint=f.hint, severity=f.severity,
+                    key=True)
     if clash or node_name is None:
         found.dropped = True
         return
     found.classes[node_name] = cls
+    if isinstance(raw.get("config"), dict):
+        found.keys[node_name] = {cls.Config.aliases.get(k, k) for k in raw["config"]}
     if config is not None:
-        found.specs[node_name] = NodeSpec(i, node_name, type_name, cls, config)
+        found.specs[node_name] = NodeSpec(i, node_name, cls.type, cls, config)
 
 
 def _links(chk: _Checker, doc: dict, found: _Nodes) -> list[Wire]:
@@ -366,9 +382,11 @@ def _links(chk: _Checker, doc: dict, found: _Nodes) -> list[Wire]:
         chk.add("bad_value", "'links' must be a list", ("links",))
         return []
     wires: list[Wire] = []
-    targets: dict[tuple[str, str], int] = {}  # (node, input) -> the link feeding it
+    targets: dict[tuple[str, str], Wire] = {}  # (node, input) -> the link feeding it
     for i, link in enumerate(raw_links):
         wire = _link(chk, ("links", i), link, found, targets)
+        if wire is _REPEATED:
+            continue
         if wire is not None:
             wires.append(wire)
         elif isinstance(link, dict) and isinstance(link.get("target_node"), str):
@@ -376,8 +394,14 @@ def _links(chk: _Checker, doc: dict, found: _Nodes) -> list[Wire]:
     return wires
 
 
-def _link(chk: _Checker, path: tuple, link: Any, found: _Nodes, targets: dict[tuple[str, str], int]) -> Wire | None:
-    """links[i] as a wire, or None with the reason recorded (none when an end's node has its own error)."""
+# A link that repeats an earlier one under other port names: the node editor links a predictor's
+# images, labels and predictions apart, which are one prediction set here (`_link`).
+_REPEATED = Wire("", "", "", "")
+
+
+def _link(chk: _Checker, path: tuple, link: Any, found: _Nodes, targets: dict[tuple[str, str], Wire]) -> Wire | None:
+    """links[i] as a wire, or None with the reason recorded (none when an end's node has its own error);
+    `_REPEATED` for a link that, through port aliases, says again what an earlier one says."""
     if not isinstance(link, dict):
         chk.add("bad_value", "each link must be an object", path)
         return None
@@ -398,12 +422,16 @@ def _link(chk: _Checker, path: tuple, link: Any, found: _Nodes, targets: dict[tu
                 f"takes {' or '.join(dst.types)}", path, node=target)
         return None
     key = (target, dst.name)
-    if key in targets:
-        chk.add("input_linked_twice", f"input {target}.{dst.name} is already fed by links[{targets[key]}]", path,
-                node=target, hint="an input takes exactly one link")
+    earlier = targets.get(key)
+    if earlier is not None:
+        aliased = (src.name, dst.name) != (ends["source_port"], ends["target_port"])
+        if aliased and (earlier.source, earlier.source_port) == (source, src.name):
+            return _REPEATED
+        chk.add("input_linked_twice", f"input {target}.{dst.name} is already fed by links[{earlier.link_index}]",
+                path, node=target, hint="an input takes exactly one link")
         return None
-    targets[key] = path[1]
-    return Wire(source, src.name, target, dst.name, link_index=path[1])
+    targets[key] = Wire(source, src.name, target, dst.name, link_index=path[1])
+    return targets[key]
 
 
 def _link_port(chk: _Checker, path: tuple, ends: dict[str, str], side: str, found: _Nodes) -> Port | None:
@@ -419,18 +447,30 @@ def _link_port(chk: _Checker, path: tuple, ends: dict[str, str], side: str, foun
     kind = "output" if side == "source" else "input"
     find = cls.output if side == "source" else cls.input
     port = find(port_name) or find(PORT_ALIASES.get(port_name, ""))
-    if port is None:
-        names = [p.name for p in (cls.outputs if side == "source" else cls.inputs)]
-        chk.add("unknown_port", f"{cls.type} node {node!r} has no {kind} port {port_name!r}",
-                path + (f"{side}_port",), node=node,
-                hint=suggest(port_name, names) or f"its {kind}s: {', '.join(names) or 'none'}")
-    return port
+    if port is not None:
+        return port
+    advice = editor.tensor_port_advice(cls.type, cls.family, kind, port_name)
+    if advice:
+        chk.add("tensor_port", editor.TENSOR_MESSAGE.format(type=cls.type, node=node, kind=kind, port=port_name),
+                path + (f"{side}_port",), node=node, hint=advice)
+        return None
+    names = [p.name for p in (cls.outputs if side == "source" else cls.inputs)]
+    chk.add("unknown_port", f"{cls.type} node {node!r} has no {kind} port {port_name!r}",
+            path + (f"{side}_port",), node=node,
+            hint=suggest(port_name, names) or f"its {kind}s: {', '.join(names) or 'none'}")
+    return None
 
 
 def _wiring(chk: _Checker, found: _Nodes, explicit: list[Wire]) -> tuple[list[Wire], nx.DiGraph]:
     """The explicit links completed by auto-wiring; an input it cannot settle is reported on its node."""
     wires, graph, problems = wire(found.classes, explicit)
     for p in problems:
+        fallback = getattr(found.classes[p.node].input(p.port), "fallback", None)
+        if p.code == "missing_input" and fallback:
+            spec = found.specs.get(p.node)
+            if fallback in found.keys.get(p.node, ()) and (spec is None or getattr(spec.config, fallback) is not None):
+                continue  # the config key stands in for the input (if its value is bad, that is its own error)
+            p = replace(p, hint=f"{p.hint}, or set {fallback!r} on this node")
         found.unsure.add(p.node)
         if found.dropped and p.code == "missing_input":
             continue  # the dropped node is the likely producer; its own error says what to fix
