@@ -3,7 +3,9 @@ written in the MSD layout (imagesTr/, labelsTr/, dataset.json with `modality`).
 
 - `write_ct_like`: anisotropic multi-class CT. Spacing 0.8 x 0.8 x 3 mm in the affine, int16 values in
   -1000..1500 (air, soft tissue, fat, bone with noise), classes 1 "organ" (large), 2 "kidney" (medium)
-  and 3 "lesion" (a few hundred voxels: the class nnU-Net-style sampling must not starve).
+  and 3 "lesion" (a few hundred voxels: the class nnU-Net-style sampling must not starve). A `shape` other
+  than CT_SHAPE scales the body and every structure with it, axis by axis (benchmarks/plan_accuracy.py trains
+  on a smaller copy; at half size the lesion has a few dozen voxels).
 - `write_mr_like`: 4-channel MR (T1, T1c, T2, FLAIR in one 4-D float32 NIfTI, channels last as in
   MSD), a skull-stripped head (zero outside the brain, so cropping to the nonzero region shrinks the
   cases below 75% and nnU-Net z-scores inside the mask), classes 1 "edema" and 2 "core", spacing
@@ -29,10 +31,11 @@ MR_TISSUE = {"brain": (600, 620, 300, 350), "edema": (480, 500, 650, 700), "core
 
 def write_ct_like(root: str | Path, num_cases: int = 8, shape=CT_SHAPE, seed: int = 0) -> Path:
     cases = []
+    scale = [s / c for s, c in zip(shape, CT_SHAPE)]  # structure sizes follow the nominal shape
     for i in range(num_cases):
         rng = np.random.default_rng([seed, i])
         case_shape = (shape[0], shape[1], shape[2] + int(rng.integers(-2, 3)))  # a few slices more or less
-        cases.append((f"ct_{i:03d}", *ct_case(rng, case_shape), _affine(CT_SPACING)))
+        cases.append((f"ct_{i:03d}", *ct_case(rng, case_shape, scale), _affine(CT_SPACING)))
     labels = {"0": "background", "1": "organ", "2": "kidney", "3": "lesion"}
     return _write_msd(Path(root), "CT-like anisotropic", {"0": "CT"}, labels, cases)
 
@@ -47,20 +50,25 @@ def write_mr_like(root: str | Path, num_cases: int = 8, shape=MR_SHAPE, seed: in
     return _write_msd(Path(root), "MR-like 4-channel", dict(enumerate(MR_CHANNELS)), labels, cases)
 
 
-def ct_case(rng: np.random.Generator, shape) -> tuple[np.ndarray, np.ndarray]:
-    """A body (soft tissue in a fat rim, in air) with a spine, an organ, a kidney and a tiny bright lesion."""
+def ct_case(rng: np.random.Generator, shape, scale=(1.0, 1.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:
+    """A body (soft tissue in a fat rim, in air) with a spine, an organ, a kidney and a tiny bright lesion;
+    `scale` multiplies the structures' sizes and offsets (in voxels) per axis."""
     grid = _grid(shape)
     mid = [s / 2 for s in shape]
+
+    def sized(*values):  # voxel lengths along x, y, z at this scale
+        return [v * f for v, f in zip(values, scale)]
+
     body = _ellipsoid(grid, mid, (0.45 * shape[0], 0.38 * shape[1], 10 * shape[2]))
     inner = _ellipsoid(grid, mid, (0.41 * shape[0], 0.34 * shape[1], 10 * shape[2]))
-    spine = _ellipsoid(grid, (mid[0], mid[1] + 0.25 * shape[1], mid[2]), (6, 6, 10 * shape[2]))
+    spine = _ellipsoid(grid, (mid[0], mid[1] + 0.25 * shape[1], mid[2]), sized(6, 6, 10 * shape[2]))
     label = np.zeros(shape, np.uint8)
-    organ_c = [mid[0] - rng.uniform(8, 16), mid[1] - rng.uniform(0, 8), mid[2] + rng.uniform(-3, 3)]
-    label[_ellipsoid(grid, organ_c, (rng.uniform(14, 20), rng.uniform(12, 16), rng.uniform(7, 10)))] = 1
-    kidney_c = [mid[0] + rng.uniform(14, 20), mid[1] + rng.uniform(4, 10), mid[2] + rng.uniform(-3, 3)]
-    label[_ellipsoid(grid, kidney_c, (rng.uniform(6, 8), rng.uniform(8, 10), rng.uniform(3.5, 5)))] = 2
-    lesion_c = [c + rng.uniform(-4, 4) for c in organ_c]
-    label[_ellipsoid(grid, lesion_c, (rng.uniform(5, 6.5), rng.uniform(5, 6.5), 2.0))] = 3  # ~200-350 voxels
+    organ_c = [m + d for m, d in zip(mid, sized(-rng.uniform(8, 16), -rng.uniform(0, 8), rng.uniform(-3, 3)))]
+    label[_ellipsoid(grid, organ_c, sized(rng.uniform(14, 20), rng.uniform(12, 16), rng.uniform(7, 10)))] = 1
+    kidney_c = [m + d for m, d in zip(mid, sized(rng.uniform(14, 20), rng.uniform(4, 10), rng.uniform(-3, 3)))]
+    label[_ellipsoid(grid, kidney_c, sized(rng.uniform(6, 8), rng.uniform(8, 10), rng.uniform(3.5, 5)))] = 2
+    lesion_c = [c + d for c, d in zip(organ_c, sized(*(rng.uniform(-4, 4) for _ in range(3))))]
+    label[_ellipsoid(grid, lesion_c, sized(rng.uniform(5, 6.5), rng.uniform(5, 6.5), 2.0))] = 3  # ~200-350 voxels
     image = np.full(shape, -1000.0, np.float32)
     image[body] = rng.uniform(-110, -80)  # fat rim
     image[inner] = rng.uniform(30, 50)  # soft tissue

@@ -170,6 +170,37 @@ def test_patch_shrinks_to_the_budget_and_batch_is_capped():
     assert size_patch_and_batch([1.0, 1.0, 1.0], [64, 64, 64], 3, 80.0, 4).batch_size == 2  # at least 2
 
 
+def test_feature_map_count_has_one_segmentation_head():
+    """nnU-Net's planner counts a PlainConvUNet without deep supervision: one head, at full resolution."""
+    topo = topology([1.0, 1.0], [128, 128])  # 6 stages, maps of 128^2 ... 4^2, features 32 ... 512
+    maps = [128**2, 64**2, 32**2, 16**2, 8**2, 4**2]
+    encoder = 2 * sum(f * n for f, n in zip([32, 64, 128, 256, 512, 512], maps))  # 2 convolutions per stage
+    decoder = 3 * sum(f * n for f, n in zip([32, 64, 128, 256, 512], maps))  # transposed conv + 2 convolutions
+    assert feature_map_voxels(topo, num_classes=2) == encoder + decoder + 2 * 128**2 == 5_128_192
+
+
+@pytest.mark.parametrize("spacing, median, classes, cases, patch, stages, memory_batch, batch", [
+    # the 2-D phantom: 64 images of 128^2; 5% of 64 x 128^2 voxels is 3.2 patches
+    ([1.0, 1.0], [128, 128], 2, 64, [128, 128], 6, 199, 3),
+    # the CT-like set as 2-D slices (8 volumes of 96x96x32 = 256 slices at 0.8 x 0.8 mm): 5% is 12.8 slices;
+    # nnU-Net's 2d configuration of the volumes caps by 5% of 8 x 96 x 96 x 32 voxels, the same 12.8
+    ([0.8, 0.8], [96, 96], 4, 256, [96, 96], 5, 359, 13),
+    # CT slices of 512^2 from many volumes: nnU-Net's well-known 2d plan, patch 512^2 at batch 12
+    ([0.7, 0.7], [512, 512], 2, 10_000, [512, 512], 8, 12, 12),
+])
+def test_two_d_batch_follows_nnunet(spacing, median, classes, cases, patch, stages, memory_batch, batch):
+    """nnU-Net's 2d rules by hand (ExperimentPlanner.get_plans_for_configuration): the patch is the median
+    shape (under the 2048^2 start), features cap at 512, and batch = round(85e6 x (8 GiB / 8) / estimate x 12),
+    the estimate counted as in test_feature_map_count_has_one_segmentation_head, capped at 5% of the dataset."""
+    sizing = size_patch_and_batch(spacing, median, classes, 8.0, cases)
+    topo = sizing.topology
+    assert topo.patch == patch and topo.stages == stages and topo.features[-1] == 512
+    estimate = {128: 5_128_192, 96: 2_838_528, 512: 82_624_512}[patch[0]]  # by hand, one head of `classes` maps
+    assert feature_map_voxels(topo, classes) == estimate
+    assert round(85e6 / estimate * 12) == memory_batch and f"the memory allows {memory_batch}," in sizing.reasons["batch"]
+    assert sizing.batch_size == batch
+
+
 # --- the command and the workflow it writes --------------------------------------------------------
 
 def test_plan_writes_a_valid_workflow(tmp_path, capsys, monkeypatch):
@@ -188,6 +219,9 @@ def test_plan_writes_a_valid_workflow(tmp_path, capsys, monkeypatch):
     assert loader["foreground_sampling"] == "by_class"
     assert net["strides"][0] == [1, 1, 1] and len(net["kernel_size"]) == len(net["strides"]) == len(net["filters"])
     assert workflow["nodes"][4]["config"]["epochs"] == 3
+    # nnU-Net predicts with Gaussian-weighted windows (overlap 0.5) and mirrors along every set of axes
+    assert workflow["nodes"][5]["config"] == {"tta": ["flip"], "tta_flip_combinations": True, "overlap": 0.5,
+                                              "blend_mode": "gaussian"}
     assert "target spacing" in out and "batch size" in out and "target spacing" in workflow["description"]
     assert (tmp_path / "data/phantom3d/.segflow_plan/fingerprint.json").is_file()
     assert json.loads((tmp_path / "data/phantom3d/.segflow_plan/plan_3d_fullres.json").read_text())["patch"] == [32, 32, 24]
@@ -208,6 +242,14 @@ def test_a_planned_workflow_trains(tmp_path, capsys, monkeypatch):
     result = run_workflow("wf.json", sets=sets, until="trainer", progress=False, log=lambda line: None)
     [row] = result.outputs["trainer"]["history"]
     assert row["train_loss"] > 0 and row["val_dice"] >= 0
+
+
+def test_an_epoch_is_250_iterations_of_the_loaders_training_split(tmp_path, capsys):
+    """12 cases: the loader validates ceil(12 x 0.2) = 3, so 9 train; 250 batches of 2 need 56 patches each."""
+    out = tmp_path / "wf.json"
+    assert run_cli(capsys, cropped_msd(tmp_path / "ds", n=12), "-o", out)[0] == 0
+    loader = json.loads(out.read_text())["nodes"][0]["config"]
+    assert loader["batch_size"] == 2 and loader["samples_per_volume"] == 56  # ceil(250 x 2 / 9)
 
 
 def test_existing_workflow_is_kept_without_force(tmp_path, capsys):

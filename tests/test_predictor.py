@@ -128,6 +128,50 @@ def test_tta_undoes_each_flip_and_scale():
         tta.variants(["flip"], [2], [1.0], 2)
 
 
+def test_gaussian_blending_weighs_windows_by_a_gaussian_of_one_eighth_of_the_window():
+    """Two windows of 8 over 12 voxels (overlap 0.5: starts 0 and 4). The model answers each window with
+    one logit for class 1: 0 for the first window (inputs 0..7), 1 for the second (4..11). Where they
+    overlap, the blended logit is w1 / (w0 + w1), each w the window's Gaussian weight, exp(-d^2 / 2 sigma^2)
+    with d the distance to the window's centre (3.5) and sigma = 8 / 8 = 1, as nnU-Net's sigma_scale 1/8."""
+    def window_logits(x):  # (B, 1, 8, 1) -> (B, 2, 8, 1), constant over the window
+        level = (x.mean(dim=(2, 3), keepdim=True) - 3.5) / 4  # 0 for the first window, 1 for the second
+        return torch.cat([torch.zeros_like(x), level.expand_as(x)], dim=1)
+
+    x = torch.arange(12, dtype=torch.float32).reshape(1, 1, 12, 1)
+    p = tta.predict_probabilities(window_logits, x, (8, 1), overlap=0.5, blend_mode="gaussian")
+    blended = torch.logit(p[0, 1, :, 0].double())
+    weight = lambda d: np.exp(-((d - 3.5) ** 2) / 2)  # noqa: E731
+    want = [0.0] * 4 + [weight(i - 4) / (weight(i) + weight(i - 4)) for i in range(4, 8)] + [1.0] * 4
+    np.testing.assert_allclose(blended.numpy(), want, atol=1e-4)
+    assert abs(want[5] - 1 / (1 + np.e ** 2)) < 1e-12  # voxel 5: 1.5 from the first centre, 2.5 from the second
+    constant = torch.logit(tta.predict_probabilities(window_logits, x, (8, 1), overlap=0.5, blend_mode="constant")
+                           [0, 1, 4:8, 0].double())
+    np.testing.assert_allclose(constant.numpy(), 0.5, atol=1e-4)  # the check tells the blend modes apart
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_flip_combinations_enumerate_nnunet_mirror_axes(dims):
+    """nnU-Net's mirroring: the plain pass and every non-empty set of axes (itertools.combinations of
+    its mirror axes, smallest sets first); the flips are undone before averaging."""
+    expected = {2: [(), (0,), (1,), (0, 1)],
+                3: [(), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)]}[dims]
+    variants = tta.variants(["flip"], None, [1.0], dims, combinations=True)
+    assert variants == [(1.0, axes) for axes in expected]
+    assert tta.variants(["flip"], [2, 0], [1.0], 3, combinations=True) == [
+        (1.0, ()), (1.0, (2,)), (1.0, (0,)), (1.0, (2, 0))]
+    seen = []
+
+    def recording(t):  # pointwise, so flip-equivariant: the average equals the plain pass
+        seen.append(t.clone())
+        return torch.cat([torch.zeros_like(t), t], dim=1)
+
+    x = torch.randn((1, 1) + (4, 5, 6)[:dims])
+    got = tta.predict_probabilities(recording, x, None, tta=variants)
+    torch.testing.assert_close(got, tta.to_probabilities(recording(x)))
+    flipped = [x.flip([2 + a for a in axes]) if axes else x for axes in expected]
+    assert len(seen) == len(expected) + 1 and all(torch.equal(a, b) for a, b in zip(seen, flipped))
+
+
 def test_single_sigmoid_channel_becomes_two_class_probabilities():
     p = tta.to_probabilities(torch.tensor([[[[0.0, 10.0]]]]))
     assert p.shape == (1, 2, 1, 2)

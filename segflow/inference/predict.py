@@ -87,7 +87,7 @@ def predict(cfg: PredictorConfig, ctx: RunContext, name: str, model: torch.nn.Mo
             image = batch["image"].to(device)
             dims = dims or image.ndim - 2
             roi = roi_size(cfg.roi_size, info, dims)
-            variants = tta_mod.variants(cfg.tta, cfg.tta_flips, cfg.tta_scales, dims)
+            variants = tta_mod.variants(cfg.tta, cfg.tta_flips, cfg.tta_scales, dims, cfg.tta_flip_combinations)
             probs = tta_mod.predict_probabilities(model, image, roi, overlap=cfg.overlap, blend_mode=cfg.blend_mode,
                                                   sw_batch_size=cfg.sw_batch_size, tta=variants, autocast_dtype=amp,
                                                   sigmoid=labels.region_based)

@@ -4,25 +4,36 @@ Each variant is (scale, flip axes): the input is resized by `scale` and flipped,
 MONAI's sliding-window inference, and the probabilities are flipped back and resized to the
 input size before averaging, as in the seed training-techniques document (scales x {no flip,
 each flip}). Probabilities are averaged, not logits, so a confident variant cannot drown the rest.
+With `combinations`, the flips are every non-empty set of the axes, as nnU-Net mirrors
+(nnUNetPredictor: itertools.combinations of its mirror axes): 7 flips and the plain pass in 3-D.
+
+Windows are blended with MONAI's Gaussian importance map at sigma = 1/8 of the window per axis,
+nnU-Net's `compute_gaussian(sigma_scale=1/8)`; nnU-Net centres its map on voxel n // 2 and cuts it
+at 4 sigma, MONAI centres it between the two middle voxels of an even window and floors it at 1e-3.
 """
 from __future__ import annotations
 
+from itertools import combinations as subsets
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 Variant = tuple[float, tuple[int, ...]]  # (scale, spatial axes to flip, 0-based)
+GAUSSIAN_SIGMA_SCALE = 1 / 8  # sliding-window blending: sigma per axis as a fraction of the window (nnU-Net's)
 
 
-def variants(tta: bool | Sequence[str], flips: Sequence[int] | None, scales: Sequence[float], dims: int) -> list[Variant]:
-    """The augmentations to average: the plain prediction first, then each flip axis, at each scale."""
+def variants(tta: bool | Sequence[str], flips: Sequence[int] | None, scales: Sequence[float], dims: int,
+             combinations: bool = False) -> list[Variant]:
+    """The augmentations to average: the plain prediction first, then each flip axis (or, with
+    `combinations`, every non-empty set of the axes, smallest first), at each scale."""
     modes = [] if tta is False else ["flip"] if tta is True else list(tta)
-    axes = list(range(dims)) if flips is None else list(flips)
+    axes = list(range(dims)) if flips is None else list(dict.fromkeys(flips))
     bad = [a for a in axes if not 0 <= a < dims]
     if "flip" in modes and bad:
         raise ValueError(f"tta_flips {list(flips)} names axes {bad}, but the data is {dims}-D (axes 0..{dims - 1})")
-    flip_sets = [()] + ([(a,) for a in axes] if "flip" in modes else [])
+    sizes = range(1, len(axes) + 1) if combinations else [1]
+    flip_sets = [()] + ([s for n in sizes for s in subsets(axes, n)] if "flip" in modes else [])
     use_scales = [float(s) for s in scales] if "scale" in modes else [1.0]
     return [(s, f) for s in use_scales for f in flip_sets]
 
@@ -78,7 +89,8 @@ def predict_probabilities(
                 logits = model(x)
             else:
                 logits = sliding_window_inference(x, roi_size=tuple(roi_size), sw_batch_size=sw_batch_size,
-                                                  predictor=model, overlap=overlap, mode=blend_mode)
+                                                  predictor=model, overlap=overlap, mode=blend_mode,
+                                                  sigma_scale=GAUSSIAN_SIGMA_SCALE)
         p = to_probabilities(logits, sigmoid)
         if dims:
             p = torch.flip(p, dims)

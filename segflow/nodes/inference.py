@@ -112,6 +112,9 @@ class PredictorConfig(NodeConfig):
                            "'flip' and/or 'scale' (every flip at every scale).")
     tta_flips: list[int] | None = Field(None, description=(
         "Spatial axes flipped one at a time by TTA 'flip' (0-based; null: every axis)."))
+    tta_flip_combinations: bool = Field(False, description=(
+        "TTA 'flip' also flips every combination of the tta_flips axes, as nnU-Net mirrors: 2^n - 1 flips and "
+        "the plain pass (8 passes in 3-D, 4 in 2-D) instead of n + 1."))
     tta_scales: list[float] = Field([0.75, 1.0, 1.25], min_length=1, description=(
         "Input scale factors for TTA 'scale'; probabilities are resized back before averaging."))
     output_dir: str = Field("predictions", description="Folder for the predictions; a relative path lives inside the run directory.")

@@ -70,12 +70,14 @@ def topology(spacing, patch) -> Topology:
 
 def feature_map_voxels(topo: Topology, num_classes: int) -> int:
     """Elements of every feature map a forward pass of one sample makes, as nnU-Net counts them for its
-    memory estimate: each encoder stage's convolutions, and each decoder stage's transposed convolution,
-    convolutions and (deep supervision) segmentation head. Proportional to activation memory."""
+    memory estimate: each encoder stage's convolutions, each decoder stage's transposed convolution and
+    convolutions, and the segmentation head at full resolution. Proportional to activation memory.
+    nnU-Net's planner counts a network built without deep supervision (its default), so the lower heads
+    are not counted although training has them; its calibration (560e6 / 85e6 elements) was made so."""
     voxels, size = [], list(topo.patch)
     for stride in topo.strides:
         size = [s // t for s, t in zip(size, stride)]
         voxels.append(int(np.prod(size, dtype=np.int64)))
     encoder = sum(CONVS_PER_STAGE * f * n for f, n in zip(topo.features, voxels))
-    decoder = sum(((CONVS_PER_STAGE + 1) * f + num_classes) * n for f, n in zip(topo.features[:-1], voxels[:-1]))
-    return int(encoder + decoder)
+    decoder = sum((CONVS_PER_STAGE + 1) * f * n for f, n in zip(topo.features[:-1], voxels[:-1]))
+    return int(encoder + decoder + num_classes * voxels[0])

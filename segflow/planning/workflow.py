@@ -47,8 +47,8 @@ def build(plan: Plan, data_dir: str, epochs: int, path: Path) -> dict:
             {"type": "Trainer", "name": "trainer", "config": {
                 "epochs": epochs, "lr_schedule": "poly", "power": 0.9, "mixed_precision": True,
                 "gradient_clip": GRADIENT_CLIP, "validate_every": training["validate_every"], "sw_overlap": 0.5}},
-            {"type": "Predictor", "name": "predictor", "config": {"tta": ["flip"], "overlap": 0.5,
-                                                                  "blend_mode": "gaussian"}},
+            {"type": "Predictor", "name": "predictor", "config": {"tta": ["flip"], "tta_flip_combinations": True,
+                                                                  "overlap": 0.5, "blend_mode": "gaussian"}},
             {"type": "Evaluator", "name": "evaluator", "config": {"metrics": ["dice", "hd95"]}},
         ],
     }
@@ -74,7 +74,8 @@ def _loader(plan: Plan, data_dir: str, training: dict) -> dict:
 
 
 def _training_reasons(plan: Plan, epochs: int) -> dict:
-    train_cases = max(1, plan.num_cases - round(plan.num_cases * VAL_FRACTION))
+    # the loader validates ceil(cases x val_fraction) cases (segflow.data.splits)
+    train_cases = max(1, plan.num_cases - math.ceil(plan.num_cases * VAL_FRACTION))
     per_volume = max(1, math.ceil(ITERATIONS_PER_EPOCH * plan.batch_size / train_cases))
     validate_every = max(1, min(50, epochs // 20))
     reasons = {
@@ -87,8 +88,8 @@ def _training_reasons(plan: Plan, epochs: int) -> dict:
                      f"{epochs} epochs, gradient norm clipped at {GRADIENT_CLIP:g}, mixed precision, Dice + "
                      "cross-entropy (1:1, Dice without background): nnU-Net's recipe; validation every "
                      f"{validate_every} epoch(s) on whole cases with sliding windows (overlap 0.5)"),
-        "prediction": "prediction with Gaussian-weighted sliding windows (overlap 0.5) and mirroring along every "
-                      "axis as test-time augmentation, as nnU-Net predicts",
+        "prediction": "prediction with Gaussian-weighted sliding windows (sigma 1/8 of the patch, overlap 0.5) "
+                      "and mirroring along every combination of axes as test-time augmentation, as nnU-Net predicts",
     }
     return {"samples_per_volume": per_volume, "validate_every": validate_every, "reasons": reasons}
 
