@@ -136,3 +136,18 @@ def brats_msd(root: Path, n: int = 6, size: int = 24) -> Path:
             "modality": {"0": "FLAIR", "1": "T2", "2": "T1ce", "3": "T1"}, "training": training}
     (root / "dataset.json").write_text(json.dumps(meta))
     return root
+
+
+def run_quickstart(tmp_path: Path, *sets: str, device: str = "cpu") -> tuple[Path, list[dict]]:
+    """workflows/quickstart.json through the CLI with `--set` overrides, its phantom under tmp_path:
+    (run directory, history)."""
+    from segflow.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    run_dir = tmp_path / "run"
+    args = ["run", str(root / "workflows" / "quickstart.json"), "--device", device, "--no-progress",
+            "--run-dir", str(run_dir), "--set", f"data_loader.data_dir={tmp_path / 'p2d'}"]
+    for s in sets:
+        args += ["--set", s]
+    assert main(args) == 0
+    return run_dir, json.loads((run_dir / "history.json").read_text())

@@ -8,21 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from segflow.cli import main
+from data_helpers import run_quickstart
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
 def quickstart(tmp_path, *sets, device="cuda"):
-    run_dir = tmp_path / "run"
-    args = ["run", str(ROOT / "workflows" / "quickstart.json"), "--device", device, "--no-progress",
-            "--run-dir", str(run_dir), "--set", f"data_loader.data_dir={tmp_path / 'p2d'}"]
-    for s in sets:
-        args += ["--set", s]
-    assert main(args) == 0
-    return run_dir, json.loads((run_dir / "history.json").read_text())
+    return run_quickstart(tmp_path, *sets, device=device)
 
 
 def test_quickstart_on_cuda_with_bf16_reaches_the_cpu_bar(tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import toy
+from data_helpers import run_quickstart
 
 from segflow.data.loader import build_loaders
 from segflow.losses.segmentation import SegmentationLoss, build_loss
@@ -265,16 +266,8 @@ def test_resume_with_mixup_and_cutmix_draws_what_a_straight_run_draws(phantom2d,
     assert checkpoint.load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")["epoch"] == 2
 
 
-def _quickstart(tmp_path, *sets, device="cpu"):
-    from segflow.cli import main
-
-    run_dir = tmp_path / "run"
-    args = ["run", str(ROOT / "workflows" / "quickstart.json"), "--device", device, "--no-progress",
-            "--run-dir", str(run_dir), "--set", f"data_loader.data_dir={tmp_path / 'p2d'}"]
-    for s in sets:
-        args += ["--set", s]
-    assert main(args) == 0
-    return json.loads((run_dir / "history.json").read_text())
+def _quickstart(tmp_path, *sets):
+    return run_quickstart(tmp_path, *sets)[1]
 
 
 @pytest.mark.slow
