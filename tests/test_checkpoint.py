@@ -54,6 +54,16 @@ def test_ctrl_c_during_a_write_finishes_the_file_then_interrupts(tmp_path):
     assert list(tmp_path.iterdir()) == [target]  # no temporary file left behind
 
 
+def test_ctrl_c_while_best_is_written_waits_for_last_too(tmp_path):
+    # the Trainer's epoch writes best.pt then last.pt inside one held block: a Ctrl-C during best.pt
+    # used to arrive before last.pt existed, so --resume auto found nothing in a first epoch
+    with pytest.raises(KeyboardInterrupt):
+        with checkpoint.ctrl_c_after():
+            checkpoint.atomic_save({"epoch": 1, "extra": _CtrlCWhileSaved()}, tmp_path / "best.pt")
+            checkpoint.atomic_save({"epoch": 1}, tmp_path / "last.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
+
+
 def test_truncated_file_is_a_clear_error(tmp_path):
     path = tmp_path / "last.pt"
     checkpoint.atomic_save({"format": checkpoint.FORMAT, "w": torch.ones(1000)}, path)

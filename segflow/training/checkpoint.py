@@ -25,11 +25,13 @@ VERSION = 1
 
 
 @contextlib.contextmanager
-def _ctrl_c_after():
+def ctrl_c_after():
     """Hold a Ctrl-C (SIGINT) that arrives inside the block and deliver it when the block ends.
     torch.save turns a KeyboardInterrupt raised in its writes into a RuntimeError ("unexpected
     pos"), so a Ctrl-C during a checkpoint write ended the run as a failure instead of an
-    interrupt; a write takes a moment, so finishing it first also keeps the newer checkpoint."""
+    interrupt; a write takes a moment, so finishing it first also keeps the newer checkpoint. Blocks
+    nest: the Trainer holds one around an epoch's writes (best.pt, last.pt), so that a Ctrl-C in the
+    first never leaves the second unwritten."""
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers belong to the main thread; other threads never see SIGINT
         return
@@ -46,7 +48,7 @@ def _ctrl_c_after():
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """Write `obj` to `path` so that a crash at any moment leaves either the old or the new file,
     fsynced so that it survives a power loss; a Ctrl-C during the write waits until it is done."""
-    with _ctrl_c_after():
+    with ctrl_c_after():
         return atomic_write(path, lambda f: torch.save(obj, f), durable=True)
 
 

@@ -676,13 +676,14 @@ class TrainingRun:
         data = checkpoint.trainer_state_to_checkpoint(
             self.parts, self.progress, rng_ranks, workflow=self.ctx.workflow_name, node=self.name,
             monitor=self.monitor, mode=self.mode, trainer_config=self.cfg.model_dump(mode="json"))
-        if improved:
-            checkpoint.atomic_save(data, self.ckpt_dir / "best.pt")
-        checkpoint.atomic_save(data, self.ckpt_dir / "last.pt")  # resume always needs the newest state
-        every, epoch = self.cfg.save_frequency, self.progress.epoch
-        if not self.cfg.save_best_only and every and epoch % every == 0:
-            checkpoint.atomic_save(data, self.ckpt_dir / checkpoint.periodic_name(epoch))
-            checkpoint.prune_periodic(self.ckpt_dir, self.cfg.keep_last)
+        with checkpoint.ctrl_c_after():  # a Ctrl-C during best.pt waits for last.pt too: --resume needs it
+            if improved:
+                checkpoint.atomic_save(data, self.ckpt_dir / "best.pt")
+            checkpoint.atomic_save(data, self.ckpt_dir / "last.pt")  # resume always needs the newest state
+            every, epoch = self.cfg.save_frequency, self.progress.epoch
+            if not self.cfg.save_best_only and every and epoch % every == 0:
+                checkpoint.atomic_save(data, self.ckpt_dir / checkpoint.periodic_name(epoch))
+                checkpoint.prune_periodic(self.ckpt_dir, self.cfg.keep_last)
 
     def resume(self, where: str | None) -> None:
         if not where:
