@@ -316,3 +316,15 @@ def test_a_monitor_that_names_no_column_is_said_and_does_not_crash_early_stoppin
     assert any("early stopping at epoch 2" in m and "(no value yet)" in m for m in lines)
     assert any("the output model holds the last epoch's weights (epoch 2)" in m and "no epoch had a finite val_dise"
                in m for m in lines)
+
+
+def test_a_run_removes_the_unfinished_writes_a_killed_run_left(tmp_path):
+    ck = tmp_path / "checkpoints"
+    ck.mkdir()
+    for name in (".best.pt.a1b2c3.tmp", ".last.pt.d4e5f6.tmp"):
+        (ck / name).write_bytes(b"\0" * 1000)  # what a kill during torch.save leaves
+    (ck / "notes.tmp").write_text("not ours")
+    lines = []
+    run_trainer(tmp_path, epochs=1, log=lines.append)
+    assert sorted(p.name for p in ck.iterdir()) == ["best.pt", "last.pt", "notes.tmp"]
+    assert any("removed 2 unfinished write(s)" in line for line in lines)

@@ -12,7 +12,7 @@ import signal
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -50,6 +50,18 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     fsynced so that it survives a power loss; a Ctrl-C during the write waits until it is done."""
     with ctrl_c_after():
         return atomic_write(path, lambda f: torch.save(obj, f), durable=True)
+
+
+def remove_stale_writes(folder: Path, log: Callable[[str], None]) -> None:
+    """Delete the temporary files of checkpoint writes a killed run left in `folder` (`.last.pt.XXXX.tmp`,
+    see `atomic_write`): the run that owns this folder is starting, so no write of its own is under way."""
+    stale = [p for p in Path(folder).glob(".*.pt.*.tmp") if p.is_file()]
+    freed = sum(p.stat().st_size for p in stale)
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        log(f"checkpoints: removed {len(stale)} unfinished write(s) ({freed / 2**20:.1f} MiB) a killed run left "
+            f"in {folder}")
 
 
 def read_file(path: str | Path, map_location: str | torch.device = "cpu") -> Any:

@@ -229,6 +229,7 @@ class TrainingRun:
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            checkpoint.remove_stale_writes(self.ckpt_dir, self.log)
         self.monitor, self.mode = cfg.monitor, monitor_mode(cfg.monitor)
         if val_loader is None and self.monitor.startswith("val_"):
             self.monitor, self.mode = "train_loss", "min"
