@@ -154,6 +154,17 @@ def test_a_fresh_run_refuses_a_run_dir_that_holds_a_run_and_overwrite_moves_it_a
     assert any(aside.name in line for line in logs)
 
 
+def test_a_run_dir_that_is_a_file_or_cannot_be_made_is_a_located_error(tmp_path):
+    wf = write(tmp_path, [("Source", "src", {})])
+    (tmp_path / "taken").write_text("a file")
+    for where, words in (("taken", "is a file, not a folder"), ("taken/inside", "cannot be made")):
+        with pytest.raises(WorkflowError) as e:
+            executor.run_workflow(wf, run_dir=where, log=lambda s: None)
+        [issue] = e.value.issues
+        assert (issue.code, issue.path) == ("bad_run_dir", "--run-dir") and words in issue.message
+    assert (tmp_path / "taken").read_text() == "a file"
+
+
 def test_resume_auto_with_a_run_dir_resumes_that_run_and_not_the_workflows_newest(tmp_path):
     wf = write(tmp_path, [("Source", "src", {})])
     mine = executor.run_workflow(wf, run_dir="mine", log=lambda s: None)

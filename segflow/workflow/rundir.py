@@ -114,7 +114,14 @@ def prepare_run_dir(run_dir: Path, *, resuming: bool, overwrite: bool, log: Call
         aside = run_dir.with_name(f"{run_dir.name}.replaced-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}")
         run_dir.rename(aside)
         log(f"--overwrite: the earlier contents of {run_dir} are now in {aside}")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise WorkflowError([Issue("bad_run_dir", f"--run-dir {run_dir} is a file, not a folder", path="--run-dir",
+                                   hint="name a folder (made if missing) for the run's files")])
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WorkflowError([Issue("bad_run_dir", f"--run-dir {run_dir} cannot be made: {e.strerror or e}",
+                                   path="--run-dir", hint="name a folder in a place you can write to")]) from None
     return run_dir
 
 
