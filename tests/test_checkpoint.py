@@ -64,6 +64,24 @@ def test_ctrl_c_while_best_is_written_waits_for_last_too(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
 
 
+@pytest.mark.parametrize("failure", [RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0"),
+                                     OSError(28, "No space left on device")])
+def test_a_full_disk_says_so_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch, failure):
+    path = tmp_path / "last.pt"
+    checkpoint.atomic_save({"format": checkpoint.FORMAT, "epoch": 1}, path)
+
+    def full(obj, f, *a, **k):
+        f.write(b"partial")
+        raise failure
+
+    monkeypatch.setattr(checkpoint.torch, "save", full)
+    with pytest.raises(OSError, match=r"cannot write .*last.pt: the disk is full .*the previous last.pt is intact"):
+        checkpoint.atomic_save({"format": checkpoint.FORMAT, "epoch": 2}, path)
+    monkeypatch.undo()
+    assert checkpoint.load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
 def test_truncated_file_is_a_clear_error(tmp_path):
     path = tmp_path / "last.pt"
     checkpoint.atomic_save({"format": checkpoint.FORMAT, "w": torch.ones(1000)}, path)

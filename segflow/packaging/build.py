@@ -82,7 +82,8 @@ def make_package(run_dir: str | Path, out: str | Path, *, as_zip: bool | None = 
     handed on; `exports` off: weights only (what `segflow predict RUN_DIR` makes for itself)."""
     run_dir, out = Path(run_dir), Path(out)
     parts = trained_parts(run_dir)
-    dataset = _read_json(run_dir / "dataset_info.json", "the run predates dataset_info.json; run it again to package it")
+    dataset = _read_json(run_dir / "dataset_info.json",
+                         "the run predates dataset_info.json; run it again to package it")
     trainer_cfg = _nodes_of(parts["workflow"])[parts["trainer"]]["config"]
     chosen_file, chosen, metrics = chosen_checkpoint(run_dir, trainer_cfg) if checkpoint is None else (
         Path(checkpoint), Path(checkpoint).stem, {})
@@ -162,7 +163,8 @@ def _exports(net, input_shape: tuple[int, ...], staging: Path, log) -> list[dict
 
 def _inference(parts: dict, dataset: dict, run_dir: Path) -> dict:
     loader = parts["loader"]["config"]
-    predictor = {k: v for k, v in parts["predictor"].items() if k not in ("output_dir", "device", "postprocessing_file")}
+    local = ("output_dir", "device", "postprocessing_file")  # the run's own places; the package brings its own
+    predictor = {k: v for k, v in parts["predictor"].items() if k not in local}
     inference = {
         "network": {"type": parts["network"]["type"], "config": parts["network"]["config"]},
         "preprocessing": {k: loader[k] for k in PREPROCESSING if k in loader},

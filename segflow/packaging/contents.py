@@ -80,7 +80,8 @@ def open_package(path: str | Path, scratch: Path | None = None) -> Package:
             z.extractall(root)
     metadata = _json(root / METADATA, source)
     if metadata.get("format") != FORMAT:
-        raise PackageError(f"{root / METADATA}: not a segflow package metadata file (format {metadata.get('format')!r})")
+        raise PackageError(f"{root / METADATA}: not a segflow package metadata file "
+                           f"(format {metadata.get('format')!r})")
     version = metadata.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise PackageError(f"{root / METADATA}: package format version {version} is newer than this segflow reads "

@@ -7,6 +7,7 @@ reads it: no pickled classes, nothing that runs code on load.
 from __future__ import annotations
 
 import contextlib
+import errno
 import random
 import signal
 import threading
@@ -48,8 +49,27 @@ def ctrl_c_after():
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """Write `obj` to `path` so that a crash at any moment leaves either the old or the new file,
     fsynced so that it survives a power loss; a Ctrl-C during the write waits until it is done."""
-    with ctrl_c_after():
-        return atomic_write(path, lambda f: torch.save(obj, f), durable=True)
+    try:
+        with ctrl_c_after():
+            return atomic_write(path, lambda f: torch.save(obj, f), durable=True)
+    except (OSError, RuntimeError) as e:
+        if not _out_of_space(e):
+            raise
+        name = Path(path).name
+        kept = f"the previous {name} is intact" if Path(path).exists() else f"no {name} was written"
+        raise OSError(errno.ENOSPC, f"cannot write {path}: the disk is full or a file-size limit was reached "
+                                    f"({_first_line(e)}); {kept}. Free space (or raise the limit) and resume") from e
+
+
+def _out_of_space(e: BaseException) -> bool:
+    """torch.save reports a short write as "[enforce fail at inline_container.cc] unexpected pos ..."."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", -1)):
+        return True
+    return "unexpected pos" in str(e) or "No space left" in str(e) or "File too large" in str(e)
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 def remove_stale_writes(folder: Path, log: Callable[[str], None]) -> None:

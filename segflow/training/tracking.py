@@ -198,7 +198,8 @@ class MlflowRun:
             from mlflow.entities import Metric
 
             stamp = int(time.time() * 1000)
-            self.client.log_batch(self.run_id, metrics=[Metric(k, v, stamp, self.last_epoch) for k, v in values.items()])
+            metrics = [Metric(k, v, stamp, self.last_epoch) for k, v in values.items()]
+            self.client.log_batch(self.run_id, metrics=metrics)
 
     def _write_record(self, uri: str | None) -> None:
         record = self.run_dir / RECORD
