@@ -162,3 +162,27 @@ def test_bad_dataset_json(tmp_path):
     (root / "dataset.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=r"dataset\.json: regions_class_order is missing: .*e\.g\. \[1\]"):
         build(root)
+
+
+def test_dataset_json_gaps_name_the_file(tmp_path):
+    root = h.msd_3d(tmp_path / "msd", n=3)
+    meta = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**meta, "training": None}))
+    _, val, info = build(root, spatial_dims=3, image_size=8, val_fraction=0.34)  # null list: paired by name
+    assert info.num_train + info.num_val == 3
+    (root / "dataset.json").write_text(json.dumps({**meta, "training": "all"}))
+    with pytest.raises(ValueError, match=r"dataset.json: 'training' must be a list of cases, got str"):
+        build(root, spatial_dims=3)
+    (root / "dataset.json").write_text(json.dumps({**meta, "labels": {"background": 0, "lesion": 1}}))
+    with pytest.raises(ValueError, match=r"dataset.json: labels key 'background' is not a whole number"):
+        build(root, spatial_dims=3)
+    (root / "dataset.json").write_text(json.dumps([meta]))
+    with pytest.raises(ValueError, match=r"dataset.json holds a JSON list"):
+        build(root, spatial_dims=3)
+
+
+def test_two_files_of_one_case_are_an_error_not_a_dropped_case(tmp_path):
+    root = h.folder_png(tmp_path / "f", n=4)
+    h.save_png(root / "images" / "case00.jpg", np.zeros((32, 40), np.uint8))
+    with pytest.raises(ValueError, match=r"case00.(png|jpg) and .*case00.(png|jpg) are both case 'case00'"):
+        build(root)

@@ -232,6 +232,9 @@ def test_a_plain_folder_groups_channels_by_nnunet_names(tmp_path):
     (tmp_path / "scan.png").write_bytes(b"")  # one name without _XXXX: every file is its own case
     layout, problems = find_images(tmp_path)
     assert len(layout.cases) == 6 and problems == []
+    (tmp_path / "scan.nii.gz").write_bytes(b"")  # two files of one case: the second is listed, not predicted
+    layout, problems = find_images(tmp_path)
+    assert len(layout.cases) == 6 and problems == [("scan", "scan.png and scan.nii.gz are both case 'scan'")]
 
 
 def test_layout_images_is_for_prediction_only():

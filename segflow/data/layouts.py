@@ -51,9 +51,16 @@ def _dataset_json(root: Path) -> dict | None:
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())
+        meta = json.loads(path.read_text())
     except ValueError as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} holds a JSON {type(meta).__name__}; a dataset.json is an object "
+                         '({"labels": ..., "training": [...], ...})')
+    for key in ("training", "test"):
+        if key in meta and not isinstance(meta[key], (list, type(None))):
+            raise ValueError(f"{path}: '{key}' must be a list of cases, got {type(meta[key]).__name__}")
+    return meta
 
 
 def _detect(root: Path, meta: dict | None) -> str:
@@ -116,7 +123,7 @@ def _nnunet(root: Path, meta: dict | None, img_sub: str = "imagesTr", lab_sub: s
 
 
 def _msd(root: Path, meta: dict | None) -> Layout:
-    if meta is None or "training" not in meta:  # imagesTr/labelsTr without a file list
+    if meta is None or meta.get("training") is None:  # imagesTr/labelsTr without a file list
         cases = [Case(cid, [img], lab) for cid, img, lab in _pair(root / "imagesTr", root / "labelsTr")]
         return Layout("msd", root, cases, notes=["no dataset.json training list: paired imagesTr/labelsTr by name"])
     cases = []
@@ -154,8 +161,19 @@ def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if is_readable(p))
 
 
+def _by_case(files: list[Path]) -> dict[str, Path]:
+    """Files by case id; two files of one case id (c001.png beside c001.nii.gz) are an error, not one dropped."""
+    out: dict[str, Path] = {}
+    for p in files:
+        case_id = split_name(p.name)[0]
+        if case_id in out:
+            raise ValueError(f"{out[case_id]} and {p} are both case {case_id!r}; keep one of them in {p.parent}")
+        out[case_id] = p
+    return out
+
+
 def _pair(img_dir: Path, mask_dir: Path) -> list[tuple[str, Path, Path]]:
-    images = {split_name(p.name)[0]: p for p in _files(img_dir)}
+    images = _by_case(_files(img_dir))
     masks = _masks_by_case(images, mask_dir)
     for cid, p in images.items():
         if cid not in masks:
@@ -182,7 +200,14 @@ def find_images(root: str | Path) -> tuple[Layout, list[tuple[str, str]]]:
     stems = {p: split_name(p.name)[0] for p in files}
     grouped = bool(files) and all(_CHANNEL_FILE.match(stem) for stem in stems.values())
     if not grouped:
-        return Layout("images", root, [Case(stems[p], [p], None, "test") for p in files]), []
+        cases, problems, seen = [], [], {}
+        for p in files:
+            if stems[p] in seen:  # scan.png beside scan.nii.gz: both would be written as scan.*
+                problems.append((stems[p], f"{p.name} and {seen[stems[p]].name} are both case {stems[p]!r}"))
+                continue
+            seen[stems[p]] = p
+            cases.append(Case(stems[p], [p], None, "test"))
+        return Layout("images", root, cases), problems
     channels: dict[str, dict[int, Path]] = {}
     for p, stem in stems.items():
         m = _CHANNEL_FILE.match(stem)
@@ -281,10 +306,23 @@ def _msd_meta(root: Path, meta: dict | None) -> Layout:
     """An MSD Layout with the declared classes and channels, and no cases yet."""
     class_names, values, scheme = None, None, PLAIN
     if meta is not None and isinstance(meta.get("labels"), dict):
-        class_names, values, scheme = _msd_classes({int(k): v for k, v in meta["labels"].items()}, root)
+        class_names, values, scheme = _msd_classes(_label_keys(meta["labels"], root), root)
     modality = (meta or {}).get("modality") or (meta or {}).get("channel_names")
     return Layout("msd", root, [], class_names, len(modality) if isinstance(modality, dict) else None,
                   label_values=values, labels=scheme)
+
+
+def _label_keys(labels: dict, root: Path) -> dict[int, str]:
+    """MSD labels {"0": "background", "1": ...}: keys are the stored values, as whole numbers."""
+    out = {}
+    for key, name in labels.items():
+        try:
+            out[int(key)] = name
+        except (TypeError, ValueError):
+            raise ValueError(f"{root}/dataset.json: labels key {key!r} is not a whole number; MSD labels map the "
+                             'stored value to a name ({"0": "background", "1": "tumour"}); nnU-Net v2 files map the '
+                             'name to the value and need "channel_names" and "file_ending"') from None
+    return out
 
 
 def _msd_classes(names: dict[int, str], root: Path) -> tuple[list[str], tuple[int, ...] | None, LabelScheme]:
@@ -326,7 +364,7 @@ def _pair_optional(img_dir: Path, mask_dir: Path | None) -> list[tuple[str, Path
     """Test images with their masks where they have one; a mask without an image is still an error."""
     if mask_dir is None or not mask_dir.is_dir():
         return [(split_name(p.name)[0], p, None) for p in _files(img_dir)]
-    images = {split_name(p.name)[0]: p for p in _files(img_dir)}
+    images = _by_case(_files(img_dir))
     masks = _masks_by_case(images, mask_dir)
     for cid, p in masks.items():
         if cid not in images:
