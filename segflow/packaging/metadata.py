@@ -7,21 +7,16 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from segflow.packaging.contents import FORMAT, FORMAT_VERSION
+from segflow.workflow.runinfo import package_version
 
 
 def package_versions() -> dict[str, str | None]:
-    def of(name: str) -> str | None:
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return None
-
-    return {name: of(name) for name in ("segflow", "torch", "monai", "numpy", "onnx", "onnxruntime", "nibabel")}
+    return {name: package_version(name) for name in ("segflow", "torch", "monai", "numpy", "onnx", "onnxruntime",
+                                                     "nibabel")}
 
 
 def channel_names(data_dir: str, count: int) -> dict[str, str]:

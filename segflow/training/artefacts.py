@@ -33,6 +33,13 @@ def tag_of(key: str) -> str:
     return f"{phase}/{metric}" if phase in ("train", "val") and metric else f"misc/{key}"
 
 
+def epoch_scalars(row: dict[str, Any]) -> dict[str, float]:
+    """An epoch's history row as the scalars the trackers log (TensorBoard, MLflow), by tag: the
+    finite numbers, not the epoch itself."""
+    return {tag_of(key): value for key, value in row.items()
+            if key not in NOT_LOGGED and isinstance(value, (int, float)) and math.isfinite(value)}
+
+
 def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
     rows = json_safe(history)
     write_json(run_dir / "history.json", rows, indent=1)
@@ -111,11 +118,8 @@ class TensorBoardLog:
         self.writer = SummaryWriter(log_dir=str(folder))
 
     def epoch(self, row: dict[str, Any]) -> None:
-        step = row["epoch"]
-        for key, value in row.items():
-            if key in NOT_LOGGED or not isinstance(value, (int, float)) or not math.isfinite(value):
-                continue
-            self.writer.add_scalar(tag_of(key), value, step)
+        for tag, value in epoch_scalars(row).items():
+            self.writer.add_scalar(tag, value, row["epoch"])
         self.writer.flush()
 
     def image(self, tag: str, picture: torch.Tensor, step: int) -> None:

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from segflow.training.artefacts import NOT_LOGGED, tag_of
+from segflow.training.artefacts import epoch_scalars
 from segflow.workflow.files import write_json
 from segflow.workflow.rundir import RUNS_ROOT
 
@@ -42,13 +42,6 @@ def flat_params(resolved: dict) -> dict[str, str]:
             text = value if isinstance(value, str) else json.dumps(value)
             params[f"{node['name']}.{key}"] = text[:MAX_PARAM_LENGTH]
     return params
-
-
-def epoch_metrics(row: dict[str, Any]) -> dict[str, float]:
-    """What TensorBoard logs for an epoch, under the same names (train/loss, val/dice, ...)."""
-    return {tag_of(k): float(v) for k, v in row.items()
-            if k not in NOT_LOGGED and isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
-            and abs(v) != float("inf")}
 
 
 class MlflowRun:
@@ -174,7 +167,7 @@ class MlflowRun:
         from mlflow.entities import Metric
 
         stamp = int(time.time() * 1000)
-        metrics = [Metric(k, v, stamp, int(row["epoch"])) for k, v in epoch_metrics(row).items()]
+        metrics = [Metric(k, float(v), stamp, int(row["epoch"])) for k, v in epoch_scalars(row).items()]
         self.client.log_batch(self.run_id, metrics=metrics)
         self.last_epoch = int(row["epoch"])
         self._write_record(None)

@@ -11,7 +11,8 @@ from importlib.metadata import PackageNotFoundError, version
 PACKAGES = ("segflow", "torch", "monai", "numpy", "pydantic", "networkx", "albumentations", "nibabel")
 
 
-def _version(name: str) -> str | None:
+def package_version(name: str) -> str | None:
+    """The installed version of distribution `name`, or None when it is not installed."""
     try:
         return version(name)
     except PackageNotFoundError:
@@ -36,7 +37,7 @@ def environment_record(device_override: str | None = None) -> dict:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "host": socket.gethostname(),
-        "packages": {name: _version(name) for name in PACKAGES},
+        "packages": {name: package_version(name) for name in PACKAGES},
         "git_revision": _git_revision(),
         "device_override": device_override,
         "cuda_available": cuda,
