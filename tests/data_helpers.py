@@ -151,3 +151,14 @@ def run_quickstart(tmp_path: Path, *sets: str, device: str = "cpu") -> tuple[Pat
         args += ["--set", s]
     assert main(args) == 0
     return run_dir, json.loads((run_dir / "history.json").read_text())
+
+
+def load_benchmark(name: str):
+    """benchmarks/<name>.py as a module (the benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,6 +1,5 @@
 """The loader's glibc malloc settings (segflow/data/allocator.py): samples reuse freed memory
 instead of faulting in fresh pages for every array."""
-import importlib.util
 import json
 import subprocess
 import sys
@@ -8,6 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from data_helpers import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,9 +34,7 @@ CODE = textwrap.dedent("""
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_samples_reuse_freed_memory(tmp_path):
-    spec = importlib.util.spec_from_file_location("race", ROOT / "benchmarks" / "race.py")
-    race = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(race)
+    race = load_benchmark("race")
     race.write_data(tmp_path, dict(dims=2, shape=(320, 320), cases=4))
     faults = {}
     for mode in ("on", "off"):

@@ -1,5 +1,4 @@
 """The speed instrumentation of the Trainer and a CPU smoke run of benchmarks/race.py (no timing asserted)."""
-import importlib.util
 import json
 import time
 from pathlib import Path
@@ -7,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 import toy
+from data_helpers import load_benchmark
 
 from segflow.data.loader import resolve_workers
 from segflow.nodes.base import RunContext
@@ -109,10 +109,7 @@ def test_fast_path_defaults_resolve_safely_on_cpu():
 
 
 def _race():
-    spec = importlib.util.spec_from_file_location("race", ROOT / "benchmarks" / "race.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("race")
 
 
 def test_race_smoke_on_cpu(tmp_path, capsys):
@@ -168,9 +165,7 @@ def test_race_scores_each_network_on_held_out_cases(tmp_path):
 def test_the_trainer_adds_at_most_two_operations_per_step_to_a_plain_loop():
     """Counted ATen operations (on a GPU, kernel launches) per training step at identical settings; a
     per-step check or metric added to the Trainer's hot path shows up here, on any machine."""
-    spec = importlib.util.spec_from_file_location("step_overhead", ROOT / "benchmarks" / "step_overhead.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("step_overhead")
     plain, seg, extra = mod.measure("cpu", batches=20, repeats=1)
     assert plain["ops_per_step"] > 50  # forward, backward and AdamW of the tiny network were counted
     # the loss copied into the epoch's tensor (select + copy instead of the plain loop's add: +1) and
@@ -179,9 +174,7 @@ def test_the_trainer_adds_at_most_two_operations_per_step_to_a_plain_loop():
 
 
 def test_data_race_smoke_on_cpu(tmp_path):
-    spec = importlib.util.spec_from_file_location("data_race", ROOT / "benchmarks" / "data_race.py")
-    data_race = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(data_race)
+    data_race = load_benchmark("data_race")
     rows = data_race.main(["--small", "--batches", "3", "--workers", "0", "--step-ms", "0,1", "--root", str(tmp_path)])
     for case, batch in (("unet2d", [4, 1, 64, 64]), ("swin3d", [2, 1, 32, 32, 32])):
         for step in (0.0, 1.0):
@@ -197,9 +190,7 @@ def test_data_race_smoke_on_cpu(tmp_path):
 
 
 def test_summarize_checks_the_targets(tmp_path):
-    spec = importlib.util.spec_from_file_location("summarize", ROOT / "benchmarks" / "summarize.py")
-    summarize = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(summarize)
+    summarize = load_benchmark("summarize")
 
     def race(case, settings, loop, steps=40, **figures):
         return dict(case=case, settings=settings, loop=loop, steps_per_epoch=steps, warmup=1, epochs=2, **figures)

@@ -2,11 +2,11 @@
 optimizer steps, the same validation cases, workflows that validate. Whether the planned one scores
 better is the benchmark's to measure (docs/benchmarks.md); a few CPU steps cannot show it without a
 flaky test, so the tests hold the comparison's fairness and its plumbing."""
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from data_helpers import load_benchmark
 
 from segflow.cli import main
 from segflow.workflow import spec
@@ -16,10 +16,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 @pytest.fixture(scope="module")
 def bench():
-    loaded = importlib.util.spec_from_file_location("plan_accuracy", BENCH / "plan_accuracy.py")
-    module = importlib.util.module_from_spec(loaded)
-    loaded.loader.exec_module(module)
-    return module
+    return load_benchmark("plan_accuracy")
 
 
 def test_both_workflows_take_the_same_steps(bench):

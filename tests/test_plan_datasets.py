@@ -1,12 +1,12 @@
 """The benchmark datasets of benchmarks/plan_datasets.py are what they claim, and benchmarks/plan_vs_nnunet.py
 converts them to nnU-Net's raw format and maps nnU-Net's axes back to the files' (no nnunetv2 needed)."""
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from data_helpers import load_benchmark
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
@@ -14,10 +14,7 @@ import plan_datasets  # noqa: E402
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("plan_vs_nnunet", BENCH / "plan_vs_nnunet.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("plan_vs_nnunet")
 
 
 def test_ct_like_is_anisotropic_int16_ct_with_a_tiny_class(tmp_path):

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from data_helpers import load_benchmark
 from torch.utils.data import DataLoader
 
 from segflow.inference.postprocess import PostProcessing, keep_largest_component, outside_largest_component
@@ -272,13 +273,7 @@ def test_the_last_validation_counts_what_a_second_pass_counts(tmp_path):
 
 
 def test_the_speed_benchmark_runs_at_a_small_size(capsys):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "postprocess_speed.py"
-    spec = importlib.util.spec_from_file_location("postprocess_speed", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("postprocess_speed")
     bench.main(["--size", "32", "--repeats", "1"])
     rows = capsys.readouterr().out.splitlines()
     assert rows[0].startswith("volume 32^3") and [r.split()[0] for r in rows[2:]] == ["blobs", "speckle"]
