@@ -215,7 +215,7 @@ def test_config_spellings_and_errors():
     assert e.value.errors()[0]["loc"] == ("loss_type",)
     with pytest.raises(ValidationError) as e:
         LossFunctionConfig(class_weights=[1.0, -1.0])
-    assert e.value.errors()[0]["loc"] == ("class_weights",)
+    assert e.value.errors()[0]["loc"] == ("class_weights", 1)
     with pytest.raises(ValidationError, match="every weight 0"):
         LossFunctionConfig(dice_weight=0, ce_weight="0")
     with pytest.raises(ValidationError):
@@ -231,8 +231,11 @@ def test_check_warns_about_unused_values():
     assert (found.field, found.code) == ("boundary_spacing", "unused_value")
     assert LossFunction.check(LossFunctionConfig(loss_type="combined", dice_weight=1, boundary_weight=0.1,
                                                  boundary_spacing="[0.7, 0.7, 5]"), {}) == []
-    with pytest.raises(ValidationError, match="2 or 3 positive numbers"):
+    with pytest.raises(ValidationError) as e:
         LossFunctionConfig(boundary_spacing=[1.0, 0.0])
+    assert (e.value.errors()[0]["loc"], e.value.errors()[0]["type"]) == (("boundary_spacing", 1), "greater_than")
+    with pytest.raises(ValidationError, match="at least 2 items"):
+        LossFunctionConfig(boundary_spacing=[1.0])
 
 
 def test_node_run(tmp_path):

@@ -215,7 +215,11 @@ def export_model(model: torch.nn.Module, fmt: str, path: Path, input_shape: tupl
             elif fmt == "torch_export":
                 got, runtime = _run_program(tmp, check), f"torch {torch.__version__}"
             else:
-                got, runtime = _run_onnx(tmp, check)
+                try:
+                    got, runtime = _run_onnx(tmp, check)
+                except Exception as e:  # the runtime refuses the file: an opset it lacks, an op it cannot run
+                    raise ValueError(f"the exported ONNX {name} (opset {opset}) does not run in the parity check: "
+                                     f"{_first_line(e)}; try ModelExport.opset 18 or later") from e
             if got.shape != expected.shape:
                 raise ValueError(f"the exported {fmt} {name} returns shape {list(got.shape)} for input "
                                  f"{list(check.shape)}, eager PyTorch {list(expected.shape)}")

@@ -45,6 +45,8 @@ from segflow.inference.ensemble import follow_labels
 from segflow.inference.postprocess import PostProcessing, attached
 from segflow.inference.records import PredictionRecord, PredictionSet
 from segflow.inference.writers import Geometry, source_geometry, write_label, write_probabilities
+from segflow.networks.description import NetworkDescription, description_of
+from segflow.workflow.errors import ConfigValueError
 from segflow.workflow.files import atomic_write
 
 if TYPE_CHECKING:
@@ -87,6 +89,7 @@ def predict(cfg: PredictorConfig, ctx: RunContext, name: str, model: torch.nn.Mo
             image = batch["image"].to(device)
             dims = dims or image.ndim - 2
             roi = roi_size(cfg.roi_size, info, dims)
+            window_fits(roi, description_of(model), explicit=cfg.roi_size is not None)
             variants = tta_mod.variants(cfg.tta, cfg.tta_flips, cfg.tta_scales, dims, cfg.tta_flip_combinations)
             probs = tta_mod.predict_probabilities(model, image, roi, overlap=cfg.overlap, blend_mode=cfg.blend_mode,
                                                   sw_batch_size=cfg.sw_batch_size, tta=variants, autocast_dtype=amp,
@@ -127,6 +130,25 @@ def roi_size(setting, info, dims: int) -> tuple[int, ...] | None:
     if len(size) != dims:
         raise ValueError(f"roi_size {list(size)} has {len(size)} values but the data is {dims}-D")
     return size
+
+
+def window_fits(roi: tuple[int, ...] | None, network: NetworkDescription | None, explicit: bool) -> None:
+    """A located error (at roi_size, or naming it when it came from the training patch size) when the
+    sliding window is a size the network cannot take: not a multiple of its size divisor, or not
+    the one size a fixed-size network (UNETR) takes."""
+    if roi is None or network is None:
+        return
+    divisors = network.size_divisors or (network.size_divisor,) * len(roi)
+    problem = ""
+    if network.fixed_size and tuple(network.fixed_size) != tuple(roi):
+        problem = f"the {network.type} takes exactly {list(network.fixed_size)}"
+    elif any(s % d for s, d in zip(roi, divisors)):
+        problem = (f"the {network.type} needs sizes divisible by {list(divisors)} per axis, e.g. "
+                   f"{[max(d, round(s / d) * d) for s, d in zip(roi, divisors)]}")
+    if problem:
+        where = "" if explicit else " (the training patch size, as roi_size is not set)"
+        raise ConfigValueError("roi_size", "bad_value", f"sliding window {list(roi)}{where}: {problem}",
+                               hint="set roi_size to a size the network takes")
 
 
 def label_coding(source, info) -> LabelCoding:

@@ -105,7 +105,8 @@ class NodeConfig(BaseModel):
     the spec layer renames them before validation so errors still point at what the user wrote.
     """
 
-    model_config = ConfigDict(extra="forbid", validate_default=True, validate_assignment=True)
+    # allow_inf_nan: every float is finite (segflow.nodes.bounds); no field takes NaN or infinity
+    model_config = ConfigDict(extra="forbid", validate_default=True, validate_assignment=True, allow_inf_nan=False)
 
     aliases: ClassVar[dict[str, str]] = {}
 

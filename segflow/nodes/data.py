@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 
 from segflow.data.label_scheme import from_settings, problems
 from segflow.nodes.base import Finding, Node, NodeConfig, Port
+from segflow.nodes.bounds import MAX_VOXELS, BatchSize, Cases, Classes, ForegroundLabel, Seed, Steps, Why, Workers
 from segflow.nodes.datashape import DataShape
 from segflow.nodes.intensity import normalisation_findings, windows
 from segflow.nodes.registry import register
@@ -21,6 +22,12 @@ from segflow.workflow.files import write_json
 NormalizationWord = Literal["zscore", "zscore_nonzero", "minmax", "ct", "ct_zscore", "none"]
 Window = Annotated[list[float], Field(min_length=2, max_length=2)]
 Positive = Annotated[float, Field(gt=0)]
+PatchSize = Annotated[int, Field(ge=8, le=MAX_VOXELS), Why(
+    "no scanner's matrix and no patch a GPU trains on is larger along one axis")]
+Spacing = Annotated[float, Field(gt=0, le=1000), Why("spacing is in millimetres: a voxel a metre wide is no image")]
+Fraction = Annotated[float, Field(gt=0, le=1)]
+Prefetch = Annotated[int, Field(ge=1, le=64), Why("each batch prepared ahead holds host memory")]
+Folds = Annotated[int, Field(le=100), Why("more folds than cross-validation ever uses")]
 
 # Dimensionality of each built-in phantom, and image_size when it is not set (by dimensionality).
 PHANTOM_DIMS = {"phantom2d": 2, "phantom3d": 3}
@@ -47,14 +54,14 @@ class MedicalSegmentationLoaderConfig(NodeConfig):
     synthetic: Annotated[Literal["none", "phantom2d", "phantom3d"], Choice()] = Field("none", description=(
         "Write a built-in phantom dataset (MSD layout; 2-D PNG or 3-D NIfTI) into data_dir if it is not "
         "there yet, then read it like any dataset. 'none' reads data_dir as it is."))
-    synthetic_cases: int | None = Field(None, ge=2, description=(
+    synthetic_cases: Cases | None = Field(None, ge=2, description=(
         "Number of phantom cases to write (default 64 for phantom2d, 16 for phantom3d)."))
     synthetic_classes: int = Field(2, ge=2, le=3, description=(
         "Classes in the phantom including background: 2 (one structure) or 3 (structure + inner core)."))
-    batch_size: int = Field(8, ge=1, description=(
+    batch_size: BatchSize = Field(8, ge=1, description=(
         "Training samples per batch. Validation of resized 2-D images uses it too; whole-image validation "
         "(3-D, or 2-D with size_mode patches) takes one case at a time."))
-    image_size: int | list[int] | None = Field(None, description=(
+    image_size: PatchSize | list[PatchSize] | None = Field(None, description=(
         "2-D: size every image is resized to, or the patch size with size_mode patches (int or [H, W]); "
         "3-D: training patch size (int for a cube or [X, Y, Z]). Default 256 for 2-D, 96 for 3-D."))
     size_mode: Annotated[Literal["auto", "resize", "patches"], Choice()] = Field("auto", description=(
@@ -72,7 +79,7 @@ class MedicalSegmentationLoaderConfig(NodeConfig):
         "Random erasing (cutout): the probability that a training sample gets one box (2-D) or cuboid (3-D) of its "
         "image set to 0, after the preset's transforms; the label is left as it is. 0: off. Works with "
         "augmentation true, on the workers and with augmentation_on device."))
-    random_erasing_size: list[float] = Field([0.1, 0.4], min_length=2, max_length=2, description=(
+    random_erasing_size: list[Fraction] = Field([0.1, 0.4], min_length=2, max_length=2, description=(
         "[min, max] side of the erased box as a fraction of the sample's extent, drawn per axis."))
     augmentation_on: Annotated[Literal["workers", "device"], Choice()] = Field("workers", description=(
         "Where training augmentation runs. workers: per sample in the DataLoader workers (albumentations 2-D, "
@@ -100,42 +107,42 @@ class MedicalSegmentationLoaderConfig(NodeConfig):
     intensity_std: Positive | list[Positive | None] | None = Field(None, description=(
         "normalization ct_zscore: the standard deviation divided by (the dataset's foreground std); or a list "
         "with one per channel (null for channels that need none)."))
-    target_spacing: list[float] | None = Field(None, description=(
+    target_spacing: list[Spacing] | None = Field(None, description=(
         "Resample every case to this voxel spacing (one value per spatial axis) before sampling; null keeps the file's spacing."))
-    num_classes: int | None = Field(None, ge=2, description=(
+    num_classes: Classes | None = Field(None, ge=2, description=(
         "Number of classes including background, for datasets that do not declare them (folder layouts). "
         "Null: the dataset.json labels, else the largest label value + 1. Needed for subset test when test "
         "images lack labels and there is no dataset.json labels entry."))
-    regions: dict[str, list[int]] | None = Field(None, description=(
+    regions: dict[str, list[ForegroundLabel]] | None = Field(None, description=(
         "Region-based training (nnU-Net's): name -> the classes it unites, e.g. {\"whole_tumor\": [1, 2, 3], "
         "\"tumor_core\": [2, 3], \"enhancing_tumor\": [3]}. One sigmoid output channel per region (out_channels = "
         "number of regions); regions must be nested or disjoint, outer ones first. Classes as the loader reads them "
         "(the stored values of NIfTI and NumPy labels). An nnU-Net dataset.json declares them in its labels instead."))
-    regions_class_order: list[int] | None = Field(None, description=(
+    regions_class_order: list[ForegroundLabel] | None = Field(None, description=(
         "With regions: the class each region is written as in predicted label maps, one per region in region "
         "order (nnU-Net's regions_class_order, e.g. [1, 2, 3]): each region's sigmoid above 0.5 is painted in "
         "turn, later regions over earlier ones."))
-    ignore_label: int | None = Field(None, ge=1, description=(
+    ignore_label: Classes | None = Field(None, ge=1, description=(
         "The label value of voxels without ground truth (sparse or scribble annotation): they count in no loss "
         "term, metric or patch centre, and predictions never hold it. As in nnU-Net it must be the highest "
         "value: the classes are 0 .. ignore_label - 1. An nnU-Net dataset.json declares it as labels \"ignore\"."))
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0, description=(
         "Fraction of cases held out for validation (split by case, seeded). Ignored when the folder has train/ and val/."))
-    fold: int | None = Field(None, ge=0, description=(
+    fold: Folds | None = Field(None, ge=0, description=(
         "Cross-validation fold to train (0-based), as nnU-Net's folds: the cases are split into num_folds "
         "folds by case (seeded with seed, or as splits_file lists them); this fold validates, the others train. "
         "Null: one split by val_fraction."))
-    num_folds: int = Field(5, ge=2, description="Number of cross-validation folds (with fold; splits_file sets its own).")
+    num_folds: Folds = Field(5, ge=2, description="Number of cross-validation folds (with fold; splits_file sets its own).")
     splits_file: str | None = Field(None, description=(
         "With fold: a JSON list of {\"train\": [case ids], \"val\": [case ids]}, one per fold (nnU-Net's "
         "splits_final.json). Null: data_dir/splits_final.json when it exists, else folds made here."))
-    seed: int = Field(42, description="Seed for the split, shuffling, patch sampling and augmentation.")
+    seed: Seed = Field(42, description="Seed for the split, shuffling, patch sampling and augmentation.")
     shuffle: bool = Field(True, description="Shuffle training samples every epoch.")
-    num_workers: Annotated[int | Literal["auto"], Choice()] = Field("auto", description=(
+    num_workers: Annotated[Annotated[Workers, Field(ge=0)] | Literal["auto"], Choice()] = Field("auto", description=(
         "DataLoader worker processes (persistent); 0 loads in the main process, usually fastest for small 2-D data "
         "on CPU. auto: with CUDA, one per spare CPU core up to 8 (shared among the GPU processes of a torchrun "
         "job) so the GPU does not wait for data; without CUDA, 0."))
-    prefetch_factor: int = Field(4, ge=1, description=(
+    prefetch_factor: Prefetch = Field(4, description=(
         "Batches each worker prepares ahead (used when num_workers > 0); more smooths out slow batches at the "
         "cost of host memory."))
     pin_memory: Annotated[bool | Literal["auto"], Choice()] = Field("auto", description="Pinned host memory for faster GPU copies; 'auto' = when CUDA is available.")
@@ -153,7 +160,7 @@ class MedicalSegmentationLoaderConfig(NodeConfig):
             "uniformly from all foreground, so small classes are rarely centred. by_class: first a class, uniformly "
             "among the foreground classes the case contains, then a voxel of that class (nnU-Net's oversampling; "
             "`segflow plan` writes it). Patches only (3-D, or 2-D with size_mode patches)."))
-    samples_per_volume: int = Field(1, ge=1, description="Training samples drawn from each case per epoch (3-D patches; 2-D augmented copies).")
+    samples_per_volume: Steps = Field(1, ge=1, description="Training samples drawn from each case per epoch (3-D patches; 2-D augmented copies).")
 
     @field_validator("spatial_dims", mode="before")
     @classmethod
@@ -163,11 +170,8 @@ class MedicalSegmentationLoaderConfig(NodeConfig):
     @field_validator("image_size")
     @classmethod
     def _size(cls, v):
-        values = [v] if isinstance(v, int) else (v or [])
         if isinstance(v, list) and len(v) not in (2, 3):
             raise ValueError("image_size must be one number or a list of 2 (2-D) or 3 (3-D) numbers")
-        if any(s < 8 for s in values):
-            raise ValueError("image_size values must be at least 8")
         return v
 
     @field_validator("ct_window")
@@ -180,7 +184,7 @@ class MedicalSegmentationLoaderConfig(NodeConfig):
     @field_validator("target_spacing")
     @classmethod
     def _spacing(cls, v):
-        if v is not None and (len(v) not in (2, 3) or any(s <= 0 for s in v)):
+        if v is not None and len(v) not in (2, 3):
             raise ValueError("target_spacing must be 2 or 3 positive numbers, or null")
         return v
 

@@ -12,6 +12,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field, field_validator
 
 from segflow.nodes.base import Finding, Node, NodeConfig, Port
+from segflow.nodes.bounds import Cases, Classes
 from segflow.nodes.registry import register
 from segflow.nodes.words import Choice
 
@@ -44,7 +45,7 @@ class EvaluatorConfig(NodeConfig):
         "segmentation", description="What the predictions are (the node editor's MetricsCalculator setting): "
                                     "segmentation masks, scored per class. classification scores the same per-class "
                                     "metrics here (validate warns).")
-    num_classes: int | None = Field(
+    num_classes: Classes | None = Field(
         None, ge=2, description="Classes the predictions must have, background included (the node editor's "
                                 "MetricsCalculator setting); a prediction set with another number is an error. "
                                 "Null: the data's.")
@@ -93,13 +94,13 @@ class SegmentationOverlayConfig(NodeConfig):
 
     output_dir: str = Field("overlays", description="Folder for the PNGs; a relative path lives inside the run directory.")
     alpha: float = Field(0.5, ge=0, le=1, description="Opacity of the coloured masks over the image.")
-    max_images: int = Field(16, ge=1, description="Most cases drawn (one PNG each, and one tile each in grid.png).")
+    max_images: Cases = Field(16, ge=1, description="Most cases drawn (one PNG each, and one tile each in grid.png).")
     selection: Annotated[Literal["worst", "first"], Choice()] = Field(
         "worst", description="Which cases when there are more than max_images: worst = lowest foreground Dice first "
                              "(needs ground truth; cases without it come last), first = in order.")
     slices_per_case: int = Field(3, ge=1, le=12, description="3-D: slices drawn per case, those with the most "
                                                              "errors (then the most foreground).")
-    slice_axis: Annotated[int | Literal["auto"], Choice()] = Field(
+    slice_axis: Annotated[Annotated[int, Field(ge=0, le=2)] | Literal["auto"], Choice()] = Field(
         "auto", description="3-D: the axis sliced along. With an affine (NIfTI) the axes are the patient's, "
                             "whatever the voxel order on disk: 0 = left-right (sagittal slices), 1 = posterior-anterior "
                             "(coronal), 2 = inferior-superior (axial); without one (NumPy, TIFF) the stored array axes. "

@@ -5,7 +5,8 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from segflow.nodes.base import Node, NodeConfig, Port
+from segflow.nodes.base import Finding, Node, NodeConfig, Port
+from segflow.nodes.bounds import Voxels, Why
 from segflow.nodes.registry import register
 from segflow.nodes.words import Choice
 
@@ -29,14 +30,16 @@ class ModelExportConfig(NodeConfig):
     output_path: str | None = Field(None, description="Where to write the file; a relative path lives inside the run "
                                                       "directory. Default export/model.onnx, export/model.pt2 "
                                                       "(torch_export) or export/model.pt (torchscript).")
-    input_size: list[int] | None = Field(
+    input_size: list[Voxels] | None = Field(
         None, description="Spatial size of the sample input, e.g. [256, 256] or [96, 96, 96]. Default: the "
                           "loader's patch size (dataset_info), else the network's fixed img_size.")
-    opset: int = Field(18, ge=7, le=23, description="ONNX opset version.")
+    opset: Annotated[int, Field(le=23), Why("the newest opset torch's ONNX exporter writes")] = Field(
+        18, ge=13, description="ONNX opset version: 18 to 23 are written as they are; 13 to 17 are converted down from 18 (best effort, validate warns; the parity check runs the result).")
     dynamic_batch: bool = Field(True, description="Let the exported model take any batch size (checked on batch 3).")
     parity_check: bool = Field(True, description="Run the exported file on a random input and compare it with "
                                                  "eager PyTorch.")
-    tolerance: float = Field(1e-4, gt=0, description="Largest absolute difference of the logits the parity check allows.")
+    tolerance: Annotated[float, Field(le=1), Why("a tolerance this large would pass any export")] = Field(
+        1e-4, gt=0, description="Largest absolute difference of the logits the parity check allows.")
 
     @field_validator("input_size", mode="before")
     @classmethod
@@ -102,6 +105,16 @@ class ModelExport(Node):
         Port("dataset_info", "DatasetInfo", required=False, doc="gives the sample input's patch size"),
     )
     outputs = (Port("file", "File", doc="path of the exported file"),)
+
+    @classmethod
+    def check(cls, config: NodeConfig, neighbours: dict[str, tuple[str, NodeConfig]]) -> list[Finding]:
+        cfg: ModelExportConfig = config  # type: ignore[assignment]
+        if cfg.format == "onnx" and cfg.opset < 18:
+            return [Finding("opset", "old_opset", f"opset {cfg.opset} is converted down from 18 by onnxscript's "
+                            "version converter, which does not handle every operator; the parity check runs the "
+                            "result", hint="use opset 18 or later unless a runtime needs an older one",
+                            severity="warning")]
+        return []
 
     def run(self, model, dataset_info=None) -> dict[str, Any]:
         from segflow.export.formats import export_model

@@ -12,6 +12,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field, field_validator
 
 from segflow.nodes.base import Device, Finding, Node, NodeConfig, Port, device_findings
+from segflow.nodes.bounds import MAX_VOXELS, BatchSize, ForegroundLabel, Why
 from segflow.nodes.datashape import DataShape
 from segflow.nodes.registry import register
 from segflow.nodes.words import Choice
@@ -96,26 +97,32 @@ class CheckpointLoader(Node):
         return {"model": ensemble, "checkpoint_info": info}
 
 
+# A sliding window per axis: at least 8 (no network segflow builds takes less; the run checks the
+# network's own size rule), at most what any image has.
+Window = Annotated[int, Field(ge=8, le=MAX_VOXELS), Why("no scanner's matrix is larger along one axis")]
+Scale = Annotated[float, Field(gt=0, le=4), Why("a scale of 4 already has 64 times the voxels of a 3-D image")]
+
+
 class PredictorConfig(NodeConfig):
     aliases: ClassVar[dict[str, str]] = {"mode": "blend_mode", "sw_overlap": "overlap", "val_roi_size": "roi_size",
                                          "save_probs": "save_probabilities", "amp": "mixed_precision"}
 
-    roi_size: int | list[int] | None = Field(None, description=(
+    roi_size: Window | list[Window] | None = Field(None, description=(
         "Sliding-window size (int for a square/cube or one value per axis). Null: the loader's training patch size "
         "(dataset_info), else the whole image in one pass."))
     overlap: float = Field(0.5, ge=0.0, lt=1.0, description="Overlap of neighbouring windows (fraction of roi_size).")
     blend_mode: Annotated[Literal["gaussian", "constant"], Choice()] = Field("gaussian", description=(
         "How overlapping windows are blended: gaussian weights the window centres more; constant averages evenly."))
-    sw_batch_size: int = Field(4, ge=1, description="Windows per forward pass.")
+    sw_batch_size: BatchSize = Field(4, ge=1, description="Windows per forward pass.")
     tta: Annotated[bool | list[Literal["flip", "scale"]], Choice({"flips": "flip", "scales": "scale"})] = Field(
         False, description="Test-time augmentation, probabilities averaged: false; true (= flips); or a list of "
                            "'flip' and/or 'scale' (every flip at every scale).")
-    tta_flips: list[int] | None = Field(None, description=(
+    tta_flips: list[Annotated[int, Field(ge=0, le=2)]] | None = Field(None, description=(
         "Spatial axes flipped one at a time by TTA 'flip' (0-based; null: every axis)."))
     tta_flip_combinations: bool = Field(False, description=(
         "TTA 'flip' also flips every combination of the tta_flips axes, as nnU-Net mirrors: 2^n - 1 flips and "
         "the plain pass (8 passes in 3-D, 4 in 2-D) instead of n + 1."))
-    tta_scales: list[float] = Field([0.75, 1.0, 1.25], min_length=1, description=(
+    tta_scales: list[Scale] = Field([0.75, 1.0, 1.25], min_length=1, description=(
         "Input scale factors for TTA 'scale'; probabilities are resized back before averaging."))
     output_dir: str = Field("predictions", description="Folder for the predictions; a relative path lives inside the run directory.")
     output_format: Annotated[Literal["auto", "nifti", "png", "npy", "nrrd", "mha"], Choice()] = Field(
@@ -135,7 +142,7 @@ class PredictorConfig(NodeConfig):
             "checkpoint or in the run directory above it; none if there is none), or postprocessing_file; "
             "largest_component: keep only the largest connected component, of all foreground classes together or "
             "of each class in postprocessing_classes; none: as predicted."))
-    postprocessing_classes: list[int] | None = Field(None, description=(
+    postprocessing_classes: list[ForegroundLabel] | None = Field(None, description=(
         "largest_component: the classes that each keep only their own largest component (null: all foreground "
         "classes taken together as one object)."))
     postprocessing_file: str | None = Field(None, description=(
@@ -145,11 +152,8 @@ class PredictorConfig(NodeConfig):
     @field_validator("roi_size")
     @classmethod
     def _roi(cls, v):
-        values = [v] if isinstance(v, int) else (v or [])
         if isinstance(v, list) and len(v) not in (2, 3):
             raise ValueError("roi_size must be one number or a list of 2 (2-D) or 3 (3-D) numbers")
-        if any(s < 1 for s in values):
-            raise ValueError("roi_size values must be positive")
         return v
 
     @field_validator("postprocessing_classes")
@@ -158,20 +162,6 @@ class PredictorConfig(NodeConfig):
         if v is not None and (not v or any(c < 1 for c in v) or len(set(v)) != len(v)):
             raise ValueError("postprocessing_classes lists foreground classes (1, 2, ...), each once; null for all "
                              "foreground together")
-        return v
-
-    @field_validator("tta_flips")
-    @classmethod
-    def _flips(cls, v):
-        if v is not None and any(a < 0 or a > 2 for a in v):
-            raise ValueError("tta_flips are spatial axes 0, 1 (and 2 for 3-D)")
-        return v
-
-    @field_validator("tta_scales")
-    @classmethod
-    def _scales(cls, v):
-        if any(s <= 0 for s in v):
-            raise ValueError("tta_scales must be positive")
         return v
 
 

@@ -34,8 +34,8 @@ class LossFunctionConfig(NodeConfig):
 
     loss_type: Annotated[LossType, Choice(LOSS_SYNONYMS)] = Field("combined", description=LOSS_TYPE_DOC)
     smooth: float = Field(1e-5, ge=0.0, description="Smoothing added to numerator and denominator of dice and tversky.")
-    class_weights: list[float] | None = Field(
-        None, description="One weight per class, background first, for cross-entropy and focal terms "
+    class_weights: list[Annotated[float, Field(ge=0.0)]] | None = Field(
+        None, min_length=2, description="One weight per class, background first, for cross-entropy and focal terms "
         "(e.g. [0.3, 0.7]).")
     alpha: float | None = Field(None, ge=0.0, le=1.0, description="Focal alpha: weight alpha for foreground classes, "
                                 "1-alpha for background (e.g. 0.25); none = unweighted.")
@@ -52,7 +52,7 @@ class LossFunctionConfig(NodeConfig):
     sigmoid: bool | None = Field(None, description="Sigmoid instead of softmax. Default: sigmoid when the network "
                                  "has one output channel or loss_type is bce, softmax otherwise; always sigmoid for data with regions "
                                  "(one channel per region; false is then an error).")
-    boundary_spacing: list[float] | None = Field(None, description=(
+    boundary_spacing: list[Annotated[float, Field(gt=0.0)]] | None = Field(None, min_length=2, max_length=3, description=(
         "Voxel size, one value per spatial axis (e.g. the loader's target_spacing [0.7, 0.7, 5.0]): the boundary "
         "term's distances are then in those units (mm), so anisotropic voxels weigh as far as they are. Null: "
         "distances in voxels."))

@@ -14,6 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BeforeValidator, Field, ValidationInfo, WithJsonSchema, field_validator
 
 from segflow.nodes.base import Finding, Node, NodeConfig, Port
+from segflow.nodes.bounds import Channels, Classes, Layers, Voxels, Why, Width
 from segflow.nodes.datashape import DataShape
 from segflow.nodes.registry import register
 from segflow.nodes.words import Choice
@@ -42,6 +43,12 @@ def size_tuple(size: Any, dims: int) -> tuple[int, ...] | None:
     return sizes if len(sizes) == dims else None
 
 
+Heads = Annotated[int, Field(le=256), Why("more attention heads than any transformer has")]
+Blocks = Annotated[int, Field(le=64), Why("more blocks per level than any segmentation network has")]
+Kernel = Annotated[int, Field(ge=1, le=15), Why("larger kernels than any segmentation network uses")]
+Stride = Annotated[int, Field(ge=1, le=8), Why("a larger stride skips voxels it never sees")]
+
+
 class NetworkConfig(NodeConfig):
     """Fields every network has."""
 
@@ -50,8 +57,8 @@ class NetworkConfig(NodeConfig):
     # mapped to module paths in segflow.networks.parts (disjoint, covering every parameter)
     parts: ClassVar[dict[str, str]] = {}
 
-    in_channels: int = Field(1, ge=1, description="Image channels (modalities) the network takes in.")
-    out_channels: int = Field(
+    in_channels: Channels = Field(1, ge=1, description="Image channels (modalities) the network takes in.")
+    out_channels: Classes = Field(
         2, ge=1,
         description="Output channels: the number of classes including background (2 for binary), "
         "or 1 for a single sigmoid channel (binary). Alias num_classes.",
@@ -133,7 +140,7 @@ def _dims_word(value: Any) -> Any:
 
 
 SpatialDims = Annotated[int, BeforeValidator(_dims_word), WithJsonSchema({"anyOf": [
-    {"type": "integer"}, {"type": "string", "pattern": "^\\s*[23][dD]\\s*$"}]})]
+    {"type": "integer", "enum": [2, 3]}, {"type": "string", "pattern": "^\\s*[23][dD]\\s*$"}]})]
 
 
 def _check_dims(v: Any) -> int:
@@ -242,9 +249,9 @@ class _UNetBase(NetworkConfig):
         "encoder": "the downsampling blocks of every level and the bottom block",
         "decoder": "the upsampling blocks below the top level",
         "head": "the top level's upsampling block, which outputs the logits (MONAI's UNet has no separate output layer)"}
-    base_channels: int = Field(32, ge=1, description="Channels of the first level; each deeper level doubles them.")
+    base_channels: Width = Field(32, ge=1, description="Channels of the first level; each deeper level doubles them.")
     depth: int = Field(5, ge=2, le=8, description="Levels including the bottleneck (depth-1 downsamplings by 2).")
-    num_res_units: int = Field(2, ge=0, description="Residual units per level (0 = plain convolutions).")
+    num_res_units: Blocks = Field(2, ge=0, description="Residual units per level (0 = plain convolutions).")
     norm: Annotated[Literal["instance", "batch"], Choice()] = Field("instance", description="Normalisation: instance or batch.")
     act: Annotated[Literal["prelu", "relu", "leakyrelu"], Choice()] = Field("prelu", description="Activation function.")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability in every block.")
@@ -267,7 +274,7 @@ class UNet2DConfig(_UNetBase):
 
 @network("UNet3D", "3-D U-Net (MONAI UNet with residual units).")
 class UNet3DConfig(_UNetBase):
-    base_channels: int = Field(16, ge=1, description="Channels of the first level; each deeper level doubles them.")
+    base_channels: Width = Field(16, ge=1, description="Channels of the first level; each deeper level doubles them.")
 
     def dims(self) -> int:
         return 3
@@ -281,7 +288,7 @@ class AttentionUNetConfig(NetworkConfig):
         "decoder": "each level's attention gate, upsampling and merge convolution",
         "head": "the final 1x1 convolution to the logits"}
     spatial_dims: SpatialDims = _spatial_dims_field(2)
-    base_channels: int = Field(32, ge=1, description="Channels of the first level; each deeper level doubles them.")
+    base_channels: Width = Field(32, ge=1, description="Channels of the first level; each deeper level doubles them.")
     depth: int = Field(5, ge=2, le=8, description="Levels including the bottleneck (depth-1 downsamplings by 2).")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability in every block.")
 
@@ -301,7 +308,7 @@ class VNetConfig(NetworkConfig):
     spatial_dims: SpatialDims = _spatial_dims_field(3)
     dropout_prob: float = Field(0.5, ge=0.0, lt=1.0, description="Dropout in the deeper down and up blocks (MONAI's default 0.5).")
     act: Annotated[Literal["elu", "relu", "prelu"], Choice()] = Field("elu", description="Activation function.")
-    base_channels: int = Field(16, ge=1, description="Channels of the first level (16 in the V-Net paper and MONAI); "
+    base_channels: Width = Field(16, ge=1, description="Channels of the first level (16 in the V-Net paper and MONAI); "
                                "each of the 4 downsamplings doubles them. in_channels must divide it.")
 
     _dims = field_validator("spatial_dims")(classmethod(lambda cls, v: _check_dims(v)))
@@ -331,9 +338,9 @@ class SegResNetConfig(NetworkConfig):
 
     spatial_dims: SpatialDims = _spatial_dims_field(3)
     norm: Annotated[Literal["group", "instance", "batch"], Choice()] = Field("group", description="Normalisation: group (8 groups), instance or batch.")
-    base_channels: int = Field(16, ge=1, description="Filters of the first level (MONAI's init_filters); doubled per level.")
-    blocks_down: list[int] = Field([1, 2, 2, 4], min_length=2, description="Residual blocks per encoder level.")
-    blocks_up: list[int] = Field([1, 1, 1], min_length=1, description="Residual blocks per decoder level: one fewer level than blocks_down.")
+    base_channels: Width = Field(16, ge=1, description="Filters of the first level (MONAI's init_filters); doubled per level.")
+    blocks_down: list[Annotated[Blocks, Field(ge=1)]] = Field([1, 2, 2, 4], min_length=2, description="Residual blocks per encoder level.")
+    blocks_up: list[Annotated[Blocks, Field(ge=1)]] = Field([1, 1, 1], min_length=1, description="Residual blocks per decoder level: one fewer level than blocks_down.")
     dropout_prob: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout after the first convolution.")
 
     _dims = field_validator("spatial_dims")(classmethod(lambda cls, v: _check_dims(v)))
@@ -369,15 +376,15 @@ class UNETRConfig(NetworkConfig):
         "head": "out, the 1x1 convolution to the logits"}
 
     spatial_dims: SpatialDims = _spatial_dims_field(3)
-    img_size: int | list[int] = Field(
+    img_size: Voxels | list[Voxels] = Field(
         96, description="Input size the network is built for (an int, or one per axis); UNETR accepts only this "
         "size, so it must equal the loader's image_size and the Predictor's roi_size. A multiple of 16.",
     )
-    feature_size: int = Field(16, ge=1, description="Channels of the convolutional decoder's first level.")
-    hidden_size: int = Field(768, ge=1, description="Transformer embedding size (alias embed_dim); a multiple of num_heads.")
-    mlp_dim: int = Field(3072, ge=1, description="Hidden size of each transformer MLP.")
-    num_heads: int = Field(12, ge=1, description="Attention heads.")
-    num_layers: int = Field(12, ge=4, description="Transformer layers. The decoder's skips come from the layers at "
+    feature_size: Width = Field(16, ge=1, description="Channels of the convolutional decoder's first level.")
+    hidden_size: Width = Field(768, ge=1, description="Transformer embedding size (alias embed_dim); a multiple of num_heads.")
+    mlp_dim: Width = Field(3072, ge=1, description="Hidden size of each transformer MLP.")
+    num_heads: Heads = Field(12, ge=1, description="Attention heads.")
+    num_layers: Layers = Field(12, ge=4, description="Transformer layers. The decoder's skips come from the layers at "
                             "a quarter, half and three quarters of the depth (3, 6 and 9 of UNETR's 12).")
     dropout_rate: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout in the transformer.")
     norm: Annotated[Literal["instance", "batch"], Choice()] = Field("instance", description="Normalisation in the decoder.")
@@ -411,11 +418,11 @@ class SwinUNETRConfig(NetworkConfig):
         "head": "out, the 1x1 convolution to the logits"}
 
     spatial_dims: SpatialDims = _spatial_dims_field(3)
-    feature_size: int = Field(24, ge=12, description="Embedding size of the first stage (alias embed_dim); a multiple of 12.")
-    depths: list[int] = Field([2, 2, 2, 2], min_length=4, max_length=4, description="Swin blocks in each of the 4 stages.")
-    num_heads: list[int] = Field([3, 6, 12, 24], min_length=4, max_length=4, description="Attention heads in each of the 4 stages.")
-    window_size: int = Field(7, ge=1, description="Side of the local attention window (shifted windows).")
-    img_size: int | list[int] | None = Field(
+    feature_size: Width = Field(24, ge=12, description="Embedding size of the first stage (alias embed_dim); a multiple of 12.")
+    depths: list[Annotated[Blocks, Field(ge=1)]] = Field([2, 2, 2, 2], min_length=4, max_length=4, description="Swin blocks in each of the 4 stages.")
+    num_heads: list[Annotated[Heads, Field(ge=1)]] = Field([3, 6, 12, 24], min_length=4, max_length=4, description="Attention heads in each of the 4 stages.")
+    window_size: Annotated[int, Field(le=64), Why("a window this wide is global attention, which no GPU holds")] = Field(7, ge=1, description="Side of the local attention window (shifted windows).")
+    img_size: Voxels | list[Voxels] | None = Field(
         None, description="Kept for files written for older MONAI (which required it); any input divisible by 32 "
         "works. When given it must be a multiple of 32 and is checked against the loader's image_size.",
     )
@@ -465,16 +472,16 @@ class TransUNetConfig(NetworkConfig):
                    "(the paper's hybrid encoder)",
         "decoder": "conv_more and the cascaded upsampler (module decoder)", "head": "the 1x1 convolution to the logits"}
 
-    img_size: int | list[int] = Field(
+    img_size: Voxels | list[Voxels] = Field(
         256, description="Input size the positional embedding is made for; other sizes divisible by 16 work "
         "(the embedding is interpolated).",
     )
-    base_channels: int = Field(32, ge=1, description="Channels of the CNN encoder's first stage; doubled per stage (4 stages).")
-    hidden_size: int = Field(384, ge=1, description="Transformer embedding size (alias embed_dim); a multiple of num_heads. "
+    base_channels: Width = Field(32, ge=1, description="Channels of the CNN encoder's first stage; doubled per stage (4 stages).")
+    hidden_size: Width = Field(384, ge=1, description="Transformer embedding size (alias embed_dim); a multiple of num_heads. "
                              "Smaller than the paper's 768 because no pretrained weights are loaded.")
-    depth: int = Field(8, ge=1, description="Transformer layers (alias num_layers).")
-    num_heads: int = Field(6, ge=1, description="Attention heads.")
-    mlp_dim: int = Field(1536, ge=1, description="Hidden size of each transformer MLP.")
+    depth: Layers = Field(8, ge=1, description="Transformer layers (alias num_layers).")
+    num_heads: Heads = Field(6, ge=1, description="Attention heads.")
+    mlp_dim: Width = Field(1536, ge=1, description="Hidden size of each transformer MLP.")
     dropout_rate: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout in the transformer.")
     norm: Annotated[Literal["batch", "instance"], Choice()] = Field("batch", description="Normalisation in the CNN encoder and decoder.")
 
@@ -503,10 +510,10 @@ class DeepLabV3PlusConfig(NetworkConfig):
         "decoder": "the low-level projection and the fusing convolutions (low, fuse)",
         "head": "the 1x1 convolution to the logits"}
     norm: Annotated[Literal["batch", "instance", "group"], Choice()] = Field("batch", description="Normalisation: batch, instance, or group (8 groups).")
-    base_channels: int = Field(32, ge=8, description="Channels of the encoder stem; stages have 1x, 2x, 4x, 8x this.")
-    output_stride: int = Field(16, description="Encoder output stride: 16 (faster) or 8 (finer; more memory).")
-    aspp_channels: int = Field(128, ge=8, description="Channels of each ASPP branch and of the decoder.")
-    atrous_rates: list[int] = Field([6, 12, 18], min_length=1, description="Dilation rates of the ASPP's 3x3 branches.")
+    base_channels: Width = Field(32, ge=8, description="Channels of the encoder stem; stages have 1x, 2x, 4x, 8x this.")
+    output_stride: Annotated[int, WithJsonSchema({"type": "integer", "enum": [8, 16]})] = Field(16, description="Encoder output stride: 16 (faster) or 8 (finer; more memory).")
+    aspp_channels: Width = Field(128, ge=8, description="Channels of each ASPP branch and of the decoder.")
+    atrous_rates: list[Annotated[int, Field(ge=1, le=256), Why("dilations wider than any image")]] = Field([6, 12, 18], min_length=1, description="Dilation rates of the ASPP's 3x3 branches.")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout after ASPP projection.")
 
 
@@ -555,16 +562,16 @@ class DynUNetConfig(NetworkConfig):
         "encoder": "the input block, the downsampling stages and the bottleneck",
         "decoder": "the upsampling stages", "head": "the output block and the deep supervision heads"}
     spatial_dims: SpatialDims = _spatial_dims_field(3)
-    kernel_size: list[int | list[int]] = Field(
+    kernel_size: list[Kernel | list[Kernel]] = Field(
         [3, 3, 3, 3, 3], min_length=2,
         description="Convolution kernel of each stage, from full resolution down to the bottleneck: one odd size per "
         "axis ([1, 3, 3]) or one int for every axis. Its length is the number of stages.")
-    strides: list[int | list[int]] = Field(
+    strides: list[Stride | list[Stride]] = Field(
         [1, 2, 2, 2, 2], min_length=2,
         description="Stride of each stage's first convolution (its downsampling), one per stage like kernel_size: "
         "one per axis ([1, 2, 2]) or one int for every axis; the first stage is usually 1. Each input size must be a "
         "multiple of the product of its axis's strides. The decoder upsamples with the same strides.")
-    filters: list[int] | None = Field(
+    filters: list[Annotated[Width, Field(ge=1)]] | None = Field(
         None, description="Channels of each stage (one per stage); null: 32 doubling per stage, capped at 320 in 3-D "
         "and 512 in 2-D, as nnU-Net.")
     norm: Annotated[Literal["instance", "batch"], Choice()] = Field(
@@ -577,7 +584,7 @@ class DynUNetConfig(NetworkConfig):
         False, description="Extra output heads on decoder levels below full resolution, trained with the loss "
         "(weights halving per level, the lowest-resolution head weighted 0 as nnU-Net); validation, prediction and "
         "export use the full-resolution output only.")
-    deep_supr_num: int = Field(
+    deep_supr_num: Layers = Field(
         2, ge=1, description="Deep supervision heads below full resolution (at most stages - 2; "
         "stages - 2 gives nnU-Net's heads, one on every decoder level). Used only with deep_supervision.")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability in every block.")

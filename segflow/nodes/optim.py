@@ -7,6 +7,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from segflow.nodes.base import Finding, Node, NodeConfig, Port
+from segflow.nodes.bounds import LearningRate, Why
 from segflow.nodes.registry import register
 from segflow.nodes.words import Choice
 
@@ -16,15 +17,19 @@ _PATTERN_DOC = ("a named part of the network ('encoder', 'decoder', 'head': each
                 "lists the parts and modules")
 
 
+WeightDecay = Annotated[float, Field(le=1), Why("a decay this large shrinks the weights by more than their size")]
+Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
 class ParamGroup(BaseModel):
     """Parameters whose names match `pattern` get their own learning rate / weight decay."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     pattern: str = Field(description=f"Which parameters: {_PATTERN_DOC}.")
-    learning_rate: float | None = Field(None, gt=0.0, validation_alias=AliasChoices("learning_rate", "lr"),
+    learning_rate: LearningRate | None = Field(None, validation_alias=AliasChoices("learning_rate", "lr"),
                                         description="Learning rate of this group (alias lr); default: the optimizer's.")
-    weight_decay: float | None = Field(None, ge=0.0, description="Weight decay of this group; default: the optimizer's.")
+    weight_decay: WeightDecay | None = Field(None, ge=0.0, description="Weight decay of this group; default: the optimizer's.")
     name: str | None = Field(None, min_length=1, description="The group's name in the logs (TensorBoard train/lr/NAME, "
                              "history column lr/NAME); default: its pattern. The remaining parameters' group is "
                              "named rest.")
@@ -35,11 +40,11 @@ class OptimizerConfig(NodeConfig):
 
     optimizer_type: Annotated[Literal["Adam", "AdamW", "SGD", "RMSprop"], Choice()] = Field(
         "Adam", description="Adam, AdamW, SGD or RMSprop (any case).")
-    learning_rate: float = Field(1e-4, gt=0.0, description="Base learning rate (alias lr); the Trainer's lr_schedule "
+    learning_rate: LearningRate = Field(1e-4, description="Base learning rate (alias lr); the Trainer's lr_schedule "
                                  "scales it. Typical: 1e-4 for Adam/AdamW, 1e-2 for SGD.")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam/AdamW moment decay rates, e.g. [0.9, 0.999].")
-    eps: float = Field(1e-8, gt=0.0, description="Adam/AdamW/RMSprop term added to the denominator for stability.")
-    weight_decay: float = Field(0.0, ge=0.0, description="L2 penalty (decoupled for AdamW). Typical: 1e-5 to 1e-4 "
+    betas: tuple[Beta, Beta] = Field((0.9, 0.999), description="Adam/AdamW moment decay rates, e.g. [0.9, 0.999].")
+    eps: Annotated[float, Field(le=1), Why("a term this large swamps the gradient's scale")] = Field(1e-8, gt=0.0, description="Adam/AdamW/RMSprop term added to the denominator for stability.")
+    weight_decay: WeightDecay = Field(0.0, ge=0.0, description="L2 penalty (decoupled for AdamW). Typical: 1e-5 to 1e-4 "
                                 "for Adam, 1e-4 to 1e-3 for AdamW and SGD.")
     momentum: float | None = Field(None, ge=0.0, lt=1.0, description="SGD/RMSprop momentum; default 0.9 for SGD, "
                                    "0 for RMSprop.")

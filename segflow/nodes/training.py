@@ -12,12 +12,18 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from segflow.nodes.base import Device, Finding, Node, NodeConfig, Port, device_findings
+from segflow.nodes.bounds import MAX_VOXELS, BatchSize, Epochs, LearningRate, Seed, Why
 from segflow.nodes.losses import LOSS_SYNONYMS, LossType
 from segflow.nodes.registry import register
+from segflow.nodes.trainer_checks import monitor_findings, window_findings
 from segflow.nodes.words import Choice, fold
 
 _SCHEDULE_SYNONYMS = {"polynomial": "poly", "cosine_annealing": "cosine", "reduce_on_plateau": "plateau",
                       "reducelronplateau": "plateau", "steplr": "step", "exp": "exponential", "": "none"}
+Accumulation = Annotated[int, Field(ge=1, le=1024), Why("the effective batch (batch_size × this) would be larger "
+                                                       "than any training uses")]
+Decay = Annotated[float, Field(gt=0, le=1), Why("a decay factor: above 1 the learning rate would grow")]
+Window = Annotated[int, Field(ge=8, le=MAX_VOXELS), Why("no scanner's matrix is larger along one axis")]
 _PRECISION_SYNONYMS = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "amp": True}
 
 
@@ -29,10 +35,10 @@ class TrainerConfig(NodeConfig):
         "cutmix": "cutmix_alpha",
     }
 
-    epochs: int = Field(100, ge=1, description="Number of training epochs (alias num_epochs).")
+    epochs: Epochs = Field(100, ge=1, description="Number of training epochs (alias num_epochs).")
     # the node editor's Trainer builds its optimizer and loss from these when no node is wired
-    learning_rate: float | None = Field(
-        None, gt=0.0, description="With no Optimizer wired to this Trainer: it builds Adam with this learning rate "
+    learning_rate: LearningRate | None = Field(
+        None, description="With no Optimizer wired to this Trainer: it builds Adam with this learning rate "
                                   "(as the node editor's Trainer). Ignored, with a warning, when an Optimizer is wired.")
     loss_type: Annotated[LossType | None, Choice(LOSS_SYNONYMS)] = Field(
         None, description="With no LossFunction wired to this Trainer: it builds the loss a LossFunction with this "
@@ -48,24 +54,24 @@ class TrainerConfig(NodeConfig):
     gradient_clip_type: Annotated[Literal["norm", "value"], Choice()] = Field(
         "norm", description="norm: scale all gradients so their total L2 norm is at most gradient_clip; "
                             "value: clamp each gradient element to ±gradient_clip.")
-    gradient_accumulation_steps: int = Field(
-        1, ge=1, description="Sum gradients over this many batches per optimizer step (effective batch = batch_size × this).")
+    gradient_accumulation_steps: Accumulation = Field(
+        1, description="Sum gradients over this many batches per optimizer step (effective batch = batch_size × this).")
     lr_schedule: Annotated[Literal["none", "step", "cosine", "plateau", "exponential", "poly"],
                            Choice(_SCHEDULE_SYNONYMS, null="none")] = Field(
         "none", description="Learning-rate schedule, stepped once per epoch (see docs/training.md for the formulas).")
-    step_size: int = Field(30, ge=1, description="step: multiply the lr by gamma every step_size epochs.")
-    gamma: float | None = Field(None, gt=0, description="step/exponential decay factor (default 0.1 for step, 0.95 for exponential).")
-    T_max: int | None = Field(None, ge=1, description="cosine: epochs from base lr down to eta_min (default: epochs - warmup_epochs).")
+    step_size: Epochs = Field(30, ge=1, description="step: multiply the lr by gamma every step_size epochs.")
+    gamma: Decay | None = Field(None, description="step/exponential decay factor (default 0.1 for step, 0.95 for exponential).")
+    T_max: Epochs | None = Field(None, ge=1, description="cosine: epochs from base lr down to eta_min (default: epochs - warmup_epochs).")
     eta_min: float = Field(0.0, ge=0, description="cosine: the lowest learning rate.")
     factor: float = Field(0.1, gt=0, lt=1, description="plateau: multiply the lr by this when the monitor stops improving.")
-    lr_patience: int | None = Field(
+    lr_patience: Epochs | None = Field(
         None, ge=0, description="plateau: epochs without improvement before the lr drops. Unset: `patience` when "
                                 "early stopping is off, else 10.")
     power: float = Field(0.9, gt=0, description="poly: lr = base × (1 - t/T)^power (DeepLab's 0.9).")
-    warmup_epochs: int = Field(0, ge=0, description="Linear warmup: lr rises from base/(W+1) to base over this many epochs.")
+    warmup_epochs: Epochs = Field(0, ge=0, description="Linear warmup: lr rises from base/(W+1) to base over this many epochs.")
     warmup_type: Annotated[Literal["linear"], Choice()] = Field("linear", description="Warmup shape (linear).")
     early_stopping: bool = Field(False, description="Stop when `monitor` has not improved for `patience` validated epochs.")
-    patience: int = Field(10, ge=1, description="Early stopping: validated epochs without improvement before stopping.")
+    patience: Epochs = Field(10, ge=1, description="Early stopping: validated epochs without improvement before stopping.")
     min_delta: float = Field(0.0, ge=0, description="Smallest change of `monitor` that counts as an improvement.")
     monitor: str = Field("val_dice", pattern=r"^(train|val)_[a-z0-9_]+$",
                          description="History column that decides best.pt (and so the output model), early stopping "
@@ -80,12 +86,12 @@ class TrainerConfig(NodeConfig):
         None, description="Deprecated: the older spelling of output_weights (true = best, false = last), now with "
                           "or without early stopping.")
     checkpoint_dir: str = Field("checkpoints", description="Checkpoint folder; a relative path lives inside the run directory.")
-    save_frequency: int = Field(10, ge=0, description="Also keep epoch_NNNN.pt every this many epochs (0: never). "
+    save_frequency: Epochs = Field(10, ge=0, description="Also keep epoch_NNNN.pt every this many epochs (0: never). "
                                                       "last.pt is written every epoch, best.pt on improvement.")
     save_best_only: bool = Field(False, description="Write no periodic epoch_NNNN.pt files (last.pt is still kept for resume).")
-    keep_last: int | None = Field(3, ge=1, description="Periodic checkpoints to keep (null: all).")
-    validate_every: int = Field(1, ge=1, description="Validate every N epochs (and always after the last).")
-    seed: int | None = Field(42, description="Seed python/numpy/torch RNGs at the start (null: do not seed).")
+    keep_last: Epochs | None = Field(3, ge=1, description="Periodic checkpoints to keep (null: all).")
+    validate_every: Epochs = Field(1, ge=1, description="Validate every N epochs (and always after the last).")
+    seed: Seed | None = Field(42, description="Seed python/numpy/torch RNGs at the start (null: do not seed).")
     deterministic: bool = Field(False, description="Use deterministic algorithms (slower on GPU) for bit-exact reruns.")
     compile: Annotated[bool | Literal["default", "reduce-overhead", "max-autotune"], Choice()] = Field(
         False, description="torch.compile the model (true = 'default' mode); 'reduce-overhead' also captures CUDA "
@@ -104,8 +110,9 @@ class TrainerConfig(NodeConfig):
     sliding_window: Annotated[bool | Literal["auto"], Choice()] = Field(
         "auto", description="Validate with MONAI sliding-window inference; auto = when validation images differ "
                             "in size from the training patches.")
-    val_roi_size: list[int] | None = Field(None, description="Sliding-window size (default: the training patch size).")
-    sw_batch_size: int = Field(4, ge=1, description="Windows per forward pass in sliding-window validation.")
+    val_roi_size: list[Window] | None = Field(None, min_length=2, max_length=3, description=(
+        "Sliding-window size, one number per spatial axis (default: the training patch size)."))
+    sw_batch_size: BatchSize = Field(4, ge=1, description="Windows per forward pass in sliding-window validation.")
     sw_overlap: float = Field(0.25, ge=0, lt=1, description="Overlap of neighbouring sliding windows.")
     postprocessing: Annotated[Literal["auto", "none"], Choice(null="none")] = Field(
         "auto", description="auto: after training, on the validation cases predicted with the output weights (the "
@@ -143,7 +150,7 @@ class TrainerConfig(NodeConfig):
     def _cutmix_on_means_one(cls, v: float | bool) -> float:
         """`cutmix: true` switches it on with the paper's alpha, 1.0; the config then holds a number."""
         return (1.0 if v else 0.0) if isinstance(v, bool) else v
-    grad_histogram_every: int = Field(
+    grad_histogram_every: Epochs = Field(
         1, ge=0, description="Log gradient histograms to TensorBoard (grad/PART: per named part of the network, or "
                              "per top-level module) every this many epochs, from the epoch's last optimizer step "
                              "(0: never). Computed on the device, read at the epoch's end: no per-step host sync.")
@@ -285,6 +292,9 @@ class Trainer(Node):
                 "without early stopping", hint=f"write output_weights: {cfg.output_weights} instead",
                 severity="warning"))
         found += _tracking_findings(cfg)
+        model = neighbours.get("model")
+        found += monitor_findings(cfg.monitor, source, model[1] if model else None)
+        found += window_findings(cfg.val_roi_size, neighbours.get("train_loader"), model)
         if cfg.warmup_epochs >= cfg.epochs and cfg.warmup_epochs:
             found.append(Finding("warmup_epochs", "bad_value",
                                  f"warmup_epochs ({cfg.warmup_epochs}) is not smaller than epochs ({cfg.epochs})",

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from segflow.nodes import editor, registry
 from segflow.nodes.base import Finding, Node, NodeConfig, Port
 from segflow.workflow import jsonpos
+from segflow.workflow.config_errors import config_errors
 from segflow.workflow.errors import ConfigValueError, Issue, WorkflowError
 from segflow.workflow.graph import Wire, execution_order, fits, wire
 
@@ -172,31 +173,8 @@ def _node_config(chk: _Checker, cls: type[Node], raw: Any, path: tuple, name: st
         return cls.Config(**data)
     except ValidationError as e:
         known = [*cls.Config.model_fields, *cls.Config.aliases]
-
-        def describe(key) -> str:  # the field's own documentation is the most useful hint
-            field = cls.Config.model_fields.get(key)
-            return (field.description or "") if field else ""
-        for err in e.errors():
-            loc = tuple(err["loc"])
-            if loc:
-                loc = (written_as.get(loc[0], loc[0]),) + loc[1:]
-            here = cpath + loc
-            if err["type"] == "extra_forbidden":
-                chk.add("unknown_key", f"unknown key {loc[0]!r} for {cls.type}", here, node=name, key=True,
-                        hint=suggest(str(loc[0]), known) or f"see `segflow nodes {cls.type}` for its keys")
-            elif err["type"] == "missing" and len(loc) == 1:
-                chk.add("missing_value", f"required key {loc[0]!r} is missing", cpath, node=name,
-                        hint=describe(loc[0]))
-            elif err["type"] == "missing":  # a list or tuple one item short: "[0.9]" for betas
-                chk.add("bad_value", f"{loc[0]!r} has too few items: nothing at position {loc[1]} "
-                        f"(got {raw.get(written_as.get(loc[0], loc[0]))!r})", cpath + loc[:1], node=name,
-                        hint=describe(loc[0]))
-            else:
-                msg = err["msg"].removeprefix("Value error, ")
-                shown = err.get("input")
-                if loc and not isinstance(shown, (dict, list)) and repr(shown) not in msg:
-                    msg += f" (got {shown!r})"
-                chk.add("bad_value", msg, here, node=name, hint=describe(loc[0]) if loc else "")
+        for err in config_errors(cls.Config, cls.type, e.errors(), written_as, raw, known, suggest):
+            chk.add(err.code, err.message, cpath + err.loc, node=name, hint=err.hint, key=err.key)
         return None
 
 

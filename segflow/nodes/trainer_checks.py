@@ -1,0 +1,95 @@
+"""Static checks of the Trainer's settings that name things elsewhere in the file: the history column
+it monitors, and the sliding window it validates with against the loader's data and the network.
+
+The history columns are fixed by the training loop (segflow.training: `train_loss`, `val_loss`,
+`val_accuracy`, `val_<metric>` pooled and `val_<metric>_<class>` per class, `val_dice_case_mean`
+and `_<class>`, and for data with regions `_<region>` instead of `_<class>`), so a monitor that
+is none of them is known to be a typo before any epoch runs.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from segflow.data.label_scheme import column_name
+from segflow.nodes.base import Finding, NodeConfig
+from segflow.nodes.datashape import DataShape
+
+PER_CLASS = ("val_dice_case_mean", "val_dice", "val_iou", "val_precision", "val_recall")
+COLUMNS = ("train_loss", "val_loss", "val_accuracy", *PER_CLASS)
+_SUFFIXED = re.compile(rf"({'|'.join(PER_CLASS)})_([a-z0-9_]+)")
+
+
+def monitor_findings(monitor: str, loader: NodeConfig | None, network: NodeConfig | None) -> list[Finding]:
+    """A monitor that is no history column the Trainer writes: an error listing the columns; a class
+    index beyond the classes, or a region the loader does not declare."""
+    if monitor in COLUMNS:
+        return []
+    listed = ", ".join(COLUMNS) + ", and per class <column>_<class index> (val_dice_1, ...) or per region"
+    found = _SUFFIXED.fullmatch(monitor)
+    if found is None:
+        return [Finding("monitor", "unknown_monitor", f"monitor {monitor!r} is not a history column the Trainer "
+                        f"writes", hint=f"monitor one of {listed}")]
+    column, suffix = found.groups()
+    if suffix.isdigit():
+        return _class_findings(monitor, column, int(suffix), loader, network)
+    return _region_findings(monitor, column, suffix, loader)
+
+
+def _class_findings(monitor: str, column: str, index: int, loader: Any, network: Any) -> list[Finding]:
+    regions = getattr(loader, "regions", None)
+    if regions:
+        keys = [column_name(name) for name in regions]
+        return [Finding("monitor", "unknown_monitor", f"monitor {monitor!r}: with regions the history has one "
+                        f"column per region, not per class", hint=f"monitor {column}_{keys[0]} (regions: "
+                        f"{', '.join(keys)})")]
+    classes = _classes(loader, network)
+    if classes and index >= classes:
+        return [Finding("monitor", "unknown_monitor", f"monitor {monitor!r} names class {index}, but there are "
+                        f"{classes} classes (0 to {classes - 1})",
+                        hint=f"monitor {column}_1" + (f" to {column}_{classes - 1}" if classes > 2 else ""))]
+    return []
+
+
+def _classes(loader: Any, network: Any) -> int | None:
+    """The number of classes background included, where the file says it."""
+    if getattr(loader, "num_classes", None):
+        return loader.num_classes
+    if getattr(loader, "synthetic", "none") != "none":
+        return loader.synthetic_classes
+    out = getattr(network, "out_channels", None)
+    return out if out and out > 1 else None
+
+
+def _region_findings(monitor: str, column: str, key: str, loader: Any) -> list[Finding]:
+    regions = getattr(loader, "regions", None)
+    if regions:
+        keys = [column_name(name) for name in regions]
+        if key in keys:
+            return []
+        return [Finding("monitor", "unknown_monitor", f"monitor {monitor!r} names region {key!r}, which the loader "
+                        f"does not declare", hint=f"monitor {column}_<region>: {', '.join(keys)}")]
+    if loader is not None and getattr(loader, "synthetic", "none") != "none":
+        return [Finding("monitor", "unknown_monitor", f"monitor {monitor!r} is not a history column: the phantom "
+                        "data has no regions", hint=f"monitor {column} or {column}_1")]
+    return [Finding("monitor", "unknown_monitor", f"monitor {monitor!r} is written only for data with a region "
+                    f"named {key!r} (an nnU-Net dataset.json may declare one; the loader declares none)",
+                    hint="check the region's name in dataset.json", severity="warning")]
+
+
+def window_findings(val_roi_size: list[int] | None, loader: tuple[str, NodeConfig] | None,
+                    network: tuple[str, NodeConfig] | None) -> list[Finding]:
+    """val_roi_size against the data's dimensions and the network's size rule."""
+    if val_roi_size is None:
+        return []
+    dims = DataShape.of_config(*loader).spatial_dims if loader else None
+    if dims and len(val_roi_size) != dims:
+        return [Finding("val_roi_size", "bad_value", f"val_roi_size has {len(val_roi_size)} values but the "
+                        f"{loader[0]} loads {dims}-D data", hint=f"give {dims} values")]
+    if network is None or not hasattr(network[1], "size_problem"):
+        return []
+    problem = network[1].size_problem(tuple(val_roi_size))
+    if problem:
+        return [Finding("val_roi_size", "bad_value", f"val_roi_size {val_roi_size}: the {network[0]} {problem}", hint="set val_roi_size to a size the network takes, "
+                        "or remove it (the training patch size)")]
+    return []
