@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from segflow.cli import build_parser, main
+from segflow.nodes import data_preflight
 from segflow.nodes.base import DEVICE_PATTERN, canonical_device
 from segflow.nodes.inference import CheckpointLoaderConfig, PredictorConfig
 from segflow.nodes.training import TrainerConfig
@@ -73,6 +74,10 @@ def test_node_checks_wait_for_what_they_depend_on():
 def test_run_reports_every_missing_path_and_the_device_before_any_node_starts(tmp_path, monkeypatch, capsys):
     doc = json.loads(QUICKSTART)
     doc["nodes"][0]["config"].pop("synthetic")  # data/phantom2d must exist now, and does not
+    (tmp_path / "splits").mkdir()
+    monkeypatch.setattr(data_preflight, "available", lambda: (2 * 1024 ** 3, "a test's figure"))
+    doc["nodes"][0]["config"].update(image_size=8192, fold=0, splits_file="splits",  # a folder, not a file
+                                     cache="disk", cache_dir="wf.json/cache")  # under a file
     doc["nodes"].insert(2, {"type": "CheckpointLoader", "name": "weights",
                             "config": {"checkpoint_path": ["fold0/best.pt", "fold1/best.pt"]}})
     doc["nodes"][-1]["config"]["device"] = "cuda:99"  # on no machine: no CUDA, or fewer devices
@@ -82,10 +87,13 @@ def test_run_reports_every_missing_path_and_the_device_before_any_node_starts(tm
     assert main(["run", str(path)]) == 1
     found = re.findall(r":(\d+):(\d+): error\[(\w+)\] node '(\w+)' at (\S+):", capsys.readouterr().err)
     assert [f[2:] for f in found] == [("path_not_found", "data_loader", "nodes[0].config.data_dir"),
+                                      ("insufficient_memory", "data_loader", "nodes[0].config.image_size"),
+                                      ("path_not_found", "data_loader", "nodes[0].config.splits_file"),
+                                      ("path_not_writable", "data_loader", "nodes[0].config.cache_dir"),
                                       ("path_not_found", "weights", "nodes[2].config.checkpoint_path[0]"),
                                       ("path_not_found", "weights", "nodes[2].config.checkpoint_path[1]"),
                                       ("device_unavailable", "trainer", "nodes[5].config.device")]
-    assert [(int(f[0]), int(f[1])) for f in found[1:3]] == [position(text, '"fold0'), position(text, '"fold1')]
+    assert [(int(f[0]), int(f[1])) for f in found[4:6]] == [position(text, '"fold0'), position(text, '"fold1')]
     assert not (tmp_path / "runs").exists()  # no node ran, nothing was written
 
 

@@ -81,19 +81,37 @@ def fold_split(cases: list[Case], fold: int, num_folds: int, seed: int, data_dir
     return [c for c in cases if c.case_id not in val_ids], [c for c in cases if c.case_id in val_ids]
 
 
-def _listed_fold(cases: list[Case], fold: int, source: Path, log) -> tuple[list[Case], list[Case]]:
+def read_folds(source: Path) -> list[dict]:
+    """The folds a splits file lists, or a ValueError saying what is wrong with it (also used by the
+    loader's preflight, so a bad file stops `segflow run` before any work)."""
     try:
         folds = json.loads(source.read_text())
     except FileNotFoundError:
         raise ValueError(f"splits_file {str(source)!r} does not exist (MedicalSegmentationLoader.splits_file)") from None
-    except ValueError as e:
+    except IsADirectoryError:
+        raise ValueError(f"splits_file {str(source)!r} is a folder; it must name a JSON file such as "
+                         "splits_final.json (MedicalSegmentationLoader.splits_file)") from None
+    except OSError as e:
+        raise ValueError(f"splits_file {str(source)!r} cannot be read: {e.strerror or e}") from None
+    except ValueError as e:  # JSON, or text that is not UTF-8
         raise ValueError(f"{source}: not valid JSON ({e})") from None
     if not isinstance(folds, list) or not all(isinstance(f, dict) and {"train", "val"} <= f.keys() for f in folds):
         raise ValueError(f"{source}: expected a list of {{\"train\": [case ids], \"val\": [case ids]}}, one per fold, "
                          "as nnU-Net's splits_final.json")
-    if fold >= len(folds):
-        raise ValueError(f"fold {fold} does not exist in {source}, which lists {len(folds)} fold(s) (0 to "
-                         f"{len(folds) - 1})")
+    return folds
+
+
+def missing_fold(fold: int, folds: list[dict], source: Path) -> str | None:
+    if fold < len(folds):
+        return None
+    return f"fold {fold} does not exist in {source}, which lists {len(folds)} fold(s) (0 to {len(folds) - 1})"
+
+
+def _listed_fold(cases: list[Case], fold: int, source: Path, log) -> tuple[list[Case], list[Case]]:
+    folds = read_folds(source)
+    problem = missing_fold(fold, folds, source)
+    if problem:
+        raise ValueError(problem)
     by_id = {c.case_id: c for c in cases}
     train_ids, val_ids = [str(i) for i in folds[fold]["train"]], [str(i) for i in folds[fold]["val"]]
     unknown = [i for i in train_ids + val_ids if i not in by_id]

@@ -5,7 +5,6 @@ and are imported inside `run`, so `segflow validate` stays free of torch.
 """
 from __future__ import annotations
 
-import os
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -13,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 from segflow.data.label_scheme import from_settings, problems
 from segflow.nodes.base import Finding, Node, NodeConfig, Port
 from segflow.nodes.bounds import MAX_VOXELS, BatchSize, Cases, Classes, ForegroundLabel, Seed, Steps, Why, Workers
+from segflow.nodes.data_preflight import cache_findings, data_dir_findings, memory_findings, splits_findings
 from segflow.nodes.datashape import DataShape
 from segflow.nodes.intensity import normalisation_findings, windows
 from segflow.nodes.registry import register
@@ -333,12 +333,10 @@ class MedicalSegmentationLoader(Node):
 
     @classmethod
     def preflight(cls, config: NodeConfig, device: str | None) -> list[Finding]:
-        if config.synthetic == "none" and not os.path.isdir(config.data_dir):
-            return [Finding("data_dir", "path_not_found", f"data_dir {config.data_dir!r} is not a folder "
-                            f"(looked in {os.path.abspath(config.data_dir)})",
-                            hint="paths are relative to the folder segflow runs in; or set synthetic: "
-                                 "phantom2d / phantom3d to generate a dataset there")]
-        return []
+        """Every problem at once: the data folder, batches too large for this machine's memory, the
+        splits file, the disk cache's folder (segflow.nodes.data_preflight)."""
+        missing = data_dir_findings(config)
+        return missing + memory_findings(config) + splits_findings(config) + cache_findings(config, not missing)
 
     def run(self, **inputs: Any) -> dict[str, Any]:
         from segflow.data.loader import build_loaders

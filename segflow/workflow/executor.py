@@ -153,12 +153,19 @@ def _training_device(wf: spec.Workflow, order: list[str], device: str | None) ->
     return "auto"
 
 
-def preflight(wf: spec.Workflow, order: list[str], device: str | None) -> None:
-    """Checks of the world (paths exist, devices are there) before any node starts work."""
+# Preflight codes about this machine's capacity, which say nothing of the machine that will run
+# the workflow when `segflow validate --check-paths` checks it elsewhere (on CI)
+CAPACITY_CODES = frozenset({"insufficient_memory"})
+
+
+def preflight(wf: spec.Workflow, order: list[str], device: str | None, paths_only: bool = False) -> None:
+    """Checks of the world (paths exist, devices are there, batches fit in memory) before any node
+    starts work; every node's problems together. `paths_only`: leave out CAPACITY_CODES."""
     issues = []
     for name in order:
         node_spec = wf.nodes[name]
         for f in node_spec.cls.preflight(node_spec.config, device):
-            issues.append(wf.issue(f, node_spec))
+            if not (paths_only and f.code in CAPACITY_CODES):
+                issues.append(wf.issue(f, node_spec))
     if any(i.severity == "error" for i in issues):
         raise WorkflowError(issues)
