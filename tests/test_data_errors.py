@@ -186,3 +186,76 @@ def test_two_files_of_one_case_are_an_error_not_a_dropped_case(tmp_path):
     h.save_png(root / "images" / "case00.jpg", np.zeros((32, 40), np.uint8))
     with pytest.raises(ValueError, match=r"case00.(png|jpg) and .*case00.(png|jpg) are both case 'case00'"):
         build(root)
+
+
+def test_masks_that_are_all_background_are_warned_about_and_training_can_go_on(tmp_path):
+    root = tmp_path / "f"
+    for i in range(5):
+        image, _ = h.case_2d(i)
+        h.save_png(root / "images" / f"case{i:02d}.png", image)
+        h.save_png(root / "masks" / f"case{i:02d}.png", np.zeros_like(image))
+    said = []
+    train, val, info = build_loaders(Config(data_dir=str(root), augmentation=False, image_size=16, val_fraction=0.4),
+                                     log=said.append)
+    [warning] = [line for line in said if "WARNING" in line]
+    assert warning.startswith("data: WARNING: the label of every one of the 3 training case(s) is all background")
+    assert f"{root / 'masks'} holds these images' masks" in warning and "class indices as stored" in warning
+    assert said[-1] == warning  # the last data line, where it is seen
+    assert next(iter(train))["label"].max() == 0 and info.num_classes == 2  # the run can still train
+    said.clear()
+    build_loaders(Config(data_dir=str(h.folder_png(tmp_path / "ok", n=5)), augmentation=False, image_size=16),
+                  log=said.append)
+    assert not [line for line in said if "WARNING" in line]
+
+
+def test_a_one_voxel_volume_is_too_small_not_2d(tmp_path):
+    root = h.msd_3d(tmp_path / "msd", n=3)
+    h.save_nifti(root / "imagesTr" / "vol_1.nii.gz", np.zeros((1, 1, 1), np.int16))
+    h.save_nifti(root / "labelsTr" / "vol_1.nii.gz", np.zeros((1, 1, 1), np.uint8))
+    for dims in ("auto", 3):
+        with pytest.raises(ValueError, match=r"case vol_1: .*vol_1\.nii\.gz: NIfTI of shape \(1, 1, 1\) is too small "
+                                             r"to segment") as err:
+            build(root, spatial_dims=dims)
+        assert "2-D" not in str(err.value)
+    # a 2-D slice saved as (x, y, 1) is still a 2-D image
+    assert read(h.save_nifti(tmp_path / "slice.nii.gz", np.ones((8, 6, 1), np.uint8))).array.shape == (8, 6)
+
+
+def test_a_2d_slice_among_volumes_is_named(tmp_path):
+    root = h.msd_3d(tmp_path / "msd", n=3)
+    h.save_nifti(root / "imagesTr" / "vol_1.nii.gz", np.zeros((20, 18, 1), np.int16))
+    h.save_nifti(root / "labelsTr" / "vol_1.nii.gz", np.zeros((20, 18, 1), np.uint8))
+    with pytest.raises(ValueError, match=r"case vol_1 is 2-D, but case vol_0 is 3-D; all cases need the same"):
+        build(root)
+
+
+def test_a_folder_where_a_file_should_be_is_called_a_folder(tmp_path):
+    root = h.msd_3d(tmp_path / "msd", n=3)  # dataset.json names labelsTr/vol_1.nii.gz
+    (root / "labelsTr" / "vol_1.nii.gz").unlink()
+    (root / "labelsTr" / "vol_1.nii.gz").mkdir()
+    with pytest.raises(ValueError, match=r"case vol_1: .*labelsTr/vol_1\.nii\.gz: the label path is a folder, not a "
+                                         r"file") as err:
+        build(root)
+    assert ".dcm" not in str(err.value)
+    named = tmp_path / "case.nii.gz"
+    named.mkdir()
+    with pytest.raises(ValueError, match=r"case\.nii\.gz: the image path is a folder, not a file"):
+        read(named)
+    series = tmp_path / "series"  # a folder named like a DICOM series: the DICOM message stays
+    series.mkdir()
+    with pytest.raises(ValueError, match=r"series: no \.dcm files in the folder"):
+        read(series)
+    with pytest.raises(ValueError, match=r"the label path is a folder"):
+        read(series, is_label=True)
+    png = h.folder_png(tmp_path / "f", n=4)
+    (png / "masks" / "case01.png").unlink()
+    (png / "masks" / "case01.png").mkdir()
+    with pytest.raises(ValueError, match=r"case01\.png has no mask in .*masks \(.*masks/case01\.png is a folder, "
+                                         r"not a mask file\)"):
+        build(png)
+    nn = h.nnunet_2ch(tmp_path / "nn", n=3)
+    (nn / "labelsTr" / "pat001.nii.gz").unlink()
+    (nn / "labelsTr" / "pat001.nii.gz").mkdir()
+    with pytest.raises(ValueError, match=r"pat001_0000\.nii\.gz has no label: .*labelsTr/pat001\.nii\.gz is a folder, "
+                                         r"not a label file"):
+        build(nn)

@@ -52,9 +52,33 @@ class Fail(Node):
         raise ZeroDivisionError(f"cannot divide {number}")
 
 
+class CheckpointConfig(NodeConfig):
+    fail: bool = Field(False, description="fail after writing the checkpoint")
+
+
+class Checkpoint(Node):
+    """What a Trainer does for `latest`: writes a checkpoint, marks the run usable, goes on (or fails)."""
+
+    type = "Checkpoint"
+    Config = CheckpointConfig
+    inputs = (Port("number", "Number"),)
+    run_dirs: list = []
+
+    def run(self, number):
+        Checkpoint.run_dirs.append(self.ctx.run_dir)
+        latest = self.ctx.run_dir.parent / "latest"
+        assert latest.resolve() != self.ctx.run_dir.resolve()  # not when the run started
+        (self.ctx.run_dir / "checkpoints").mkdir()
+        (self.ctx.run_dir / "checkpoints" / "last.pt").write_bytes(b"weights")
+        self.ctx.mark_usable()
+        if self.config.fail:
+            raise RuntimeError("later failure")
+        return {}
+
+
 @pytest.fixture(autouse=True)
 def fake_registry(monkeypatch, tmp_path):
-    monkeypatch.setattr(registry, "all_types", lambda: {c.type: c for c in (Source, Double, Fail)})
+    monkeypatch.setattr(registry, "all_types", lambda: {c.type: c for c in (Source, Double, Fail, Checkpoint)})
     monkeypatch.chdir(tmp_path)
 
 
@@ -86,6 +110,27 @@ def test_no_state_leaks_between_two_runs(tmp_path):
     assert first.outputs == second.outputs == {"src": {"number": 3}, "double": {"number": 6}}
     assert first.run_dir != second.run_dir
     assert (tmp_path / "runs" / "wf" / "latest").resolve() == second.run_dir.resolve()
+
+
+def test_latest_moves_to_a_run_once_it_has_something_to_load(tmp_path):
+    latest = tmp_path / "runs" / "wf" / "latest"
+    good = executor.run_workflow(write(tmp_path, [("Source", "src", {})]), log=lambda s: None)
+    assert latest.resolve() == good.run_dir.resolve()  # no Trainer: usable once it has run
+    failing = write(tmp_path, [("Source", "src", {}), ("Double", "double", {}), ("Fail", "boom", {})])
+    with pytest.raises(NodeRunError):
+        executor.run_workflow(failing, log=lambda s: None)
+    assert latest.resolve() == good.run_dir.resolve()  # failed before any checkpoint: the good run stays
+    Checkpoint.run_dirs = []
+    with pytest.raises(NodeRunError, match="later failure"):
+        executor.run_workflow(write(tmp_path, [("Source", "src", {}), ("Checkpoint", "trainer", {"fail": True})]),
+                              log=lambda s: None)
+    assert latest.resolve() == Checkpoint.run_dirs[0].resolve() != good.run_dir.resolve()  # since its checkpoint
+    second = executor.run_workflow(write(tmp_path, [("Source", "src", {}), ("Checkpoint", "trainer", {})]),
+                                   log=lambda s: None)
+    assert latest.resolve() == second.run_dir.resolve()
+    # a --run-dir of one's own is not under runs/<workflow>/: latest stays where it was
+    executor.run_workflow(write(tmp_path, [("Source", "src", {})]), run_dir=tmp_path / "mine", log=lambda s: None)
+    assert latest.resolve() == second.run_dir.resolve()
 
 
 def test_a_failing_node_is_named_and_its_cause_chained(tmp_path):

@@ -276,6 +276,24 @@ def test_instance_norm_bottleneck_is_reported():
     assert make("SwinUNETR", {}).size_problem((64, 32, 32)) is None
 
 
+def test_size_hints_say_what_is_wrong_and_the_nearest_size_that_fits():
+    # a multiple of 32 already: the bottleneck of one voxel is what is wrong, not the multiple
+    [f] = check("UNet2D", {"depth": 6, "norm": "instance"}, {"image_size": 32, "spatial_dims": 2})
+    assert "bottleneck would be a single voxel" in f.message and "multiple of" not in f.hint
+    assert f.hint == "set the loader's image_size larger than 32 along some axis, e.g. [64, 64], a smaller depth or " \
+                     "norm 'batch'"
+    assert check("UNet2D", {"depth": 6, "norm": "instance"}, {"image_size": 64, "spatial_dims": 2}) == []
+    # not a multiple: the nearest one the network takes (40 rounds down to 32, whose bottleneck is one voxel)
+    [f] = check("UNet2D", {"depth": 6, "norm": "instance"}, {"image_size": 40, "spatial_dims": 2})
+    assert f.hint == "set the loader's image_size to a multiple of 32, e.g. [64, 64]"
+    [f] = check("UNet2D", {"depth": 5}, {"image_size": [100, 36], "spatial_dims": 2})
+    assert f.hint == "set the loader's image_size to a multiple of 16, e.g. [96, 32]"
+    [f] = check("UNETR", {"img_size": 96}, {"image_size": 64, "spatial_dims": 3})
+    assert f.hint == "set the loader's image_size to the img_size [96, 96, 96], or img_size to [64, 64, 64]"
+    [f] = check("UNETR", {"img_size": 96}, {"image_size": 40, "spatial_dims": 3})
+    assert f.hint == "set the loader's image_size to the img_size [96, 96, 96] (img_size takes multiples of 16)"
+
+
 def test_dynunet_defaults_follow_nnunet():
     config = make("DynUNet", {})
     assert (config.spatial_dims, len(config.kernel_size), config.size_divisors()) == (3, 5, (16, 16, 16))
@@ -297,7 +315,8 @@ def test_dynunet_size_rule_is_per_axis():
                                                 "of each axis's strides), not [6, 16, 18]")
     assert "larger than [2, 4, 4] along some axis" in config.size_problem((2, 4, 4))
     [f] = check("DynUNet", ANISOTROPIC, {"image_size": [10, 16, 18], "spatial_dims": 3})
-    assert f.code == "input_size" and f.hint == "set the loader's image_size to a multiple of [2, 4, 4] per axis"
+    assert f.code == "input_size" and f.hint == ("set the loader's image_size to a multiple of [2, 4, 4] per axis, "
+                                                 "e.g. [10, 16, 20]")
     assert check("DynUNet", ANISOTROPIC, {"image_size": [10, 16, 20], "spatial_dims": 3}) == []
     # every other network keeps one divisor for every axis, and its messages
     assert make("UNet2D", {}).size_divisors() == (16, 16)

@@ -115,6 +115,39 @@ def test_nan_loss_stops_naming_epoch_and_step_and_keeps_last_good_checkpoint(tmp
     assert [r["epoch"] for r in json.loads((tmp_path / "history.json").read_text())] == [1]
 
 
+def test_nan_loss_in_the_first_epoch_says_no_checkpoint_exists_and_names_the_learning_rate(tmp_path):
+    train, _ = toy.loaders()
+    with pytest.raises(FloatingPointError) as err:
+        run_trainer(tmp_path, loaders=(train, None), loss=NaNAt(2), epochs=5)
+    message = str(err.value)
+    assert "NaN/Inf at epoch 1, step 2 of 4" in message and "last.pt" not in message
+    assert "no checkpoint was written yet" in message
+    assert "lower learning_rate (the Optimizer node's" in message and "this epoch's was 0.01" in message
+    assert not (tmp_path / "checkpoints" / "last.pt").exists()
+
+
+def _usable_when(tmp_path, loss, epochs):
+    """Runs the Trainer with a RunContext whose on_usable records whether last.pt existed when called."""
+    called = []
+    ctx = RunContext(run_dir=tmp_path, workflow_name="t", device="cpu", progress=False, log=lambda m: None,
+                     on_usable=lambda: called.append((tmp_path / "checkpoints" / "last.pt").is_file()))
+    torch.manual_seed(0)
+    model = toy.tiny_net()
+    train, _ = toy.loaders()
+    with pytest.raises(FloatingPointError):
+        Trainer("trainer", Trainer.Config(epochs=epochs), ctx).run(
+            model=model, train_loader=train, val_loader=None, loss_fn=loss,
+            optimizer=torch.optim.Adam(model.parameters(), lr=1e-2))
+    return called
+
+
+def test_the_run_is_marked_usable_once_its_first_checkpoint_is_written(tmp_path):
+    # fails in epoch 1: nothing to load, so runs/<workflow>/latest must stay on the previous run
+    assert _usable_when(tmp_path / "a", NaNAt(3), epochs=5) == []
+    # fails in epoch 3: usable since epoch 1's checkpoint, marked once, after last.pt was written
+    assert _usable_when(tmp_path / "b", NaNAt(11), epochs=5) == [True]
+
+
 def test_early_stopping_stops_after_patience_and_restores_best_weights(tmp_path):
     train, val = toy.loaders()
     inverted = [{"image": b["image"], "label": 1 - b["label"]} for b in val]  # val loss rises as training works

@@ -114,7 +114,9 @@ def _nnunet(root: Path, meta: dict | None, img_sub: str = "imagesTr", lab_sub: s
         if extra:
             raise ValueError(f"case {case_id}: {channels[extra[0]]} is channel {extra[0]}, but dataset.json declares {n_ch}")
         if case_id not in labels and need_labels:
-            raise ValueError(f"{channels[0]} has no label: expected {root / lab_sub / (case_id + ending)}")
+            expected = root / lab_sub / (case_id + ending)
+            raise ValueError(f"{channels[0]} has no label: " + (f"{expected} is a folder, not a label file"
+                                                                 if expected.is_dir() else f"expected {expected}"))
         cases.append(Case(case_id, [channels[i] for i in range(n_ch)], labels.get(case_id)))
     for case_id, p in labels.items():
         if case_id not in by_case:
@@ -177,7 +179,10 @@ def _pair(img_dir: Path, mask_dir: Path) -> list[tuple[str, Path, Path]]:
     masks = _masks_by_case(images, mask_dir)
     for cid, p in images.items():
         if cid not in masks:
-            raise ValueError(f"{p} has no mask in {mask_dir} (looked for {cid}.* or {cid}_mask.*)")
+            folders = [q for q in mask_dir.iterdir() if q.is_dir() and split_name(q.name)[1]
+                       and split_name(q.name)[0] in (cid, f"{cid}_mask")]
+            why = f"{folders[0]} is a folder, not a mask file" if folders else f"looked for {cid}.* or {cid}_mask.*"
+            raise ValueError(f"{p} has no mask in {mask_dir} ({why})")
     for cid, p in masks.items():
         if cid not in images:
             raise ValueError(f"{p} has no image in {img_dir} (looked for {cid}.*)")

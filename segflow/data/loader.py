@@ -89,7 +89,11 @@ def build_loaders(cfg: MedicalSegmentationLoaderConfig, log: Log = print, layout
     distributed.release_others()
     sampling = _sampling(cfg, checked.dims)
     train_loader, val_loader = make_loaders(cfg, checked, split, sampling, log)
-    return train_loader, val_loader, describe(cfg, found, checked, split, sampling, log)
+    info = describe(cfg, found, checked, split, sampling, log)
+    warning = all_background(cfg, checked, split)
+    if warning:  # last of the data's lines, where it is seen; the run goes on
+        log(warning)
+    return train_loader, val_loader, info
 
 
 def discover(cfg: MedicalSegmentationLoaderConfig, given: Layout | None = None) -> Found:
@@ -184,6 +188,10 @@ def prepare_and_check(cfg: MedicalSegmentationLoaderConfig, found: Found, log: L
     if odd is not None:
         raise ValueError(f"case {odd['case']}: {odd['channels']} image channels, but case {first['case']} "
                          f"has {first['channels']}; all cases need the same channels")
+    odd = next((s for s in summaries if s["dims"] != first["dims"]), None)
+    if odd is not None:
+        raise ValueError(f"case {odd['case']} is {odd['dims']}-D, but case {first['case']} is {first['dims']}-D; "
+                         "all cases need the same dimension (a 2-D slice among volumes?)")
     in_channels = first["channels"]
     if layout.num_channels and layout.num_channels != in_channels:
         raise ValueError(f"{data_dir}/dataset.json declares {layout.num_channels} channels, the images have {in_channels}")
@@ -323,6 +331,26 @@ def describe(cfg: MedicalSegmentationLoaderConfig, found: Found, checked: Checke
     if not info.labels.plain:
         log(f"data: {info.labels.describe()}; the network outputs {info.out_channels} channel(s)")
     return info
+
+
+def all_background(cfg: MedicalSegmentationLoaderConfig, checked: Checked, split: Split) -> str | None:
+    """A warning when every training label (every label, without a training split) holds no foreground:
+    such a run trains, but only learns to say background, at Dice 0. Read from the highest class each
+    case was found to hold when it was prepared, so it costs nothing; not judged when only the first case
+    was read (cache none with verify_data off)."""
+    if cfg.cache == "none" and not cfg.verify_data:
+        return None
+    highest = {s["case"]: s["max_label"] for s in checked.summaries}
+    cases = [c for c in (split.train or split.val) if c.label is not None and c.case_id in highest]
+    if not cases or any(highest[c.case_id] > 0 for c in cases):
+        return None
+    which = "training" if split.train else "labelled"
+    folders = sorted({str(c.label.parent) for c in cases})
+    return (f"data: WARNING: the label of every one of the {len(cases)} {which} case(s) is all background "
+            f"(no voxel of a class above 0): the network can only learn to predict background, and Dice will be "
+            f"0. Check that {', '.join(folders[:2])} holds these images' masks (not another folder's files), and "
+            f"how the labels store the classes: they were read as {checked.spec.label_coding.describe()} "
+            "(0/255 masks are read as classes 0/1; masks of 0..1 floats saved as integers become all 0).")
 
 
 def resolve_workers(setting, cuda: bool, cpus: int | None = None, local_procs: int | None = None) -> int:

@@ -45,8 +45,12 @@ def is_readable(path: Path) -> bool:
     if path.name.startswith("."):  # macOS "._x" and other hidden files
         return False
     if path.is_dir():
-        return any(p.suffix.lower() == ".dcm" for p in path.iterdir())
+        return _holds_dicom(path)
     return split_name(path.name)[1] not in ("", ".dcm")
+
+
+def _holds_dicom(folder: Path) -> bool:
+    return any(p.suffix.lower() == ".dcm" for p in folder.iterdir())
 
 
 def read(path: str | Path, *, is_label: bool = False) -> Loaded:
@@ -73,6 +77,12 @@ def read(path: str | Path, *, is_label: bool = False) -> Loaded:
 
 def _read(path: Path, is_label: bool) -> Loaded:
     if path.is_dir():
+        # only a folder that could be a DICOM series is read as one: one holding .dcm files, or an image's
+        # folder whose name is no file name (a label is never a series, "case_001.nii.gz" never a folder)
+        if not _holds_dicom(path) and (is_label or split_name(path.name)[1]):
+            raise ValueError(f"{path}: the {'label' if is_label else 'image'} path is a folder, not a file ("
+                             + ("a label is one file: NIfTI, NRRD, PNG, ...)" if is_label else
+                                "an image is one file, or a folder of DICOM .dcm slices)"))
         return read_dicom_series(path)
     ext = split_name(path.name)[1]
     if ext in (".nii", ".nii.gz"):
@@ -104,8 +114,13 @@ def _read_nifti(path: Path, is_label: bool) -> Loaded:
     if is_label:
         arr = _unscaled_label(img, arr, path)
     zooms = tuple(round(float(z), 6) for z in img.header.get_zooms())  # float32 header values
-    while arr.ndim > 2 and arr.shape[-1] == 1:  # 2-D slices saved as (x, y, 1)
+    while arr.ndim > 3 and arr.shape[-1] == 1:  # a time or channel axis of one
         arr = arr[..., 0]
+    if arr.ndim == 3 and arr.shape[-1] == 1 and min(arr.shape[:2]) > 1:  # 2-D slices saved as (x, y, 1)
+        arr = arr[..., 0]
+    if sum(s > 1 for s in arr.shape[:3]) < 2:  # a volume of (1, 1, 1) is a 3-D volume, too small to segment
+        raise ValueError(f"{path}: NIfTI of shape {arr.shape} is too small to segment: an image needs at least "
+                         "two axes longer than 1 voxel (a placeholder, or the wrong file?)")
     if arr.ndim == 4:  # MSD multi-modal volumes: (x, y, z, channel)
         return Loaded(np.moveaxis(arr, -1, 0), True, img.affine, zooms[:3])
     if arr.ndim not in (2, 3):

@@ -8,8 +8,9 @@ TorchScript goes through `torch.jit.trace` (MONAI's networks do not all script);
 one for networks the new one cannot capture. Whatever the route, the written file is loaded
 back and run on a sample input (onnxruntime for ONNX, or onnx's reference evaluator when
 onnxruntime is not installed), and the largest absolute difference from the eager model's
-logits must stay within `tolerance`. The file is written under a temporary name and renamed at
-the end, so a failed export never replaces a good one.
+logits must stay within `tolerance`. The file is written under a temporary name of its own
+(`.<name>.XXXX.partial`) and renamed at the end, so a failed export never replaces a good one, and
+the export writes no other file.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import io
 import logging
 import os
 import re
+import tempfile
 import warnings
 from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
@@ -180,7 +182,10 @@ def export_model(model: torch.nn.Module, fmt: str, path: Path, input_shape: tupl
     # parity on batch 3 when the batch axis is dynamic (the exports trace batch 1 or 2), so a frozen
     # batch size shows up as a failure
     check = torch.randn((3 if dynamic_batch else 1, *input_shape), generator=gen)
-    tmp = path.with_name(path.name + ".partial")
+    # a name of its own (not <name>.partial), so no file that happens to be there is replaced or removed
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
     try:
         with torch.no_grad():
             expected = module(check).numpy()

@@ -171,6 +171,15 @@ class RunContext:
     # Experiment trackers a node opened (the Trainer's MLflow run): later nodes report to them
     # (`evaluation(metrics_json)`), and the executor ends them (`end(status)`) when the run ends.
     trackers: list[Any] = field(default_factory=list)
+    # Called once, by `mark_usable`: the executor repoints runs/<workflow>/latest at a new run then.
+    on_usable: Callable[[], None] | None = None
+
+    def mark_usable(self) -> None:
+        """The run now holds something later workflows may load: a Trainer calls this after its first
+        checkpoint is written, the executor when the run ends without error. Only the first call counts."""
+        callback, self.on_usable = self.on_usable, None
+        if callback is not None:
+            callback()
 
     def output_path(self, value: str | Path) -> Path:
         """Where a node writes: an absolute path as given, a relative one inside the run directory."""

@@ -1,6 +1,9 @@
 """ModelExport: config and ports. The export itself lives in `segflow.export.formats` (imported in `run`)."""
 from __future__ import annotations
 
+import os
+import stat
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
@@ -9,6 +12,7 @@ from segflow.nodes.base import Finding, Node, NodeConfig, Port
 from segflow.nodes.bounds import Voxels, Why
 from segflow.nodes.registry import register
 from segflow.nodes.words import Choice
+from segflow.workflow.errors import ConfigValueError
 
 if TYPE_CHECKING:
     from segflow.networks.description import NetworkDescription
@@ -40,6 +44,9 @@ class ModelExportConfig(NodeConfig):
                                                  "eager PyTorch.")
     tolerance: Annotated[float, Field(le=1), Why("a tolerance this large would pass any export")] = Field(
         1e-4, gt=0, description="Largest absolute difference of the logits the parity check allows.")
+    overwrite: bool = Field(False, description="Replace a file that already exists at an output_path outside the run "
+                                               "directory (one inside it is the run's own, always replaced). A folder, "
+                                               "device, fifo or socket is never replaced.")
 
     @field_validator("input_size", mode="before")
     @classmethod
@@ -93,6 +100,50 @@ def sample_shape(cfg: ModelExportConfig, network: NetworkDescription | None, dat
     return (int(channels), *map(int, size))
 
 
+def _special(path: Path) -> str | None:
+    """What `path` is (a link followed) when it is not a regular file; None for a file or a dangling link."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    kind = ("a folder" if stat.S_ISDIR(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a fifo (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "not a regular file")
+    return f"a link to {kind} ({os.path.realpath(path)})" if path.is_symlink() else kind
+
+
+def _entry(path: Path) -> Path:
+    """`path` with its folders resolved but not its last part: a link there is what the export replaces."""
+    return Path(os.path.normpath(path.parent.resolve() / path.name))
+
+
+def _in_a_run_dir(path: Path) -> bool:
+    return any((folder / "workflow.resolved.json").is_file() for folder in _entry(path).parents)
+
+
+def output_findings(path: Path, run_dir: Path | None, overwrite: bool) -> list[Finding]:
+    """Why the export must not be written to `path`. Never over anything but a regular file; over an
+    existing file only inside `run_dir` (the run's own: a resumed run writes it again) or with `overwrite`.
+    `run_dir` None (preflight, before the run directory is settled): a file inside some run directory
+    may be this run's (a resumed one), so `run` decides about it."""
+    if not os.path.lexists(path):
+        return []
+    kind = _special(path)
+    if kind:
+        return [Finding("output_path", "output_not_file", f"output_path {path} is {kind}, not a file the export "
+                        "may replace", hint="name a file, e.g. export/model.onnx (inside the run directory)")]
+    if overwrite:
+        return []
+    ours = _entry(path).is_relative_to(Path(run_dir).resolve()) if run_dir is not None else _in_a_run_dir(path)
+    if ours:
+        return []
+    return [Finding("output_path", "output_exists", f"output_path {path} already exists, outside the run "
+                    "directory; the export would replace it", hint="set overwrite: true to replace it, or choose "
+                    "another output_path (a relative one lives inside the run directory)")]
+
+
 @register
 class ModelExport(Node):
     """The network as an ONNX, torch.export (.pt2) or TorchScript file, checked against eager PyTorch."""
@@ -122,8 +173,18 @@ class ModelExport(Node):
 
         cfg: ModelExportConfig = self.config  # type: ignore[assignment]
         path = self.ctx.output_path(cfg.output_path or f"export/model.{EXTENSIONS[cfg.format]}")
+        for f in output_findings(path, self.ctx.run_dir, cfg.overwrite):  # again: the world may have changed
+            raise ConfigValueError(f.field, f.code, f.message, f.hint, node=self.name)
         shape = sample_shape(cfg, description_of(model), dataset_info)
         report = export_model(model, cfg.format, path, shape, opset=cfg.opset, dynamic_batch=cfg.dynamic_batch,
                               parity_check=cfg.parity_check, tolerance=cfg.tolerance, log=self.ctx.log)
         self.ctx.extras.setdefault("exports", []).append(report)
         return {"file": path}
+
+    @classmethod
+    def preflight(cls, config: NodeConfig, device: str | None) -> list[Finding]:
+        """Before training: an absolute output_path (or one starting with ~) that would replace a user's
+        file or a device. A relative one lives inside the run directory; `run` checks it there."""
+        cfg: ModelExportConfig = config  # type: ignore[assignment]
+        path = Path(cfg.output_path or "").expanduser()
+        return output_findings(path, None, cfg.overwrite) if path.is_absolute() else []

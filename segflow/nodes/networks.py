@@ -8,6 +8,7 @@ No torch here: the models are built in `segflow.networks.factory`.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -189,11 +190,43 @@ def _size_findings(who: str, config: NetworkConfig, data: DataShape) -> list[Fin
     if problem:
         fixed = config.fixed_size() is not None
         return [Finding("img_size" if fixed else "", "img_size_mismatch" if fixed else "input_size",
-                        f"{who} {problem}; {data.where} comes in patches of {size}",
-                        f"set the loader's image_size to a multiple of {_divisor_text(config._divisors_for(tuple(size)))}"
-                        + (" and img_size to match" if fixed else ""))]
+                        f"{who} {problem}; {data.where} comes in patches of {size}", _size_hint(config, tuple(size)))]
     return [Finding("img_size", "img_size_mismatch", f"{who}: {doubt}", "set img_size to the loader's image_size or "
                     "remove it", severity="warning") for doubt in config.size_warnings(tuple(size))]
+
+
+def _size_hint(config: NetworkConfig, size: tuple[int, ...]) -> str:
+    """What to set for an input size `size_problem` refuses, said for the rule it breaks, with the nearest
+    size the network takes."""
+    divisors = config._divisors_for(size)
+    multiple = _divisor_text(divisors)
+    fixed = config.fixed_size()
+    if fixed is not None:
+        fits = not any(s % d for s, d in zip(size, divisors))  # img_size must be a multiple too
+        return f"set the loader's image_size to the img_size {list(fixed)}" + (
+            f", or img_size to {list(size)}" if fits else f" (img_size takes multiples of {multiple})")
+    nearest = _nearest_size(config, size)
+    example = f", e.g. {nearest}" if nearest else ""
+    if any(s % d for s, d in zip(size, divisors)):
+        return f"set the loader's image_size to a multiple of {multiple}{example}"
+    smaller = ", a smaller depth" if "depth" in type(config).model_fields else ""
+    return f"set the loader's image_size larger than {_divisor_text(divisors, '')} along some axis{example}" \
+           f"{smaller} or norm 'batch'"
+
+
+def _nearest_size(config: NetworkConfig, size: tuple[int, ...]) -> list[int] | None:
+    """The size nearest `size` that the network takes (a uniform one kept uniform): each axis rounded
+    down or up to its multiple, or one multiple further (for a bottleneck of one voxel)."""
+    options = []
+    for s, d in zip(size, config._divisors_for(size)):
+        up = max(d, -(-s // d) * d)
+        options.append(sorted({max(d, s // d * d), up, up + d}))
+    fits = [c for c in itertools.product(*options) if config.size_problem(c) is None]
+    if not fits:
+        return None
+    # ties go to the larger size: it keeps all of the image
+    return list(min(fits, key=lambda c: (len(set(c)) > len(set(size)), sum(abs(a - b) for a, b in zip(c, size)),
+                                         [-a for a in c])))
 
 
 class NetworkNode(Node):

@@ -417,13 +417,24 @@ class TrainingRun:
         if numbers.first_bad_step:
             raise FloatingPointError(
                 f"{self.who}: the loss became NaN/Inf at epoch {epoch}, step {numbers.first_bad_step} of "
-                f"{numbers.batches}. Training stopped; the last good checkpoint is {self.ckpt_dir / 'last.pt'} "
-                f"(epoch {self.progress.epoch}). Try a lower learning_rate, gradient_clip (e.g. 1.0), "
-                f"mixed_precision false, and check the data for NaN/Inf values.")
+                f"{numbers.batches}. Training stopped; {self._last_good()}. Try a lower learning_rate (the "
+                f"Optimizer node's, or the Trainer's own when no Optimizer is wired; this epoch's was "
+                f"{max(self.schedule.lrs):g}), gradient_clip (e.g. 1.0), mixed_precision false, and check the data "
+                f"for NaN/Inf values.")
         self.tb.histograms(self.histograms.take(), epoch)  # read after the reduction's sync: no sync of their own
         self.progress.global_step += stats.steps
         # after the reduction's sync, so the GPU's queued work is inside the clock; this rank's figures
         return numbers.row(max(1e-9, time.perf_counter() - started), batches.wait)
+
+    def _last_good(self) -> str:
+        """Where the NaN error sends the user: this run's last.pt (written after every epoch it finished,
+        or the resumed one's), or that there is none yet."""
+        last = self.ckpt_dir / "last.pt"
+        if self.progress.epoch > 0 and last.is_file():
+            return f"the last good checkpoint is {last} (epoch {self.progress.epoch})"
+        if self.ctx.resume:
+            return f"this run wrote no checkpoint yet; the one it resumed from is {self.ctx.resume}"
+        return "no checkpoint was written yet (the run finished no epoch)"
 
     def train_step(self, batch: dict[str, Any], index: int, stats: EpochStatistics) -> None:
         """Forward and backward of the epoch's batch `index`; the optimizer steps once every
@@ -681,6 +692,7 @@ class TrainingRun:
             if improved:
                 checkpoint.atomic_save(data, self.ckpt_dir / "best.pt")
             checkpoint.atomic_save(data, self.ckpt_dir / "last.pt")  # resume always needs the newest state
+            self.ctx.mark_usable()  # runs/<workflow>/latest moves here with the run's first checkpoint
             every, epoch = self.cfg.save_frequency, self.progress.epoch
             if not self.cfg.save_best_only and every and epoch % every == 0:
                 checkpoint.atomic_save(data, self.ckpt_dir / checkpoint.periodic_name(epoch))

@@ -14,7 +14,14 @@ from segflow.nodes.base import RunContext
 from segflow.workflow import distributed, spec
 from segflow.workflow.errors import ConfigValueError, Issue, NodeRunError, RunInterrupted, WorkflowError
 from segflow.workflow.files import write_json
-from segflow.workflow.rundir import environment_path, new_run_dir, prepare_run_dir, resolve_resume, run_dir_of
+from segflow.workflow.rundir import (
+    environment_path,
+    new_run_dir,
+    point_latest,
+    prepare_run_dir,
+    resolve_resume,
+    run_dir_of,
+)
 from segflow.workflow.runinfo import environment_record
 
 
@@ -44,17 +51,19 @@ def run_workflow(path: str | Path, *, sets=(), device: str | None = None, run_di
     # and logs, the others learn the directory (and the checkpoint to resume) from it.
     in_group = distributed.setup(_training_device(wf, order, device))
     try:
+        fresh = False  # a new runs/<workflow>/<timestamp>: `latest` moves to it once it is usable (rank 0)
         if distributed.is_main():
-            out, checkpoint = _open_run_dir(wf, device, run_dir, resume, overwrite, in_group, log)
+            out, checkpoint, fresh = _open_run_dir(wf, device, run_dir, resume, overwrite, in_group, log)
         else:
             out, checkpoint, log = None, None, _quiet
         out, checkpoint = distributed.broadcast_object((out, checkpoint))
         ctx = RunContext(run_dir=out, workflow_name=wf.name, workflow_file=Path(path), device=device,
                          resume=str(checkpoint) if checkpoint else None, progress=progress and distributed.is_main(),
-                         log=log)
+                         log=log, on_usable=(lambda: point_latest(out)) if fresh else None)
         status = "FAILED"
         try:
             result = _run_nodes(wf, order, ctx, in_group)
+            ctx.mark_usable()  # a workflow without a Trainer (predict, evaluate): when it has run
             status = "FINISHED"
             return result
         except KeyboardInterrupt as e:
@@ -68,16 +77,17 @@ def run_workflow(path: str | Path, *, sets=(), device: str | None = None, run_di
 
 
 def _open_run_dir(wf: spec.Workflow, device: str | None, run_dir, resume: str | None, overwrite: bool,
-                  in_group: bool, log: Callable[[str], None]) -> tuple[Path, Path | None]:
-    """Rank 0: the run directory (made, or the resumed run's own) with its records, and the
-    checkpoint to resume from."""
+                  in_group: bool, log: Callable[[str], None]) -> tuple[Path, Path | None, bool]:
+    """Rank 0: the run directory (made, or the resumed run's own) with its records, the checkpoint
+    to resume from, and whether the directory is a new one under runs/<workflow>/."""
     checkpoint = resolve_resume(resume, wf.name, log, Path(run_dir) if run_dir is not None else None)
+    fresh = False
     if run_dir is not None:  # going on in a folder that holds a run needs --resume (or --overwrite)
         out = prepare_run_dir(Path(run_dir), resuming=resume is not None, overwrite=overwrite, log=log)
     elif checkpoint is not None and (started_in := run_dir_of(checkpoint)) is not None:
         out = started_in  # a resumed run goes on writing where it started
     else:
-        out = new_run_dir(wf.name)
+        out, fresh = new_run_dir(wf.name), True
     write_json(out / "workflow.resolved.json", wf.resolved())
     env = environment_record(device)
     if checkpoint is not None:
@@ -85,7 +95,7 @@ def _open_run_dir(wf: spec.Workflow, device: str | None, run_dir, resume: str | 
     if in_group:
         env["distributed"] = {"world_size": distributed.world_size(), "backend": _backend()}
     write_json(environment_path(out), env)
-    return out, checkpoint
+    return out, checkpoint, fresh
 
 
 def _run_nodes(wf: spec.Workflow, order: list[str], ctx: RunContext, in_group: bool) -> RunResult:

@@ -29,19 +29,21 @@ def new_run_dir(workflow_name: str, root: Path = RUNS_ROOT) -> Path:
             candidate.mkdir(parents=True)
         except FileExistsError:
             continue
-        _point_latest(base, candidate.name)
         return candidate
     raise RuntimeError(f"cannot make a new run directory under {base}")
 
 
-def _point_latest(base: Path, name: str) -> None:
-    """Keep `runs/<workflow>/latest` pointing at the newest run, so other workflows can name
-    `runs/<workflow>/latest/checkpoints/best.pt`. Replaced atomically; skipped where the file
-    system has no symbolic links."""
+def point_latest(run_dir: Path) -> None:
+    """Point `runs/<workflow>/latest` at `run_dir`, so other workflows can name
+    `runs/<workflow>/latest/checkpoints/best.pt`. Called once the run has something to load (its first
+    checkpoint, or its successful end), not when it starts: a run that fails or is still running
+    before then leaves `latest` on the previous usable run. Replaced atomically; skipped where the
+    file system has no symbolic links."""
+    base = run_dir.parent
     tmp = base / f".latest-{os.getpid()}"
     try:
         tmp.unlink(missing_ok=True)
-        tmp.symlink_to(name, target_is_directory=True)
+        tmp.symlink_to(run_dir.name, target_is_directory=True)
         os.replace(tmp, base / "latest")
     except OSError:
         tmp.unlink(missing_ok=True)
