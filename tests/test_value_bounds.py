@@ -289,3 +289,31 @@ def test_validated_mutations_of_the_quickstart_run_or_fail_located(tmp_path, mon
                 print(f"{node}.{key}={value!r}: {type(e.__cause__).__name__}: {e}")
         ran += 1
     assert ran >= 10 and unlocated == 0
+
+
+def test_loss_lists_are_tied_to_the_classes_and_dimensions():
+    with pytest.raises(WorkflowError) as e:
+        spec.loads(_mutated("quickstart", "loss", "class_weights", [1, 1, 1]), file="q.json")
+    [issue] = e.value.issues
+    assert issue.code == "loss_label_mismatch" and "3 class_weights, but there are 2 classes" in issue.message
+    spec.loads(_mutated("quickstart", "loss", "class_weights", [0.3, 0.7]), file="q.json")
+    with pytest.raises(WorkflowError) as e:
+        spec.loads(_mutated("quickstart", "loss", "boundary_spacing", [1, 1, 3]), file="q.json")
+    assert "loads 2-D data" in [i for i in e.value.issues if i.severity == "error"][0].message
+
+
+def test_a_sliding_window_the_loaded_network_cannot_take_is_an_error_at_roi_size():
+    from segflow.inference.predict import window_fits
+    from segflow.networks.description import NetworkDescription
+    from segflow.workflow.errors import ConfigValueError
+
+    unet = NetworkDescription("UNet2D", 2, 1, 2, size_divisor=16)
+    window_fits((64, 48), unet, explicit=True)
+    window_fits(None, unet, explicit=False)
+    with pytest.raises(ConfigValueError) as e:
+        window_fits((64, 40), unet, explicit=True)
+    assert e.value.field == "roi_size" and "divisible by 16, e.g. [64, 32]" in e.value.message
+    unetr = NetworkDescription("UNETR", 3, 1, 2, size_divisor=16, fixed_size=(96, 96, 96))
+    with pytest.raises(ConfigValueError) as e:
+        window_fits((64, 64, 64), unetr, explicit=False)
+    assert "takes exactly [96, 96, 96]" in e.value.message and "training patch size" in e.value.message

@@ -143,7 +143,8 @@ def window_fits(roi: tuple[int, ...] | None, network: NetworkDescription | None,
     if network.fixed_size and tuple(network.fixed_size) != tuple(roi):
         problem = f"the {network.type} takes exactly {list(network.fixed_size)}"
     elif any(s % d for s, d in zip(roi, divisors)):
-        problem = (f"the {network.type} needs sizes divisible by {list(divisors)} per axis, e.g. "
+        divisor = divisors[0] if len(set(divisors)) == 1 else f"{list(divisors)} per axis"
+        problem = (f"the {network.type} needs sizes divisible by {divisor}, e.g. "
                    f"{[max(d, round(s / d) * d) for s, d in zip(roi, divisors)]}")
     if problem:
         where = "" if explicit else " (the training patch size, as roi_size is not set)"

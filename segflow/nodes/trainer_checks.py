@@ -77,6 +77,29 @@ def _region_findings(monitor: str, column: str, key: str, loader: Any) -> list[F
                     hint="check the region's name in dataset.json", severity="warning")]
 
 
+def loss_list_findings(loss: tuple[str, NodeConfig] | None, loader: tuple[str, NodeConfig] | None,
+                       network: tuple[str, NodeConfig] | None) -> list[Finding]:
+    """The LossFunction's lists against what they describe: class_weights one per class (regions are
+    checked with the label scheme), boundary_spacing one per spatial axis."""
+    if loss is None or loss[0] != "LossFunction":
+        return []
+    cfg, found = loss[1], []
+    config = loader[1] if loader else None
+    weights = getattr(cfg, "class_weights", None)
+    classes = None if getattr(config, "regions", None) else _classes(config, network[1] if network else None)
+    if weights is not None and classes and len(weights) != classes:
+        found.append(Finding("", "loss_label_mismatch", f"the LossFunction wired to loss_fn has {len(weights)} "
+                             f"class_weights, but there are {classes} classes (background included)",
+                             hint=f"give {classes} class_weights, background first"))
+    spacing = getattr(cfg, "boundary_spacing", None)
+    dims = DataShape.of_config(*loader).spatial_dims if loader else None
+    if spacing is not None and dims and len(spacing) != dims:
+        found.append(Finding("", "loss_label_mismatch", f"the LossFunction wired to loss_fn has {len(spacing)} "
+                             f"boundary_spacing values, but the {loader[0]} loads {dims}-D data",
+                             hint=f"give {dims} values, one per spatial axis"))
+    return found
+
+
 def window_findings(val_roi_size: list[int] | None, loader: tuple[str, NodeConfig] | None,
                     network: tuple[str, NodeConfig] | None) -> list[Finding]:
     """val_roi_size against the data's dimensions and the network's size rule."""

@@ -15,7 +15,7 @@ from segflow.nodes.base import Device, Finding, Node, NodeConfig, Port, device_f
 from segflow.nodes.bounds import MAX_VOXELS, BatchSize, Epochs, LearningRate, Seed, Why
 from segflow.nodes.losses import LOSS_SYNONYMS, LossType
 from segflow.nodes.registry import register
-from segflow.nodes.trainer_checks import monitor_findings, window_findings
+from segflow.nodes.trainer_checks import loss_list_findings, monitor_findings, window_findings
 from segflow.nodes.words import Choice, fold
 
 _SCHEDULE_SYNONYMS = {"polynomial": "poly", "cosine_annealing": "cosine", "reduce_on_plateau": "plateau",
@@ -295,6 +295,7 @@ class Trainer(Node):
         model = neighbours.get("model")
         found += monitor_findings(cfg.monitor, source, model[1] if model else None)
         found += window_findings(cfg.val_roi_size, neighbours.get("train_loader"), model)
+        found += loss_list_findings(neighbours.get("loss_fn"), neighbours.get("train_loader"), model)
         if cfg.warmup_epochs >= cfg.epochs and cfg.warmup_epochs:
             found.append(Finding("warmup_epochs", "bad_value",
                                  f"warmup_epochs ({cfg.warmup_epochs}) is not smaller than epochs ({cfg.epochs})",
