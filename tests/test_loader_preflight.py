@@ -107,13 +107,13 @@ def test_a_read_only_cache_parent_stops_the_run(tmp_path, monkeypatch):
 
 def test_a_batch_that_cannot_fit_in_memory_stops_the_run_with_the_numbers(monkeypatch):
     small_machine(monkeypatch, 2)
-    wf = workflow(image_size=8192, batch_size=16)
+    wf = workflow(image_size=4096, batch_size=64)
     with pytest.raises(WorkflowError) as e:
         executor.preflight(wf, wf.order(), None)
     (issue,) = e.value.issues
     assert (issue.code, issue.node, issue.path) == ("insufficient_memory", "data_loader", at("image_size"))
-    # 16 × 8192² × (4 bytes of image + 1 of label) = 5 GiB a batch, 3 held with no workers
-    assert "one training batch of 16 × 8192² float32 images" in issue.message
+    # 64 × 4096² × (4 bytes of image + 1 of label) = 5 GiB a batch, 3 held with no workers
+    assert "one training batch of 64 × 4096² float32 images" in issue.message
     assert "takes 5 GiB; the loader holds at least 3 batches at once" in issue.message
     assert "15 GiB or more, and this machine has 2 GiB available (a test's figure)" in issue.message
     assert "size_mode patches" in issue.hint
@@ -148,7 +148,7 @@ def test_the_shipped_workflows_fit_a_small_machine(monkeypatch):
 def test_validate_check_paths_leaves_this_machines_memory_out(tmp_path, monkeypatch, capsys):
     small_machine(monkeypatch, 2)
     doc = json.loads(json.dumps(QUICKSTART))
-    doc["nodes"][0]["config"].update(image_size=8192)
+    doc["nodes"][0]["config"].update(image_size=4096, batch_size=64)
     (tmp_path / "wf.json").write_text(json.dumps(doc))
     assert main(["validate", "--check-paths", "wf.json"]) == 0  # CI need not be the training machine
     assert main(["run", "wf.json"]) == 1

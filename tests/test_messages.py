@@ -76,7 +76,7 @@ def test_run_reports_every_missing_path_and_the_device_before_any_node_starts(tm
     doc["nodes"][0]["config"].pop("synthetic")  # data/phantom2d must exist now, and does not
     (tmp_path / "splits").mkdir()
     monkeypatch.setattr(data_preflight, "available", lambda: (2 * 1024 ** 3, "a test's figure"))
-    doc["nodes"][0]["config"].update(image_size=8192, fold=0, splits_file="splits",  # a folder, not a file
+    doc["nodes"][0]["config"].update(image_size=4096, batch_size=64, fold=0, splits_file="splits",  # a folder, not a file
                                      cache="disk", cache_dir="wf.json/cache")  # under a file
     doc["nodes"].insert(2, {"type": "CheckpointLoader", "name": "weights",
                             "config": {"checkpoint_path": ["fold0/best.pt", "fold1/best.pt"]}})
