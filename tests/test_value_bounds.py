@@ -317,3 +317,14 @@ def test_a_sliding_window_the_loaded_network_cannot_take_is_an_error_at_roi_size
     with pytest.raises(ConfigValueError) as e:
         window_fits((64, 64, 64), unetr, explicit=False)
     assert "takes exactly [96, 96, 96]" in e.value.message and "training patch size" in e.value.message
+
+
+def test_a_predictor_window_is_checked_against_the_network_behind_its_checkpoint():
+    with pytest.raises(WorkflowError) as e:
+        spec.loads(_mutated("evaluate_unet", "predictor", "roi_size", 44), file="e.json")
+    [issue] = e.value.issues
+    assert issue.path == "nodes[3].config.roi_size" and "UNet2D needs every input size divisible by 8" in issue.message
+    with pytest.raises(WorkflowError) as e:  # through the Trainer too
+        spec.loads(_mutated("train_evaluate_unet", "predictor", "roi_size", [44, 64]), file="t.json")
+    assert "divisible by 8" in e.value.issues[0].message
+    spec.loads(_mutated("evaluate_unet", "predictor", "roi_size", 40), file="e.json")

@@ -227,6 +227,8 @@ class Node:
 
         `neighbours` maps each wired input port to (source node type, source config), so a node
         can check itself against what feeds it (a network's `in_channels` against the loader).
+        Where the source hands on one of its own inputs (`Port.passes`: a CheckpointLoader's or a
+        Trainer's model), "PORT@origin" also maps to the node the chain started from (the network).
         """
         return []
 

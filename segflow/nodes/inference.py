@@ -199,7 +199,8 @@ class Predictor(Node):
                 and max(cfg.tta_flips) >= dims:
             found.append(Finding("tta_flips", "bad_value", f"tta_flips {cfg.tta_flips} names axis "
                                  f"{max(cfg.tta_flips)}, but the data is {dims}-D", hint=f"use axes 0..{dims - 1}"))
-        return found + _postprocessing_findings(cfg)
+        return found + _window_findings(cfg, neighbours.get("model@origin") or neighbours.get("model")) + \
+            _postprocessing_findings(cfg)
 
     @classmethod
     def preflight(cls, config: NodeConfig, device: str | None) -> list[Finding]:
@@ -224,6 +225,19 @@ class Predictor(Node):
         from segflow.inference.predict import predict
 
         return {"predictions": predict(self.config, self.ctx, self.name, model, loader, dataset_info)}
+
+
+def _window_findings(cfg: PredictorConfig, network: tuple[str, NodeConfig] | None) -> list[Finding]:
+    """An explicit roi_size the network the model comes from cannot take (its size rule, a fixed size)."""
+    if cfg.roi_size is None or network is None or not hasattr(network[1], "size_problem"):
+        return []
+    dims = network[1].dims()
+    size = (cfg.roi_size,) * dims if isinstance(cfg.roi_size, int) else tuple(cfg.roi_size)
+    problem = network[1].size_problem(size) if len(size) == dims else None
+    if problem:
+        return [Finding("roi_size", "bad_value", f"roi_size {list(size)}: the {network[0]} {problem}",
+                        hint="set roi_size to a size the network takes, or remove it (the training patch size)")]
+    return []
 
 
 def _postprocessing_findings(cfg: PredictorConfig) -> list[Finding]:

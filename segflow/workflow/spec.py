@@ -456,6 +456,24 @@ def _wiring(chk: _Checker, found: _Nodes, explicit: list[Wire]) -> tuple[list[Wi
     return wires, graph
 
 
+ORIGIN = "@origin"  # Node.check's neighbours: "model@origin" is the node a passed-on model comes from
+
+
+def _origin(specs: dict, into: dict[str, list[Wire]], wire: Wire) -> str:
+    """The node whose value `wire` carries once outputs that hand on one of their node's inputs
+    (`Port.passes`: a CheckpointLoader's or a Trainer's model) are followed upstream."""
+    seen = set()
+    while wire.source in specs and wire.source not in seen:
+        seen.add(wire.source)
+        out = specs[wire.source].cls.output(wire.source_port)
+        before = next((w for w in into.get(wire.source, []) if out and out.passes and w.target_port == out.passes),
+                      None)
+        if before is None or before.source not in specs:
+            break
+        wire = before
+    return wire.source
+
+
 def _node_checks(chk: _Checker, found: _Nodes, wires: list[Wire]) -> None:
     """Each node's own checks against what feeds it, for every node with a valid config whose inputs
     are settled and come from nodes with valid configs, whatever is wrong elsewhere. The others
@@ -470,6 +488,10 @@ def _node_checks(chk: _Checker, found: _Nodes, wires: list[Wire]) -> None:
         if spec.name in found.unsure or any(w.source not in specs for w in feeds):
             continue
         neighbours = {w.target_port: (specs[w.source].type, specs[w.source].config) for w in feeds}
+        for w in feeds:  # the node a pass-through chain started from: the network behind a CheckpointLoader
+            origin = _origin(specs, into, w)
+            if origin != w.source:
+                neighbours[w.target_port + ORIGIN] = (specs[origin].type, specs[origin].config)
         for f in spec.cls.check(spec.config, neighbours):
             path = finding_path(spec.index, f.field)
             chk.add(f.code, f.message, path, node=spec.name, hint=f.hint, severity=f.severity, key=bool(f.field))
