@@ -36,6 +36,20 @@ def test_torchscript_parity_and_the_file_runs_on_another_batch_size(unet, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]  # no temporary file left
 
 
+def test_an_older_opset_is_the_one_written(unet, tmp_path, capfd):
+    """Below 18 the torch.export-based exporter converts down; where its converter cannot (opset 13:
+    no adapter for Identity) it kept 18 and logged a traceback. The file must hold the opset asked for."""
+    import onnx
+
+    lines = []
+    for opset in (13, 17):
+        report = export_model(unet, "onnx", tmp_path / f"m{opset}.onnx", (1, 32, 32), opset=opset, log=lines.append)
+        model = onnx.load(str(tmp_path / f"m{opset}.onnx"))
+        assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [opset]
+        assert report["max_abs_diff"] <= 1e-4
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def test_onnx_parity_with_dynamic_batch(unet, tmp_path):
     import onnx
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from segflow.networks.description import description_of
+from segflow.workflow.errors import ConfigValueError
 
 
 def network_name(model: torch.nn.Module) -> str:
@@ -97,13 +98,25 @@ def _first_line(e: Exception) -> str:
 def _quiet_onnx_logs():
     """The exporter logs a warning per torchvision op it skips when torchvision is absent (always,
     for segmentation networks); real failures still raise."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    # onnxscript's version converter logs a traceback when it cannot convert down; _opset_written says so
+    loggers = [(logging.getLogger("torch.onnx"), logging.ERROR), (logging.getLogger("onnxscript"), logging.CRITICAL)]
+    levels = [logger.level for logger, _ in loggers]
+    for logger, quiet in loggers:
+        logger.setLevel(quiet)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for (logger, _), level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _opset_of(path: Path) -> int | None:
+    """The default-domain opset of an ONNX file. Below 18 the torch.export-based exporter converts
+    down, and where the converter lacks an operator's adapter it keeps 18 and only logs it."""
+    import onnx
+
+    return next((o.version for o in onnx.load(str(path), load_external_data=False).opset_import
+                 if o.domain in ("", "ai.onnx")), None)
 
 
 def _export_onnx(module, sample, path: Path, opset: int, dynamic_batch: bool,
@@ -121,7 +134,10 @@ def _export_onnx(module, sample, path: Path, opset: int, dynamic_batch: bool,
             shapes = (axes,) if axes else None
             torch.onnx.export(module, (sample,), str(path), opset_version=opset, input_names=["image"],
                               output_names=["logits"], dynamic_shapes=shapes, dynamo=True, external_data=False)
-            return "torch.export", None
+            written = _opset_of(path)
+            if written in (None, opset):
+                return "torch.export", None
+            errors.append(f"torch.export-based exporter: could not convert to opset {opset} (wrote {written})")
         except Exception as e:  # the new exporter cannot capture every network; try the older one
             errors.append(f"torch.export-based exporter: {_first_line(e)}")
         try:
@@ -132,6 +148,9 @@ def _export_onnx(module, sample, path: Path, opset: int, dynamic_batch: bool,
             return "torchscript-based", errors[0]
         except Exception as e:
             errors.append(f"TorchScript-based exporter: {_first_line(e)}")
+    if "could not convert to opset" in errors[0]:  # a file was written, at another opset: the setting's fault
+        raise ConfigValueError("opset", "bad_value", f"no ONNX exporter wrote opset {opset}: {'; '.join(errors)}",
+                               hint="use opset 18 or later")
     raise RuntimeError("; ".join(errors))
 
 
