@@ -38,7 +38,9 @@ class ModelExportConfig(NodeConfig):
         None, description="Spatial size of the sample input, e.g. [256, 256] or [96, 96, 96]. Default: the "
                           "loader's patch size (dataset_info), else the network's fixed img_size.")
     opset: Annotated[int, Field(le=23), Why("the newest opset torch's ONNX exporter writes")] = Field(
-        18, ge=13, description="ONNX opset version: 18 to 23 are written as they are; 13 to 17 are converted down from 18 (best effort, validate warns; the parity check runs the result).")
+        18, ge=13, description="ONNX opset version: 18 to 23 are written as they are; 13 to 17 are converted down "
+                               "from 18, or written by the older TorchScript-based exporter where the converter "
+                               "cannot (validate warns; the parity check runs the result).")
     dynamic_batch: bool = Field(True, description="Let the exported model take any batch size (checked on batch 3).")
     parity_check: bool = Field(True, description="Run the exported file on a random input and compare it with "
                                                  "eager PyTorch.")
@@ -162,8 +164,8 @@ class ModelExport(Node):
         cfg: ModelExportConfig = config  # type: ignore[assignment]
         if cfg.format == "onnx" and cfg.opset < 18:
             return [Finding("opset", "old_opset", f"opset {cfg.opset} is converted down from 18 by onnxscript's "
-                            "version converter, which does not handle every operator; the parity check runs the "
-                            "result", hint="use opset 18 or later unless a runtime needs an older one",
+                            "version converter, which does not handle every operator (then the older TorchScript-"
+                            "based exporter writes it); the parity check runs the result", hint="use opset 18 or later unless a runtime needs an older one",
                             severity="warning")]
         return []
 
