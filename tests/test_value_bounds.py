@@ -328,3 +328,13 @@ def test_a_predictor_window_is_checked_against_the_network_behind_its_checkpoint
         spec.loads(_mutated("train_evaluate_unet", "predictor", "roi_size", [44, 64]), file="t.json")
     assert "divisible by 8" in e.value.issues[0].message
     spec.loads(_mutated("evaluate_unet", "predictor", "roi_size", 40), file="e.json")
+
+
+def test_a_nested_value_is_named_by_its_whole_path_with_its_reason():
+    groups = [{"pattern": "encoder", "lr": 1e-3, "weight_decay": 5}]
+    with pytest.raises(WorkflowError) as e:
+        spec.loads(_mutated("quickstart", "optimizer", "param_groups", groups), file="q.json")
+    [issue] = e.value.issues
+    assert issue.path == "nodes[3].config.param_groups[0].weight_decay"
+    assert issue.message == ("param_groups[0].weight_decay 5 is above 1.0: a decay this large shrinks the weights by "
+                             "more than their size")

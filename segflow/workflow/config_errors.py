@@ -9,12 +9,14 @@ worded with the bound and its reason (segflow.nodes.bounds).
 from __future__ import annotations
 
 import re
+import typing
 from dataclasses import dataclass
 from typing import Any
 
 from segflow.nodes.bounds import bound_message, shown, why
 
-_TAG = re.compile(r"^[a-z][\w-]*(\[.*\])?$")
+# pydantic's names of union members: type words, "constrained-int", "list[int]", class names
+_TAG = re.compile(r"^([a-z]+-[\w-]+|[\w-]+\[.*\]|int|float|str|bool|none|bytes|dict|list|tuple|set|[A-Z]\w*)$")
 _TYPE_MISMATCH = re.compile(r"_(type|parsing)$|^literal_error$|^(enum|is_instance_of)$")
 
 
@@ -54,8 +56,7 @@ def config_errors(config_cls: Any, node_type: str, errors: list[dict], written_a
 
 def _value_message(err: dict, loc: tuple, config_cls: Any) -> str:
     where = loc[0] + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc[1:]) if loc else "config"
-    field = config_cls.model_fields.get(err["loc"][0]) if err["loc"] else None
-    worded = bound_message(err, str(where), why(field))
+    worded = bound_message(err, str(where), why(_field_at(config_cls, err["loc"])))
     if worded:
         return worded
     msg = err["msg"].removeprefix("Value error, ")
@@ -63,6 +64,26 @@ def _value_message(err: dict, loc: tuple, config_cls: Any) -> str:
     if loc and not isinstance(value, (dict, list)) and repr(value) not in msg and shown(value) not in msg:
         msg += f" (got {value!r})"
     return msg
+
+
+def _field_at(config_cls: Any, loc: tuple) -> Any:
+    """The pydantic field a path ends in, through lists and nested models (param_groups[0].learning_rate)."""
+    model, field = config_cls, None
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        fields = getattr(model, "model_fields", {})
+        if part not in fields:
+            break
+        field = fields[part]
+        model = next((t for t in _types_in(field.annotation) if hasattr(t, "model_fields")), None)
+    return field
+
+
+def _types_in(annotation: Any):
+    yield annotation
+    for arg in typing.get_args(annotation):
+        yield from _types_in(arg)
 
 
 def _one_per_value(errors: list[dict], raw: dict, written_as: dict[str, str]) -> list[dict]:
