@@ -338,3 +338,9 @@ def test_a_nested_value_is_named_by_its_whole_path_with_its_reason():
     assert issue.path == "nodes[3].config.param_groups[0].weight_decay"
     assert issue.message == ("param_groups[0].weight_decay 5 is above 1.0: a decay this large shrinks the weights by "
                              "more than their size")
+
+
+def test_a_dict_key_that_looks_like_a_type_name_stays_in_the_path():
+    with pytest.raises(WorkflowError) as e:
+        spec.loads(_mutated("quickstart", "data_loader", "regions", {"Tumor": [0, 1]}), file="q.json")
+    assert [i.path for i in e.value.issues] == ["nodes[0].config.regions.Tumor[0]"]

@@ -9,6 +9,7 @@ worded with the bound and its reason (segflow.nodes.bounds).
 from __future__ import annotations
 
 import re
+import types
 import typing
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +37,7 @@ def config_errors(config_cls: Any, node_type: str, errors: list[dict], written_a
         field = config_cls.model_fields.get(key)
         return (field.description or "") if field else ""
     found: list[ConfigError] = []
-    for err in _one_per_value(errors, raw, written_as):
+    for err in _one_per_value(errors, raw, written_as, config_cls):
         loc = tuple(err["loc"])
         if loc:
             loc = (written_as.get(loc[0], loc[0]),) + loc[1:]
@@ -86,14 +87,15 @@ def _types_in(annotation: Any):
         yield from _types_in(arg)
 
 
-def _one_per_value(errors: list[dict], raw: dict, written_as: dict[str, str]) -> list[dict]:
+def _one_per_value(errors: list[dict], raw: dict, written_as: dict[str, str], config_cls: Any) -> list[dict]:
     """pydantic's errors with union tags taken out of their paths, keeping for each key only the
     errors of the union member shaped like the value written there."""
     by_key: dict[Any, list[dict]] = {}
     for err in errors:
         loc = tuple(err["loc"])
-        tags = [part for i, part in enumerate(loc) if _is_tag(loc, i)]
-        plain = tuple(part for i, part in enumerate(loc) if not _is_tag(loc, i))
+        union = _is_union(config_cls, loc[0]) if loc else False
+        tags = [part for i, part in enumerate(loc) if _is_tag(loc, i, union)]
+        plain = tuple(part for i, part in enumerate(loc) if not _is_tag(loc, i, union))
         by_key.setdefault(plain[:1], []).append({**err, "loc": plain, "tag": tags[0] if tags else ""})
     kept: list[dict] = []
     for key, errs in by_key.items():
@@ -105,10 +107,22 @@ def _one_per_value(errors: list[dict], raw: dict, written_as: dict[str, str]) ->
     return kept
 
 
-def _is_tag(loc: tuple, i: int) -> bool:
-    """A union member's tag: a type-like word right after the key or after a list index."""
+def _is_tag(loc: tuple, i: int, union: bool) -> bool:
+    """A union member's tag: a type-like word right after the key of a union field (not a dict's
+    key: a region called "Tumor"), or right after a list index."""
     return (i >= 1 and isinstance(loc[i], str) and _TAG.match(loc[i]) is not None
-            and (i == 1 or isinstance(loc[i - 1], int)))
+            and (union if i == 1 else isinstance(loc[i - 1], int)))
+
+
+def _is_union(config_cls: Any, key: Any) -> bool:
+    """Whether the field is a union of two or more kinds of value besides null."""
+    field = getattr(config_cls, "model_fields", {}).get(key)
+    annotation = getattr(field, "annotation", None)
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType):
+        return False
+    return len([a for a in typing.get_args(annotation) if a is not type(None)]) >= 2
 
 
 def _member_errors(errs: list[dict], value: Any) -> list[dict]:
