@@ -344,3 +344,14 @@ def test_a_dict_key_that_looks_like_a_type_name_stays_in_the_path():
     with pytest.raises(WorkflowError) as e:
         spec.loads(_mutated("quickstart", "data_loader", "regions", {"Tumor": [0, 1]}), file="q.json")
     assert [i.path for i in e.value.issues] == ["nodes[0].config.regions.Tumor[0]"]
+
+
+def test_an_export_size_is_checked_against_the_network_behind_the_trainer():
+    with pytest.raises(WorkflowError) as e:
+        spec.loads(_mutated("train_evaluate_unet", "export", "input_size", [64, 64, 64]), file="t.json")
+    assert [(i.path, i.message) for i in e.value.issues] == [
+        ("nodes[8].config.input_size", "input_size [64, 64, 64] has 3 sizes; the UNet2D is 2-D")]
+    with pytest.raises(WorkflowError) as e:
+        spec.loads(_mutated("train_evaluate_unet", "export", "input_size", [60, 64]), file="t.json")
+    assert "divisible by 8" in e.value.issues[0].message
+    spec.loads(_mutated("train_evaluate_unet", "export", "input_size", [64]), file="t.json")

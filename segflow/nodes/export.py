@@ -65,6 +65,21 @@ class ModelExportConfig(NodeConfig):
         return v
 
 
+def _input_size_findings(size: list[int] | None, network: tuple[str, NodeConfig] | None) -> list[Finding]:
+    """input_size against the network the exported model comes from: its dimensions and size rule."""
+    if size is None or network is None or not hasattr(network[1], "size_problem"):
+        return []
+    dims = network[1].dims()
+    if len(size) not in (1, dims):
+        return [Finding("input_size", "bad_value", f"input_size {size} has {len(size)} sizes; the {network[0]} is "
+                        f"{dims}-D", hint=f"give {dims} sizes, or one for every axis")]
+    problem = network[1].size_problem(tuple(size * dims if len(size) == 1 else size))
+    if problem:
+        return [Finding("input_size", "bad_value", f"input_size {size}: the {network[0]} {problem}",
+                        hint="give a size the network takes, or remove input_size (the loader's patch size)")]
+    return []
+
+
 def _divisors(network: NetworkDescription | None, dims: int) -> tuple[int, ...]:
     """Per axis, the multiple the network needs each input size to be."""
     if network is None:
@@ -162,12 +177,13 @@ class ModelExport(Node):
     @classmethod
     def check(cls, config: NodeConfig, neighbours: dict[str, tuple[str, NodeConfig]]) -> list[Finding]:
         cfg: ModelExportConfig = config  # type: ignore[assignment]
+        found = _input_size_findings(cfg.input_size, neighbours.get("model@origin") or neighbours.get("model"))
         if cfg.format == "onnx" and cfg.opset < 18:
-            return [Finding("opset", "old_opset", f"opset {cfg.opset} is converted down from 18 by onnxscript's "
-                            "version converter, which does not handle every operator (then the older TorchScript-"
-                            "based exporter writes it); the parity check runs the result", hint="use opset 18 or later unless a runtime needs an older one",
-                            severity="warning")]
-        return []
+            found.append(Finding("opset", "old_opset", f"opset {cfg.opset} is converted down from 18 by onnxscript's "
+                                 "version converter, which does not handle every operator (then the older "
+                                 "TorchScript-based exporter writes it); the parity check runs the result",
+                                 hint="use opset 18 or later unless a runtime needs an older one", severity="warning"))
+        return found
 
     def run(self, model, dataset_info=None) -> dict[str, Any]:
         from segflow.export.formats import export_model
