@@ -355,3 +355,13 @@ def test_an_export_size_is_checked_against_the_network_behind_the_trainer():
         spec.loads(_mutated("train_evaluate_unet", "export", "input_size", [60, 64]), file="t.json")
     assert "divisible by 8" in e.value.issues[0].message
     spec.loads(_mutated("train_evaluate_unet", "export", "input_size", [64]), file="t.json")
+
+
+def test_postprocessing_classes_are_classes_of_the_data():
+    doc = json.loads((ROOT / "workflows" / "evaluate_unet.json").read_text())
+    [predictor] = [n for n in doc["nodes"] if n["name"] == "predictor"]
+    predictor.setdefault("config", {}).update(postprocessing="largest_component", postprocessing_classes=[1, 2])
+    with pytest.raises(WorkflowError) as e:
+        spec.loads(json.dumps(doc), file="e.json")
+    [issue] = e.value.issues
+    assert issue.path.endswith("postprocessing_classes") and "names class 2, but" in issue.message

@@ -199,6 +199,13 @@ class Predictor(Node):
                 and max(cfg.tta_flips) >= dims:
             found.append(Finding("tta_flips", "bad_value", f"tta_flips {cfg.tta_flips} names axis "
                                  f"{max(cfg.tta_flips)}, but the data is {dims}-D", hint=f"use axes 0..{dims - 1}"))
+        classes = DataShape.of_config(*source).num_classes if source else None
+        if classes and cfg.postprocessing_classes and max(cfg.postprocessing_classes) >= classes:
+            found.append(Finding("postprocessing_classes", "bad_value", f"postprocessing_classes "
+                                 f"{cfg.postprocessing_classes} names class {max(cfg.postprocessing_classes)}, but "
+                                 f"the {source[0]} has {classes} classes (0 to {classes - 1})",
+                                 hint="the foreground class is 1" if classes == 2 else
+                                 f"foreground classes are 1 to {classes - 1}"))
         return found + _window_findings(cfg, neighbours.get("model@origin") or neighbours.get("model")) + \
             _postprocessing_findings(cfg)
 
