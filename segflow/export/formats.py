@@ -208,46 +208,14 @@ def export_model(model: torch.nn.Module, fmt: str, path: Path, input_shape: tupl
     try:
         with torch.no_grad():
             expected = module(check).numpy()
-        try:
-            if fmt == "torchscript":
-                _export_torchscript(module, sample, tmp)
-                exporter = "torch.jit.trace"
-            elif fmt == "torch_export":
-                _export_program(module, sample, tmp, dynamic_batch)
-                exporter = "torch.export"
-            elif fmt == "onnx":
-                exporter, first_failure = _export_onnx(module, sample, tmp, opset, dynamic_batch,
-                                                       dynamic_spatial=other_size is not None)
-                if first_failure:
-                    log(f"export: the torch.export-based ONNX exporter failed ({first_failure}); "
-                        "used the TorchScript-based one")
-            else:
-                raise ValueError(f"unknown export format {fmt!r}; use onnx, torch_export or torchscript")
-        except ImportError as e:
-            raise ValueError(f"exporting to {fmt} needs {e.name}: pip install 'segflow[export]'") from e
-        except (RuntimeError, torch.jit.Error, TypeError, AssertionError, NotImplementedError) as e:
-            raise ValueError(f"the network {name} cannot be exported to {fmt}: {e}. "
-                             f"Try another format (onnx / torch_export / torchscript).") from e
+        exporter = _write(module, fmt, sample, tmp, name, opset, dynamic_batch, other_size is not None, log)
         report = {"path": str(path), "format": fmt, "network": name, "input_shape": [1, *input_shape],
                   "exporter": exporter, "dynamic_batch": dynamic_batch, "tolerance": tolerance,
                   "dynamic_spatial": other_size is not None, "max_abs_diff": None, "runtime": None}
         if other_size is not None:
             _check_other_size(module, tmp, (input_shape[0], *other_size), gen, tolerance, name)
         if parity_check:
-            if fmt == "torchscript":
-                got, runtime = _run_torchscript(tmp, check), f"torch {torch.__version__}"
-            elif fmt == "torch_export":
-                got, runtime = _run_program(tmp, check), f"torch {torch.__version__}"
-            else:
-                try:
-                    got, runtime = _run_onnx(tmp, check)
-                except Exception as e:  # the runtime refuses the file: an opset it lacks, an op it cannot run
-                    raise ValueError(f"the exported ONNX {name} (opset {opset}) does not run in the parity check: "
-                                     f"{_first_line(e)}; try ModelExport.opset 18 or later") from e
-            if got.shape != expected.shape:
-                raise ValueError(f"the exported {fmt} {name} returns shape {list(got.shape)} for input "
-                                 f"{list(check.shape)}, eager PyTorch {list(expected.shape)}")
-            diff = float(np.max(np.abs(got.astype(np.float64) - expected)))
+            diff, runtime = _parity(tmp, fmt, check, expected, name, opset)
             report.update(max_abs_diff=diff, runtime=runtime)
             if not diff <= tolerance:  # also catches NaN
                 raise ValueError(f"parity check failed for {name} as {fmt}: max abs difference {diff:.3g} from "
@@ -261,3 +229,47 @@ def export_model(model: torch.nn.Module, fmt: str, path: Path, input_shape: tupl
         return report
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _write(module, fmt: str, sample: torch.Tensor, tmp: Path, name: str, opset: int, dynamic_batch: bool,
+           dynamic_spatial: bool, log: Callable[[str], None]) -> str:
+    """Write the file in `fmt`; the exporter that wrote it. ValueError naming the network and format
+    when none can."""
+    try:
+        if fmt == "torchscript":
+            _export_torchscript(module, sample, tmp)
+            return "torch.jit.trace"
+        if fmt == "torch_export":
+            _export_program(module, sample, tmp, dynamic_batch)
+            return "torch.export"
+        if fmt == "onnx":
+            exporter, first_failure = _export_onnx(module, sample, tmp, opset, dynamic_batch, dynamic_spatial)
+            if first_failure:
+                log(f"export: the torch.export-based ONNX exporter failed ({first_failure}); "
+                    "used the TorchScript-based one")
+            return exporter
+    except ImportError as e:
+        raise ValueError(f"exporting to {fmt} needs {e.name}: pip install 'segflow[export]'") from e
+    except (RuntimeError, torch.jit.Error, TypeError, AssertionError, NotImplementedError) as e:
+        raise ValueError(f"the network {name} cannot be exported to {fmt}: {e}. "
+                         f"Try another format (onnx / torch_export / torchscript).") from e
+    raise ValueError(f"unknown export format {fmt!r}; use onnx, torch_export or torchscript")
+
+
+def _parity(tmp: Path, fmt: str, check: torch.Tensor, expected: np.ndarray, name: str,
+            opset: int) -> tuple[float, str]:
+    """(largest absolute difference of the written file's logits from eager PyTorch's, the runtime)."""
+    if fmt == "torchscript":
+        got, runtime = _run_torchscript(tmp, check), f"torch {torch.__version__}"
+    elif fmt == "torch_export":
+        got, runtime = _run_program(tmp, check), f"torch {torch.__version__}"
+    else:
+        try:
+            got, runtime = _run_onnx(tmp, check)
+        except Exception as e:  # the runtime refuses the file: an opset it lacks, an op it cannot run
+            raise ValueError(f"the exported ONNX {name} (opset {opset}) does not run in the parity check: "
+                             f"{_first_line(e)}; try ModelExport.opset 18 or later") from e
+    if got.shape != expected.shape:
+        raise ValueError(f"the exported {fmt} {name} returns shape {list(got.shape)} for input "
+                         f"{list(check.shape)}, eager PyTorch {list(expected.shape)}")
+    return float(np.max(np.abs(got.astype(np.float64) - expected))), runtime

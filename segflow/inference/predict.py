@@ -57,15 +57,11 @@ if TYPE_CHECKING:
 
 def predict(cfg: PredictorConfig, ctx: RunContext, name: str, model: torch.nn.Module, loader: Any,
             info: DatasetInfo | None = None) -> PredictionSet:
-    from segflow.training.device import resolve_device, resolve_precision
-
     who = f"Predictor '{name}'"
     if loader is None:
         raise ValueError(f"{who}: the loader input is empty (None). A MedicalSegmentationLoader gives no val_loader "
                          "when val_fraction is 0 and the folder has no val/ split; set val_fraction above 0")
-    device = resolve_device(ctx.device or cfg.device, "--device" if ctx.device else f"{who}: config field 'device'")
-    precision = resolve_precision(bool(cfg.mixed_precision), device, log=lambda _m: None)
-    amp = precision.dtype if precision.enabled and device.type == "cuda" else None
+    device, amp = _device_and_autocast(cfg, ctx, who)
     out_dir = ctx.output_path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -88,12 +84,7 @@ def predict(cfg: PredictorConfig, ctx: RunContext, name: str, model: torch.nn.Mo
         for batch in loader:
             image = batch["image"].to(device)
             dims = dims or image.ndim - 2
-            roi = roi_size(cfg.roi_size, info, dims)
-            window_fits(roi, description_of(model), explicit=cfg.roi_size is not None)
-            variants = tta_mod.variants(cfg.tta, cfg.tta_flips, cfg.tta_scales, dims, cfg.tta_flip_combinations)
-            probs = tta_mod.predict_probabilities(model, image, roi, overlap=cfg.overlap, blend_mode=cfg.blend_mode,
-                                                  sw_batch_size=cfg.sw_batch_size, tta=variants, autocast_dtype=amp,
-                                                  sigmoid=labels.region_based)
+            probs = _probabilities(cfg, model, image, info, dims, amp, labels.region_based)
             num_classes = probs.shape[1]
             ids = _case_ids(batch, len(image), len(records))
             for i, case_id in enumerate(ids):
@@ -112,6 +103,26 @@ def predict(cfg: PredictorConfig, ctx: RunContext, name: str, model: torch.nn.Mo
     ctx.log(f"{who}: {len(records)} case(s) predicted into {out_dir}")
     return PredictionSet(records, num_classes=_classes(num_classes, info, labels),
                          spatial_dims=dims or 2, class_names=class_names, output_dir=out_dir, labels=labels)
+
+
+def _device_and_autocast(cfg: PredictorConfig, ctx: RunContext, who: str) -> tuple[torch.device, Any]:
+    """The device to predict on (--device wins) and the autocast dtype there (None: fp32)."""
+    from segflow.training.device import resolve_device, resolve_precision
+
+    device = resolve_device(ctx.device or cfg.device, "--device" if ctx.device else f"{who}: config field 'device'")
+    precision = resolve_precision(bool(cfg.mixed_precision), device, log=lambda _m: None)
+    return device, precision.dtype if precision.enabled and device.type == "cuda" else None
+
+
+def _probabilities(cfg: PredictorConfig, model: torch.nn.Module, image: torch.Tensor, info, dims: int, amp,
+                   sigmoid: bool) -> torch.Tensor:
+    """One batch's probabilities: sliding windows (checked against the network) and TTA as configured."""
+    roi = roi_size(cfg.roi_size, info, dims)
+    window_fits(roi, description_of(model), explicit=cfg.roi_size is not None)
+    variants = tta_mod.variants(cfg.tta, cfg.tta_flips, cfg.tta_scales, dims, cfg.tta_flip_combinations)
+    return tta_mod.predict_probabilities(model, image, roi, overlap=cfg.overlap, blend_mode=cfg.blend_mode,
+                                         sw_batch_size=cfg.sw_batch_size, tta=variants, autocast_dtype=amp,
+                                         sigmoid=sigmoid)
 
 
 def _classes(channels: int | None, info, labels: LabelScheme) -> int:
