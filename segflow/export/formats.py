@@ -18,7 +18,6 @@ import copy
 import io
 import logging
 import os
-import re
 import tempfile
 import warnings
 from contextlib import contextmanager, redirect_stdout
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 
 from segflow.networks.description import description_of
-from segflow.workflow.errors import ConfigValueError
+from segflow.workflow.errors import ConfigValueError, first_line
 
 
 def network_name(model: torch.nn.Module) -> str:
@@ -89,11 +88,6 @@ def _run_program(path: Path, x: torch.Tensor) -> np.ndarray:
         return _logits(torch.export.load(io.BytesIO(path.read_bytes())).module()(x)).numpy()
 
 
-def _first_line(e: Exception) -> str:
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()  # the exporter colours its messages
-    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
-
-
 @contextmanager
 def _quiet_onnx_logs():
     """The exporter logs a warning per torchvision op it skips when torchvision is absent (always,
@@ -139,7 +133,7 @@ def _export_onnx(module, sample, path: Path, opset: int, dynamic_batch: bool,
                 return "torch.export", None
             errors.append(f"torch.export-based exporter: could not convert to opset {opset} (wrote {written})")
         except Exception as e:  # the new exporter cannot capture every network; try the older one
-            errors.append(f"torch.export-based exporter: {_first_line(e)}")
+            errors.append(f"torch.export-based exporter: {first_line(e)}")
         try:
             named = ({0: "batch"} if dynamic_batch else {}) | {axis: f"size_{axis - 2}" for axis in spatial}
             axes = {"image": named, "logits": named} if named else None
@@ -147,7 +141,7 @@ def _export_onnx(module, sample, path: Path, opset: int, dynamic_batch: bool,
                               output_names=["logits"], dynamic_axes=axes, dynamo=False)
             return "torchscript-based", errors[0]
         except Exception as e:
-            errors.append(f"TorchScript-based exporter: {_first_line(e)}")
+            errors.append(f"TorchScript-based exporter: {first_line(e)}")
     if "could not convert to opset" in errors[0]:  # a file was written, at another opset: the setting's fault
         raise ConfigValueError("opset", "bad_value", f"no ONNX exporter wrote opset {opset}: {'; '.join(errors)}",
                                hint="use opset 18 or later")
@@ -163,7 +157,7 @@ def _check_other_size(module, path: Path, shape: tuple[int, ...], gen: torch.Gen
     try:
         got, _ = _run_onnx(path, x)
     except Exception as e:  # onnxruntime refuses a size the graph fixed
-        raise ValueError(f"the ONNX {name} does not take spatial size {list(shape[1:])}: {_first_line(e)}") from e
+        raise ValueError(f"the ONNX {name} does not take spatial size {list(shape[1:])}: {first_line(e)}") from e
     diff = float(np.max(np.abs(got.astype(np.float64) - expected))) if got.shape == expected.shape else float("inf")
     if not diff <= tolerance:
         raise ValueError(f"the ONNX {name} at spatial size {list(shape[1:])} differs from eager PyTorch by {diff:.3g}")
@@ -268,7 +262,7 @@ def _parity(tmp: Path, fmt: str, check: torch.Tensor, expected: np.ndarray, name
             got, runtime = _run_onnx(tmp, check)
         except Exception as e:  # the runtime refuses the file: an opset it lacks, an op it cannot run
             raise ValueError(f"the exported ONNX {name} (opset {opset}) does not run in the parity check: "
-                             f"{_first_line(e)}; try ModelExport.opset 18 or later") from e
+                             f"{first_line(e)}; try ModelExport.opset 18 or later") from e
     if got.shape != expected.shape:
         raise ValueError(f"the exported {fmt} {name} returns shape {list(got.shape)} for input "
                          f"{list(check.shape)}, eager PyTorch {list(expected.shape)}")

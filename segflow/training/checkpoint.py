@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from segflow.networks.description import description_of
+from segflow.workflow.errors import first_line
 from segflow.workflow.files import atomic_write
 
 FORMAT = "segflow-checkpoint"
@@ -58,7 +59,7 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
         name = Path(path).name
         kept = f"the previous {name} is intact" if Path(path).exists() else f"no {name} was written"
         raise OSError(errno.ENOSPC, f"cannot write {path}: the disk is full or a file-size limit was reached "
-                                    f"({_first_line(e)}); {kept}. Free space (or raise the limit) and resume") from e
+                                    f"({first_line(e, 200)}); {kept}. Free space (or raise the limit) and resume") from e
 
 
 def _out_of_space(e: BaseException) -> bool:
@@ -66,10 +67,6 @@ def _out_of_space(e: BaseException) -> bool:
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", -1)):
         return True
     return "unexpected pos" in str(e) or "No space left" in str(e) or "File too large" in str(e)
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 def remove_stale_writes(folder: Path, log: Callable[[str], None]) -> None:

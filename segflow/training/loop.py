@@ -23,6 +23,7 @@ from segflow.training.mixing import BatchMix
 from segflow.training.region_metrics import meter_for
 from segflow.training.schedules import EpochSchedule, ScheduleSettings, describe_change
 from segflow.workflow import distributed
+from segflow.workflow.errors import first_line
 
 if TYPE_CHECKING:
     from segflow.nodes.base import RunContext
@@ -63,8 +64,8 @@ class _Forward:
         try:
             out = self.compiled(x)
         except Exception as e:
-            self.log(f"compile: torch.compile failed on the first batch ({type(e).__name__}: "
-                     f"{str(e).splitlines()[0] if str(e) else ''}); training eagerly. Set compile: false to skip this.")
+            self.log(f"compile: torch.compile failed on the first batch ({first_line(e)}); training eagerly. "
+                     "Set compile: false to skip this.")
             self.compiled = None
             return self.eager(x)
         self.proven = True

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from segflow.training.artefacts import epoch_scalars
+from segflow.workflow.errors import first_line
 from segflow.workflow.files import write_json
 from segflow.workflow.rundir import RUNS_ROOT
 
@@ -66,7 +67,7 @@ class MlflowRun:
             return call()
         except Exception as e:  # noqa: BLE001 - any tracking failure must leave the run going
             self.failed = True
-            self.log(f"warning: MLflow tracking stopped ({what}: {type(e).__name__}: {str(e).splitlines()[0][:300]}); "
+            self.log(f"warning: MLflow tracking stopped ({what}: {first_line(e)}); "
                      f"the run goes on, and its files in {self.run_dir} are complete")
             return None
 

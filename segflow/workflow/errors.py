@@ -7,6 +7,7 @@ fails while running is reported as a `NodeRunError` naming the node, its type an
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -80,6 +81,13 @@ class NodeRunError(Exception):
         self.node_type = node_type
         reason = str(cause) or type(cause).__name__
         super().__init__(f"node '{node}' ({node_type}) failed: {reason}")
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """"TypeName: the message's first line", without the terminal colours some libraries add: how a
+    library's exception is quoted inside a message of segflow's own."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:limit] if text else ''}".rstrip(": ")
 
 
 class ConfigValueError(ValueError):
