@@ -243,3 +243,30 @@ def test_two_class_nnunet_dataset_in_nrrd_trains_and_predicts_nrrd(tmp_path, sit
         assert_same_geometry(sitk, rec.prediction_path, rec.image_paths[0])
         assert set(np.unique(read(rec.prediction_path, is_label=True).array)) <= {0, 1}
     assert oriented_case(preds.records[0]).canonical  # overlays turn NRRD predictions to RAS+ by their header
+
+
+def test_the_disk_cache_key_follows_the_data_file_behind_a_detached_header(tmp_path):
+    """A .mhd/.nhdr header names the file its voxels are in; rewriting that file (same size, the header
+    untouched) must change the cache key, or a disk cache would hand out the old image."""
+    import os
+
+    from segflow.data.itk_io import detached_data_files
+    from segflow.data.layouts import Case
+    from segflow.data.prepare import PrepSpec, cache_key
+
+    raw = tmp_path / "c1.raw"
+    raw.write_bytes(bytes(64))
+    mhd = tmp_path / "c1.mhd"
+    mhd.write_text("ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementType = MET_UCHAR\nElementDataFile = c1.raw\n")
+    nhdr = tmp_path / "c2.nhdr"
+    nhdr.write_text("NRRD0004\ntype: uchar\ndimension: 3\nsizes: 4 4 4\nencoding: raw\ndata file: c1.raw\n")
+    listed = tmp_path / "c3.mhd"
+    listed.write_text("NDims = 3\nElementDataFile = LIST\nslice0.raw\nslice1.raw\n")
+    assert detached_data_files(mhd) == [raw] and detached_data_files(nhdr) == [raw]
+    assert detached_data_files(listed) == [tmp_path / "slice0.raw", tmp_path / "slice1.raw"]
+    assert detached_data_files(tmp_path / "c1.raw") == []
+    case, spec = Case("c1", [mhd], None), PrepSpec(spatial_dims=3)
+    before = cache_key(case, spec)
+    raw.write_bytes(bytes(range(64)))
+    os.utime(raw, ns=(raw.stat().st_atime_ns, raw.stat().st_mtime_ns + 10**9))
+    assert cache_key(case, spec) != before

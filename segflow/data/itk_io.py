@@ -163,3 +163,32 @@ def itk_bytes(label: np.ndarray, fmt: str, geometry: ItkGeometry | None, affine,
         out = Path(tmp) / f"prediction.{fmt}"  # ITK picks its writer by the extension
         sitk.WriteImage(image, str(out), True)  # compressed: label maps shrink a lot
         return out.read_bytes()
+
+
+# the header line naming a detached header's data: MetaImage "ElementDataFile = x.raw", NRRD "data file: x.raw"
+_DATA_FILE = re.compile(r"^\s*(?:ElementDataFile\s*=|data ?file\s*:)\s*(.*?)\s*$", re.IGNORECASE)
+
+
+def detached_data_files(header: Path) -> list[Path]:
+    """The files a .nhdr/.mhd header's voxels are in (a changed data file changes the image while the
+    header stays as it was). LOCAL (data in the header itself), and file patterns with %d, give none;
+    LIST gives the files listed after it. Reads text only: no SimpleITK needed."""
+    if header.suffix.lower() not in (".nhdr", ".mhd"):
+        return []
+    try:
+        lines = header.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    for i, line in enumerate(lines):
+        found = _DATA_FILE.match(line)
+        if not found:
+            continue
+        name = found[1].split()[0] if found[1] else ""
+        if name.upper() == "LIST":
+            names = [n.strip() for n in lines[i + 1:] if n.strip()]
+        elif name.upper() == "LOCAL" or "%" in name or not name:
+            names = []
+        else:
+            names = [found[1]]
+        return [p if p.is_absolute() else header.parent / p for p in map(Path, names)]
+    return []

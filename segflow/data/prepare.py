@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from segflow.data.intensity import ONLY_3D, ChannelPlan, check_channel_count, nonzero_mask, zscore_inside
+from segflow.data.itk_io import detached_data_files
 from segflow.data.label_coding import CLASS_INDICES, IMAGE_MASKS, LabelCoding
 from segflow.data.layouts import Case
 from segflow.data.readers import read, split_name
@@ -308,8 +309,9 @@ def cache_key(case: Case, spec: PrepSpec) -> str:
     """Changes when a file or a preprocessing setting changes, so a stale disk cache is never used."""
     parts = [f"v{CACHE_VERSION}", repr(spec)]
     for p in [*case.images, *([case.label] if case.label is not None else [])]:
-        st = p.stat()
-        parts.append(f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}")
+        for f in [p, *detached_data_files(p)]:  # a .nhdr/.mhd header's voxels live in another file
+            st = f.stat() if f.exists() else None
+            parts.append(f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}" if st else f"{f}:missing")
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
 
 
