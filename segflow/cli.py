@@ -38,7 +38,7 @@ def cmd_validate(args) -> int:
                 try:
                     # Paths only: the machine validating need not be the one that will train,
                     # so devices are checked as if the run said --device cpu, and memory not at all.
-                    preflight(wf, list(wf.nodes), "cpu", paths_only=True)
+                    issues += preflight(wf, list(wf.nodes), "cpu", paths_only=True)
                 except WorkflowError as e:
                     issues += e.issues
         except WorkflowError as e:

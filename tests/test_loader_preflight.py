@@ -170,3 +170,20 @@ def test_a_cgroup_limit_lowers_what_is_available(tmp_path, monkeypatch):
     assert host_memory.available() == (2 * GIB, "the cgroup memory limit less what the cgroup uses")
     (group / "memory.max").write_text("max\n")
     assert host_memory.available() == (10 * GIB, "MemAvailable")
+
+
+def test_a_preflight_warning_is_shown_by_run_and_by_validate_check_paths(tmp_path, monkeypatch, capsys):
+    from segflow.nodes.base import Finding
+    from segflow.nodes.data import MedicalSegmentationLoader
+
+    warning = Finding("cache_dir", "slow_disk", "the cache folder is on a network disk", severity="warning")
+    monkeypatch.setattr(MedicalSegmentationLoader, "preflight", classmethod(lambda cls, config, device: [warning]))
+    monkeypatch.chdir(tmp_path)
+    doc = json.loads(json.dumps(QUICKSTART))
+    doc["nodes"][0]["config"]["data_dir"] = str(tmp_path / "phantom")
+    (tmp_path / "wf.json").write_text(json.dumps(doc))
+    assert main(["validate", "--check-paths", "wf.json"]) == 0
+    assert "warning[slow_disk] node 'data_loader' at nodes[0].config.cache_dir" in capsys.readouterr().out
+    lines = []
+    executor.run_workflow("wf.json", until="data_loader", run_dir=tmp_path / "run", progress=False, log=lines.append)
+    assert any("warning[slow_disk]" in line for line in lines)

@@ -46,7 +46,8 @@ def run_workflow(path: str | Path, *, sets=(), device: str | None = None, run_di
     for warning in wf.warnings if distributed.is_main() else ():  # once per job, not once per rank
         log(warning.format())
     order = wf.order(until)
-    preflight(wf, order, device)
+    for warning in preflight(wf, order, device) if distributed.is_main() else ():
+        log(warning.format())
     # Under torchrun every rank runs this function; only rank 0 makes and writes the run directory
     # and logs, the others learn the directory (and the checkpoint to resume) from it.
     in_group = distributed.setup(_training_device(wf, order, device))
@@ -168,9 +169,10 @@ def _training_device(wf: spec.Workflow, order: list[str], device: str | None) ->
 CAPACITY_CODES = frozenset({"insufficient_memory"})
 
 
-def preflight(wf: spec.Workflow, order: list[str], device: str | None, paths_only: bool = False) -> None:
+def preflight(wf: spec.Workflow, order: list[str], device: str | None, paths_only: bool = False) -> list[Issue]:
     """Checks of the world (paths exist, devices are there, batches fit in memory) before any node
-    starts work; every node's problems together. `paths_only`: leave out CAPACITY_CODES."""
+    starts work; every node's problems together, raised when one is an error, else the warnings
+    returned. `paths_only`: leave out CAPACITY_CODES."""
     issues = []
     for name in order:
         node_spec = wf.nodes[name]
@@ -179,3 +181,4 @@ def preflight(wf: spec.Workflow, order: list[str], device: str | None, paths_onl
                 issues.append(wf.issue(f, node_spec))
     if any(i.severity == "error" for i in issues):
         raise WorkflowError(issues)
+    return issues
