@@ -225,16 +225,7 @@ class TrainingRun:
             # per rank: DDP ranks must not share dropout masks or augmentation_on "device" draws
             seed_everything(distributed.rank_seed(cfg.seed), cfg.deterministic)
         self.precision = resolve_precision(cfg.mixed_precision, self.device, self.log)
-        self.run_dir = Path(ctx.run_dir)
-        self.ckpt_dir = ctx.output_path(cfg.checkpoint_dir)
-        if self.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-            checkpoint.remove_stale_writes(self.ckpt_dir, self.log)
-        self.monitor, self.mode = cfg.monitor, monitor_mode(cfg.monitor)
-        if val_loader is None and self.monitor.startswith("val_"):
-            self.monitor, self.mode = "train_loss", "min"
-            self.log(f"{self.who}: no val_loader wired; monitoring train_loss instead of {cfg.monitor}")
+        self._set_up_folders_and_monitor()
         model.to(self.device)
         if isinstance(loss_fn, torch.nn.Module):
             loss_fn.to(self.device)
@@ -259,6 +250,21 @@ class TrainingRun:
         self.mlflow = _mlflow_run(cfg, ctx, self.run_dir) if self.main and "mlflow" in cfg.tracking else None
         self.histograms = GradientHistograms(model, cfg.grad_histogram_every if self.main else 0,
                                              cfg.gradient_accumulation_steps)
+
+    def _set_up_folders_and_monitor(self) -> None:
+        """The run and checkpoint folders (rank 0 makes them and clears a killed run's partial writes),
+        and the monitored column: train_loss when there is no val_loader to give val_ columns."""
+        cfg = self.cfg
+        self.run_dir = Path(self.ctx.run_dir)
+        self.ckpt_dir = self.ctx.output_path(cfg.checkpoint_dir)
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            checkpoint.remove_stale_writes(self.ckpt_dir, self.log)
+        self.monitor, self.mode = cfg.monitor, monitor_mode(cfg.monitor)
+        if self.val_loader is None and self.monitor.startswith("val_"):
+            self.monitor, self.mode = "train_loss", "min"
+            self.log(f"{self.who}: no val_loader wired; monitoring train_loss instead of {cfg.monitor}")
 
     # ---- the run ----------------------------------------------------------------------------
 
