@@ -365,3 +365,16 @@ def test_postprocessing_classes_are_classes_of_the_data():
         spec.loads(json.dumps(doc), file="e.json")
     [issue] = e.value.issues
     assert issue.path.endswith("postprocessing_classes") and "names class 2, but" in issue.message
+
+
+def test_the_smallest_attention_unet_builds_and_runs():
+    """base_channels 1 once validated and failed in training (its first attention gate had 0 channels)."""
+    import torch
+
+    from segflow.networks.factory import build_network
+    from segflow.nodes.networks import AttentionUNetConfig
+
+    with pytest.raises(Exception, match="greater than or equal to 2"):
+        AttentionUNetConfig(base_channels=1)
+    net = build_network("AttentionUNet", AttentionUNetConfig(base_channels=2, depth=3))
+    assert net(torch.zeros(1, 1, 32, 32)).shape == (1, 2, 32, 32)

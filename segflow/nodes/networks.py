@@ -321,7 +321,8 @@ class AttentionUNetConfig(NetworkConfig):
         "decoder": "each level's attention gate, upsampling and merge convolution",
         "head": "the final 1x1 convolution to the logits"}
     spatial_dims: SpatialDims = _spatial_dims_field(2)
-    base_channels: Width = Field(32, ge=1, description="Channels of the first level; each deeper level doubles them.")
+    base_channels: Width = Field(32, ge=2, description="Channels of the first level; each deeper level doubles them "
+                                                        "(at least 2: the first attention gate has half as many).")
     depth: int = Field(5, ge=2, le=8, description="Levels including the bottleneck (depth-1 downsamplings by 2).")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability in every block.")
 
