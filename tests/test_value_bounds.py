@@ -399,3 +399,20 @@ def test_the_smallest_attention_unet_builds_and_runs():
         AttentionUNetConfig(base_channels=1)
     net = build_network("AttentionUNet", AttentionUNetConfig(base_channels=2, depth=3))
     assert net(torch.zeros(1, 1, 32, 32)).shape == (1, 2, 32, 32)
+
+
+SCHEMA_FLAGS = [c for c in ONCE_ACCEPTED if INF not in json.dumps(c[3]) and c[2] != "monitor"]
+
+
+@pytest.mark.parametrize("workflow,node,key,value,words", SCHEMA_FLAGS, ids=[f"{c[1]}.{c[2]}" for c in SCHEMA_FLAGS])
+def test_the_json_schema_flags_the_same_values_an_editor_sees(workflow, node, key, value, words):
+    """What an editor (or check-jsonschema in CI) checks against schemas/workflow.schema.json flags the
+    values validate rejects by their range (infinity is JSON's 1e400, which schema validators read as
+    a number; the monitor is a fact of the whole file)."""
+    schema = json.loads((ROOT / "schemas" / "workflow.schema.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    doc = json.loads(_mutated(workflow, node, key, value))
+    errors = list(validator.iter_errors(doc))
+    assert errors, f"{node}.{key} = {value!r} passes the JSON Schema"
+    original = json.loads((ROOT / "workflows" / f"{workflow}.json").read_text())
+    assert list(validator.iter_errors(original)) == []
