@@ -416,3 +416,13 @@ def test_the_json_schema_flags_the_same_values_an_editor_sees(workflow, node, ke
     assert errors, f"{node}.{key} = {value!r} passes the JSON Schema"
     original = json.loads((ROOT / "workflows" / f"{workflow}.json").read_text())
     assert list(validator.iter_errors(original)) == []
+
+
+@pytest.mark.slow
+def test_validated_edge_values_after_training_run_or_fail_located(tmp_path, monkeypatch):
+    """The Predictor's, Evaluator's, overlay's and export's edge values in train_evaluate_unet."""
+    monkeypatch.chdir(tmp_path)
+    nodes = {"predictor": "Predictor", "evaluator": "Evaluator", "overlay": "SegmentationOverlay",
+             "export": "ModelExport"}
+    source = ROOT / "workflows" / "train_evaluate_unet.json"
+    assert _run_edges(source, _edge_values(nodes), TINY, tmp_path) >= 10
