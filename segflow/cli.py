@@ -283,6 +283,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"segflow {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    _add_run(sub)
+    _add_validate_and_plan(sub)
+    from segflow.packaging.command import add_parsers
+
+    add_parsers(sub, _device_option)
+
+    _add_reference_commands(sub)
+    return parser
+
+
+def _add_run(sub) -> None:
     p = sub.add_parser("run", help="validate and run a workflow")
     p.add_argument("workflow")
     p.add_argument("--set", action="append", metavar="NODE.KEY=VALUE", help="override a config value (repeatable)")
@@ -304,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show the full traceback when a node fails")
     p.set_defaults(func=cmd_run)
 
+
+def _add_validate_and_plan(sub) -> None:
     p = sub.add_parser("validate", help="check workflow files without running them (no torch needed)")
     p.add_argument("workflows", nargs="+")
     p.add_argument("--format", choices=("text", "json", "github"), default="text")
@@ -326,10 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_plan)
 
-    from segflow.packaging.command import add_parsers
 
-    add_parsers(sub, _device_option)
-
+def _add_reference_commands(sub) -> None:
+    """schema, nodes, graph and inspect: what a workflow is made of."""
     p = sub.add_parser("schema", help="write the workflow JSON Schema")
     p.add_argument("-o", "--output", help="path, or - for stdout (default: schemas/workflow.schema.json)")
     p.add_argument("--check", action="store_true", help="exit 1 if the file differs from the registry")
@@ -353,7 +365,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="NODE.KEY=VALUE", help="override a config value (repeatable)")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func=cmd_inspect)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
