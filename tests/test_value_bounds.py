@@ -426,3 +426,13 @@ def test_validated_edge_values_after_training_run_or_fail_located(tmp_path, monk
              "export": "ModelExport"}
     source = ROOT / "workflows" / "train_evaluate_unet.json"
     assert _run_edges(source, _edge_values(nodes), TINY, tmp_path) >= 10
+
+
+def test_the_node_reference_shows_each_range():
+    from segflow.workflow.catalogue import describe
+
+    text = describe(node_types()["MedicalSegmentationLoader"])
+    assert "batch_size: int (1 to 65,536) = 8" in text
+    assert "seed: int (0 to 4,294,967,295) = 42" in text
+    assert "image_size: int (8 to 4,096) | list[int (8 to 4,096)] | None = null" in text
+    assert "FieldInfo" not in text and "Annotated" not in text

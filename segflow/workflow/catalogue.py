@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import inspect
 import json
+import types
+import typing
 from typing import Any
 
 from pydantic_core import PydanticUndefined
@@ -18,10 +20,35 @@ def summary_line(cls: type[Node]) -> str:
     return " ".join(paragraph.split())
 
 
-def _type_name(annotation: Any) -> str:
-    text = getattr(annotation, "__name__", None) if not getattr(annotation, "__args__", None) else None
-    text = text or str(annotation)
-    return text.replace("typing.", "").replace("NoneType", "None")
+def _type_name(annotation: Any, metadata: tuple = ()) -> str:
+    """A field's type as the docs show it, with its range: "int (1 to 65,536)", "list[float (> 0)] | None"."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _type_name(args[0], (*metadata, *_flat(args[1:])))
+    if origin in (typing.Union, types.UnionType):
+        # a field's own bounds on an optional value are the value's (pydantic puts them there)
+        return " | ".join(_type_name(a, () if a is type(None) else metadata) for a in args)
+    if origin is typing.Literal:
+        return "Literal[" + ", ".join(map(repr, args)) + "]"
+    if origin in (list, tuple, dict):
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in args if a is not Ellipsis)}]"
+    name = "None" if annotation is type(None) else getattr(annotation, "__name__", str(annotation))
+    return name.replace("typing.", "") + _range(metadata)
+
+
+def _flat(metadata) -> list:
+    """Annotated metadata with the constraints inside pydantic FieldInfo objects taken out."""
+    return [m for item in metadata for m in (getattr(item, "metadata", None) or [item])]
+
+
+def _range(metadata) -> str:
+    bounds = {type(m).__name__: getattr(m, type(m).__name__.lower()) for m in metadata
+              if type(m).__name__ in ("Ge", "Gt", "Le", "Lt")}  # annotated_types' bounds
+    shown = {k: (f"{v:,}" if isinstance(v, int) else f"{v:g}") for k, v in bounds.items()}
+    if "Ge" in shown and "Le" in shown:
+        return f" ({shown['Ge']} to {shown['Le']})"
+    parts = [f"{sign} {shown[k]}" for k, sign in (("Ge", "≥"), ("Gt", ">"), ("Le", "≤"), ("Lt", "<")) if k in shown]
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def _default(field) -> str:
@@ -45,7 +72,7 @@ def fields(cls: type[Node]) -> list[tuple[str, str, str, str, list[str]]]:
     """(key, type, default, description, aliases) for each config field."""
     aliases = cls.Config.aliases
     return [
-        (key, _type_name(f.annotation), _default(f), (f.description or "") + _synonyms(f),
+        (key, _type_name(f.annotation, tuple(f.metadata)), _default(f), (f.description or "") + _synonyms(f),
          [a for a, c in aliases.items() if c == key])
         for key, f in cls.Config.model_fields.items()
     ]
