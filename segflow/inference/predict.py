@@ -147,19 +147,12 @@ def window_fits(roi: tuple[int, ...] | None, network: NetworkDescription | None,
     """A located error (at roi_size, or naming it when it came from the training patch size) when the
     sliding window is a size the network cannot take: not a multiple of its size divisor, or not
     the one size a fixed-size network (UNETR) takes."""
-    if roi is None or network is None:
-        return
-    divisors = network.size_divisors or (network.size_divisor,) * len(roi)
-    problem = ""
-    if network.fixed_size and tuple(network.fixed_size) != tuple(roi):
-        problem = f"the {network.type} takes exactly {list(network.fixed_size)}"
-    elif any(s % d for s, d in zip(roi, divisors)):
-        divisor = divisors[0] if len(set(divisors)) == 1 else f"{list(divisors)} per axis"
-        problem = (f"the {network.type} needs sizes divisible by {divisor}, e.g. "
-                   f"{[max(d, round(s / d) * d) for s, d in zip(roi, divisors)]}")
-    if problem:
+    found = network.size_problem(roi) if roi is not None and network is not None else None
+    if found:
+        problem, example = found
         where = "" if explicit else " (the training patch size, as roi_size is not set)"
-        raise ConfigValueError("roi_size", "bad_value", f"sliding window {list(roi)}{where}: {problem}",
+        raise ConfigValueError("roi_size", "bad_value", f"sliding window {list(roi)}{where}: the {network.type} "
+                               f"{problem}" + (f", e.g. {example}" if example else ""),
                                hint="set roi_size to a size the network takes")
 
 

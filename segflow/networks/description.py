@@ -24,6 +24,23 @@ class NetworkDescription:
     def renamed(self, type_name: str) -> NetworkDescription:
         return dataclasses.replace(self, type=type_name)
 
+    def divisors(self, dims: int) -> tuple[int, ...]:
+        """Per axis, the multiple each of `dims` input sizes must be."""
+        if self.size_divisors is not None and len(self.size_divisors) == dims:
+            return self.size_divisors
+        return (self.size_divisor,) * dims
+
+    def size_problem(self, size: tuple[int, ...]) -> tuple[str, list[int] | None] | None:
+        """Why an input of `size` cannot go through ("takes exactly [96, 96, 96]", "needs sizes divisible
+        by 16") with the nearest size it takes when there is one to suggest; None when it can."""
+        if self.fixed_size and tuple(self.fixed_size) != tuple(size):
+            return f"takes exactly {list(self.fixed_size)}", None
+        divisors = self.divisors(len(size))
+        if not any(s % d for s, d in zip(size, divisors)):
+            return None
+        divisor = divisors[0] if len(set(divisors)) == 1 else f"{list(divisors)} per axis"
+        return f"needs sizes divisible by {divisor}", [max(d, round(s / d) * d) for s, d in zip(size, divisors)]
+
 
 def describe(model: Any, description: NetworkDescription) -> Any:
     """Attach `description` to `model` (a torch module) and return the model."""

@@ -80,15 +80,6 @@ def _input_size_findings(size: list[int] | None, network: tuple[str, NodeConfig]
     return []
 
 
-def _divisors(network: NetworkDescription | None, dims: int) -> tuple[int, ...]:
-    """Per axis, the multiple the network needs each input size to be."""
-    if network is None:
-        return (1,) * dims
-    if network.size_divisors is not None and len(network.size_divisors) == dims:
-        return network.size_divisors
-    return (network.size_divisor,) * dims
-
-
 def sample_shape(cfg: ModelExportConfig, network: NetworkDescription | None, dataset_info=None) -> tuple[int, ...]:
     """(in_channels, *spatial) of the sample input, from the config, the loader or the network."""
     dims = (network and network.spatial_dims) or getattr(dataset_info, "spatial_dims", None)
@@ -106,14 +97,11 @@ def sample_shape(cfg: ModelExportConfig, network: NetworkDescription | None, dat
         size = size * dims
     if len(size) != dims:
         raise ValueError(f"ModelExport.input_size {size} has {len(size)} sizes; the network is {dims}-D")
-    divisors = _divisors(network, len(size))
-    name = network.type if network else "network"
-    if any(s % d for s, d in zip(size, divisors)):
-        divisor = divisors[0] if len(set(divisors)) == 1 else f"{list(divisors)} per axis"
-        raise ValueError(f"ModelExport.input_size {size}: the {name} needs sizes divisible by "
-                         f"{divisor}; e.g. {[max(d, round(s / d) * d) for s, d in zip(size, divisors)]}")
-    if fixed and list(fixed) != list(size):
-        raise ValueError(f"ModelExport.input_size {size}: the {name} takes exactly {list(fixed)}")
+    found = network.size_problem(tuple(size)) if network is not None else None
+    if found:
+        problem, example = found
+        raise ValueError(f"ModelExport.input_size {size}: the {network.type} {problem}" +
+                         (f"; e.g. {example}" if example else ""))
     return (int(channels), *map(int, size))
 
 
