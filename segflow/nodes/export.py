@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 
 from segflow.nodes.base import Finding, Node, NodeConfig, Port
 from segflow.nodes.bounds import Voxels, Why
+from segflow.nodes.networks import size_findings
 from segflow.nodes.registry import register
 from segflow.nodes.words import Choice
 from segflow.workflow.errors import ConfigValueError
@@ -63,21 +64,6 @@ class ModelExportConfig(NodeConfig):
         if v is not None and (not 1 <= len(v) <= 3 or any(s < 1 for s in v)):
             raise ValueError("input_size must be 1 to 3 positive sizes, e.g. [256, 256]")
         return v
-
-
-def _input_size_findings(size: list[int] | None, network: tuple[str, NodeConfig] | None) -> list[Finding]:
-    """input_size against the network the exported model comes from: its dimensions and size rule."""
-    if size is None or network is None or not hasattr(network[1], "size_problem"):
-        return []
-    dims = network[1].dims()
-    if len(size) not in (1, dims):
-        return [Finding("input_size", "bad_value", f"input_size {size} has {len(size)} sizes; the {network[0]} is "
-                        f"{dims}-D", hint=f"give {dims} sizes, or one for every axis")]
-    problem = network[1].size_problem(tuple(size * dims if len(size) == 1 else size))
-    if problem:
-        return [Finding("input_size", "bad_value", f"input_size {size}: the {network[0]} {problem}",
-                        hint="give a size the network takes, or remove input_size (the loader's patch size)")]
-    return []
 
 
 def sample_shape(cfg: ModelExportConfig, network: NetworkDescription | None, dataset_info=None) -> tuple[int, ...]:
@@ -165,7 +151,8 @@ class ModelExport(Node):
     @classmethod
     def check(cls, config: NodeConfig, neighbours: dict[str, tuple[str, NodeConfig]]) -> list[Finding]:
         cfg: ModelExportConfig = config  # type: ignore[assignment]
-        found = _input_size_findings(cfg.input_size, neighbours.get("model@origin") or neighbours.get("model"))
+        found = size_findings("input_size", cfg.input_size, neighbours.get("model@origin") or neighbours.get("model"),
+                              "the loader's patch size")
         if cfg.format == "onnx" and cfg.opset < 18:
             found.append(Finding("opset", "old_opset", f"opset {cfg.opset} is converted down from 18 by onnxscript's "
                                  "version converter, which does not handle every operator (then the older "

@@ -14,6 +14,7 @@ from pydantic import Field, field_validator
 from segflow.nodes.base import Device, Finding, Node, NodeConfig, Port, device_findings
 from segflow.nodes.bounds import MAX_VOXELS, BatchSize, ForegroundLabel, Why
 from segflow.nodes.datashape import DataShape
+from segflow.nodes.networks import size_findings
 from segflow.nodes.registry import register
 from segflow.nodes.words import Choice
 
@@ -206,8 +207,10 @@ class Predictor(Node):
                                  f"the {source[0]} has {classes} classes (0 to {classes - 1})",
                                  hint="the foreground class is 1" if classes == 2 else
                                  f"foreground classes are 1 to {classes - 1}"))
-        return found + _window_findings(cfg, neighbours.get("model@origin") or neighbours.get("model")) + \
-            _postprocessing_findings(cfg)
+        if not any(f.field == "roi_size" for f in found):  # its axes against the data's already said
+            found += size_findings("roi_size", cfg.roi_size, neighbours.get("model@origin") or neighbours.get("model"),
+                                   "the training patch size")
+        return found + _postprocessing_findings(cfg)
 
     @classmethod
     def preflight(cls, config: NodeConfig, device: str | None) -> list[Finding]:
@@ -232,19 +235,6 @@ class Predictor(Node):
         from segflow.inference.predict import predict
 
         return {"predictions": predict(self.config, self.ctx, self.name, model, loader, dataset_info)}
-
-
-def _window_findings(cfg: PredictorConfig, network: tuple[str, NodeConfig] | None) -> list[Finding]:
-    """An explicit roi_size the network the model comes from cannot take (its size rule, a fixed size)."""
-    if cfg.roi_size is None or network is None or not hasattr(network[1], "size_problem"):
-        return []
-    dims = network[1].dims()
-    size = (cfg.roi_size,) * dims if isinstance(cfg.roi_size, int) else tuple(cfg.roi_size)
-    problem = network[1].size_problem(size) if len(size) == dims else None
-    if problem:
-        return [Finding("roi_size", "bad_value", f"roi_size {list(size)}: the {network[0]} {problem}",
-                        hint="set roi_size to a size the network takes, or remove it (the training patch size)")]
-    return []
 
 
 def _postprocessing_findings(cfg: PredictorConfig) -> list[Finding]:

@@ -195,6 +195,26 @@ def _size_findings(who: str, config: NetworkConfig, data: DataShape) -> list[Fin
                     "remove it", severity="warning") for doubt in config.size_warnings(tuple(size))]
 
 
+def size_findings(key: str, size: int | list[int] | None, network: tuple[str, NodeConfig] | None,
+                  fallback: str) -> list[Finding]:
+    """A size a setting hands the network wired upstream (a sliding window, an export's sample input)
+    that it cannot take: the wrong number of axes, or a size its rule refuses. `fallback` says what is
+    used when the setting is removed. One int means every axis; so does a list of one (export)."""
+    if size is None or network is None or not isinstance(network[1], NetworkConfig):
+        return []
+    name, config = network
+    dims = config.dims()
+    sizes = [size] * dims if isinstance(size, int) else list(size) * (dims if len(size) == 1 else 1)
+    if len(sizes) != dims:
+        return [Finding(key, "bad_value", f"{key} {size} has {len(size)} sizes; the {name} is {dims}-D",
+                        hint=f"give {dims} sizes, or one for every axis")]
+    problem = config.size_problem(tuple(sizes))
+    if problem:
+        return [Finding(key, "bad_value", f"{key} {sizes if isinstance(size, int) else size}: the {name} {problem}",
+                        hint=f"set {key} to a size the network takes, or remove it ({fallback})")]
+    return []
+
+
 def _size_hint(config: NetworkConfig, size: tuple[int, ...]) -> str:
     """What to set for an input size `size_problem` refuses, said for the rule it breaks, with the nearest
     size the network takes."""

@@ -14,6 +14,7 @@ from typing import Any
 from segflow.data.label_scheme import column_name
 from segflow.nodes.base import Finding, NodeConfig
 from segflow.nodes.datashape import DataShape
+from segflow.nodes.networks import size_findings
 
 PER_CLASS = ("val_dice_case_mean", "val_dice", "val_iou", "val_precision", "val_recall")
 COLUMNS = ("train_loss", "val_loss", "val_accuracy", *PER_CLASS)
@@ -109,10 +110,4 @@ def window_findings(val_roi_size: list[int] | None, loader: tuple[str, NodeConfi
     if dims and len(val_roi_size) != dims:
         return [Finding("val_roi_size", "bad_value", f"val_roi_size has {len(val_roi_size)} values but the "
                         f"{loader[0]} loads {dims}-D data", hint=f"give {dims} values")]
-    if network is None or not hasattr(network[1], "size_problem"):
-        return []
-    problem = network[1].size_problem(tuple(val_roi_size))
-    if problem:
-        return [Finding("val_roi_size", "bad_value", f"val_roi_size {val_roi_size}: the {network[0]} {problem}", hint="set val_roi_size to a size the network takes, "
-                        "or remove it (the training patch size)")]
-    return []
+    return size_findings("val_roi_size", val_roi_size, network, "the training patch size")
