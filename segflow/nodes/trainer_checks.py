@@ -9,7 +9,6 @@ is none of them is known to be a typo before any epoch runs.
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from segflow.data.label_scheme import column_name
 from segflow.nodes.base import Finding, NodeConfig
@@ -21,7 +20,8 @@ COLUMNS = ("train_loss", "val_loss", "val_accuracy", *PER_CLASS)
 _SUFFIXED = re.compile(rf"({'|'.join(PER_CLASS)})_([a-z0-9_]+)")
 
 
-def monitor_findings(monitor: str, loader: NodeConfig | None, network: NodeConfig | None) -> list[Finding]:
+def monitor_findings(monitor: str, loader: tuple[str, NodeConfig] | None,
+                     network: tuple[str, NodeConfig] | None) -> list[Finding]:
     """A monitor that is no history column the Trainer writes: an error listing the columns; a class
     index beyond the classes, or a region the loader does not declare."""
     if monitor in COLUMNS:
@@ -37,8 +37,19 @@ def monitor_findings(monitor: str, loader: NodeConfig | None, network: NodeConfi
     return _region_findings(monitor, column, suffix, loader)
 
 
-def _class_findings(monitor: str, column: str, index: int, loader: Any, network: Any) -> list[Finding]:
-    regions = getattr(loader, "regions", None)
+def _shape(loader: tuple[str, NodeConfig] | None) -> DataShape:
+    return DataShape.of_config(*loader) if loader else DataShape("")
+
+
+def _classes(loader: tuple[str, NodeConfig] | None, network: tuple[str, NodeConfig] | None) -> int | None:
+    """The number of classes background included, where the file says it: the loader's declaration,
+    else the network's output channels (one sigmoid channel says nothing)."""
+    out = getattr(network[1], "out_channels", None) if network else None
+    return _shape(loader).num_classes or (out if out and out > 1 else None)
+
+
+def _class_findings(monitor: str, column: str, index: int, loader, network) -> list[Finding]:
+    regions = _shape(loader).regions
     if regions:
         keys = [column_name(name) for name in regions]
         return [Finding("monitor", "unknown_monitor", f"monitor {monitor!r}: with regions the history has one "
@@ -52,25 +63,15 @@ def _class_findings(monitor: str, column: str, index: int, loader: Any, network:
     return []
 
 
-def _classes(loader: Any, network: Any) -> int | None:
-    """The number of classes background included, where the file says it."""
-    if getattr(loader, "num_classes", None):
-        return loader.num_classes
-    if getattr(loader, "synthetic", "none") != "none":
-        return loader.synthetic_classes
-    out = getattr(network, "out_channels", None)
-    return out if out and out > 1 else None
-
-
-def _region_findings(monitor: str, column: str, key: str, loader: Any) -> list[Finding]:
-    regions = getattr(loader, "regions", None)
+def _region_findings(monitor: str, column: str, key: str, loader) -> list[Finding]:
+    regions = _shape(loader).regions
     if regions:
         keys = [column_name(name) for name in regions]
         if key in keys:
             return []
         return [Finding("monitor", "unknown_monitor", f"monitor {monitor!r} names region {key!r}, which the loader "
                         f"does not declare", hint=f"monitor {column}_<region>: {', '.join(keys)}")]
-    if loader is not None and getattr(loader, "synthetic", "none") != "none":
+    if loader is not None and getattr(loader[1], "synthetic", "none") != "none":
         return [Finding("monitor", "unknown_monitor", f"monitor {monitor!r} is not a history column: the phantom "
                         "data has no regions", hint=f"monitor {column} or {column}_1")]
     return [Finding("monitor", "unknown_monitor", f"monitor {monitor!r} is written only for data with a region "
@@ -84,16 +85,15 @@ def loss_list_findings(loss: tuple[str, NodeConfig] | None, loader: tuple[str, N
     checked with the label scheme), boundary_spacing one per spatial axis."""
     if loss is None or loss[0] != "LossFunction":
         return []
-    cfg, found = loss[1], []
-    config = loader[1] if loader else None
+    cfg, found, shape = loss[1], [], _shape(loader)
     weights = getattr(cfg, "class_weights", None)
-    classes = None if getattr(config, "regions", None) else _classes(config, network[1] if network else None)
+    classes = None if shape.regions else _classes(loader, network)
     if weights is not None and classes and len(weights) != classes:
         found.append(Finding("", "loss_label_mismatch", f"the LossFunction wired to loss_fn has {len(weights)} "
                              f"class_weights, but there are {classes} classes (background included)",
                              hint=f"give {classes} class_weights, background first"))
     spacing = getattr(cfg, "boundary_spacing", None)
-    dims = DataShape.of_config(*loader).spatial_dims if loader else None
+    dims = shape.spatial_dims
     if spacing is not None and dims and len(spacing) != dims:
         found.append(Finding("", "loss_label_mismatch", f"the LossFunction wired to loss_fn has {len(spacing)} "
                              f"boundary_spacing values, but the {loader[0]} loads {dims}-D data",
@@ -106,7 +106,7 @@ def window_findings(val_roi_size: list[int] | None, loader: tuple[str, NodeConfi
     """val_roi_size against the data's dimensions and the network's size rule."""
     if val_roi_size is None:
         return []
-    dims = DataShape.of_config(*loader).spatial_dims if loader else None
+    dims = _shape(loader).spatial_dims
     if dims and len(val_roi_size) != dims:
         return [Finding("val_roi_size", "bad_value", f"val_roi_size has {len(val_roi_size)} values but the "
                         f"{loader[0]} loads {dims}-D data", hint=f"give {dims} values")]

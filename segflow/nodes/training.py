@@ -293,7 +293,7 @@ class Trainer(Node):
                 severity="warning"))
         found += _tracking_findings(cfg)
         model = neighbours.get("model")
-        found += monitor_findings(cfg.monitor, source, model[1] if model else None)
+        found += monitor_findings(cfg.monitor, neighbours.get("train_loader"), model)
         found += window_findings(cfg.val_roi_size, neighbours.get("train_loader"), model)
         found += loss_list_findings(neighbours.get("loss_fn"), neighbours.get("train_loader"), model)
         if cfg.warmup_epochs >= cfg.epochs and cfg.warmup_epochs:
