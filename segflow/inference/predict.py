@@ -79,7 +79,7 @@ def predict(cfg: PredictorConfig, ctx: RunContext, name: str, model: torch.nn.Mo
     num_classes = None
     records: list[PredictionRecord] = []
     total = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else None
-    bar = _progress(ctx, total, who)
+    bar = case_bar(total, who, leave=False) if getattr(ctx, "progress", False) else None
     with torch.no_grad():
         for batch in loader:
             image = batch["image"].to(device)
@@ -184,14 +184,13 @@ def _case_ids(batch: dict, n: int, done: int) -> list[str]:
     return [ids] if isinstance(ids, str) else [str(c) for c in ids]
 
 
-def _progress(ctx, total, who):
-    if not getattr(ctx, "progress", False):
-        return None
+def case_bar(total: int | None, desc: str, leave: bool = True):
+    """A progress bar counting predicted cases; None without tqdm."""
     try:
         from tqdm.auto import tqdm
     except ImportError:
         return None
-    return tqdm(total=total, desc=who, unit="case", leave=False)
+    return tqdm(total=total, desc=desc, unit="case", leave=leave)
 
 
 def postprocessing_rule(cfg: PredictorConfig, model: torch.nn.Module, who: str, log) -> PostProcessing:

@@ -25,12 +25,6 @@ PREPROCESSING = ("spatial_dims", "image_size", "size_mode", "normalization", "ct
 PREDICTOR_DEFAULTS = {"tta": False, "overlap": 0.5, "blend_mode": "gaussian", "sw_batch_size": 4}
 
 
-def _read_json(path: Path, what: str) -> Any:
-    if not path.is_file():
-        raise PackageError(f"{path} is missing: {what}")
-    return json.loads(path.read_text())
-
-
 def _nodes_of(resolved: dict) -> dict[str, dict]:
     return {n["name"]: n for n in resolved.get("nodes", [])}
 
@@ -43,7 +37,8 @@ def trained_parts(run_dir: Path) -> dict[str, Any]:
     """The Trainer's network, loader and (when there is one) Predictor node of the run's workflow."""
     from segflow.workflow import spec
 
-    resolved = _read_json(run_dir / "workflow.resolved.json", "not a segflow run directory (segflow run writes it)")
+    resolved = pkg.read_json(run_dir / "workflow.resolved.json", f"{run_dir / 'workflow.resolved.json'} is missing: "
+                             "not a segflow run directory (segflow run writes it)")
     # the record marks auto-wired links ("auto": true), which a workflow file does not take
     links = [{k: v for k, v in link.items() if k != "auto"} for link in resolved.get("links", [])]
     wf = spec.loads(json.dumps({**resolved, "links": links}), file=str(run_dir / "workflow.resolved.json"))
@@ -82,8 +77,8 @@ def make_package(run_dir: str | Path, out: str | Path, *, as_zip: bool | None = 
     handed on; `exports` off: weights only (what `segflow predict RUN_DIR` makes for itself)."""
     run_dir, out = Path(run_dir), Path(out)
     parts = trained_parts(run_dir)
-    dataset = _read_json(run_dir / "dataset_info.json",
-                         "the run predates dataset_info.json; run it again to package it")
+    dataset = pkg.read_json(run_dir / "dataset_info.json", f"{run_dir / 'dataset_info.json'} is missing: the run "
+                            "predates dataset_info.json; run it again to package it")
     trainer_cfg = _nodes_of(parts["workflow"])[parts["trainer"]]["config"]
     chosen_file, chosen, metrics = chosen_checkpoint(run_dir, trainer_cfg) if checkpoint is None else (
         Path(checkpoint), Path(checkpoint).stem, {})

@@ -78,7 +78,7 @@ def open_package(path: str | Path, scratch: Path | None = None) -> Package:
         root = Path(tempfile.mkdtemp(prefix="segflow-package-", dir=scratch))
         with zipfile.ZipFile(source) as z:
             z.extractall(root)
-    metadata = _json(root / METADATA, source)
+    metadata = read_json(root / METADATA, f"{source}: {METADATA} is missing; not a segflow package")
     if metadata.get("format") != FORMAT:
         raise PackageError(f"{root / METADATA}: not a segflow package metadata file "
                            f"(format {metadata.get('format')!r})")
@@ -93,12 +93,14 @@ def open_package(path: str | Path, scratch: Path | None = None) -> Package:
         if sha256(file) != digest:
             raise PackageError(f"{file}: the file is damaged or was replaced (its SHA-256 differs from the one "
                                f"{METADATA} records)")
-    return Package(root, metadata, _json(root / INFERENCE, source), source)
+    return Package(root, metadata, read_json(root / INFERENCE, f"{source}: {INFERENCE} is missing; not a segflow package"), source)
 
 
-def _json(path: Path, source: Path) -> dict:
+def read_json(path: Path, missing: str) -> Any:
+    """A JSON file of a package or a run directory; PackageError saying `missing` when it is not
+    there, or that it is not JSON."""
     if not path.is_file():
-        raise PackageError(f"{source}: {path.name} is missing; not a segflow package")
+        raise PackageError(missing)
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

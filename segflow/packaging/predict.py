@@ -122,7 +122,9 @@ def predict_folder(package: Package, input_dir: str | Path, output_dir: str | Pa
     layout, problems = find_images(input_dir)
     outcome.failed += problems
     outcome.startup_seconds = time.perf_counter() - started
-    bar = _bar(len(layout.cases)) if progress else None
+    from segflow.inference.predict import case_bar
+
+    bar = case_bar(len(layout.cases), "segflow predict") if progress else None
     for case in layout.cases:
         _one_case(package, case, layout, loader_cfg, predictor_cfg, model, output_dir, overwrite, outcome)
         if bar is not None:
@@ -167,11 +169,3 @@ def _predict_case(package: Package, case, layout, loader_cfg, predictor_cfg, mod
     ctx = RunContext(run_dir=output_dir, workflow_name="predict", progress=False, log=lambda _m: None)
     result = predict(predictor_cfg, ctx, "predict", model, loader, info)
     return Path(result.records[0].prediction_path)
-
-
-def _bar(total: int):
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc="segflow predict", unit="case")
