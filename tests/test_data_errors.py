@@ -247,15 +247,12 @@ def test_a_folder_where_a_file_should_be_is_called_a_folder(tmp_path):
         read(series)
     with pytest.raises(ValueError, match=r"the label path is a folder"):
         read(series, is_label=True)
-    png = h.folder_png(tmp_path / "f", n=4)
-    (png / "masks" / "case01.png").unlink()
-    (png / "masks" / "case01.png").mkdir()
-    with pytest.raises(ValueError, match=r"case01\.png has no mask in .*masks \(.*masks/case01\.png is a folder, "
-                                         r"not a mask file\)"):
-        build(png)
-    nn = h.nnunet_2ch(tmp_path / "nn", n=3)
-    (nn / "labelsTr" / "pat001.nii.gz").unlink()
-    (nn / "labelsTr" / "pat001.nii.gz").mkdir()
-    with pytest.raises(ValueError, match=r"pat001_0000\.nii\.gz has no label: .*labelsTr/pat001\.nii\.gz is a folder, "
-                                         r"not a label file"):
-        build(nn)
+    layouts = [(h.folder_png(tmp_path / "f", n=4), "masks/case01.png",
+                r"case01\.png has no mask in .*masks \(.*masks/case01\.png is a folder, not a mask file\)"),
+               (h.nnunet_2ch(tmp_path / "nn", n=3), "labelsTr/pat001.nii.gz",
+                r"pat001_0000\.nii\.gz has no label: .*labelsTr/pat001\.nii\.gz is a folder, not a label file")]
+    for root, label, message in layouts:  # the label file replaced by a folder of its name
+        (root / label).unlink()
+        (root / label).mkdir()
+        with pytest.raises(ValueError, match=message):
+            build(root)
