@@ -57,6 +57,15 @@ def split_cases(cases: list[Case], val_fraction: float, seed: int, data_dir: Pat
     return ([c for i, c in enumerate(cases) if i not in val_idx], [c for i, c in enumerate(cases) if i in val_idx])
 
 
+def splits_source(data_dir: str | Path, splits_file: str | None) -> Path | None:
+    """The file a fold's cases are read from: `splits_file`, else data_dir/splits_final.json when it
+    exists; None when the folds are made here."""
+    if splits_file:
+        return Path(splits_file)
+    found = Path(data_dir) / "splits_final.json"
+    return found if found.is_file() else None
+
+
 def fold_split(cases: list[Case], fold: int, num_folds: int, seed: int, data_dir: Path,
                splits_file: str | None, log=print) -> tuple[list[Case], list[Case]]:
     """Cross-validation fold `fold`: its cases validate, the other folds' train. The folds come from
@@ -66,8 +75,8 @@ def fold_split(cases: list[Case], fold: int, num_folds: int, seed: int, data_dir
     if any(c.split for c in cases):
         raise ValueError(f"{data_dir}: fold {fold} needs one pool of training cases, but this folder has its own "
                          "train/ and val/ split; remove fold (MedicalSegmentationLoader.fold) or merge the folders")
-    source = Path(splits_file) if splits_file else data_dir / "splits_final.json"
-    if splits_file or source.is_file():
+    source = splits_source(data_dir, splits_file)
+    if source is not None:
         return _listed_fold(cases, fold, source, log)
     if num_folds > len(cases):
         raise ValueError(f"{data_dir}: {len(cases)} case(s) cannot make {num_folds} folds (num_folds); "

@@ -4,7 +4,6 @@ memory. Each returns findings at the key to change; none creates or changes anyt
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from segflow.data.host_memory import available, batch_need, gib
@@ -27,12 +26,12 @@ def data_dir_findings(config: MedicalSegmentationLoaderConfig) -> list[Finding]:
 def splits_findings(config: MedicalSegmentationLoaderConfig) -> list[Finding]:
     """The splits file a fold is read from (splits_file, else data_dir/splits_final.json when there),
     read as the run will read it (segflow.data.splits.read_folds), and the fold looked up in it."""
-    from segflow.data.splits import missing_fold, read_folds
+    from segflow.data.splits import missing_fold, read_folds, splits_source
 
     if config.fold is None or config.subset != "split":
         return []
-    source = Path(config.splits_file or os.path.join(config.data_dir, "splits_final.json"))
-    if not config.splits_file and not source.is_file():
+    source = splits_source(config.data_dir, config.splits_file)
+    if source is None:
         return []  # folds are made here
     if not source.exists():
         return [Finding("splits_file", "path_not_found", f"splits_file {str(source)!r} does not exist (looked in "
