@@ -49,17 +49,14 @@ def why(field: Any) -> str:
     for item in getattr(field, "metadata", ()):
         if isinstance(item, Why):
             return item.text
-    return _why_in(getattr(field, "annotation", None))
+    return next((a.text for a in annotation_parts(getattr(field, "annotation", None)) if isinstance(a, Why)), "")
 
 
-def _why_in(annotation: Any) -> str:
+def annotation_parts(annotation: Any):
+    """`annotation` and everything inside it, depth first: union members, list items, Annotated metadata."""
+    yield annotation
     for arg in typing.get_args(annotation):
-        if isinstance(arg, Why):
-            return arg.text
-        found = _why_in(arg)
-        if found:
-            return found
-    return ""
+        yield from annotation_parts(arg)
 
 
 _WORDED = {"greater_than_equal": ("ge", "must be at least {bound}, got {value}"),

@@ -14,7 +14,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from segflow.nodes.bounds import bound_message, shown, why
+from segflow.nodes.bounds import annotation_parts, bound_message, shown, why
 
 # pydantic's names of union members: type words, "constrained-int", "list[int]", class names
 _TAG = re.compile(r"^([a-z]+-[\w-]+|[\w-]+\[.*\]|int|float|str|bool|none|bytes|dict|list|tuple|set|[A-Z]\w*)$")
@@ -77,14 +77,8 @@ def _field_at(config_cls: Any, loc: tuple) -> Any:
         if part not in fields:
             break
         field = fields[part]
-        model = next((t for t in _types_in(field.annotation) if hasattr(t, "model_fields")), None)
+        model = next((t for t in annotation_parts(field.annotation) if hasattr(t, "model_fields")), None)
     return field
-
-
-def _types_in(annotation: Any):
-    yield annotation
-    for arg in typing.get_args(annotation):
-        yield from _types_in(arg)
 
 
 def _one_per_value(errors: list[dict], raw: dict, written_as: dict[str, str], config_cls: Any) -> list[dict]:
